@@ -1,0 +1,399 @@
+"""One model interface over three engines: Ollama, any OpenAI-compatible endpoint, embedded llama.cpp.
+
+Every backend offers the same four calls and returns the same `Result`:
+
+    backend.generate(model, prompt, system=None, options=None)        -> Result
+    backend.chat(model, messages, options=None)                       -> Result
+    backend.stream_generate(...) / backend.stream_chat(...)           -> Iterator[Result]
+
+Streams yield `Result` pieces; the last one has `done=True` and the metrics.
+`options` uses Ollama's names: temperature, seed, num_predict, top_p, top_k, stop, num_ctx.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Iterator
+
+from .errors import (INSTALL_OLLAMA, BackendUnavailable, BadInput, CourseError, MissingKey,
+                     ModelNotFound, pull_hint)
+from .results import Metrics, Result, collect
+from .settings import get_settings
+
+Messages = list[dict[str, str]]
+
+
+def _check_prompt(prompt: Any) -> str:
+    if not isinstance(prompt, str):
+        raise BadInput(f"prompt must be a string, not {type(prompt).__name__}",
+                       'pass the prompt as text, e.g. "Why is the sky blue?"')
+    if not prompt.strip():
+        raise BadInput("the prompt is empty", "type a question or an instruction for the model")
+    return prompt
+
+
+def _check_messages(messages: Any) -> Messages:
+    if not isinstance(messages, list) or not messages:
+        raise BadInput("messages must be a non-empty list",
+                       'pass e.g. [{"role": "user", "content": "Hello"}]')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
+                m.get("content"), str):
+            raise BadInput(f"message {i} must be a dict with string 'role' and 'content'",
+                           'each message looks like {"role": "user", "content": "..."}')
+    if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+        raise BadInput("no user message has any text", "add a user message with a question")
+    return messages
+
+
+def _check_model(model: Any) -> str:
+    if not isinstance(model, str) or not model.strip():
+        raise BadInput("no model name given", "pass a model name such as 'smollm2:135m' "
+                       "(see `backend.list_models()`)")
+    return model.strip()
+
+
+def _check_options(options: Any) -> dict[str, Any] | None:
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise BadInput("options must be a dict", 'pass e.g. {"temperature": 0, "seed": 42}')
+    return options
+
+
+class Backend(ABC):
+    """What every engine offers. Subclasses implement the two streaming calls."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def list_models(self) -> list[str]:
+        """Names of the models this backend can answer with now."""
+
+    @abstractmethod
+    def _stream_chat(self, model: str, messages: Messages, options: dict | None) -> Iterator[Result]:
+        ...
+
+    def _stream_generate(self, model: str, prompt: str, system: str | None,
+                         options: dict | None) -> Iterator[Result]:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        return self._stream_chat(model, messages, options)
+
+    def stream_chat(self, model: str, messages: Messages, *, options: dict | None = None) -> Iterator[Result]:
+        """Chat with a list of messages, yielding the answer piece by piece."""
+        return self._stream_chat(_check_model(model), _check_messages(messages), _check_options(options))
+
+    def stream_generate(self, model: str, prompt: str, *, system: str | None = None,
+                        options: dict | None = None) -> Iterator[Result]:
+        """Complete one prompt (with an optional system prompt), yielding pieces."""
+        return self._stream_generate(_check_model(model), _check_prompt(prompt), system,
+                                     _check_options(options))
+
+    def chat(self, model: str, messages: Messages, *, options: dict | None = None) -> Result:
+        """Chat with a list of messages; the whole answer with its metrics."""
+        return collect(self.stream_chat(model, messages, options=options))
+
+    def generate(self, model: str, prompt: str, *, system: str | None = None,
+                 options: dict | None = None) -> Result:
+        """Complete one prompt; the whole answer with its metrics."""
+        return collect(self.stream_generate(model, prompt, system=system, options=options))
+
+    def has_model(self, model: str) -> bool:
+        names = self.list_models()
+        return model in names or f"{model}:latest" in names or model.removesuffix(":latest") in names
+
+    def describe(self) -> str:
+        return self.name
+
+
+# --------------------------------------------------------------------------- Ollama
+class OllamaBackend(Backend):
+    """Ollama (or the kit's `slm-course serve`) through the official `ollama` client."""
+
+    name = "ollama"
+
+    def __init__(self, host: str | None = None, *, timeout: float | None = None,
+                 keep_alive: str | float | None = None) -> None:
+        import httpx
+        import ollama
+
+        settings = get_settings()
+        self.host = host or settings.ollama_host
+        self.timeout = timeout or settings.timeout
+        self.keep_alive = keep_alive
+        self.client = ollama.Client(host=self.host,
+                                    timeout=httpx.Timeout(self.timeout, connect=5.0))
+
+    def describe(self) -> str:
+        return f"Ollama API at {self.host}"
+
+    def _translate(self, exc: Exception, model: str | None = None) -> CourseError:
+        import httpx
+        import ollama
+
+        if isinstance(exc, ollama.ResponseError):
+            if exc.status_code == 404 and model:
+                return ModelNotFound(f"model '{model}' is not available at {self.host}: {exc.error}",
+                                     pull_hint(model))
+            if exc.status_code == 400:
+                return BadInput(f"the server refused the request: {exc.error}",
+                                "check the prompt, messages and options")
+            if exc.status_code in (401, 403):
+                return MissingKey(f"the server at {self.host} needs an API key: {exc.error}",
+                                  "set OLLAMA_API_KEY to the key the server was started with")
+            return BackendUnavailable(f"the server at {self.host} answered {exc.status_code}: {exc.error}",
+                                      "look at the server's log; restart `ollama serve` if needed")
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendUnavailable(f"no answer from {self.host} within {self.timeout:.0f} s",
+                                      "the model may still be loading: try again, use a smaller model, "
+                                      "or raise SLM_TIMEOUT")
+        if isinstance(exc, (ConnectionError, httpx.TransportError)):
+            return BackendUnavailable(f"Ollama is not answering at {self.host}", INSTALL_OLLAMA)
+        return CourseError(f"unexpected error from {self.host}: {exc}", "see the message above")
+
+    def _call(self, fn, *args, model: str | None = None, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CourseError:
+            raise
+        except Exception as exc:  # translated into one clear error type
+            raise self._translate(exc, model) from exc
+
+    def version(self) -> str:
+        """The server's version string (also a reachability check)."""
+        import httpx
+
+        try:
+            r = httpx.get(f"{self.host}/api/version", timeout=httpx.Timeout(5.0, connect=2.0))
+            r.raise_for_status()
+            return r.json().get("version", "?")
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def list_models(self) -> list[str]:
+        resp = self._call(self.client.list)
+        return [m.model for m in resp.models if m.model]
+
+    def show(self, model: str) -> Any:
+        return self._call(self.client.show, _check_model(model), model=model)
+
+    def ps(self) -> Any:
+        return self._call(self.client.ps)
+
+    def pull(self, model: str, progress: bool = True) -> None:
+        """Pull a model, showing Ollama's download progress with a tqdm bar."""
+        from tqdm.auto import tqdm
+
+        bar = None
+        try:
+            for update in self._call(self.client.pull, _check_model(model), stream=True, model=model):
+                if update.total and update.completed is not None and progress:
+                    if bar is None or bar.total != update.total:
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(total=update.total, unit="B", unit_scale=True, desc=f"pull {model}")
+                    bar.n = update.completed
+                    bar.refresh()
+                elif progress and update.status:
+                    print(update.status)
+        except CourseError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _consume(self, model: str, stream: Iterator[Any], t0: float, kind: str) -> Iterator[Result]:
+        ttft = None
+        try:
+            for part in stream:
+                text = part.response if kind == "generate" else (part.message.content or "")
+                if text and ttft is None:
+                    ttft = time.perf_counter() - t0
+                if part.done:
+                    if text:
+                        yield Result(text, model, self.name, done=False)
+                    metrics = Metrics.from_ollama(part, ttft_s=ttft, total_s=time.perf_counter() - t0)
+                    yield Result("", model, self.name, done=True, done_reason=part.done_reason,
+                                 metrics=metrics)
+                    return
+                yield Result(text, model, self.name, done=False)
+        except CourseError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        raise BackendUnavailable(f"the stream from {self.host} ended before the final chunk",
+                                 "try again; if it repeats, look at the server's log")
+
+    def _stream_chat(self, model, messages, options):
+        t0 = time.perf_counter()
+        stream = self._call(self.client.chat, model=model, messages=messages, options=options,
+                            stream=True, keep_alive=self.keep_alive)
+        return self._consume(model, stream, t0, "chat")
+
+    def _stream_generate(self, model, prompt, system, options):
+        t0 = time.perf_counter()
+        stream = self._call(self.client.generate, model=model, prompt=prompt, system=system,
+                            options=options, stream=True, keep_alive=self.keep_alive)
+        return self._consume(model, stream, t0, "generate")
+
+
+# --------------------------------------------------------------------------- OpenAI
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible endpoint (OpenAI, Ollama's /v1, vLLM, ...) via the `openai` client.
+
+    OpenAI-compatible servers do not report engine timings, so decode time is measured on the
+    client (from the first to the last token) and `metrics.decode_source` is "wall".
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float | None = None, max_retries: int = 1) -> None:
+        import openai
+
+        settings = get_settings()
+        self.base_url = (base_url or settings.large_base_url).rstrip("/")
+        key = api_key or settings.openai_api_key
+        if not key:
+            if "api.openai.com" in self.base_url:
+                raise MissingKey("no OpenAI API key is set",
+                                 "set OPENAI_API_KEY in your environment or in a .env file "
+                                 "(never in a notebook)")
+            key = "ollama"  # local OpenAI-compatible servers accept any key
+        self.timeout = timeout or settings.timeout
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
+                                    max_retries=max_retries)
+
+    def describe(self) -> str:
+        return f"OpenAI-compatible API at {self.base_url}"
+
+    def _translate(self, exc: Exception, model: str | None = None) -> CourseError:
+        import openai
+
+        if isinstance(exc, openai.AuthenticationError):
+            return MissingKey(f"{self.base_url} refused the API key", "check OPENAI_API_KEY")
+        if isinstance(exc, openai.NotFoundError):
+            return ModelNotFound(f"model '{model}' is not available at {self.base_url}",
+                                 "list the models with `backend.list_models()`" if "openai.com" in
+                                 self.base_url else pull_hint(model or "<model>"))
+        if isinstance(exc, openai.APITimeoutError):
+            return BackendUnavailable(f"no answer from {self.base_url} within {self.timeout:.0f} s",
+                                      "try again, or raise SLM_TIMEOUT")
+        if isinstance(exc, openai.APIConnectionError):
+            return BackendUnavailable(f"cannot reach {self.base_url}",
+                                      "check the network and SLM_LARGE_BASE_URL (for Ollama: "
+                                      f"{INSTALL_OLLAMA})")
+        if isinstance(exc, openai.BadRequestError):
+            return BadInput(f"{self.base_url} refused the request: {exc}", "check the prompt and options")
+        if isinstance(exc, openai.RateLimitError):
+            return BackendUnavailable(f"{self.base_url} rate-limited the request",
+                                      "wait a moment, or check your plan's limits")
+        return BackendUnavailable(f"error from {self.base_url}: {exc}", "try again later")
+
+    def list_models(self) -> list[str]:
+        try:
+            return sorted(m.id for m in self.client.models.list())
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    @staticmethod
+    def _params(options: dict | None) -> dict[str, Any]:
+        o = options or {}
+        params: dict[str, Any] = {}
+        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
+                             ("num_predict", "max_tokens"), ("stop", "stop")):
+            if o.get(ours) is not None:
+                params[theirs] = o[ours]
+        if params.get("max_tokens", 1) < 0:
+            params.pop("max_tokens")
+        return params
+
+    def _stream_chat(self, model, messages, options):
+        t0 = time.perf_counter()
+        try:
+            stream = self.client.chat.completions.create(
+                model=model, messages=messages, stream=True,
+                stream_options={"include_usage": True}, **self._params(options))
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        return self._consume(model, stream, t0)
+
+    def _consume(self, model, stream, t0) -> Iterator[Result]:
+        ttft = t_last = None
+        usage = None
+        reason = None
+        pieces = 0
+        try:
+            for event in stream:
+                if getattr(event, "usage", None):
+                    usage = event.usage
+                for choice in event.choices or []:
+                    text = (choice.delta.content or "") if choice.delta else ""
+                    if choice.finish_reason:
+                        reason = choice.finish_reason
+                    if text:
+                        now = time.perf_counter()
+                        if ttft is None:
+                            ttft = now - t0
+                        t_last = now
+                        pieces += 1
+                        yield Result(text, model, self.name, done=False)
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        total = time.perf_counter() - t0
+        out_tokens = usage.completion_tokens if usage else pieces
+        metrics = Metrics(
+            ttft_s=ttft,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=out_tokens,
+            prompt_eval_s=ttft or 0.0,
+            # the first token arrives at ttft; the remaining ones over (t_last - ttft)
+            decode_s=((t_last - t0) - ttft) * out_tokens / max(out_tokens - 1, 1)
+            if ttft is not None and t_last is not None and out_tokens > 1 else 0.0,
+            total_s=total,
+            decode_source="wall",
+        )
+        yield Result("", model, self.name, done=True,
+                     done_reason={"length": "length"}.get(reason, "stop"), metrics=metrics)
+
+
+# --------------------------------------------------------------------------- embedded
+class EmbeddedBackend(Backend):
+    """The bundled model run in this Python process by llama.cpp: always works offline."""
+
+    name = "embedded"
+
+    def __init__(self) -> None:
+        from .engine import get_engine
+
+        self.engine = get_engine()
+
+    def describe(self) -> str:
+        return "embedded llama.cpp engine (bundled model, in this process)"
+
+    def list_models(self) -> list[str]:
+        return self.engine.available()
+
+    def _wrap(self, model: str, chunks) -> Iterator[Result]:
+        t0 = time.perf_counter()
+        ttft = None
+        for chunk in chunks:
+            if chunk.text and ttft is None:
+                ttft = time.perf_counter() - t0
+            if chunk.done:
+                d = chunk.timings()
+                yield Result("", model, self.name, done=True, done_reason=chunk.done_reason,
+                             metrics=Metrics.from_ollama(d, ttft_s=ttft, total_s=time.perf_counter() - t0))
+            else:
+                yield Result(chunk.text, model, self.name, done=False)
+
+    def _stream_chat(self, model, messages, options):
+        chunks = self.engine.stream(model, messages=messages, options=options)
+        return self._wrap(model, chunks)
+
+    def _stream_generate(self, model, prompt, system, options):
+        chunks = self.engine.stream(model, prompt=prompt, system=system, options=options)
+        return self._wrap(model, chunks)

