@@ -152,13 +152,13 @@ class OllamaBackend(Backend):
             return BackendUnavailable(f"Ollama is not answering at {self.host}", INSTALL_OLLAMA)
         return CourseError(f"unexpected error from {self.host}: {exc}", "see the message above")
 
-    def _call(self, fn, *args, model: str | None = None, **kwargs):
+    def _call(self, fn, *args, for_model: str | None = None, **kwargs):
         try:
             return fn(*args, **kwargs)
         except CourseError:
             raise
         except Exception as exc:  # translated into one clear error type
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, for_model or kwargs.get("model")) from exc
 
     def version(self) -> str:
         """The server's version string (also a reachability check)."""
@@ -176,7 +176,7 @@ class OllamaBackend(Backend):
         return [m.model for m in resp.models if m.model]
 
     def show(self, model: str) -> Any:
-        return self._call(self.client.show, _check_model(model), model=model)
+        return self._call(self.client.show, _check_model(model), for_model=model)
 
     def ps(self) -> Any:
         return self._call(self.client.ps)
@@ -187,7 +187,7 @@ class OllamaBackend(Backend):
 
         bar = None
         try:
-            for update in self._call(self.client.pull, _check_model(model), stream=True, model=model):
+            for update in self._call(self.client.pull, _check_model(model), stream=True, for_model=model):
                 if update.total and update.completed is not None and progress:
                     if bar is None or bar.total != update.total:
                         if bar is not None:

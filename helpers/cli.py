@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.add_arguments(p)
         p.set_defaults(func=bench.run)
 
+    from . import nbstore
+
+    p = sub.add_parser("store-outputs", help="execute notebooks and keep only # NBVAL_CHECK_OUTPUT outputs")
+    nbstore.add_arguments(p)
+    p.set_defaults(func=nbstore.run)
+
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -125,3 +125,30 @@ def fits(card_: ModelCard, ram_gb: float, disk_gb: float) -> tuple[bool, str]:
     if card_.download_gb > disk_gb:
         return False, f"needs {card_.download_gb} GB disk, {disk_gb:.1f} GB free"
     return True, f"~{card_.ram_gb} GB RAM of {ram_gb:.1f} GB available"
+
+
+def lineup_table(models: "list[str] | None" = None):
+    """The registry as a pandas DataFrame (one row per model), for lessons."""
+    import pandas as pd
+
+    rows = []
+    for m in MODELS:
+        if models is not None and m.name not in models:
+            continue
+        rows.append({"model": m.name, "params (B)": m.params_b, "download (GB)": m.download_gb,
+                     "RAM est. (GB)": m.ram_gb, "context": m.context, "license": m.license,
+                     "commercial use": m.commercial_use, "article": "yes" if m.seed else "",
+                     "strengths": m.strengths})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def fit_table(ram_gb: float, disk_gb: float):
+    """Which registry models fit a machine with this much free RAM and disk, and why."""
+    import pandas as pd
+
+    rows = []
+    for m in MODELS:
+        ok, why = fits(m, ram_gb, disk_gb)
+        rows.append({"model": m.name, "fits": "yes" if ok else "no", "why": why,
+                     "pull": f"ollama pull {m.name}" if not m.bundled else "(bundled with the kit)"})
+    return pd.DataFrame(rows).set_index("model")

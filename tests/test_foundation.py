@@ -1,0 +1,188 @@
+"""The core interface: settings, registry, the embedded backend, connect, errors and the doctor."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BUNDLED, free_port
+from helpers import BadInput, CourseError, ModelNotFound
+from helpers.backends import EmbeddedBackend, OllamaBackend, OpenAIBackend
+from helpers.errors import BackendUnavailable, MissingKey
+from helpers.registry import MODELS, SEED_MODELS, card
+from helpers.results import collect
+from helpers.settings import get_settings, normalise_host
+
+DET = {"temperature": 0, "seed": 42, "num_predict": 48}
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return EmbeddedBackend()
+
+
+def test_settings_defaults_and_key_never_shown(monkeypatch):
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-value-1234567890")
+    s = get_settings()
+    assert s.ollama_host == "http://127.0.0.1:11434"
+    assert s.has_key
+    assert "sk-test-secret" not in repr(s) and "sk-test-secret" not in str(s)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("", "http://127.0.0.1:11434"),
+    ("0.0.0.0", "http://127.0.0.1:11434"),
+    ("localhost:8080", "http://localhost:8080"),
+    ("http://example.org:11434/", "http://example.org:11434"),
+    ("https://ollama.example.org", "https://ollama.example.org:443"),
+])
+def test_normalise_host(raw, expected):
+    assert normalise_host(raw) == expected
+
+
+def test_registry_has_the_articles_models_with_complete_cards():
+    assert set(SEED_MODELS) == {"phi3:mini", "gemma:2b", "llama2:7b", "mistral:7b"}
+    for m in MODELS:
+        assert m.params_b > 0 and m.download_gb > 0 and m.context > 0
+        assert m.license and m.commercial_use and m.strengths
+        assert m.ram_gb > m.download_gb
+    assert card("mistral:latest").name == "mistral:7b"
+    assert card("no-such-model") is None
+
+
+def test_embedded_chat_answers(embedded):
+    r = embedded.chat(BUNDLED, [{"role": "user", "content": "Name a colour."}], options=DET)
+    assert r.text.strip()
+    assert r.backend == "embedded" and r.model == BUNDLED and r.done
+
+
+def test_stream_equals_non_stream_at_temperature_zero(embedded):
+    messages = [{"role": "user", "content": "Write one sentence about the sea."}]
+    whole = embedded.chat(BUNDLED, messages, options=DET)
+    pieces = list(embedded.stream_chat(BUNDLED, messages, options=DET))
+    assert len(pieces) > 2, "a stream should arrive in several pieces"
+    assert all(not p.done for p in pieces[:-1]) and pieces[-1].done
+    assert collect(pieces).text == whole.text
+
+
+def test_metrics_positive_and_consistent(embedded):
+    r = embedded.generate(BUNDLED, "Count from one to ten in words.", options=DET)
+    m = r.metrics
+    assert m.output_tokens > 0 and m.prompt_tokens > 0
+    assert m.decode_s > 0 and m.prompt_eval_s > 0 and m.total_s > 0
+    assert 0 < m.ttft_s <= m.total_s
+    assert m.decode_tps == pytest.approx(m.output_tokens / m.decode_s)
+    # the engine's decode time cannot exceed the wall-clock time of the whole call
+    assert m.decode_s + m.prompt_eval_s <= m.total_s + 1e-3
+
+
+def test_num_predict_limits_output(embedded):
+    r = embedded.generate(BUNDLED, "Tell me a long story about dragons.",
+                          options={"temperature": 0, "seed": 1, "num_predict": 7})
+    assert r.metrics.output_tokens == 7 and r.done_reason == "length"
+
+
+@pytest.mark.parametrize("call", [
+    lambda b: b.generate(BUNDLED, ""),
+    lambda b: b.generate(BUNDLED, "   "),
+    lambda b: b.generate(BUNDLED, 42),
+    lambda b: b.generate("", "hello"),
+    lambda b: b.chat(BUNDLED, []),
+    lambda b: b.chat(BUNDLED, "hello"),
+    lambda b: b.chat(BUNDLED, [{"role": "user"}]),
+    lambda b: b.generate(BUNDLED, "hi", options="hot"),
+    lambda b: b.generate(BUNDLED, "hi", options={"temperature": "hot"}),
+    lambda b: b.generate(BUNDLED, "hi", options={"num_predict": -7}),
+])
+def test_bad_input_raises_one_clear_error(embedded, call):
+    with pytest.raises(BadInput) as info:
+        call(embedded)
+    assert info.value.hint, "every error names the next step"
+
+
+def test_unknown_model_names_the_next_step(embedded):
+    with pytest.raises(ModelNotFound) as info:
+        embedded.generate("llama2:7b", "hello")
+    assert "ollama pull llama2:7b" in info.value.hint
+
+
+def test_unreachable_ollama_fails_fast_with_the_fix():
+    port = free_port()  # nothing listens here
+    backend = OllamaBackend(f"http://127.0.0.1:{port}", timeout=5)
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        backend.generate(BUNDLED, "hello")
+    assert time.monotonic() - t0 < 5
+    assert "ollama" in info.value.hint.lower()
+
+
+def test_openai_without_key_says_set_the_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("SLM_LARGE_BASE_URL", "https://api.openai.com/v1")
+    with pytest.raises(MissingKey) as info:
+        OpenAIBackend()
+    assert "OPENAI_API_KEY" in info.value.hint
+
+
+def test_connect_falls_back_to_embedded_and_says_why(capsys):
+    from helpers import connect
+
+    backend = connect(f"http://127.0.0.1:{free_port()}")
+    assert isinstance(backend, EmbeddedBackend)
+    out = capsys.readouterr().out
+    assert "not answering" in out and "embedded" in out
+
+
+def test_connect_uses_a_live_server(ollama_host, capsys):
+    from helpers import connect, pick_model
+
+    backend = connect(ollama_host)
+    assert isinstance(backend, OllamaBackend)
+    model = pick_model(backend)
+    assert model in backend.list_models()
+    assert f"Using model {model}" in capsys.readouterr().out
+
+
+def test_pick_model_prefers_the_asked_model_and_explains_a_missing_one(ollama_host, capsys):
+    from helpers import connect, pick_model
+
+    backend = connect(ollama_host, verbose=False)
+    assert pick_model(backend, ["phi3:mini", BUNDLED]) == BUNDLED
+    out = capsys.readouterr().out
+    assert "Using model" in out
+
+
+def test_errors_are_course_errors():
+    for cls in (BadInput, ModelNotFound, BackendUnavailable, MissingKey):
+        assert issubclass(cls, CourseError)
+
+
+def _doctor(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "helpers.cli", "doctor", "--skip-model"],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_doctor_without_ollama_or_key_warns_with_fixes():
+    proc = _doctor({"OLLAMA_HOST": f"http://127.0.0.1:{free_port()}"})
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "Traceback" not in out + proc.stderr
+    assert "[WARN] Ollama: not answering" in out and "ollama.com" in out
+    assert "[WARN] OpenAI key" in out and "OPENAI_API_KEY" in out
+    assert "[OK  ] packages" in out
+
+
+def test_doctor_sees_a_running_server_and_the_bundled_model(ollama_host):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["OLLAMA_HOST"] = ollama_host
+    proc = subprocess.run([sys.executable, "-m", "helpers.cli", "doctor"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[OK  ] Ollama: answering" in proc.stdout
+    assert f"[OK  ] bundled model: {BUNDLED} answers offline" in proc.stdout

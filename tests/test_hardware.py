@@ -1,0 +1,44 @@
+"""Hardware helpers: a real (small) bandwidth measurement, the decode ceiling, the machine summary."""
+from __future__ import annotations
+
+import pytest
+
+from helpers.errors import BadInput
+from helpers.hardware import decode_ceiling_tps, machine_summary, measure_memory_bandwidth
+
+
+def test_bandwidth_is_plausible_with_a_small_array():
+    bw = measure_memory_bandwidth(size_mb=32, repeats=3)
+    assert bw.gbs_min > 0.5  # any machine of the last 20 years copies faster than this
+    assert bw.gbs_min <= bw.gbs_median <= bw.gbs_max < 10_000
+    assert bw.repeats == 3 and bw.size_mb == pytest.approx(32, rel=0.01)
+    assert "STREAM" in bw.method
+
+
+@pytest.mark.parametrize("size_mb,repeats", [(0, 3), (-1, 3), (32, 0)])
+def test_bandwidth_rejects_bad_arguments(size_mb, repeats):
+    with pytest.raises(BadInput):
+        measure_memory_bandwidth(size_mb=size_mb, repeats=repeats)
+
+
+def test_decode_ceiling_arithmetic():
+    assert decode_ceiling_tps(4e9, 20.0) == pytest.approx(5.0)      # 4 GB of weights at 20 GB/s
+    assert decode_ceiling_tps(98e6, 24.5) == pytest.approx(250.0)   # a 98 MB model
+    assert decode_ceiling_tps(2e9, 40.0) == 2 * decode_ceiling_tps(2e9, 20.0)
+
+
+@pytest.mark.parametrize("size,bw", [(0, 20.0), (-1, 20.0), (1e9, 0), (1e9, -3), (None, 20.0)])
+def test_decode_ceiling_rejects_bad_input(size, bw):
+    with pytest.raises(BadInput):
+        decode_ceiling_tps(size, bw)
+
+
+def test_machine_summary_fields():
+    info = machine_summary()
+    for key in ("cpu", "cores_physical", "cores_logical", "cores_usable", "ram_total_gb",
+                "ram_available_gb", "disk_free_gb", "os", "python"):
+        assert key in info
+    assert info["cores_logical"] >= 1 and info["cores_usable"] >= 1
+    assert 0 < info["ram_available_gb"] <= info["ram_total_gb"]
+    assert info["disk_free_gb"] >= 0
+    assert isinstance(info["cpu"], str) and info["cpu"]

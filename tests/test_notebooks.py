@@ -1,0 +1,112 @@
+"""Every notebook executes for real: lessons and solutions with papermill (CI parameters), labs
+with their TODOs (only NotImplementedError may surface), all against the session's server.
+
+The same notebooks also run with no parameters injected through nbval (`make test`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from conftest import BUNDLED, ROOT
+
+CELL_TIMEOUT_S = 600
+# Values injected into any notebook whose `parameters` cell defines them: the bundled model and
+# small loop sizes, so the course runs in CI in minutes.
+CI_PARAMETERS = {
+    "SMALL_MODEL": BUNDLED,
+    "LARGE_MODEL": BUNDLED,
+    "MODELS": [BUNDLED],
+    "QUICK": True,
+    "N_RUNS": 3,
+    "N_TASKS": 12,
+    "N_PROMPTS": 4,
+    "MAX_TOKENS": 48,
+    "CONCURRENCY_LEVELS": [1, 2, 4],
+    "PULL": False,
+}
+
+
+def notebooks(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameters_for(path: Path) -> dict:
+    declared = pm.inspect_notebook(str(path))
+    return {k: v for k, v in CI_PARAMETERS.items() if k in declared}
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+def execute(path: Path, out: Path, allow_errors: bool = False) -> nbformat.NotebookNode:
+    t0 = time.monotonic()
+    env_host = os.environ.get("OLLAMA_HOST")
+    assert env_host, "the session fixture sets OLLAMA_HOST"
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=parameters_for(path),
+                            kernel_name="python3", cwd=str(path.parent),
+                            execution_timeout=CELL_TIMEOUT_S, progress_bar=False, log_output=False,
+                            request_save_on_cell_execute=False,
+                            **({"allow_errors": True} if allow_errors else {}))
+    except pm.PapermillExecutionError:
+        if not allow_errors:
+            raise  # its message names the cell and the error
+    # papermill saved the executed notebook (also when it raised)
+    print(f"{path.relative_to(ROOT)} ran in {time.monotonic() - t0:.1f} s")
+    return nbformat.read(out, as_version=4)
+
+
+def text_of(nb: nbformat.NotebookNode) -> str:
+    parts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream":
+                parts.append(o.get("text", ""))
+            elif "data" in o and "text/plain" in o["data"]:
+                parts.append(o["data"]["text/plain"])
+    return "\n".join(parts)
+
+
+LESSONS = notebooks("notebooks") + notebooks("solutions")
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_notebook_runs_with_ci_parameters(path: Path, tmp_path: Path):
+    nb = execute(path, tmp_path / path.name)
+    if path.parent.name == "solutions":
+        out = text_of(nb)
+        assert "❌" not in out and "⏳" not in out, "every self-check passes in the solution"
+        assert "✅" in out, "a solution shows its self-checks passing"
+
+
+LABS = notebooks("labs")
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", LABS, ids=_ids(LABS))
+def test_lab_runs_with_its_todos(path: Path, tmp_path: Path):
+    """A fresh lab executes top to bottom; the only errors allowed are the TODOs' own."""
+    nb = execute(path, tmp_path / path.name, allow_errors=True)
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error":
+                assert o["ename"] == "NotImplementedError", (
+                    f"cell {i} of {path.name} raised {o['ename']}: {o['evalue']}\n{cell.source}")
+                assert "raise NotImplementedError()" in cell.source
+    assert "⏳" in text_of(nb), "the lab's self-checks report the TODOs as not done yet"
+
+
+def test_every_lesson_has_a_lab_and_a_solution():
+    lessons = {p.name for p in notebooks("notebooks")}
+    assert lessons, "the course has lessons"
+    for name in lessons:
+        assert (ROOT / "solutions" / name).exists(), f"solutions/{name} is missing"
+        assert (ROOT / "labs" / name).exists(), f"labs/{name} is missing (run `slm-course labs`)"
