@@ -366,7 +366,7 @@ async def run_load_async(host: str | None, model: str, *, concurrency: int = 4,
         tasks = [asyncio.ensure_future(student(c)) for c in range(concurrency)]
         try:
             _, pending = await asyncio.wait(tasks, timeout=max_duration_s)
-            for task in []:
+            for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -517,8 +517,9 @@ def plot_sweep(df, ax=None, *, target_p90_s: float | None = None):
     import matplotlib.pyplot as plt
 
     _check_sweep_df(df)
+    own_figure = ax is None
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
+        _, ax = plt.subplots(figsize=(7, 4.5))
     d = df.sort_values("concurrency")
     ax.plot(d["concurrency"], d["output_tps"], "o-", color="tab:blue", label="throughput")
     ax.set_xlabel("concurrent students")
@@ -539,7 +540,10 @@ def plot_sweep(df, ax=None, *, target_p90_s: float | None = None):
         title += f": {df.attrs['model']}"
     ax.set_title(title)
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper center",
+              bbox_to_anchor=(0.5, -0.15), ncol=len(lines), frameon=False)
+    if own_figure:
+        ax.figure.tight_layout()
     return ax
 
 

@@ -99,7 +99,12 @@ def _cell_problems(path: Path, index: int, cell: dict) -> list[str]:
         problems.append(f"{where}: {len(outputs)} stored output(s) in a cell without "
                         f"'{CHECK_OUTPUT_MARK}'; {FIX_HINT.format(path=path)}")
     counts = [cell.get("execution_count")] + [o.get("execution_count") for o in outputs]
-    if any(c is not None for c in counts):
+    if keeps_output(cell) and outputs:
+        # nbval only compares a reference cell that was run: it needs an execution count
+        if cell.get("execution_count") is None:
+            problems.append(f"{where}: checked cell has outputs but no execution count (nbval: "
+                            f"'Unrun reference cell has outputs'); {FIX_HINT.format(path=path)}")
+    elif any(c is not None for c in counts):
         problems.append(f"{where}: execution count stored; {FIX_HINT.format(path=path)}")
     for output in outputs:
         problems += _scan(where, _output_text(output), "output", code=False)
@@ -137,13 +142,15 @@ def strip_notebook(path: Path) -> bool:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         cell.metadata.pop("execution", None)
         if not keeps_output(cell):
             cell.outputs = []
+        # nbval compares only reference cells that were run, so checked cells keep count 1
+        count = 1 if cell.outputs else None
+        cell.execution_count = count
         for output in cell.outputs:
             if "execution_count" in output:
-                output.execution_count = None
+                output.execution_count = count
     if nbformat.writes(nb) == before:
         return False
     nbformat.write(nb, str(path))

@@ -17,14 +17,15 @@ def strip_outputs(nb, keep_checked: bool = True):
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         checked = keep_checked and MARK in cell.source
         if not checked:
             cell.outputs = []
-        else:
-            for out in cell.outputs:
-                if "execution_count" in out:
-                    out["execution_count"] = None
+        # nbval compares only reference cells that were run, so checked cells keep count 1
+        count = 1 if cell.outputs else None
+        cell.execution_count = count
+        for out in cell.outputs:
+            if "execution_count" in out:
+                out["execution_count"] = count
         for key in ("execution", "papermill"):
             cell.metadata.pop(key, None)
     for key in ("papermill",):

@@ -138,9 +138,11 @@ class LearnedRouter:
     (both right, both wrong, or only the small one right). Train on recorded evals.
     """
 
-    def __init__(self, *, C: float = 1.0, ngram_range: tuple[int, int] = (1, 2)) -> None:
+    def __init__(self, *, C: float = 1.0, ngram_range: tuple[int, int] = (1, 2),
+                 threshold: float = 0.5) -> None:
         self.C = C
         self.ngram_range = ngram_range
+        self.threshold = threshold  # route() sends a prompt small when P(small enough) >= this
         self.pipeline = None
 
     def fit(self, examples: Iterable[RoutingExample | tuple | dict]) -> "LearnedRouter":
@@ -178,16 +180,19 @@ class LearnedRouter:
         """1 - P(small enough): the score the metrics expect (higher -> large model)."""
         return 1.0 - self.scores(prompts)
 
-    def route(self, prompt: str, threshold: float = 0.5) -> str:
-        """"small" when P(small enough) >= threshold, else "large"."""
-        return "small" if self.score(prompt) >= threshold else "large"
+    def route(self, prompt: str, threshold: float | None = None) -> str:
+        """"small" when P(small enough) >= threshold (default: self.threshold), else "large"."""
+        limit = self.threshold if threshold is None else threshold
+        return "small" if self.score(prompt) >= limit else "large"
 
-    def predict(self, prompts: Sequence[str], threshold: float = 0.5) -> list[str]:
+    def predict(self, prompts: Sequence[str], threshold: float | None = None) -> list[str]:
         """Routes for many prompts."""
-        return ["small" if s >= threshold else "large" for s in self.scores(prompts)]
+        limit = self.threshold if threshold is None else threshold
+        return ["small" if s >= limit else "large" for s in self.scores(prompts)]
 
     def threshold_for_share(self, prompts: Sequence[str], large_share: float) -> float:
-        """The threshold that sends about `large_share` of these prompts to the large model."""
+        """The threshold that sends about `large_share` of these prompts to the large model
+        (set `router.threshold` to it to serve at that share)."""
         if not 0.0 <= large_share <= 1.0:
             raise BadInput(f"large_share must be in [0, 1], got {large_share}", "e.g. 0.2 for 20% large calls")
         return float(np.quantile(self.scores(prompts), large_share))
@@ -397,6 +402,10 @@ def _timeout(timeout_s: float | None) -> float:
 
 
 def _ask_router(router: Callable[[str], Any], prompt: str) -> tuple[str, str]:
+    if isinstance(router, LearnedRouter):
+        p = router.score(prompt)
+        route = "small" if p >= router.threshold else "large"
+        return route, f"learned router: P(small enough) = {p:.2f} vs threshold {router.threshold:.2f}"
     out = router(prompt)
     if isinstance(out, (bool, np.bool_)):
         route = "small" if out else "large"

@@ -17,8 +17,8 @@ def _good_cells() -> list:
     return [
         new_code_cell("MODEL = 'smollm2:135m'\nN_PROMPTS = 3", metadata={"tags": ["parameters"]}),
         new_markdown_cell("Prices come from `genai-prices`; see https://example.org/tmp/page."),
-        new_code_cell("# NBVAL_CHECK_OUTPUT\nround(0.15 * 1_000_000 / 1e6, 2)",
-                      outputs=[new_output("execute_result", {"text/plain": "0.15"})]),
+        new_code_cell("# NBVAL_CHECK_OUTPUT\nround(0.15 * 1_000_000 / 1e6, 2)", execution_count=1,
+                      outputs=[new_output("execute_result", {"text/plain": "0.15"}, execution_count=1)]),
         new_code_cell("import os\nkey = os.environ.get('OPENAI_API_KEY')\n"
                       "data = Path('data') / 'tmp' / 'x.csv'\nhome = Path('~/work/').expanduser()"),
     ]
@@ -48,17 +48,22 @@ def test_outputs_only_allowed_under_nbval_check_output(tmp_path):
     out = [new_output("stream", name="stdout", text="Paris\n")]
     [problem] = _with(tmp_path, new_code_cell("print(ask('capital of France?'))", outputs=out))
     assert "cell 5 (id c4)" in problem and "1 stored output(s)" in problem and "--fix" in problem
-    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('Paris')", outputs=out)) == []
-    tagged = new_code_cell("print('Paris')", outputs=out, metadata={"tags": ["nbval-check-output"]})
+    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('Paris')", outputs=out,
+                                         execution_count=1)) == []
+    tagged = new_code_cell("print('Paris')", outputs=out, metadata={"tags": ["nbval-check-output"]},
+                           execution_count=1)
     assert _with(tmp_path, tagged) == []
 
 
 def test_execution_counts_are_problems_in_cells_and_outputs(tmp_path):
     [problem] = _with(tmp_path, new_code_cell("x = 1", execution_count=4))
     assert "execution count" in problem
-    result = new_output("execute_result", {"text/plain": "2"}, execution_count=7)
+    # a checked cell is the exception: nbval compares only reference cells that were run
+    result = new_output("execute_result", {"text/plain": "2"}, execution_count=1)
     [problem] = _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\n1 + 1", outputs=[result]))
-    assert "execution count" in problem
+    assert "no execution count" in problem and "Unrun reference" in problem
+    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\n1 + 1", outputs=[result],
+                                         execution_count=1)) == []
     assert _with(tmp_path, new_code_cell("x = 1", execution_count=None)) == []
 
 
@@ -96,7 +101,7 @@ def test_absolute_paths_are_found_in_markdown_and_outputs(tmp_path):
     [problem] = _with(tmp_path, new_markdown_cell("Models live in `/home/ana/.ollama`."))
     assert "in the source" in problem
     out = [new_output("stream", name="stdout", text="saved to /tmp/abc/plot.png\n")]
-    problems = _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nsave()", outputs=out))
+    problems = _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nsave()", outputs=out, execution_count=1))
     assert len(problems) == 1 and "in the output" in problems[0]
 
 
@@ -126,7 +131,7 @@ def test_ordinary_code_and_docs_are_not_flagged(tmp_path):
 
 def test_secret_in_an_output_is_found(tmp_path):
     out = [new_output("stream", name="stdout", text="key=sk-" + "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2" + "\n")]
-    [problem] = _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nshow()", outputs=out))
+    [problem] = _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nshow()", outputs=out, execution_count=1))
     assert "secret" in problem and "in the output" in problem
 
 
@@ -147,11 +152,12 @@ def test_strip_notebook_fixes_outputs_and_counts_but_keeps_checked_outputs(tmp_p
         new_code_cell("# NBVAL_CHECK_OUTPUT\n0.15", execution_count=2, outputs=[checked]),
     ]
     path = _write(tmp_path, cells)
-    assert len(check_notebook(path)) == 3
+    assert len(check_notebook(path)) == 2
     assert strip_notebook(path) is True
     assert check_notebook(path) == []
-    kept = nbformat.read(str(path), as_version=4).cells[-1].outputs
-    assert kept[0]["data"] == {"text/plain": "0.15"} and kept[0]["execution_count"] is None
+    last = nbformat.read(str(path), as_version=4).cells[-1]
+    kept = last.outputs
+    assert kept[0]["data"] == {"text/plain": "0.15"} and last.execution_count == 1
     assert strip_notebook(path) is False  # nothing left to change
 
 

@@ -199,9 +199,11 @@ def test_learned_router_beats_random_on_held_out_prompts():
     assert router.route(prompts[0]) in ("small", "large")
     assert 0.0 <= router.score(prompts[0]) <= 1.0
     assert set(router.predict(prompts)) <= {"small", "large"}
-    threshold = router.threshold_for_share(prompts, 0.3)
-    share_large = np.mean([r == "large" for r in router.predict(prompts, threshold)])
+    router.threshold = router.threshold_for_share(prompts, 0.3)
+    share_large = np.mean([r == "large" for r in router.predict(prompts)])
     assert abs(share_large - 0.3) < 0.05
+    decision = smart_routing(prompts[0], small=echo, large=echo, router=router)
+    assert decision.route == router.route(prompts[0]) and "P(small enough)" in decision.reason
 
 
 def test_learned_router_needs_both_outcomes():
@@ -235,6 +237,11 @@ def calculator(prompt: str, ops: dict = _OPS) -> Result:
         text = "I can only add and subtract."
     return Result(text=text, model="calculator", backend="python",
                   metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=len(text.split())))
+
+
+def echo(prompt: str) -> Result:
+    """Echo the prompt back (for routing tests where the answer does not matter)."""
+    return Result(text=prompt, model="echo", backend="python")
 
 
 def adder(prompt: str) -> Result:

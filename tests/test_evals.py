@@ -1,0 +1,214 @@
+"""Eval sets, scorers, the Wilson interval and run_eval with a non-model backend."""
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from collections import Counter
+
+import pytest
+
+from helpers.errors import BadInput
+from helpers.evals import (
+    CATEGORIES, EvalRecord, Task, accuracy_table, arithmetic_tasks, build_program, extract_code,
+    extract_number, humaneval_tasks, judge_prompt, open_prompts, parse_judge, run_eval, score,
+    score_code, score_keywords, score_number, wilson_interval,
+)
+from helpers.results import Metrics, Result
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is 391.", 391),
+    ("391", 391),
+    ("= 3,910", 3910),
+    ("17 * 23 = 391", 391),
+    ("The answer is 391 (17 x 23).", 391),        # the marked answer wins over a later number
+    ("**Answer:** 12", 12),
+    ("So the result is \\boxed{42}. Check: 6 * 7", 42),
+    ("x = -5", -5),
+    ("10-3", 3),                                   # a minus between digits is not a sign
+    ("It costs $1,234.50 in total", 1234.5),
+    ("Final answer: 18.0 million dollars", 18),
+])
+def test_score_number_accepts(text, expected):
+    assert score_number(text, expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is 381.", 391),
+    ("I don't know.", 391),
+    ("", 0),
+    ("3,91", 391),
+])
+def test_score_number_rejects(text, expected):
+    assert not score_number(text, expected)
+
+
+def test_extract_number_returns_none_without_digits():
+    assert extract_number("seven") is None
+
+
+def _safe_eval(expression: str) -> int:
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+    def ev(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        return ops[type(node.op)](ev(node.left), ev(node.right))
+
+    return ev(ast.parse(expression, mode="eval").body)
+
+
+def test_arithmetic_tasks_are_deterministic_and_correct():
+    a, b = arithmetic_tasks(40, seed=3), arithmetic_tasks(40, seed=3)
+    assert a == b
+    assert [t.prompt for t in arithmetic_tasks(40, seed=4)] != [t.prompt for t in a]
+    assert Counter(t.difficulty for t in a if t.category == "arithmetic") == {"easy": 10, "medium": 10, "hard": 10}
+    for task in a:
+        assert task.kind == "number" and isinstance(task.answer, int)
+        match = re.match(r"What is (.+)\?", task.prompt)
+        if match:  # pure arithmetic: recompute independently
+            assert _safe_eval(match.group(1)) == task.answer
+        else:
+            assert task.category == "word problem" and task.answer > 0
+    with pytest.raises(BadInput):
+        arithmetic_tasks(-1)
+
+
+def test_wilson_interval_matches_a_hand_value():
+    # 8 of 10, z = 1.959964: z^2 = 3.841459, denominator 1 + z^2/n = 1.3841459
+    # centre = (0.8 + z^2/(2n)) / 1.3841459 = 0.99207295 / 1.3841459 = 0.716738
+    # half   = z * sqrt(0.8*0.2/10 + z^2/(4 n^2)) / 1.3841459
+    #        = 1.959964 * sqrt(0.016 + 0.0096037) / 1.3841459 = 0.226579
+    # -> (0.490159, 0.943317), the textbook value (0.490, 0.943)
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.490159, abs=1e-5) and high == pytest.approx(0.943317, abs=1e-5)
+    # 0 of 10: the lower bound is 0 and the upper is z^2 / (n + z^2) = 3.841459 / 13.841459
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.277533, abs=1e-5)
+    with pytest.raises(BadInput):
+        wilson_interval(11, 10)
+
+
+def test_humaneval_tasks_and_score_code():
+    tasks = humaneval_tasks(5, seed=1)
+    assert tasks == humaneval_tasks(5, seed=1) and len(tasks) == 5
+    assert all(t.kind == "code" and t.category == "code" for t in tasks)
+    assert len(humaneval_tasks()) == 164
+    task = tasks[0]
+    reference = task.answer  # problem prompt + canonical solution
+    chatty = f"Sure! Here is the function:\n\n```python\n{reference}\n```\n\nIt loops once."
+    assert score_code(chatty, task)
+    body_only = reference[len(task.meta["code_prompt"]):]
+    assert score_code(body_only, task)
+    wrong = f"```python\ndef {task.meta['entry_point']}(*args):\n    return None\n```"
+    assert not score_code(wrong, task)
+    assert not score_code("I am not able to write code.", task)
+    with pytest.raises(BadInput):
+        humaneval_tasks(1000)
+
+
+def test_extract_code_prefers_the_block_that_defines_the_entry_point():
+    text = "```\npip install x\n```\nthen\n```python\ndef f(x):\n    return x\n```\n```py\nprint(f(1))\n```"
+    assert extract_code(text, "f").startswith("def f(x)")
+    assert extract_code("Here it is:\ndef g():\n    return 1", "g").startswith("def g")
+    unterminated = "```python\ndef f(x):\n    return x\n"  # cut off by num_predict
+    assert extract_code(unterminated, "f").startswith("def f(x)")
+    with pytest.raises(BadInput):
+        build_program("def f(): pass", Task("t", "p", None, "code", "easy", "code"))
+
+
+def test_open_prompts_is_a_sound_labelled_set():
+    tasks = open_prompts()
+    assert 50 <= len(tasks) <= 80
+    assert len({t.id for t in tasks}) == len(tasks)
+    per_category = Counter(t.category for t in tasks)
+    assert set(per_category) == set(CATEGORIES) and min(per_category.values()) >= 5
+    assert set(t.difficulty for t in tasks) == {"easy", "medium", "hard"}
+    for t in tasks:
+        if t.kind == "number":
+            assert isinstance(t.answer, (int, float))
+        elif t.kind == "keywords":
+            assert t.answer and all(isinstance(k, str) and k for k in t.answer)
+        elif t.kind == "code":  # the reference solution passes, a stub does not
+            assert score_code(t.answer, t), t.id
+            assert not score_code(f"def {t.meta['entry_point']}(*a):\n    return None\n", t), t.id
+        else:
+            assert t.kind == "open" and t.answer is None
+    assert sum(t.kind != "open" for t in tasks) >= 0.8 * len(tasks)  # mostly scorable without a judge
+
+
+def test_score_dispatch_and_keywords():
+    tasks = {t.id: t for t in open_prompts()}
+    assert score(tasks["arith-03"], "17 * 23 = 391")
+    assert not score(tasks["arith-03"], "17 * 23 = 381")
+    assert score(tasks["ext-01"], "The address is Jane.Doe@example.org.")
+    assert score(tasks["rew-02"], "Could you send me the report soon?")
+    assert score(tasks["doc-01"], "The third quarter had the highest revenue.")
+    assert score(tasks["cre-01"], "Waves fold on the sand") is None
+    assert score_keywords("Tomorrow they're going", ["they're|they are", "tomorrow"])
+    assert not score_keywords("They go", ["they're|they are", "tomorrow"])
+
+
+def test_judge_prompt_and_parse_judge():
+    task = open_prompts()[0]
+    text = judge_prompt(task, "¡Hola, María!")
+    assert task.prompt in text and "¡Hola, María!" in text and "[[rating]]" in text and "hola" in text
+    assert parse_judge("Helpful and correct. Rating: [[8]]") == 8
+    assert parse_judge("I'd say 6/10.") == 6
+    assert parse_judge("Rating: 7") == 7
+    assert parse_judge("[[11]]") is None
+    assert parse_judge("no score here") is None
+
+
+class CalculatorBackend:
+    """A plain calculator behind the backend contract, clearly not a language model:
+    it evaluates the arithmetic in a prompt and gives up on word problems."""
+
+    name = "calculator"
+
+    def chat(self, model, messages, *, options=None):
+        prompt = messages[-1]["content"]
+        match = re.match(r"What is (.+)\?", prompt)
+        text = f"The answer is {_safe_eval(match.group(1))}." if match else "I cannot parse that."
+        return Result(text=text, model=model, backend=self.name,
+                      metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=len(text.split())))
+
+
+def test_run_eval_and_accuracy_table():
+    tasks = arithmetic_tasks(20, seed=0)
+    records = run_eval(CalculatorBackend(), "calc-1", tasks, progress=False)
+    assert len(records) == 20 and all(isinstance(r, EvalRecord) for r in records)
+    assert all(r.correct for r in records if r.category == "arithmetic")
+    assert not any(r.correct for r in records if r.category == "word problem")
+    assert all(r.latency_s >= 0 and r.output_tokens > 0 for r in records)
+    table = accuracy_table(records).set_index("category")
+    assert table.loc["arithmetic", "n"] == 15 and table.loc["arithmetic", "accuracy"] == 1.0
+    assert table.loc["word problem", "accuracy"] == 0.0
+    assert table.loc["(all)", "correct"] == 15
+    low, high = wilson_interval(15, 20)
+    assert table.loc["(all)", "ci_low"] == pytest.approx(low) and table.loc["(all)", "ci_high"] == pytest.approx(high)
+    with pytest.raises(BadInput):
+        run_eval(CalculatorBackend(), "calc-1", [], progress=False)
+    with pytest.raises(BadInput):
+        accuracy_table([])
+
+
+def test_run_eval_uses_a_judge_for_open_tasks():
+    open_task = next(t for t in open_prompts() if t.kind == "open")
+
+    class Echo:  # repeats the prompt back: a deterministic stand-in with no model
+        name = "echo"
+
+        def chat(self, model, messages, *, options=None):
+            return Result(text=messages[-1]["content"], model=model, backend=self.name)
+
+    def length_judge(prompt: str) -> str:  # a rule, not a model: rates by answer length
+        answer = prompt.split("[The Start of Assistant's Answer]\n")[1].split("\n[The End")[0]
+        return f"Rating: [[{min(10, 1 + len(answer) // 5)}]]"
+
+    unjudged = run_eval(Echo(), "echo", [open_task], progress=False)[0]
+    judged = run_eval(Echo(), "echo", [open_task], progress=False, judge=length_judge)[0]
+    assert unjudged.correct is None and unjudged.judge_score is None
+    assert judged.judge_score == min(10, 1 + len(open_task.prompt) // 5)
+    assert judged.correct == (judged.judge_score >= 7)
