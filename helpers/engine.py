@@ -341,13 +341,6 @@ class Engine:
         eos = llm.token_eos()
         is_eog = getattr(llm._model, "token_is_eog", None) or (lambda t: t == eos)
         llm.set_seed(opts.seed if opts.seed is not None else int(time.time_ns() % (2**31)))
-        # Count prompt tokens llama.cpp will really evaluate (it reuses a matching prefix).
-        reused = 0
-        for a, b in zip(llm._input_ids.tolist() if llm.n_tokens else [], tokens):
-            if a != b:
-                break
-            reused += 1
-        reused = min(reused, len(tokens) - 1)
         gen = llm.generate(tokens, top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
                            temp=opts.temperature, repeat_penalty=opts.repeat_penalty,
                            reset=True, grammar=grammar)
@@ -400,8 +393,8 @@ class Engine:
             yield Chunk(held)
         t_first = t_first or t_end
         yield Chunk("", done=True, done_reason=done_reason,
-                    # the whole prompt, as billed; llama.cpp may have reused a cached prefix of
-                    # `reused` tokens, which then makes prompt_eval_duration short
+                    # the whole prompt, as billed; llama.cpp may reuse a cached prefix of it,
+                    # which then makes prompt_eval_duration short
                     prompt_eval_count=len(tokens),
                     eval_count=count,
                     load_duration=load_ns,

@@ -200,7 +200,7 @@ def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_
                "RAM est. (GB)": c.ram_gb if c else None,
                "command": f"ollama pull {name}"}
         if have:
-            row.update(action="have it", reason=f"already on the server as {have}", command="")
+            row.update(action="have it", reason=f"already available as {have}", command="")
         elif c is None:
             row["reason"] = "not in the course registry, so its size is unknown: pull it yourself if it fits"
         else:
@@ -208,6 +208,7 @@ def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_
             if not ok:
                 row["reason"] = why
             elif not pull:
+                disk_left -= c.download_gb  # a plan: what it would pull must fit together
                 row.update(action="would pull", reason=why + " (PULL is off)")
             elif not can_pull:
                 row["reason"] = f"{backend.describe()} cannot pull models: install Ollama to get {name}"
@@ -298,9 +299,19 @@ def side_by_side(runs: pd.DataFrame, width: int | None = 400) -> pd.DataFrame:
     text = ok["answer"].astype(str)
     if width:
         text = text.where(text.str.len() <= width, text.str[: width - 1] + "…")
-    table = ok.assign(answer=text).pivot(index="prompt", columns="model", values="answer")
+    table = ok.assign(answer=text).drop_duplicates(["prompt", "model"]).pivot(index="prompt", columns="model", values="answer")
     order = list(dict.fromkeys(ok["prompt"]))
     return table.reindex(order)[list(dict.fromkeys(ok["model"]))]
+
+
+def speed_by_prompt(runs: pd.DataFrame) -> pd.DataFrame:
+    """Latency, TTFT, tokens/s, output tokens and the expected-answer check: prompts x models."""
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    values = ["latency_s", "ttft_s", "tokens_per_s", "output_tokens", "expected found"]
+    table = ok.drop_duplicates(["prompt", "model"]).pivot(index="prompt", columns="model", values=values)
+    return table.reindex(list(dict.fromkeys(ok["prompt"])))
 
 
 def skipped(runs: pd.DataFrame) -> pd.DataFrame:
@@ -362,10 +373,16 @@ def plot_size_vs_speed(summary: pd.DataFrame, ax=None):
         ax.legend(frameon=False)
         ax.set_xscale("log")
         ax.set_yscale("log")
+    else:
+        ax.set_xlim(0, max(1.0, 1.5 * float(data["size (GB)"].max() if len(data) else 1.0)))
+        ax.set_ylim(0, 1.3 * float(data["median tokens/s"].max() if len(data) else 1.0))
+        ax.text(0.98, 0.04, "one model: pull more to see how speed falls with size",
+                transform=ax.transAxes, ha="right", fontsize=9, color="grey")
     ax.set_xlabel("size of the weights (GB)")
     ax.set_ylabel("decode speed (tokens/s, median)")
-    ax.set_title("Bigger models are slower: size against measured speed on this machine")
+    ax.set_title("Size against measured decode speed on this machine")
     ax.grid(alpha=0.3)
+    ax.figure.tight_layout()
     return ax
 
 
@@ -385,15 +402,19 @@ def is_local_host(host: str) -> bool:
     return name in ("localhost", "::1") or name.startswith("127.")
 
 
-def revisit_claims(summary: pd.DataFrame, host: str) -> pd.DataFrame:
-    """The source article's table, small-model column, against this run: measured, verdict, where next."""
+def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
+    """The source article's table beside this run: what was measured, a verdict, where to look next.
+
+    `host` is the server the answers came from (None: the embedded engine, in this process).
+    """
     if summary is None or summary.empty:
         raise BadInput("no model answered in this run, so there is nothing to compare",
                        "pull a model (`ollama pull phi3:mini`) or start `slm-course serve`")
     params = summary["params (B)"].dropna() if "params (B)" in summary else pd.Series(dtype=float)
     ttft_ms = summary["median TTFT (ms)"].dropna()
     latency = summary["median latency (s)"].dropna()
-    local = is_local_host(host)
+    local = host is None or is_local_host(host)
+    where = host or "this Python process (embedded engine)"
     rows = []
 
     if params.empty:
@@ -401,7 +422,8 @@ def revisit_claims(summary: pd.DataFrame, host: str) -> pd.DataFrame:
     else:
         lo, hi = params.min(), params.max()
         inside = all(1 <= p <= 7.5 for p in params)
-        rows.append(("parameters", f"{lo:g}B-{hi:g}B (from the server / registry)",
+        span = f"{lo:g}B" if lo == hi else f"{lo:g}B-{hi:g}B"
+        rows.append(("parameters", f"{span} (from the server / registry)",
                      "within 1-7B" if inside else "outside 1-7B: smaller models exist now",
                      "the article's range is an example, not a limit"))
     rows.append(("cost per 1M tokens", "no bill: nothing was sent to a paid API",
@@ -410,17 +432,19 @@ def revisit_claims(summary: pd.DataFrame, host: str) -> pd.DataFrame:
         rows.append(("speed", "no first-token time measured", "cannot check here", "lesson 03"))
     else:
         fast = ttft_ms.max() <= 500
-        rows.append(("speed", f"first token after {ttft_ms.min():.0f}-{ttft_ms.max():.0f} ms; whole "
-                     f"answer in {latency.min():.1f}-{latency.max():.1f} s (medians per model)",
+        ms = f"{ttft_ms.min():.0f}-{ttft_ms.max():.0f}" if len(ttft_ms) > 1 else f"{ttft_ms.iloc[0]:.0f}"
+        secs = f"{latency.min():.1f}-{latency.max():.1f}" if len(latency) > 1 else f"{latency.iloc[0]:.1f}"
+        rows.append(("speed", f"first token after {ms} ms, whole answer in {secs} s "
+                     "(median per model)",
                      ("confirmed for the first token" if fast else "not confirmed: first token > 500 ms")
                      + ("" if latency.max() <= 0.5 else "; whole answers take longer"),
                      "cloud latency needs an API key: lesson 03"))
-    rows.append(("privacy", f"answers came from {host}",
+    rows.append(("privacy", f"answers came from {where}",
                  "confirmed: the server is this machine" if local else
                  "not on this machine: the prompts went to that server",
                  "" if local else "run Ollama locally to keep data here"))
     rows.append(("reliability", f"the server is {'local' if local else 'remote'}; no API key used",
-                 "confirmed: works without internet" if local else "depends on that server",
+                 "confirmed: these answers needed no internet" if local else "depends on that server",
                  "answer quality is a separate question: lesson 05"))
     out = pd.DataFrame(rows, columns=["aspect", "measured here", "verdict", "more"]).set_index("aspect")
     return SOURCE_TABLE.join(out)
@@ -443,7 +467,7 @@ def seed_claims_table(runs: pd.DataFrame) -> pd.DataFrame:
     for name, claim, how in SEED_CLAIMS:
         g = ok[ok["model"].map(lambda m: card(m) is card(name))]
         if g.empty:
-            measured = f"not run here ({pull_hint(name)})"
+            measured = f"not run here: `ollama pull {name}`"
         else:
             tps = [t for t in g["tokens_per_s"] if t == t and t is not None]
             calc = g[g["prompt"] == "calculus"]["expected found"]

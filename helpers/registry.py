@@ -50,6 +50,9 @@ MODELS: tuple[ModelCard, ...] = (
     ModelCard("mistral:7b", "llama", 7.2, 4.1, 32_768, "Apache-2.0", "yes",
               "strong 7B all-rounder; efficient attention (sliding window, GQA)",
               seed=True, aliases=("mistral",)),
+    ModelCard("gemma:7b", "gemma", 8.5, 5.0, 8_192, "Gemma Terms of Use", "yes, with conditions",
+              "the larger sibling of gemma:2b named in the article; stronger reasoning and code",
+              notes="the article names Gemma 2B/7B; gemma:2b is the one in its lineup"),
     # Current small models.
     ModelCard("llama3.2:1b", "llama", 1.2, 1.3, 131_072, "Llama 3.2 Community License",
               "yes, with conditions", "multilingual dialogue, summarising, on-device"),
