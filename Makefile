@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 JUPYTER_ARGS ?=
+# JupyterLab refuses to run as root (containers, CI) unless told
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 
 .PHONY: start test install labs doctor serve bench clean
@@ -22,7 +24,7 @@ install: $(VENV)/.installed
 
 start: install
 	-$(BIN)/slm-course doctor
-	$(BIN)/jupyter lab notebooks/ $(JUPYTER_ARGS)
+	$(BIN)/jupyter lab notebooks/ $(ROOT_FLAG) $(JUPYTER_ARGS)
 
 test: install
 	$(BIN)/python -m pytest tests notebooks solutions --nbval-lax --nbval-cell-timeout=600 \
