@@ -69,6 +69,9 @@ def ollama_host(tmp_path_factory) -> str:
         os.environ["OLLAMA_HOST"] = external
         yield external
         return
+    # llama.cpp's threads spin-wait; with the kernels and pytest on the same 2 cores one thread
+    # is steadier than two (set SLM_THREADS yourself to override)
+    os.environ.setdefault("SLM_THREADS", "1")
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc = start_server(port, log=log)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -236,6 +237,13 @@ def check_target(host: str | None, *, allow_remote: bool = False) -> str:
     return url
 
 
+def _auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $OLLAMA_API_KEY` when that is set, as the `ollama` client sends it
+    (a shared `slm-course serve --api-key` requires it)."""
+    key = os.environ.get("OLLAMA_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 # --------------------------------------------------------------------------- one request
 async def _one_request(client, url: str, payload: dict[str, Any], row: RequestRow,
                        t_run: float, timeout_s: float) -> None:
@@ -298,7 +306,7 @@ async def _preflight(host: str, timeout_s: float) -> None:
     import httpx
 
     try:
-        async with httpx.AsyncClient(timeout=min(timeout_s, 10.0)) as client:
+        async with httpx.AsyncClient(timeout=min(timeout_s, 10.0), headers=_auth_headers()) as client:
             resp = await client.get(f"{host}/api/version")
             resp.raise_for_status()
     except httpx.HTTPError as exc:
@@ -354,7 +362,7 @@ async def run_load_async(host: str | None, model: str, *, concurrency: int = 4,
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=_auth_headers()) as client:
         t_run = time.perf_counter()
 
         async def student(c: int) -> None:
@@ -408,6 +416,8 @@ def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
         finally:
+            # as asyncio.run does: close streams left half-read (no "Task was destroyed" noise)
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     thread = threading.Thread(target=worker, name="slm-loadgen", daemon=True)
@@ -451,7 +461,7 @@ async def _warm_up(host: str, model: str, prompt: str, timeout_s: float) -> None
     payload = {"model": model, "prompt": prompt, "stream": False,
                "options": {"num_predict": 1, "temperature": 0, "seed": 42}}
     try:
-        async with httpx.AsyncClient(timeout=timeout_s) as client:
+        async with httpx.AsyncClient(timeout=timeout_s, headers=_auth_headers()) as client:
             resp = await client.post(f"{host}/api/generate", json=payload)
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"the warm-up request to {host} failed ({exc})",

@@ -38,7 +38,7 @@ class ModelCard:
 
 MODELS: tuple[ModelCard, ...] = (
     # The four models of the source article.
-    ModelCard("phi3:mini", "phi3", 3.8, 2.2, 128_000, "MIT", "yes",
+    ModelCard("phi3:mini", "phi3", 3.8, 2.2, 4_096, "MIT", "yes",
               "reasoning and maths for its size; trained on filtered + synthetic data",
               seed=True, quantization="Q4_0"),
     ModelCard("gemma:2b", "gemma", 2.5, 1.7, 8_192, "Gemma Terms of Use", "yes, with conditions",

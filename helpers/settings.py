@@ -8,6 +8,7 @@
 | SLM_LARGE_BASE_URL  | https://api.openai.com/v1  | OpenAI-compatible endpoint for the large model   |
 | OPENAI_API_KEY      | (unset)                    | key for that endpoint; never printed             |
 | SLM_TIMEOUT         | 120                        | seconds before any network call gives up         |
+| SLM_THREADS         | (all cores)                | llama.cpp threads of the embedded engine         |
 """
 from __future__ import annotations
 

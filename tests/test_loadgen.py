@@ -41,6 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         with srv.lock:
             srv.received += 1
+            srv.auth.append(self.headers.get("Authorization"))
             srv.active += 1
             srv.max_active = max(srv.max_active, srv.active)
         try:
@@ -88,6 +89,7 @@ def peer():
     srv.daemon_threads = True
     srv.lock = threading.Lock()
     srv.received = srv.active = srv.max_active = 0
+    srv.auth = []
     srv.delay, srv.lines = 0.0, 3
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -257,3 +259,30 @@ def test_sizing_advice_rejects_bad_input():
         sizing_advice(_table([1.0]), target_p90_s=0)
     with pytest.raises(BadInput):
         sizing_advice("not a table", target_p90_s=1)
+
+
+def test_sends_the_ollama_api_key_when_set(peer, monkeypatch):
+    """A shared `slm-course serve --api-key KEY` needs the key, as the `ollama` client sends it."""
+    monkeypatch.setenv("OLLAMA_API_KEY", "class-key")
+    run_load(peer.url, "m", concurrency=2, requests_per_client=1, timeout_s=5, max_duration_s=10)
+    assert peer.auth == ["Bearer class-key"] * 2
+    monkeypatch.delenv("OLLAMA_API_KEY")
+    run_load(peer.url, "m", concurrency=1, requests_per_client=1, timeout_s=5, max_duration_s=10)
+    assert peer.auth[-1] is None
+
+
+# --------------------------------------------------------------------------- the real server
+def test_real_server_answers_every_request(ollama_host):
+    """Against the session's real server (`slm-course serve`, or SLM_TEST_OLLAMA_HOST) with a
+    real model: every request completes and the engine reports the tokens it generated."""
+    from helpers import OllamaBackend, pick_model
+
+    model = pick_model(OllamaBackend(ollama_host), "smollm2:135m", verbose=False)
+    result = run_load(ollama_host, model, concurrency=2, requests_per_client=1, num_predict=8,
+                      prompt="Say hello to the class.", timeout_s=120, max_duration_s=240)
+    assert not result.stopped_by_time and result.errors == [], str(result)
+    assert result.completed == len(result.rows) == 2
+    for row in result.rows:
+        assert row.eval_count is not None and 0 < row.eval_count <= 8
+        assert 0 < row.ttft_s <= row.latency_s
+    assert result.output_tps > 0
