@@ -127,6 +127,7 @@ class LoadedModel:
     size: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     expires_at: float = 0.0
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # of the latest request: it wins, as in Ollama
     embedder: Any = None
 
 
@@ -199,6 +200,7 @@ class Engine:
             with self._registry_lock:
                 current = self._models.get(base)
             if current is not None and current.num_ctx == num_ctx:
+                current.keep_alive_s = keep_alive_s
                 current.expires_at = time.time() + keep_alive_s
                 return current, 0
             if current is not None:  # a new context size means a reload, as in Ollama
@@ -215,7 +217,7 @@ class Engine:
                         seed=0)
             load_ns = time.perf_counter_ns() - t0
             model = LoadedModel(base, path, llm, num_ctx, load_ns, path.stat().st_size,
-                                expires_at=time.time() + keep_alive_s)
+                                expires_at=time.time() + keep_alive_s, keep_alive_s=keep_alive_s)
             with self._registry_lock:
                 self._models[base] = model
             return model, load_ns
@@ -346,7 +348,7 @@ class Engine:
                 yield from self._decode(loaded, load_ns, t_start, tokens, limit, opts, stops,
                                         grammar, cancel)
             finally:
-                loaded.expires_at = time.time() + keep_alive_s
+                loaded.expires_at = time.time() + loaded.keep_alive_s
 
     def _decode(self, loaded: LoadedModel, load_ns: int, t_start: int, tokens: list[int],
                 limit: int, opts: GenOptions, stops: list[str], grammar: Any,
@@ -364,6 +366,7 @@ class Engine:
         pending = b""
         held = ""
         done_reason = "stop"
+        suspended = 0  # time spent by the consumer between pieces: not the engine's
         try:
             for token in gen:
                 now = time.perf_counter_ns()
@@ -385,13 +388,17 @@ class Engine:
                 if hit is not None:
                     held = held[: held.index(hit)]
                     if held:
+                        ts = time.perf_counter_ns()
                         yield Chunk(held)
+                        suspended += time.perf_counter_ns() - ts
                     held = ""
                     break
                 keep = _is_prefix_of_any(held, stops) if stops else 0
                 emit, held = (held[:-keep], held[-keep:]) if keep else (held, "")
                 if emit:
+                    ts = time.perf_counter_ns()
                     yield Chunk(emit)
+                    suspended += time.perf_counter_ns() - ts
                 if cancel is not None and cancel.is_set():
                     done_reason = "cancelled"
                     break
@@ -413,7 +420,8 @@ class Engine:
                     eval_count=count,
                     load_duration=load_ns,
                     prompt_eval_duration=t_first - t0,
-                    eval_duration=max(t_end - t_first, 1) if count else 0,
+                    # like Ollama's, eval covers decoding and sampling each output token
+                    eval_duration=max(t_end - t_first - suspended, 1) if count else 0,
                     total_duration=time.perf_counter_ns() - t_start)
 
     # ----- embeddings ---------------------------------------------------------
