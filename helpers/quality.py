@@ -1,0 +1,473 @@
+"""Lessons 05-06: small vs large on the same eval tasks, saved per prompt, and judged as routers.
+
+A *paired run* asks both tiers every task and keeps one row per prompt (both answers, both
+scores, latency, tokens). Lesson 05 summarises it per category with Wilson intervals and
+saves it under `runs/`; lesson 06 reloads it to draw RouteLLM-style cost-quality curves.
+Everything copes with the case CI always has: both tiers are the same model, so the quality
+gap is zero and PGR is undefined (NaN here, never a crash).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .cost import ApiPrice, LocalAssumptions, LocalRun, api_price, query_cost_api
+from .errors import BadInput, CourseError
+from .evals import EvalRecord, Task, check_code, extract_code, run_eval, wilson_interval
+from .routing import SHARES, LearnedRouter, RoutingExample, oracle_router, quality_at_share
+
+TIERS = ("small", "large")
+EXPLAIN_MIN_WORDS = 6  # an answer with fewer words (numbers aside) gives no explanation
+
+
+# ---------------------------------------------------------------------------- the two tiers
+
+@dataclass
+class LargeChoice:
+    """The large tier of a comparison: where it runs, what it is, what its calls would cost."""
+
+    backend: Any
+    model: str
+    local_stand_in: bool        # a local model standing in for an API model
+    same_as_small: bool         # the very model the small tier uses: no quality gap possible
+    price: ApiPrice | None      # API price used for its calls (of the model it stands in for)
+    price_note: str
+
+
+def _base(name: str) -> str:
+    return name.removesuffix(":latest")
+
+
+def _price(model: str) -> tuple[ApiPrice | None, str]:
+    try:
+        price = api_price(model)
+    except CourseError as exc:
+        return None, f"no API price for {model} ({exc.message})"
+    return price, f"{price.provider}/{price.model} from {price.source}"
+
+
+def choose_large(backend: Any, small: str, large_model: str = "", *, probe: bool = True,
+                 verbose: bool = True) -> LargeChoice:
+    """The large tier: `large_model` from the small tier's server when it has it, else
+    `connect_large` (the API model when a key is set, else the biggest local model).
+
+    A local large model is priced as the API model it stands in for (SLM_LARGE_MODEL,
+    default gpt-4o-mini): "what it would cost". With `probe`, a 4-token call checks that a
+    different large model answers; if it does not (a wrong key, an unreachable endpoint) the
+    small model becomes both tiers, with the reason printed. Prints what it chose.
+    """
+    from .connection import connect_large, pick_model
+    from .settings import get_settings
+
+    api_model = get_settings().large_model
+    if large_model and backend.has_model(large_model):
+        large_backend, model, local = backend, large_model, True
+        if verbose:
+            print(f"Large tier: {model} on the same server as the small model (asked for).")
+    else:
+        tier = connect_large(backend, verbose=verbose)
+        large_backend, local = tier.backend, tier.local_fallback
+        if local:
+            model = pick_model(tier.backend, large_model or tier.model, verbose=verbose and bool(large_model))
+        else:
+            model = large_model or tier.model
+    same = local and large_backend is backend and _base(model) == _base(small)
+    if probe and not same:
+        try:
+            large_backend.generate(model, "Say OK.", options={"num_predict": 4, "temperature": 0})
+        except CourseError as exc:
+            if verbose:
+                print(f"The large tier does not answer: {exc.message}\n  -> {exc.hint}\n"
+                      f"Using {small} for both tiers instead.")
+            return choose_large(backend, small, small, probe=False, verbose=verbose)
+    price, note = _price(api_model if local else model)
+    if local:
+        note = f"a local stand-in, priced as {api_model} - what it would cost: {note}"
+    if verbose:
+        print("Large calls: " + note)
+        if same:
+            print(f"NOTE: the large tier is the small model itself ({small}). Both tiers give the same "
+                  "answers, so no router can gain quality here; the curves below stay flat.\n"
+                  "  For a real comparison set OPENAI_API_KEY (in .env), or pull a bigger model "
+                  "(e.g. `ollama pull llama3.2:3b`) and set LARGE_MODEL to it.")
+    return LargeChoice(large_backend, model, local, same, price, note)
+
+
+# ---------------------------------------------------------------------------- tasks
+
+def sample_by_category(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Task]:
+    """`n` tasks spread evenly over categories (round-robin in a seeded order), so a small
+    sample still covers every category."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise BadInput(f"n must be a non-negative integer, got {n!r}", "e.g. n=12")
+    rng = random.Random(seed)
+    by_cat: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_cat.setdefault(t.category, []).append(t)
+    queues = [rng.sample(v, len(v)) for _, v in sorted(by_cat.items())]
+    picked: list[Task] = []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return picked
+
+
+# ---------------------------------------------------------------------------- paired runs
+
+def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_set: str) -> pd.DataFrame:
+    """One row per task with both tiers' answers side by side (`small_*` and `large_*` columns)."""
+    by_id = {r.task_id: r for r in large}
+    missing = [r.task_id for r in small if r.task_id not in by_id]
+    if missing:
+        raise BadInput(f"{len(missing)} tasks have no large-tier answer (e.g. {missing[0]})",
+                       "run both tiers on the same task list")
+    rows = []
+    for s in small:
+        g = by_id[s.task_id]
+        row = {"task_id": s.task_id, "eval_set": eval_set, "category": s.category,
+               "difficulty": s.difficulty, "kind": s.kind, "prompt": s.prompt}
+        for tier, r in (("small", s), ("large", g)):
+            row.update({f"{tier}_model": r.model, f"{tier}_correct": r.correct,
+                        f"{tier}_latency_s": r.latency_s, f"{tier}_prompt_tokens": r.prompt_tokens,
+                        f"{tier}_output_tokens": r.output_tokens, f"{tier}_done_reason": r.done_reason,
+                        f"{tier}_text": r.text})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_paired(backend: Any, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
+               *, options: dict | None = None, progress: bool = True) -> pd.DataFrame:
+    """Ask both tiers every task of every set (`run_eval`) and return the paired frame.
+
+    When the large tier *is* the small model, its answers are the small run's (deterministic
+    decoding would repeat them): asking again would only double the wait.
+    """
+    frames = []
+    for name, tasks in task_sets.items():
+        if not tasks:
+            continue
+        small_records = run_eval(backend, small, tasks, options=options, progress=progress)
+        if large.same_as_small:
+            large_records = small_records
+        else:
+            large_records = run_eval(large.backend, large.model, tasks, options=options, progress=progress)
+        frames.append(paired_frame(small_records, large_records, name))
+    if not frames:
+        raise BadInput("no tasks to run", "pass at least one non-empty task list")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def run_file(folder: str | Path, small: str, large: str) -> Path:
+    """Where the paired run of `small` vs `large` is saved (CSV; the metadata sits beside it)."""
+    return Path(folder) / f"quality_{_slug(small)}__vs__{_slug(large)}.csv"
+
+
+def save_run(frame: pd.DataFrame, folder: str | Path, small: str, large: str, **meta: Any) -> Path:
+    """Save a paired run as CSV plus a JSON file of how it was made (models, sizes, date)."""
+    path = run_file(folder, small, large)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    info = {"small": small, "large": large, "rows": len(frame),
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"), **meta}
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+    return path
+
+
+def load_run(folder: str | Path, small: str, large: str) -> tuple[pd.DataFrame, dict] | None:
+    """The saved paired run of exactly these two models, or None when there is none."""
+    path = run_file(folder, small, large)
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for tier in TIERS:
+        col = frame[f"{tier}_correct"]
+        frame[f"{tier}_correct"] = col.map(lambda v: None if pd.isna(v) else str(v) in ("True", "1", "1.0"))
+        frame[f"{tier}_text"] = frame[f"{tier}_text"].fillna("")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return frame, {**meta, "path": str(path)}
+
+
+# ---------------------------------------------------------------------------- accuracy
+
+def tier_accuracy(frame: pd.DataFrame, by: str = "category") -> pd.DataFrame:
+    """Accuracy of each tier per group (plus "(all)") with Wilson 95% intervals; unscored
+    answers are left out of n. The tiers are told apart by column, so this also works when
+    both tiers are the same model."""
+    if frame.empty:
+        raise BadInput("the paired frame is empty", "run run_paired(...) or load_run(...) first")
+    rows = []
+    groups = [(g, d) for g, d in frame.groupby(by, sort=True)] + [("(all)", frame)]
+    for tier in TIERS:
+        for group, d in groups:
+            scored = d[f"{tier}_correct"].dropna().astype(bool)
+            n, k = len(scored), int(scored.sum())
+            low, high = wilson_interval(k, n)
+            rows.append({"tier": tier, by: group, "n": n, "correct": k,
+                         "accuracy": k / n if n else math.nan, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def plot_tier_accuracy(table: pd.DataFrame, by: str = "category", *, labels: Mapping[str, str] | None = None,
+                       ax=None, title: str = "Accuracy per category (95% Wilson intervals)"):
+    """Bars of accuracy per group for both tiers, with the confidence intervals as error bars."""
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(table[by]))
+    ax = ax or plt.subplots(figsize=(min(11, max(6, 0.8 * len(groups) + 2)), 4))[1]
+    width = 0.38
+    for i, (tier, colour) in enumerate(zip(TIERS, ("#5b8e7d", "#f4a259"))):
+        t = table[table["tier"] == tier].set_index(by).reindex(groups)
+        x = np.arange(len(groups)) + (i - 0.5) * width
+        acc = t["accuracy"].fillna(0).to_numpy()
+        err = np.vstack([(t["accuracy"] - t["ci_low"]).fillna(0), (t["ci_high"] - t["accuracy"]).fillna(0)])
+        ax.bar(x, acc, width, color=colour, label=(labels or {}).get(tier, tier),
+               yerr=np.clip(err, 0, None), capsize=3)
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([f"{g}\n(n={int(n)})" for g, n in
+                        zip(groups, table[table["tier"] == "small"].set_index(by).reindex(groups)["n"])],
+                       rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share correct")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+@dataclass
+class Paired:
+    """How the two tiers agree prompt by prompt, and McNemar's exact test of the difference."""
+
+    both_right: int
+    only_small: int
+    only_large: int
+    both_wrong: int
+    p_value: float  # NaN when they never disagree: nothing to test
+
+
+def paired_counts(frame: pd.DataFrame) -> Paired:
+    """Agreement counts over the prompts both tiers were scored on; the p-value is the exact
+    two-sided binomial test on the disagreements (McNemar 1947): is one tier really better?"""
+    from scipy.stats import binomtest
+
+    d = frame[frame["small_correct"].notna() & frame["large_correct"].notna()]
+    s, g = d["small_correct"].astype(bool), d["large_correct"].astype(bool)
+    only_s, only_g = int((s & ~g).sum()), int((~s & g).sum())
+    p = binomtest(only_s, only_s + only_g, 0.5).pvalue if only_s + only_g else math.nan
+    return Paired(int((s & g).sum()), only_s, only_g, int((~s & ~g).sum()), float(p))
+
+
+# ---------------------------------------------------------------------------- the seed's two claims
+
+def code_failure(text: str, task: Task, done_reason: str | None = None, *, timeout_s: float = 10.0) -> str:
+    """Why a code answer fails its unit tests, in one word or phrase: "passed", "no code",
+    "syntax error" (with "(cut off)" when the answer hit the token limit), "wrong result"
+    (a test assertion failed), "runtime error" or "timeout"."""
+    code = extract_code(text, task.meta.get("entry_point"))
+    if not re.search(r"^\s*(def|return)\b", code, re.M):
+        return "no code"
+    result = check_code(text, task, timeout_s=timeout_s)
+    if result.ok:
+        return "passed"
+    if result.timed_out:
+        return "timeout"
+    if "SyntaxError" in result.stderr or "IndentationError" in result.stderr:
+        return "syntax error (cut off)" if done_reason == "length" else "syntax error"
+    if "AssertionError" in result.stderr:
+        return "wrong result"
+    return "runtime error"
+
+
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+
+
+def explanation_words(text: str) -> int:
+    """Words of two or more letters in an answer: numbers, symbols and "x" do not count."""
+    return len(_WORD_RE.findall(text or ""))
+
+
+def is_bare_answer(text: str, min_words: int = EXPLAIN_MIN_WORDS) -> bool:
+    """True when an answer gives (almost) no words besides its numbers: "17 * 23 = 391"."""
+    return explanation_words(text) < min_words
+
+
+# ---------------------------------------------------------------------------- routing curves
+
+def quality_gap(q_small: Sequence[float], q_large: Sequence[float]) -> float:
+    """Mean large-tier quality minus mean small-tier quality: what a router can recover."""
+    return float(np.mean(np.asarray(q_large, dtype=float)) - np.mean(np.asarray(q_small, dtype=float)))
+
+
+def _pgr(q: float, qs: float, ql: float) -> float:
+    return math.nan if math.isclose(ql, qs, abs_tol=1e-12) else (q - qs) / (ql - qs)
+
+
+def quality_curves(q_small: Sequence[float], q_large: Sequence[float], scores: Mapping[str, Sequence[float]],
+                   shares: Sequence[float] = SHARES) -> pd.DataFrame:
+    """Quality and PGR against the share of large-model calls for each router in `scores`
+    (higher score -> large), plus "random" and "oracle". Long format: router, share, quality, pgr.
+    PGR is NaN when the tiers are equally good (no gap to recover), instead of an error."""
+    qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
+    all_scores = {**scores, "random": np.zeros_like(qs), "oracle": oracle_router(qs, ql)}
+    rows = []
+    for name, sc in all_scores.items():
+        for s in shares:
+            q = quality_at_share(qs, ql, sc, float(s))
+            rows.append({"router": name, "share": float(s), "quality": q,
+                         "pgr": _pgr(q, qs.mean(), ql.mean())})
+    return pd.DataFrame(rows)
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
+
+
+def _cpt(shares: np.ndarray, p: np.ndarray, target: float) -> float:
+    hits = np.nonzero(p >= target - 1e-12)[0]
+    if np.isnan(p).any() or len(hits) == 0:
+        return math.nan
+    i = int(hits[0])
+    if i == 0:
+        return float(shares[0])
+    return float(shares[i - 1] + (target - p[i - 1]) * (shares[i] - shares[i - 1]) / (p[i] - p[i - 1]))
+
+
+def router_table(curves: pd.DataFrame, *, share: float = 0.2, cost_small: float | None = None,
+                 cost_large: float | None = None) -> pd.DataFrame:
+    """Per router: APGR, CPT(50%), CPT(80%) and quality / PGR at one share of large calls
+    (the seed's 20%), with the cost saved against always-large when costs are given.
+    Metrics that need a quality gap are NaN when there is none."""
+    rows = []
+    for name, d in curves.groupby("router", sort=False):
+        x, p = d["share"].to_numpy(), d["pgr"].to_numpy()
+        q_at = float(np.interp(share, x, d["quality"].to_numpy()))
+        row = {"router": name,
+               "APGR": math.nan if np.isnan(p).any() else _trapezoid(p, x),
+               "CPT(50%)": _cpt(x, p, 0.5), "CPT(80%)": _cpt(x, p, 0.8),
+               f"quality@{share:.0%}": q_at, f"PGR@{share:.0%}": float(np.interp(share, x, p))}
+        if cost_small is not None and cost_large:
+            row[f"cost saved@{share:.0%}"] = 1 - (share * cost_large + (1 - share) * cost_small) / cost_large
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("router")
+
+
+def plot_quality_curves(curves: pd.DataFrame, *, q_small: float, q_large: float,
+                        cost_small: float | None = None, cost_large: float | None = None,
+                        mark_share: float | None = 0.2, ax=None, title: str = "Quality against large-model calls"):
+    """Quality vs % of calls to the large model for every router in `curves`; random dashed,
+    oracle dotted; a top axis in USD per 1,000 queries when costs are given."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4.2))[1]
+    styles = {"random": dict(ls="--", color="grey"), "oracle": dict(ls=":", color="green")}
+    for name, d in curves.groupby("router", sort=False):
+        ax.plot(d["share"] * 100, d["quality"], marker="" if name in styles else "o", ms=4,
+                label=name if name not in styles else f"{name} (baseline)" if name == "random"
+                else "oracle (upper bound)", **styles.get(name, {}))
+    ax.axhline(q_small, color="#5b8e7d", lw=0.8, alpha=0.6)
+    ax.axhline(q_large, color="#f4a259", lw=0.8, alpha=0.6)
+    if mark_share is not None:
+        ax.axvline(mark_share * 100, color="black", lw=0.6, alpha=0.4)
+    ax.set_xlabel("calls to the large model (%)")
+    ax.set_ylabel("quality (share correct)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    if cost_small is not None and cost_large:
+        top = ax.secondary_xaxis("top", functions=(
+            lambda pct: 1000 * (pct / 100 * cost_large + (1 - pct / 100) * cost_small),
+            lambda usd: 100 * (usd / 1000 - cost_small) / (cost_large - cost_small)
+            if cost_large != cost_small else usd * 0))
+        top.set_xlabel("USD per 1,000 queries (what it would cost)")
+    return ax
+
+
+def operating_point(q_small: Sequence[float], q_large: Sequence[float], to_large: Sequence[bool]) -> tuple[float, float]:
+    """(share sent large, mean quality) of a yes/no router such as `not is_simple_task`."""
+    qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
+    big = np.asarray(to_large, dtype=bool)
+    if big.shape != qs.shape:
+        raise BadInput("one routing decision per prompt is needed", "pass [not is_simple_task(p) for p in prompts]")
+    return float(big.mean()), float(np.where(big, ql, qs).mean())
+
+
+def out_of_fold_scores(prompts: Sequence[str], small_correct: Sequence[float], large_correct: Sequence[float],
+                       *, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Large-model scores of a `LearnedRouter`, each prompt scored by a router that never saw it
+    (stratified k-fold), so the curve is not the training data read back.
+
+    Raises BadInput when one label ("small enough") covers every prompt: nothing to learn."""
+    from sklearn.model_selection import StratifiedKFold
+
+    qs, ql = np.asarray(small_correct, dtype=float), np.asarray(large_correct, dtype=float)
+    y = (qs >= ql).astype(int)
+    minority = int(min(y.sum(), len(y) - y.sum()))
+    if minority < 2:
+        raise BadInput(f"only {minority} of {len(y)} prompts are in the rarer class "
+                       f"({int(y.sum())} 'small enough', {len(y) - int(y.sum())} 'needs large')",
+                       "a router needs both kinds of prompt to learn from: compare two different models "
+                       "on more, and harder, prompts")
+    out = np.zeros(len(y))
+    splitter = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
+    for train, test in splitter.split(np.zeros(len(y)), y):
+        router = LearnedRouter().fit([RoutingExample(prompts[i], qs[i], ql[i]) for i in train])
+        out[test] = router.large_scores([prompts[i] for i in test])
+    return out
+
+
+def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None,
+                    local: LocalAssumptions) -> tuple[float, float]:
+    """(small, large) USD per query, averaged over the run: the small tier's local energy and
+    hardware for the measured seconds, the large tier's API price of its measured tokens."""
+    seconds = frame["small_latency_s"].sum()
+    tokens = max(int(frame["small_output_tokens"].sum()), 1)
+    run = LocalRun("small", tokens / seconds if seconds > 0 else 1.0, local)
+    small = float(np.mean([sum(run.cost_per_query(0, int(t))) for t in frame["small_output_tokens"]]))
+    if price is None:
+        return small, math.nan
+    large = float(np.mean([query_cost_api(price, int(i), int(o)) for i, o in
+                           zip(frame["large_prompt_tokens"], frame["large_output_tokens"])]))
+    return small, large
+
+
+def share_for_quality(curves: pd.DataFrame, target: float) -> pd.Series:
+    """Per router: the smallest share of large-model calls whose quality reaches `target`
+    (interpolated between grid points); NaN when it never does."""
+    out = {}
+    for name, d in curves.groupby("router", sort=False):
+        x, q = d["share"].to_numpy(), d["quality"].to_numpy()
+        hits = np.nonzero(q >= target - 1e-12)[0]
+        if len(hits) == 0:
+            out[name] = math.nan
+        elif hits[0] == 0:
+            out[name] = float(x[0])
+        else:
+            i = int(hits[0])
+            out[name] = float(x[i - 1] + (target - q[i - 1]) * (x[i] - x[i - 1]) / (q[i] - q[i - 1]))
+    return pd.Series(out, name=f"share for quality {target:.3f}")
+
+
+def latest_run(folder: str | Path) -> tuple[pd.DataFrame, dict] | None:
+    """The most recently saved paired run in `folder`, whoever the models were; None if none."""
+    files = sorted(Path(folder).glob("quality_*__vs__*.csv"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(files):
+        meta_path = path.with_suffix(".json")
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            return load_run(folder, meta["small"], meta["large"])
+    return None

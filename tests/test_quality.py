@@ -1,0 +1,212 @@
+"""Paired small/large runs: saving, per-category Wilson accuracy, the seed's claims, router curves.
+
+Fixtures are hand-made records (no model inference); code answers really run in the sandbox.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers.cost import LocalAssumptions, api_price
+from helpers.errors import BackendUnavailable, BadInput
+from helpers.evals import EvalRecord, humaneval_tasks, open_prompts, wilson_interval
+from helpers.quality import (
+    choose_large, code_failure, explanation_words, is_bare_answer, latest_run, load_run, operating_point,
+    out_of_fold_scores, paired_counts, paired_frame, per_query_costs, quality_curves, router_table,
+    run_file, sample_by_category, save_run, share_for_quality, tier_accuracy,
+)
+from helpers.routing import curve
+
+# RouteLLM metrics on the hand fixture of tests/test_routing.py (APGR 0.65, CPT(50%) 0.30, CPT(80%) 0.62)
+Q_SMALL = [0, 0, 0, 0, 1, 1, 1, 1, 1, 0]
+Q_LARGE = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+SCORES = [1.0, 0.8, 0.6, 0.4, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1]
+
+
+def _rec(task_id, category, correct, model="m", text="ans", latency=1.0, tokens=(10, 5), reason="stop"):
+    return EvalRecord(task_id=task_id, category=category, difficulty="easy", kind="number", model=model,
+                      backend="ollama", prompt=f"prompt {task_id}", text=text, correct=correct,
+                      latency_s=latency, prompt_tokens=tokens[0], output_tokens=tokens[1], done_reason=reason)
+
+
+# 6 tasks, two categories. small: a1 a2 right, b1 wrong ...; large right on all but b3.
+SMALL = [_rec("a1", "a", True), _rec("a2", "a", True), _rec("a3", "a", False),
+         _rec("b1", "b", False), _rec("b2", "b", False), _rec("b3", "b", None, text="multi\nline, \"quoted\"")]
+LARGE = [_rec(r.task_id, r.category, c, model="big", latency=2.0, tokens=(20, 40))
+         for r, c in zip(SMALL, [True, True, True, True, False, None])]
+
+
+def test_paired_frame_lines_up_both_tiers_and_refuses_missing_tasks():
+    df = paired_frame(SMALL, LARGE, "toy")
+    assert list(df["task_id"]) == ["a1", "a2", "a3", "b1", "b2", "b3"]
+    assert df["small_correct"].tolist() == [True, True, False, False, False, None]
+    assert df["large_correct"].tolist() == [True, True, True, True, False, None]
+    assert set(df["eval_set"]) == {"toy"} and df.loc[0, "large_model"] == "big"
+    with pytest.raises(BadInput):
+        paired_frame(SMALL, LARGE[:3], "toy")
+
+
+def test_save_and_load_round_trip_keeps_booleans_none_and_text(tmp_path):
+    df = paired_frame(SMALL, LARGE, "toy")
+    path = save_run(df, tmp_path / "runs", "smollm2:135m", "gpt-4o-mini", n_tasks=3)
+    assert path == run_file(tmp_path / "runs", "smollm2:135m", "gpt-4o-mini")
+    assert path.name == "quality_smollm2-135m__vs__gpt-4o-mini.csv"
+    back, meta = load_run(tmp_path / "runs", "smollm2:135m", "gpt-4o-mini")
+    assert meta["n_tasks"] == 3 and meta["rows"] == 6
+    assert back["small_correct"].tolist() == [True, True, False, False, False, None]
+    assert back.loc[5, "small_text"] == "multi\nline, \"quoted\""
+    assert load_run(tmp_path / "runs", "smollm2:135m", "other") is None
+
+
+def test_tier_accuracy_counts_per_category_with_wilson_intervals():
+    table = tier_accuracy(paired_frame(SMALL, LARGE, "toy"))
+    row = table[(table.tier == "small") & (table.category == "a")].iloc[0]
+    assert (row.n, row.correct) == (3, 2)
+    assert (row.ci_low, row.ci_high) == pytest.approx(wilson_interval(2, 3))
+    b = table[(table.tier == "small") & (table.category == "b")].iloc[0]
+    assert (b.n, b.correct) == (2, 0)  # the unscored answer is not counted
+    all_large = table[(table.tier == "large") & (table.category == "(all)")].iloc[0]
+    assert (all_large.n, all_large.correct) == (5, 4)
+
+
+def test_paired_counts_and_mcnemar():
+    p = paired_counts(paired_frame(SMALL, LARGE, "toy"))
+    assert (p.both_right, p.only_small, p.only_large, p.both_wrong) == (2, 0, 2, 1)
+    assert p.p_value == pytest.approx(0.5)  # 2 of 2 disagreements one way: 2 * 0.5**2
+    same = paired_counts(paired_frame(SMALL, SMALL, "toy"))
+    assert same.only_small == same.only_large == 0 and math.isnan(same.p_value)
+
+
+def test_code_failure_names_what_went_wrong():
+    task = next(t for t in humaneval_tasks() if t.id == "HumanEval/53")  # add(x, y)
+    assert code_failure("```python\ndef add(x: int, y: int):\n    return x + y\n```", task) == "passed"
+    assert code_failure("```python\ndef add(x: int, y: int):\n    return x - y\n```", task) == "wrong result"
+    assert code_failure("```python\ndef add(x: int, y: int):\n    return (x +\n```", task) == "syntax error"
+    assert code_failure("```python\ndef add(x: int, y: int):\n    return (x +\n", task,
+                        done_reason="length") == "syntax error (cut off)"
+    assert code_failure("```python\ndef add(x: int, y: int):\n    return undefined_name\n```", task) == "runtime error"
+    assert code_failure("You could add the two numbers.", task) == "no code"
+
+
+def test_explanations_are_counted_in_words_not_numbers():
+    assert explanation_words("17 * 23 = 391") == 0
+    assert is_bare_answer("The answer is 391.")
+    assert not is_bare_answer("First multiply 17 by 20 to get 340, then add 17 times 3, which is 51: 391.")
+
+
+def test_sample_by_category_covers_categories_first():
+    tasks = [t for t in open_prompts() if t.kind != "open"]
+    picked = sample_by_category(tasks, 10, seed=1)
+    assert len({t.category for t in picked}) == 10
+    assert [t.id for t in picked] == [t.id for t in sample_by_category(tasks, 10, seed=1)]
+    assert len(sample_by_category(tasks, 1000)) == len(tasks)
+
+
+def test_quality_curves_match_routing_curve_and_survive_a_zero_gap():
+    df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
+    ref = curve(Q_SMALL, Q_LARGE, SCORES)
+    assert df[df.router == "router"]["pgr"].tolist() == pytest.approx(ref["pgr"].tolist())
+    assert df[df.router == "oracle"]["pgr"].tolist() == pytest.approx(ref["oracle_pgr"].tolist())
+    assert df[df.router == "random"]["quality"].tolist() == pytest.approx(ref["random_quality"].tolist())
+    table = router_table(df, share=0.2, cost_small=0.0, cost_large=1.0)
+    assert table.loc["router", "APGR"] == pytest.approx(0.65)
+    assert table.loc["router", "CPT(50%)"] == pytest.approx(0.30)
+    assert table.loc["router", "CPT(80%)"] == pytest.approx(0.62)
+    assert table.loc["random", "APGR"] == pytest.approx(0.5)
+    assert table.loc["router", "cost saved@20%"] == pytest.approx(0.8)
+    # the same model twice: quality is flat, PGR and its summaries are NaN, nothing raises
+    flat = quality_curves(Q_SMALL, Q_SMALL, {"router": SCORES})
+    assert flat["quality"].tolist() == pytest.approx([0.5] * len(flat))
+    assert flat["pgr"].isna().all()
+    flat_table = router_table(flat)
+    assert flat_table["APGR"].isna().all() and flat_table["quality@20%"].tolist() == pytest.approx([0.5] * 3)
+
+
+def test_operating_point_of_a_yes_no_router():
+    share, quality = operating_point(Q_SMALL, Q_LARGE, [True] * 2 + [False] * 8)
+    assert share == pytest.approx(0.2) and quality == pytest.approx(0.7)
+    with pytest.raises(BadInput):
+        operating_point(Q_SMALL, Q_LARGE, [True])
+
+
+def test_out_of_fold_scores_need_both_classes_and_score_every_prompt():
+    prompts = [f"What is {i} + {i}?" for i in range(8)] + [f"Prove theorem {i} step by step." for i in range(8)]
+    small = [1.0] * 8 + [0.0] * 8
+    large = [1.0] * 16
+    scores = out_of_fold_scores(prompts, small, large, folds=4)
+    assert scores.shape == (16,) and np.all((scores >= 0) & (scores <= 1))
+    assert scores[8:].mean() > scores[:8].mean()  # held-out proofs look like they need the large model
+    with pytest.raises(BadInput, match="rarer class"):
+        out_of_fold_scores(prompts, large, large)
+
+
+def test_per_query_costs_price_tokens_and_local_seconds():
+    df = paired_frame(SMALL, LARGE, "toy")
+    price = api_price("gpt-4o-mini")
+    local = LocalAssumptions(watts=36.0, price_per_kwh=0.5, hardware_price=0.0, lifetime_years=3, utilisation=1.0)
+    small, large = per_query_costs(df, price, local)
+    assert large == pytest.approx((20 * price.input_per_mtok + 40 * price.output_per_mtok) / 1e6)
+    # 1 s per query at 36 W = 0.01 Wh = 1e-5 kWh -> 5e-6 USD
+    assert small == pytest.approx(5e-6)
+    assert math.isnan(per_query_costs(df, None, local)[1])
+
+
+class _Server:
+    """A stand-in for a backend that only lists its models (nothing is generated)."""
+
+    name = "ollama"
+
+    def __init__(self, models):
+        self.models = models
+
+    def has_model(self, model):
+        return model in self.models
+
+    def list_models(self):
+        return self.models
+
+    def describe(self):
+        return "test server"
+
+
+def test_choose_large_detects_the_same_model_and_prices_the_stand_in(monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("SLM_LARGE_BASE_URL", "https://api.openai.com/v1")
+    monkeypatch.setenv("SLM_LARGE_MODEL", "gpt-4o-mini")
+    server = _Server(["smollm2:135m"])
+    same = choose_large(server, "smollm2:135m", "smollm2:135m")
+    assert same.same_as_small and same.local_stand_in and same.backend is server
+    assert same.price.model == "gpt-4o-mini" and "what it would cost" in same.price_note
+    assert "no router can gain quality" in capsys.readouterr().out
+    other = choose_large(_Server(["smollm2:135m", "llama3.2:3b"]), "smollm2:135m", "", probe=False,
+                         verbose=False)
+    assert other.model == "llama3.2:3b" and not other.same_as_small
+
+
+def test_a_large_tier_that_does_not_answer_falls_back_to_the_small_model(monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("SLM_LARGE_BASE_URL", "https://api.openai.com/v1")
+
+    class Down(_Server):
+        def generate(self, model, prompt, **kw):
+            raise BackendUnavailable("no answer from the test server", "start it")
+
+    choice = choose_large(Down(["smollm2:135m", "llama3.2:3b"]), "smollm2:135m", "llama3.2:3b")
+    assert choice.model == "smollm2:135m" and choice.same_as_small
+    out = capsys.readouterr().out
+    assert "does not answer: no answer from the test server" in out and "-> start it" in out
+
+
+def test_share_for_quality_and_latest_run(tmp_path):
+    df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
+    shares = share_for_quality(df, 0.9)
+    assert shares["oracle"] == pytest.approx(0.4)   # the 4 gap prompts first
+    assert shares["router"] == pytest.approx(0.7)
+    assert shares["random"] == pytest.approx(1.0)
+    assert math.isnan(share_for_quality(df, 0.95)["router"])
+    assert latest_run(tmp_path) is None
+    save_run(paired_frame(SMALL, LARGE, "toy"), tmp_path, "a:1b", "b:7b")
+    frame, meta = latest_run(tmp_path)
+    assert meta["small"] == "a:1b" and len(frame) == 6
