@@ -6,7 +6,6 @@ environment of this process). Set SLM_TEST_OLLAMA_HOST to run everything against
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers.net import free_loopback_port as free_port  # noqa: F401  (tests import it from here)
+
 ROOT = Path(__file__).resolve().parent
 BUNDLED = "smollm2:135m"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:

@@ -1,8 +1,7 @@
-"""The `slm-course` command: doctor, serve, labs, bench."""
+"""The `slm-course` command: doctor, serve, lab, labs, bench, store-outputs."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -16,7 +15,9 @@ def _doctor(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    key = args.api_key or os.environ.get("SLM_SERVE_API_KEY") or None
+    from .settings import get_settings
+
+    key = args.api_key or get_settings().serve_api_key
     return serve(args.host, args.port, api_key=key, insecure_open=args.insecure_open,
                  log_level=args.log_level)
 
@@ -40,25 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_serve)
 
-    try:
-        from . import labs
-    except ImportError:
-        labs = None
-    if labs is not None and hasattr(labs, "add_arguments"):
-        p = sub.add_parser("labs", help="regenerate labs/ from solutions/ (--check: fail if stale)")
-        labs.add_arguments(p)
-        p.set_defaults(func=labs.run)
+    from . import bench, labs, launcher, nbstore
 
-    try:
-        from . import bench
-    except ImportError:
-        bench = None
-    if bench is not None and hasattr(bench, "add_arguments"):
-        p = sub.add_parser("bench", help="measure speed (TTFT, tokens/s) of models on this machine")
-        bench.add_arguments(p)
-        p.set_defaults(func=bench.run)
+    p = sub.add_parser("lab", help="JupyterLab on the lessons, with a model server that answers "
+                                   "(starts the offline one if needed)")
+    launcher.add_arguments(p)
+    p.set_defaults(func=launcher.run)
 
-    from . import nbstore
+    p = sub.add_parser("labs", help="regenerate labs/ from solutions/ (--check: fail if stale)")
+    labs.add_arguments(p)
+    p.set_defaults(func=labs.run)
+
+    p = sub.add_parser("bench", help="measure speed (TTFT, tokens/s) of models on this machine")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
 
     p = sub.add_parser("store-outputs", help="execute notebooks and keep only # NBVAL_CHECK_OUTPUT outputs")
     nbstore.add_arguments(p)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import BadInput, CourseError
+from .net import free_loopback_port
 from .registry import BUNDLED_MODEL
 
 MB = 1e6
@@ -605,9 +606,4 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
     return df
 
 
-def unused_loopback_port() -> int:
-    """A loopback TCP port with nothing listening on it: a connection there is refused at
-    once, like a server that is down."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+unused_loopback_port = free_loopback_port  # the name lesson 08 uses

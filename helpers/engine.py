@@ -148,10 +148,9 @@ def default_threads() -> int:
     llama.cpp's threads spin while they wait for each other, so on a machine busy with other work
     fewer threads can be much faster: set SLM_THREADS=1 there (the test suite does).
     """
-    try:
-        wanted = int(os.environ.get("SLM_THREADS", "0"))
-    except ValueError:
-        wanted = 0
+    from .settings import get_settings
+
+    wanted = get_settings().threads
     return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
 
 

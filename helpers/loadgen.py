@@ -17,15 +17,14 @@ functions run the coroutine in a helper thread with its own event loop when need
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound, pull_hint
+from .net import is_loopback_host  # noqa: F401  (part of this module's API)
 from .settings import get_settings, normalise_host
 
 T = TypeVar("T")
@@ -208,20 +207,6 @@ def _check_seconds(name: str, value: Any, hint: str) -> float:
     return float(value)
 
 
-def is_loopback_host(host: str) -> bool:
-    """True when `host` (a URL or host[:port]) names this machine: 127.0.0.0/8, ::1 or
-    localhost. Names are not resolved, so no DNS answer can turn a remote host local."""
-    import httpx
-
-    name = httpx.URL(normalise_host(host)).host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def check_target(host: str | None, *, allow_remote: bool = False) -> str:
     """Normalise `host` (default OLLAMA_HOST) and refuse a non-loopback one unless allowed."""
     if host is not None and not isinstance(host, str):
@@ -240,7 +225,7 @@ def check_target(host: str | None, *, allow_remote: bool = False) -> str:
 def _auth_headers() -> dict[str, str]:
     """`Authorization: Bearer $OLLAMA_API_KEY` when that is set, as the `ollama` client sends it
     (a shared `slm-course serve --api-key` requires it)."""
-    key = os.environ.get("OLLAMA_API_KEY")
+    key = get_settings().ollama_api_key
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 

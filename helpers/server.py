@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationErr
 from . import __version__
 from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Engine, get_engine
 from .errors import BadInput, CourseError, ModelNotFound
+from .net import is_loopback_host
 from .registry import card
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
@@ -563,17 +564,6 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = None,
           insecure_open: bool = False, log_level: str = "warning") -> int:
     """Run the server until interrupted. Returns a process exit code."""
@@ -584,7 +574,7 @@ def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = N
               f"`slm-course serve`) already running there? Use it, stop it, or pick another port "
               f"with --port.")
         return 2
-    if not is_loopback(host) and not api_key and not insecure_open:
+    if not is_loopback_host(host) and not api_key and not insecure_open:
         print(f"[FAIL] refusing to serve on {host} without an API key: anyone on the network could use "
               "it. Pass --api-key KEY (clients set OLLAMA_API_KEY=KEY), or --insecure-open if you "
               "really mean it.")

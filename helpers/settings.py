@@ -9,6 +9,11 @@
 | OPENAI_API_KEY      | (unset)                    | key for that endpoint; never printed             |
 | SLM_TIMEOUT         | 120                        | seconds before any network call gives up         |
 | SLM_THREADS         | (all cores)                | llama.cpp threads of the embedded engine         |
+| SLM_JUDGE_MODEL     | (unset: open prompts unscored) | model that grades open prompts (lesson 05)   |
+| SLM_LOADTEST_HOSTS  | (unset: loopback only)     | other hosts the load generator may target        |
+| OLLAMA_API_KEY      | (unset)                    | Bearer key sent to a shared `slm-course serve`   |
+| SLM_SERVE_API_KEY   | (unset)                    | key `slm-course serve` requires (= --api-key)    |
+| SLM_LOG_DIR         | ~/.cache/slm-course        | logs of servers `slm-course lab` starts          |
 """
 from __future__ import annotations
 
@@ -60,6 +65,12 @@ class Settings:
     large_base_url: str = DEFAULT_LARGE_BASE_URL
     openai_api_key: str | None = field(default=None, repr=False)
     timeout: float = 120.0
+    threads: int = 0  # 0: every core
+    judge_model: str = ""
+    loadtest_hosts: tuple[str, ...] = ()
+    ollama_api_key: str | None = field(default=None, repr=False)
+    serve_api_key: str | None = field(default=None, repr=False)
+    log_dir: str = ""
 
     @property
     def has_key(self) -> bool:
@@ -70,7 +81,10 @@ class Settings:
         return (
             f"Settings(ollama_host={self.ollama_host!r}, small_model={self.small_model!r}, "
             f"large_model={self.large_model!r}, large_base_url={self.large_base_url!r}, "
-            f"openai_api_key=<{key}>, timeout={self.timeout})"
+            f"openai_api_key=<{key}>, timeout={self.timeout}, threads={self.threads}, "
+            f"judge_model={self.judge_model!r}, loadtest_hosts={self.loadtest_hosts!r}, "
+            f"ollama_api_key=<{'set' if self.ollama_api_key else 'not set'}>, "
+            f"serve_api_key=<{'set' if self.serve_api_key else 'not set'}>)"
         )
 
 
@@ -82,6 +96,10 @@ def get_settings() -> Settings:
         timeout = float(env.get("SLM_TIMEOUT", "120"))
     except ValueError:
         timeout = 120.0
+    try:
+        threads = max(0, int(env.get("SLM_THREADS", "0") or 0))
+    except ValueError:
+        threads = 0
     return Settings(
         ollama_host=normalise_host(env.get("OLLAMA_HOST", "")),
         small_model=env.get("SLM_SMALL_MODEL", "").strip(),
@@ -89,4 +107,11 @@ def get_settings() -> Settings:
         large_base_url=env.get("SLM_LARGE_BASE_URL", "").strip() or DEFAULT_LARGE_BASE_URL,
         openai_api_key=env.get("OPENAI_API_KEY") or None,
         timeout=timeout,
+        threads=threads,
+        judge_model=env.get("SLM_JUDGE_MODEL", "").strip(),
+        loadtest_hosts=tuple(h.strip() for h in env.get("SLM_LOADTEST_HOSTS", "").split(",") if h.strip()),
+        ollama_api_key=env.get("OLLAMA_API_KEY") or None,
+        serve_api_key=env.get("SLM_SERVE_API_KEY") or None,
+        log_dir=env.get("SLM_LOG_DIR", "").strip()
+        or str(Path.home() / ".cache" / "slm-course"),
     )

@@ -11,28 +11,27 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
+
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"
 START = BINDER / "start"
 POSTBUILD = BINDER / "postBuild"
 BASE_PATH = "/usr/bin:/bin"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kit_cli() -> str | None:
@@ -95,7 +94,7 @@ def test_ollama_version_is_pinned_in_one_variable():
 # --------------------------------------------------------------------------- postBuild, run
 def _run_postbuild(home: Path, url: str, **env) -> subprocess.CompletedProcess:
     full_env = {"HOME": str(home), "PATH": BASE_PATH, "OLLAMA_URL": url,
-                "SLM_PORT": str(_free_port()), **env}
+                "SLM_PORT": str(free_port()), **env}
     return subprocess.run(["bash", str(POSTBUILD)], env=full_env, capture_output=True,
                           text=True, timeout=60)
 
@@ -164,7 +163,7 @@ def _skip_if_system_server() -> None:
 
 def test_start_execs_even_without_any_server(tmp_path):
     _skip_if_system_server()
-    port = _free_port()
+    port = free_port()
     env = {"HOME": str(tmp_path), "PATH": BASE_PATH, "SLM_PORT": str(port)}
     t0 = time.monotonic()
     proc = subprocess.run([str(START), sys.executable, "-c", REPORT, "a b", "c"], env=env,
@@ -217,7 +216,7 @@ def test_start_falls_back_to_kit_server(tmp_path):
     path = f"{cli_dir}:{BASE_PATH}"
     if shutil.which("ollama", path=path):
         pytest.skip("ollama is installed next to slm-course; cannot test the fall-back")
-    port, logs = _free_port(), tmp_path / "logs"
+    port, logs = free_port(), tmp_path / "logs"
     env = {"HOME": str(tmp_path), "PATH": path, "SLM_PORT": str(port), "SLM_LOG_DIR": str(logs)}
     check = ("import os, urllib.request; h = os.environ['OLLAMA_HOST']; "
              "print('RAN', h, urllib.request.urlopen(h + '/api/version', timeout=5).read().decode())")
