@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# JupyterLab on notebooks/; if no Ollama answers at OLLAMA_HOST, the course's offline server
+# runs there for as long as JupyterLab does (slm-course lab).
 start: install
 	-$(BIN)/slm-course doctor
-	$(BIN)/jupyter lab notebooks/ $(ROOT_FLAG) $(JUPYTER_ARGS)
+	$(BIN)/slm-course lab -- $(ROOT_FLAG) $(JUPYTER_ARGS)
 
 test: install
 	$(BIN)/python -m pytest tests notebooks solutions --nbval-lax --nbval-cell-timeout=600 \

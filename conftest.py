@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,8 +19,6 @@ from helpers.net import free_loopback_port as free_port  # noqa: F401  (tests im
 
 ROOT = Path(__file__).resolve().parent
 BUNDLED = "smollm2:135m"
-
-
 
 
 def wait_for(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
@@ -58,27 +57,41 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ollama_host(tmp_path_factory) -> str:
-    """The address of the Ollama API every test and notebook in this session talks to."""
+_SESSION: dict = {}
+
+
+def pytest_sessionstart(session) -> None:
+    """Start the session's model server before anything runs - before nbval's first kernel too,
+    so `pytest --nbval-lax notebooks` alone also reaches it through OLLAMA_HOST."""
+    _SESSION["previous"] = os.environ.get("OLLAMA_HOST")
+    os.environ.setdefault("MPLBACKEND", "Agg")
     external = os.environ.get("SLM_TEST_OLLAMA_HOST")
     if external:
-        os.environ["OLLAMA_HOST"] = external
-        yield external
+        _SESSION["host"] = os.environ["OLLAMA_HOST"] = external
         return
     # llama.cpp's threads spin-wait; with the kernels and pytest on the same 2 cores one thread
     # is steadier than two (set SLM_THREADS yourself to override)
     os.environ.setdefault("SLM_THREADS", "1")
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    proc = start_server(port, log=log)
-    host = f"http://127.0.0.1:{port}"
-    previous = os.environ.get("OLLAMA_HOST")
-    os.environ["OLLAMA_HOST"] = host
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    yield host
-    stop_server(proc)
-    if previous is None:
-        os.environ.pop("OLLAMA_HOST", None)
-    else:
-        os.environ["OLLAMA_HOST"] = previous
+    log = Path(tempfile.mkdtemp(prefix="slm-course-serve-")) / "serve.log"
+    _SESSION["proc"] = start_server(port, log=log)
+    _SESSION["host"] = os.environ["OLLAMA_HOST"] = f"http://127.0.0.1:{port}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    proc = _SESSION.pop("proc", None)
+    if proc is not None:
+        stop_server(proc)
+    if "host" in _SESSION:
+        previous = _SESSION.pop("previous", None)
+        if previous is None:
+            os.environ.pop("OLLAMA_HOST", None)
+        else:
+            os.environ["OLLAMA_HOST"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ollama_host() -> str:
+    """The address of the Ollama API every test and notebook in this session talks to
+    (started in pytest_sessionstart; SLM_TEST_OLLAMA_HOST points it at a real Ollama)."""
+    return _SESSION["host"]

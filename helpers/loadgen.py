@@ -208,16 +208,21 @@ def _check_seconds(name: str, value: Any, hint: str) -> float:
 
 
 def check_target(host: str | None, *, allow_remote: bool = False) -> str:
-    """Normalise `host` (default OLLAMA_HOST) and refuse a non-loopback one unless allowed."""
+    """Normalise `host` (default OLLAMA_HOST) and refuse a non-loopback one unless allowed:
+    by `allow_remote=True`, or by naming it in SLM_LOADTEST_HOSTS (comma-separated hosts or
+    URLs, e.g. `lab-server:11434`), so an instructor's configured lab server works unchanged."""
     if host is not None and not isinstance(host, str):
         raise BadInput(f"host must be a string like 'http://127.0.0.1:11434', got {host!r}",
                        "pass the server's address, or leave it out to use OLLAMA_HOST")
-    url = normalise_host(host) if host else get_settings().ollama_host
-    if not allow_remote and not is_loopback_host(url):
+    settings = get_settings()
+    url = normalise_host(host) if host else settings.ollama_host
+    configured = {normalise_host(h) for h in settings.loadtest_hosts}
+    if not allow_remote and url not in configured and not is_loopback_host(url):
         raise BadInput(
             f"refusing to load-test {url}: it is not this machine (127.0.0.1, ::1, localhost)",
             "a load test floods a server with requests - only run it against your own. "
-            "For an instructor's lab server you run, pass allow_remote=True",
+            f"For a lab server you run, add it to SLM_LOADTEST_HOSTS (e.g. SLM_LOADTEST_HOSTS="
+            f"{url.split('://', 1)[1]}) or pass allow_remote=True",
         )
     return url
 

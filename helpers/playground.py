@@ -65,6 +65,7 @@ class Playground:
         self.last: Result | None = None
 
         self.model = widgets.Dropdown(options=sorted(models), value=chosen, description="model")
+        self.model.add_class("slm-model")
         self.prompt = widgets.Textarea(value=prompt, placeholder="Ask the model something",
                                        layout=widgets.Layout(width="100%", height="70px"))
         self.prompt.add_class("slm-prompt")

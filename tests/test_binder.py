@@ -57,6 +57,15 @@ def test_requirements_install_the_project_from_pyproject():
     assert all(re.fullmatch(r"(-e\s+|--editable[=\s]+)?\.", ln) for ln in lines), lines
 
 
+def test_runtime_python_is_one_the_project_supports():
+    """repo2docker's default Python can change under us: pin the one CI tests (3.11)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    floor = re.fullmatch(r">=\s*3\.(\d+)", pyproject["project"]["requires-python"])
+    runtime = re.fullmatch(r"python-3\.(\d+)", (BINDER / "runtime.txt").read_text().strip())
+    assert floor and runtime, "binder/runtime.txt must read python-3.X"
+    assert int(runtime.group(1)) >= int(floor.group(1))
+
+
 def test_apt_txt_lists_the_download_tools():
     packages = {ln.strip() for ln in (BINDER / "apt.txt").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")}

@@ -7,8 +7,9 @@
   a click on Send streams a new answer, a key press on the threshold slider redraws the point.
   It takes a screenshot into the test's tmp_path. Skipped, with the reason, without chromium or
   playwright (`.ci/run` installs chromium from Debian).
-- The `make start` test runs the Makefile's start target (doctor, then `jupyter lab notebooks/`)
-  with this interpreter's venv and checks that JupyterLab answers and lists the lessons.
+- The `make start` test runs the Makefile's start target (doctor, then `slm-course lab`) with this
+  interpreter's venv and checks that JupyterLab answers and lists the lessons; `slm-course lab`
+  with nothing at OLLAMA_HOST starts the offline server there and stops it when it stops.
 """
 from __future__ import annotations
 
@@ -117,9 +118,9 @@ def jupyterlab(ollama_host, tmp_path):
         _stop(proc)
 
 
-def _server_answer(ollama_host: str, prompt: str, max_tokens: int) -> str:
+def _server_answer(ollama_host: str, model: str, prompt: str, max_tokens: int) -> str:
     """What the model server answers to the playground's request, asked directly over REST."""
-    body = {"model": "smollm2:135m", "prompt": prompt, "stream": False,
+    body = {"model": model, "prompt": prompt, "stream": False,
             "options": {"temperature": 0.0, "seed": 42, "num_predict": max_tokens}}
     r = httpx.post(f"{ollama_host}/api/generate", json=body, timeout=120)
     r.raise_for_status()
@@ -154,7 +155,9 @@ def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_
             stats = page.locator(".slm-stats").inner_text()
             assert "tokens/s" in stats and "first token" in stats, stats
             shown = page.locator(".slm-answer").inner_text()
-            expected = _server_answer(ollama_host, "In one sentence: what is a small language model good for?", 48)
+            model = page.locator(".slm-model select").input_value()  # the one pick_model chose
+            expected = _server_answer(ollama_host, model,
+                                      "In one sentence: what is a small language model good for?", 48)
             assert _words(shown) == _words(expected), "the page shows the model's own answer"
             assert "per million calls" in page.locator(".slm-cost").inner_text()
             phases["first answer"] = time.monotonic() - t0
@@ -175,7 +178,7 @@ def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_
                 " const s = document.querySelector('.slm-stats').innerText;"
                 " return a !== old && s.includes('stopped:'); }", arg=shown)
             assert _words(page.locator(".slm-answer").inner_text()) == _words(
-                _server_answer(ollama_host, "Name a fruit.", 48))
+                _server_answer(ollama_host, model, "Name a fruit.", 48))
             phases["click answered"] = time.monotonic() - t0
 
             # a key press on the threshold slider redraws the cost-quality point
@@ -219,5 +222,46 @@ def test_make_start_opens_jupyterlab_on_the_lessons(ollama_host, tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/lab", timeout=10).status_code == 200
         text = log.read_text()
         assert "checks:" in text and "pip install" not in text, text[-2000:]  # doctor ran, no reinstall
+        assert f"A model server answers at {ollama_host}" in text, text[-2000:]  # no second server
+    finally:
+        _stop(proc)
+
+
+def test_lab_starts_the_offline_server_when_nothing_answers(tmp_path):
+    """`slm-course lab` (what `make start` runs) with no Ollama at OLLAMA_HOST: it starts the
+    course's server there, JupyterLab serves the lessons, and both stop when it is told to."""
+    venv_bin = Path(sys.prefix) / "bin"
+    if not (venv_bin / "jupyter").exists():
+        pytest.skip(f"{sys.prefix} has no jupyter (run the tests from the course's venv)")
+    model_host = f"http://127.0.0.1:{free_port()}"  # nothing listens here yet
+    port = free_port()
+    env = {**_lab_env(tmp_path, model_host), "SLM_LOG_DIR": str(tmp_path / "logs")}
+    log = tmp_path / "lab.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(venv_bin / "slm-course"), "lab", "--", "--no-browser",
+                                 f"--port={port}", "--ServerApp.token=", "--ServerApp.password=",
+                                 "--ServerApp.ip=127.0.0.1", *AS_ROOT],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        tags = _wait_for_json(f"{model_host}/api/tags", 90, proc, log)
+        assert "smollm2:135m" in {m["name"] for m in tags["models"]}
+        listing = _wait_for_json(f"http://127.0.0.1:{port}/api/contents", 90, proc, log)
+        lessons = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
+        assert lessons <= {item["name"] for item in listing["content"]}  # the lessons, from any cwd
+        text = log.read_text()
+        assert "starting the course's offline server" in text and "slm-course-serve.log" in text, text
+        proc.send_signal(signal.SIGTERM)  # to the launcher only: it must stop what it started
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{model_host}/api/version", timeout=1)
+            except httpx.HTTPError:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"the offline server still answers after the launcher stopped:\n{text}")
+        assert "Stopping the course's offline server" in log.read_text()
     finally:
         _stop(proc)

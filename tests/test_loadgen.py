@@ -105,7 +105,7 @@ def peer():
 def test_refuses_remote_targets(host):
     with pytest.raises(BadInput) as info:
         run_load(host, "m", concurrency=1, requests_per_client=1, max_duration_s=1)
-    assert "allow_remote=True" in info.value.hint
+    assert "allow_remote=True" in info.value.hint and "SLM_LOADTEST_HOSTS" in info.value.hint
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "http://127.0.0.1:11434", "localhost:11434",
@@ -116,6 +116,14 @@ def test_accepts_loopback_targets(host):
 
 def test_remote_allowed_when_asked():
     assert check_target("10.0.0.1", allow_remote=True) == "http://10.0.0.1:11434"
+
+
+def test_remote_allowed_when_configured(monkeypatch):
+    monkeypatch.setenv("SLM_LOADTEST_HOSTS", "lab-server:11434, http://10.0.0.7:8080")
+    assert check_target("http://lab-server:11434") == "http://lab-server:11434"
+    assert check_target("10.0.0.7:8080") == "http://10.0.0.7:8080"
+    with pytest.raises(BadInput):  # only the hosts named there
+        check_target("10.0.0.7:11434")
 
 
 # --------------------------------------------------------------------------- parameter checks
