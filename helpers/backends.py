@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import (INSTALL_OLLAMA, BackendUnavailable, BadInput, CourseError, MissingKey,
@@ -21,6 +22,25 @@ from .results import Metrics, Result, collect
 from .settings import get_settings
 
 Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server says about one of its models (Ollama's /api/tags); empty when it does not say."""
+
+    name: str
+    size_bytes: int | None = None      # the weights on disk
+    family: str = ""                   # details.family, e.g. "llama", "nomic-bert"
+    families: tuple[str, ...] = ()
+    parameter_size: str = ""           # details.parameter_size, e.g. "3.8B", "135M"
+
+
+def model_infos(backend: Any) -> list[ModelInfo]:
+    """The backend's models with sizes and families where it reports them (names only otherwise)."""
+    lister = getattr(backend, "list_model_info", None)
+    if callable(lister):
+        return list(lister())
+    return [ModelInfo(name) for name in backend.list_models()]
 
 
 def _check_prompt(prompt: Any) -> str:
@@ -99,6 +119,10 @@ class Backend(ABC):
         """Complete one prompt; the whole answer with its metrics."""
         return collect(self.stream_generate(model, prompt, system=system, options=options))
 
+    def list_model_info(self) -> list[ModelInfo]:
+        """The models with what the backend knows about them (here: names only)."""
+        return [ModelInfo(name) for name in self.list_models()]
+
     def has_model(self, model: str) -> bool:
         names = self.list_models()
         return model in names or f"{model}:latest" in names or model.removesuffix(":latest") in names
@@ -122,7 +146,10 @@ class OllamaBackend(Backend):
         self.host = host or settings.ollama_host
         self.timeout = timeout or settings.timeout
         self.keep_alive = keep_alive
-        self.client = ollama.Client(host=self.host,
+        # the key of a shared `slm-course serve --api-key`, from settings (never printed)
+        headers = ({"authorization": f"Bearer {settings.ollama_api_key}"}
+                   if settings.ollama_api_key else None)
+        self.client = ollama.Client(host=self.host, headers=headers,
                                     timeout=httpx.Timeout(self.timeout, connect=5.0))
 
     def describe(self) -> str:
@@ -174,6 +201,18 @@ class OllamaBackend(Backend):
     def list_models(self) -> list[str]:
         resp = self._call(self.client.list)
         return [m.model for m in resp.models if m.model]
+
+    def list_model_info(self) -> list[ModelInfo]:
+        """The models of /api/tags with their size on disk, family and parameter size."""
+        infos = []
+        for m in self._call(self.client.list).models:
+            if not m.model:
+                continue
+            d = m.details
+            infos.append(ModelInfo(m.model, int(m.size) if m.size else None,
+                                   (d.family or "") if d else "", tuple((d.families or ()) if d else ()),
+                                   (d.parameter_size or "") if d else ""))
+        return infos
 
     def show(self, model: str) -> Any:
         return self._call(self.client.show, _check_model(model), for_model=model)
@@ -377,8 +416,21 @@ class EmbeddedBackend(Backend):
     def list_models(self) -> list[str]:
         return self.engine.available()
 
-    def _wrap(self, model: str, chunks) -> Iterator[Result]:
-        t0 = time.perf_counter()
+    def list_model_info(self) -> list[ModelInfo]:
+        """The bundled models with the size of their GGUF file and the registry's family."""
+        from .registry import card
+
+        infos = []
+        for name in self.list_models():
+            c = card(name)
+            size = c.params_b if c else None
+            infos.append(ModelInfo(name, self.engine.resolve(name)[1].stat().st_size,
+                                   c.family if c else "", (c.family,) if c else (),
+                                   (f"{size * 1000:.0f}M" if size < 1 else f"{size:.1f}B") if size else ""))
+        return infos
+
+    def _wrap(self, model: str, chunks, t0: float) -> Iterator[Result]:
+        """Results from engine chunks; `t0` is taken before the engine loads, templates and tokenises."""
         ttft = None
         for chunk in chunks:
             if chunk.text and ttft is None:
@@ -390,10 +442,14 @@ class EmbeddedBackend(Backend):
             else:
                 yield Result(chunk.text, model, self.name, done=False)
 
+    # engine.stream loads the model, applies the chat template and tokenises before it returns,
+    # so the clock starts before it: a cold call's load time is part of its TTFT and total
     def _stream_chat(self, model, messages, options):
+        t0 = time.perf_counter()
         chunks = self.engine.stream(model, messages=messages, options=options)
-        return self._wrap(model, chunks)
+        return self._wrap(model, chunks, t0)
 
     def _stream_generate(self, model, prompt, system, options):
+        t0 = time.perf_counter()
         chunks = self.engine.stream(model, prompt=prompt, system=system, options=options)
-        return self._wrap(model, chunks)
+        return self._wrap(model, chunks, t0)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .backends import Backend, EmbeddedBackend, OllamaBackend, OpenAIBackend
+from .backends import Backend, EmbeddedBackend, OllamaBackend, OpenAIBackend, model_infos
 from .errors import BadInput, CourseError, ModelNotFound, pull_hint
 from .registry import PREFERENCE
 
@@ -269,27 +269,50 @@ def unload(backend: Backend, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S)
 # --------------------------------------------------------------------------- the benchmark
 def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limit: int = 4,
                   verbose: bool = True) -> list[str]:
-    """The models to measure: those asked for that the backend has, else its models in course order.
+    """The models to measure, under the backend's own names: those asked for that it has, else its
+    models in course order.
 
-    Missing ones are named with the command that pulls them. At most `limit` are chosen when
-    none is asked for (the article's models first, as everywhere in the course).
+    Registry aliases count (`mistral:latest` is measured for `mistral:7b`); embedding-only models
+    (all-minilm, nomic-embed-text, ...) cannot chat and are never measured. Missing ones are named
+    with the command that pulls them. At most `limit` are chosen when none is asked for (the
+    article's models first, as everywhere in the course).
     """
-    available = backend.list_models()
-    names = set(available) | {a.removesuffix(":latest") for a in available}
+    from .connection import is_embedding_model, match_model
+
+    infos = model_infos(backend)
+    chat = [i for i in infos if not is_embedding_model(i)]
     wanted = [w for w in (wanted or []) if w]
+    chosen: list[str] = []
     if wanted:
-        chosen = [w for w in wanted if w in names or f"{w}:latest" in names]
-        missing = [w for w in wanted if w not in chosen]
+        missing, embedders = [], []
+        for w in wanted:
+            have = match_model(w, infos)
+            if have is None:
+                missing.append(w)
+            elif is_embedding_model(next(i for i in infos if i.name == have)):
+                embedders.append(have)
+            elif have not in chosen:
+                chosen.append(have)
+                if have != w and verbose:
+                    print(f"{w} is here as {have}.")
         if missing and verbose:
             print(f"Not available here, skipped: {', '.join(missing)} ({pull_hint(missing[0])}).")
+        if embedders and verbose:
+            print(f"Embedding models cannot chat, skipped: {', '.join(embedders)}.")
     else:
-        chosen = [m for m in PREFERENCE if m in names]
-        chosen += sorted(a for a in available if a.removesuffix(":latest") not in chosen
-                         and a not in chosen)
+        for name in PREFERENCE:
+            have = match_model(name, chat)
+            if have is not None and have not in chosen:
+                chosen.append(have)
+        chosen += sorted(i.name for i in chat if i.name not in chosen)
         chosen = chosen[:limit]
     if not chosen:
-        raise ModelNotFound(f"none of the models asked for is available at {backend.describe()}",
-                            pull_hint((wanted or PREFERENCE)[0]))
+        if wanted:
+            raise ModelNotFound(f"none of the models asked for is available at {backend.describe()}",
+                                pull_hint(wanted[0]))
+        raise ModelNotFound(f"{backend.describe()} has no chat model to measure"
+                            + (f" (only embedding models: {', '.join(i.name for i in infos)})" if infos else ""),
+                            pull_hint(PREFERENCE[0]))
     if verbose:
         print("Measuring:", ", ".join(chosen))
     return chosen

@@ -1,13 +1,29 @@
-"""Connecting a notebook to a model: Ollama when it answers, otherwise the embedded engine."""
+"""Connecting a notebook to a model: Ollama when it answers, otherwise the embedded engine.
+
+Which model to use is decided here too: `match_model` finds a course model under the name a server
+has it (`mistral:latest` for `mistral:7b`), `is_embedding_model` keeps embedding-only models
+(all-minilm, nomic-embed-text, ...) out of every automatic choice, and `rank_large` orders local
+models by their size on disk when the biggest one has to stand in for the large model.
+"""
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backends import Backend, EmbeddedBackend, OllamaBackend, OpenAIBackend
+from .backends import Backend, EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBackend, model_infos
 from .errors import INSTALL_OLLAMA, CourseError, ModelNotFound
 from .registry import PREFERENCE, card
 from .settings import get_settings
+
+#: Names of embedding-only models in the Ollama library and on Hugging Face (all-minilm,
+#: nomic-embed-text, mxbai-embed-large, bge-m3, snowflake-arctic-embed, multilingual-e5, ...).
+EMBEDDING_NAME = re.compile(r"embed|minilm|(^|[/_-])bge|(^|[/_-])e5([/_:-]|$)|(^|[/_-])gte([/_:-]|$)"
+                            r"|paraphrase|rerank", re.IGNORECASE)
+#: Families /api/tags reports for encoder-only (embedding) architectures.
+EMBEDDING_FAMILIES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "xlm-roberta", "jina-bert-v2",
+                                "modernbert"})
 
 
 def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = True) -> Backend:
@@ -19,7 +35,7 @@ def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = T
     backend = OllamaBackend(host)
     try:
         version = backend.version()
-    except CourseError as exc:
+    except CourseError:
         if not fallback:
             raise
         if verbose:
@@ -31,36 +47,123 @@ def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = T
     return backend
 
 
+def is_embedding_model(model: str | ModelInfo) -> bool:
+    """True for an embedding-only model (it cannot chat): by its name or its families in /api/tags."""
+    info = model if isinstance(model, ModelInfo) else ModelInfo(model)
+    if EMBEDDING_NAME.search(info.name):
+        return True
+    families = {f.lower() for f in info.families if f} | ({info.family.lower()} if info.family else set())
+    return bool(families & EMBEDDING_FAMILIES)
+
+
+def _as_infos(available: Sequence[str | ModelInfo]) -> list[ModelInfo]:
+    return [a if isinstance(a, ModelInfo) else ModelInfo(a) for a in available]
+
+
+def _billions(parameter_size: str) -> float | None:
+    """'3.8B' -> 3.8, '135M' -> 0.135 (Ollama's details.parameter_size); None when unreadable."""
+    found = re.fullmatch(r"\s*([\d.]+)\s*([KMBT])\s*", (parameter_size or "").upper())
+    if not found:
+        return None
+    try:
+        return float(found.group(1)) * {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}[found.group(2)]
+    except ValueError:
+        return None
+
+
+def match_model(wanted: str, available: Sequence[str | ModelInfo]) -> str | None:
+    """The name under which `available` has the model `wanted`, or None.
+
+    Exact name, `:latest` added or dropped, a registry alias (`mistral:latest` is `mistral:7b`),
+    or - when the server reports parameter sizes - the same library name with the card's size
+    (`phi3:latest`, 3.8B, is `phi3:mini`; `gemma:latest`, 8.5B, is `gemma:7b`, not `gemma:2b`).
+    """
+    from .lineup import resolve  # the registry-alias rule of lesson 02, in one place
+
+    infos = _as_infos(available)
+    have = resolve(wanted, [i.name for i in infos])
+    if have is not None:
+        return have
+    wanted_card = card(wanted)
+    if wanted_card is None:
+        return None
+    repository = wanted.split(":", 1)[0]
+    for info in infos:
+        size = _billions(info.parameter_size)
+        if (info.name.split(":", 1)[0] == repository and size is not None
+                and abs(size - wanted_card.params_b) <= 0.15 * wanted_card.params_b):
+            return info.name
+    return None
+
+
 def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *,
                verbose: bool = True) -> str:
-    """A model the backend has: `preferred` if available, else the best by the course's order.
+    """A model the backend has, under the backend's own name for it.
 
-    The order is the source article's models first, then current small models, then the
-    bundled tiny model. Says which model it picked and why.
+    `preferred` when available (empty: SLM_SMALL_MODEL from settings), else the best by the
+    course's order: the source article's models first, then current small models, then the
+    bundled tiny model. Registry aliases count (`mistral:latest` serves `mistral:7b`), and an
+    embedding-only model is never picked. Says which model it picked and why.
     """
-    available = backend.list_models()
+    infos = model_infos(backend)
     wanted = [preferred] if isinstance(preferred, str) else list(preferred or [])
-    wanted = [w for w in wanted if w]
-    if not available:
+    wanted = [w.strip() for w in wanted if isinstance(w, str) and w.strip()]
+    source = "asked for"
+    small_model = get_settings().small_model
+    if not wanted and small_model:
+        wanted, source = [small_model], "SLM_SMALL_MODEL"
+    if not infos:
         raise ModelNotFound(f"{backend.describe()} has no models",
                             f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or run `slm-course serve`")
-    names = set(available) | {a.removesuffix(":latest") for a in available}
+    chat = [i for i in infos if not is_embedding_model(i)]
+    embedders = [i.name for i in infos if is_embedding_model(i)]
+    missing = []
     for w in wanted:
-        if w in names or f"{w}:latest" in names:
+        have = match_model(w, infos)
+        if have is None:
+            missing.append(w)
+            continue
+        if have in embedders:
             if verbose:
-                print(f"Using model {w} (asked for).")
-            return w
-    if wanted and verbose:
-        print(f"Not available here: {', '.join(wanted)} (pull with `ollama pull {wanted[0]}`).")
+                print(f"{have} is an embedding model: it turns text into vectors and cannot chat.")
+            continue
+        if verbose:
+            how = f"{source}: {w}" if have != w or source != "asked for" else source
+            print(f"Using model {have} ({how}).")
+        return have
+    if missing and verbose:
+        where = " (from SLM_SMALL_MODEL)" if source != "asked for" else ""
+        print(f"Not available here{where}: {', '.join(missing)} (pull with `ollama pull {missing[0]}`).")
+    if not chat:
+        raise ModelNotFound(f"{backend.describe()} has only embedding models ({', '.join(embedders)}), "
+                            "which cannot chat", f"pull a chat model, e.g. `ollama pull {PREFERENCE[0]}`")
     for name in PREFERENCE:
-        if name in names:
+        have = match_model(name, chat)
+        if have is not None:
             if verbose:
-                print(f"Using model {name}: the first of the course's models that {backend.describe()} has.")
-            return name
-    choice = sorted(available)[0]
+                print(f"Using model {have}: the first of the course's models that {backend.describe()} has.")
+            return have
+    choice = sorted(i.name for i in chat)[0]
     if verbose:
-        print(f"Using model {choice}: none of the course's models is available, so the first one listed.")
+        print(f"Using model {choice}: none of the course's models is available, so the first chat "
+              "model listed.")
     return choice
+
+
+def rank_large(available: Sequence[str | ModelInfo]) -> list[str]:
+    """Chat models, biggest first: bytes on disk (/api/tags), then parameters, then name.
+
+    Parameters come from the registry card, else from the server's parameter_size or the tag
+    (`qwen2.5:7b`), so a model the registry does not know still ranks. Embedding-only models
+    are left out.
+    """
+    def key(info: ModelInfo):
+        c = card(info.name)
+        tag = info.name.rsplit(":", 1)[1] if ":" in info.name else ""
+        params = c.params_b if c else (_billions(info.parameter_size) or _billions(tag) or 0.0)
+        return (-(info.size_bytes or 0), -params, info.name)
+
+    return [i.name for i in sorted(_as_infos(available), key=key) if not is_embedding_model(i)]
 
 
 @dataclass
@@ -76,8 +179,9 @@ class LargeTier:
 def connect_large(small_backend: Backend | None = None, *, verbose: bool = True) -> LargeTier:
     """The large model from settings when an API key (or a local base URL) is set.
 
-    Without a key the large tier falls back to the biggest local model, with a warning, so
-    every lesson still runs offline.
+    Without a key the large tier falls back to the biggest local model (by size on disk), so
+    every lesson still runs offline - and says so: a printed WARNING line, or with
+    verbose=False a UserWarning.
     """
     s = get_settings()
     local_url = not ("openai.com" in s.large_base_url)
@@ -86,11 +190,19 @@ def connect_large(small_backend: Backend | None = None, *, verbose: bool = True)
         tier = LargeTier(backend, s.large_model, False, f"{s.large_model} at {s.large_base_url}")
     else:
         backend = small_backend or connect(verbose=False)
-        models = backend.list_models()
-        biggest = max(models, key=lambda n: (card(n).params_b if card(n) else 0.0, n))
+        ranked = rank_large(model_infos(backend))
+        if not ranked:
+            raise ModelNotFound(f"no OPENAI_API_KEY, and {backend.describe()} has no chat model to "
+                                "stand in for the large model",
+                                f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or set OPENAI_API_KEY "
+                                f"(in .env) to use {s.large_model}")
+        biggest = ranked[0]
         tier = LargeTier(backend, biggest, True,
                          f"no OPENAI_API_KEY: the large tier is the biggest local model, {biggest}")
+    advice = " - set OPENAI_API_KEY (in .env) to compare with a real large model."
     if verbose:
         print(("WARNING: " if tier.local_fallback else "Large model: ") + tier.reason +
-              (" - set OPENAI_API_KEY (in .env) to compare with a real large model." if tier.local_fallback else ""))
+              (advice if tier.local_fallback else ""))
+    elif tier.local_fallback:  # quiet callers (code, not a lesson) still hear of it, once
+        warnings.warn(tier.reason + advice, UserWarning, stacklevel=2)
     return tier

