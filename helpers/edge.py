@@ -329,8 +329,7 @@ def model_shape(model: str = BUNDLED_MODEL) -> ModelShape:
 
     from .engine import get_engine
 
-    loaded, _ = get_engine().load(model)
-    with loaded.lock:
+    with get_engine().using(model) as (loaded, _), loaded.lock:  # held: no reload under us
         meta = dict(loaded.llm.metadata)
         n_params = int(llama_cpp.llama_model_n_params(loaded.llm.model))
     return shape_from_metadata(meta, n_params=n_params, name=loaded.name,

@@ -4,15 +4,22 @@ It is the offline default of the course and the engine behind `slm-course serve`
 One llama.cpp context is not thread-safe, so every model has a lock: requests to the same
 model run one after another, while other work (and other models) carries on.
 
+A loaded model counts the requests using it (preparing, waiting for its lock, decoding or
+embedding): it is closed only when none is. Unloading, the keep_alive reaper and a reload
+with another context size (as Ollama does) all wait for, or skip, a model in use - so no
+request ever runs on a freed llama.cpp model.
+
 Timings follow Ollama's definitions, measured around the engine's own calls:
 prompt_eval = reading the prompt (up to the first sampled token), eval = generating the
 output tokens, eval_count = number of output tokens; all durations in nanoseconds.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -70,6 +77,8 @@ class GenOptions:
             if isinstance(value, bool) or not isinstance(value, types):
                 raise BadInput(f"option {key!r} has the wrong type ({type(value).__name__})",
                                f"{key} must be {' or '.join(t.__name__ for t in types)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise BadInput(f"option {key!r} is {value}, not a finite number", "use e.g. 0.7")
             if key == "num_thread":
                 continue
             setattr(out, key, value)
@@ -125,10 +134,22 @@ class LoadedModel:
     num_ctx: int
     load_ns: int
     size: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one decode at a time
     expires_at: float = 0.0
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # of the latest request: it wins, as in Ollama
-    embedder: Any = None
+    embedder: Any = None  # a second llama.cpp instance in embedding mode, made on first use
+    embed_lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0  # requests holding the model (guarded by the engine's registry lock)
+
+
+@dataclass
+class Embeddings:
+    """What /api/embed reports: the vectors and Ollama's counters (durations in nanoseconds)."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int
+    load_duration: int
+    total_duration: int
 
 
 def _is_prefix_of_any(tail: str, stops: Sequence[str]) -> int:
@@ -161,6 +182,8 @@ class Engine:
         self.n_threads = n_threads or default_threads()
         self._models: dict[str, LoadedModel] = {}
         self._registry_lock = threading.Lock()
+        # signalled whenever a request lets go of a model (a reload or unload may be waiting)
+        self._released = threading.Condition(self._registry_lock)
         self._load_locks: dict[str, threading.Lock] = {}
 
     # ----- models -------------------------------------------------------------
@@ -189,68 +212,123 @@ class Engine:
         with self._registry_lock:
             return list(self._models.values())
 
-    def load(self, name: str, num_ctx: int = DEFAULT_NUM_CTX,
-             keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> tuple[LoadedModel, int]:
-        """The loaded model and the nanoseconds spent loading it now (0 when it was warm)."""
-        base, path = self.resolve(name)
+    def _load_lock(self, base: str) -> threading.Lock:
         with self._registry_lock:
-            load_lock = self._load_locks.setdefault(base, threading.Lock())
-        with load_lock:
-            with self._registry_lock:
+            return self._load_locks.setdefault(base, threading.Lock())
+
+    def _acquire(self, name: str, num_ctx: int | None,
+                 keep_alive_s: float | None) -> tuple[LoadedModel, int]:
+        """Take a hold on the model (loading it, or reloading it for another num_ctx).
+
+        num_ctx=None takes the model at whatever context it is loaded with. A reload waits
+        until every request holding the old instance has let go; meanwhile new requests for the
+        model queue behind it (they wait for this model's load lock), so it cannot be starved.
+        Every successful call must be paired with `_release`.
+        """
+        base, path = self.resolve(name)
+        with self._load_lock(base):
+            stale = None
+            with self._released:
                 current = self._models.get(base)
-            if current is not None and current.num_ctx == num_ctx:
-                current.keep_alive_s = keep_alive_s
-                current.expires_at = time.time() + keep_alive_s
-                return current, 0
-            if current is not None:  # a new context size means a reload, as in Ollama
-                with current.lock:
-                    self._drop(base)
+                if current is not None and num_ctx in (None, current.num_ctx):
+                    current.users += 1
+                    if keep_alive_s is not None:
+                        current.keep_alive_s = keep_alive_s
+                    current.expires_at = time.time() + current.keep_alive_s
+                    return current, 0
+                if current is not None:  # a new context size means a reload, as in Ollama
+                    self._released.wait_for(
+                        lambda: current.users == 0 or self._models.get(base) is not current)
+                    stale = current if self._retire(current) else None
+            if stale is not None:
+                self._close(stale)
             try:
                 from llama_cpp import Llama
             except ImportError as exc:  # pragma: no cover - dependency of the kit
                 raise CourseError("llama-cpp-python is not installed",
                                   "run `pip install -e .` (it compiles llama.cpp, ~5 minutes)") from exc
+            n_ctx = num_ctx or DEFAULT_NUM_CTX
+            keep = DEFAULT_KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s
             t0 = time.perf_counter_ns()
-            llm = Llama(model_path=str(path), n_ctx=num_ctx, n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads, n_batch=min(512, num_ctx), verbose=False,
+            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self.n_threads,
+                        n_threads_batch=self.n_threads, n_batch=min(512, n_ctx), verbose=False,
                         seed=0)
             load_ns = time.perf_counter_ns() - t0
-            model = LoadedModel(base, path, llm, num_ctx, load_ns, path.stat().st_size,
-                                expires_at=time.time() + keep_alive_s, keep_alive_s=keep_alive_s)
-            with self._registry_lock:
+            model = LoadedModel(base, path, llm, n_ctx, load_ns, path.stat().st_size,
+                                expires_at=time.time() + keep, keep_alive_s=keep, users=1)
+            with self._released:
                 self._models[base] = model
             return model, load_ns
 
-    def _drop(self, base: str) -> None:
-        with self._registry_lock:
-            model = self._models.pop(base, None)
-        if model is not None:
-            model.llm.close() if hasattr(model.llm, "close") else None
-            if model.embedder is not None and hasattr(model.embedder, "close"):
-                model.embedder.close()
+    def _release(self, model: LoadedModel) -> None:
+        with self._released:
+            model.users -= 1
+            model.expires_at = time.time() + model.keep_alive_s
+            self._released.notify_all()
+
+    @contextmanager
+    def using(self, name: str, num_ctx: int | None = None,
+              keep_alive_s: float | None = None) -> Iterator[tuple[LoadedModel, int]]:
+        """Hold a model for a block: `with engine.using(name) as (model, load_ns): ...`.
+
+        While the block runs the model is not closed, unloaded or reloaded (for that, the engine
+        waits for the block to end). Use `model.lock` around calls on its llama.cpp context.
+        """
+        model, load_ns = self._acquire(name, num_ctx, keep_alive_s)
+        try:
+            yield model, load_ns
+        finally:
+            self._release(model)
+
+    def load(self, name: str, num_ctx: int = DEFAULT_NUM_CTX,
+             keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> tuple[LoadedModel, int]:
+        """The loaded model and the nanoseconds spent loading it now (0 when it was warm).
+
+        The model is not held afterwards: another request may reload it with another context
+        size. To use the model safely from other threads, use `using()` instead.
+        """
+        with self.using(name, num_ctx, keep_alive_s) as (model, load_ns):
+            return model, load_ns
+
+    def _retire(self, model: LoadedModel) -> bool:
+        """Take the model out of the registry (registry lock held). True if this call did."""
+        if self._models.get(model.name) is model:
+            del self._models[model.name]
+            return True
+        return False
+
+    @staticmethod
+    def _close(model: LoadedModel) -> None:
+        """Free llama.cpp's memory: only for a retired model that no request holds."""
+        if hasattr(model.llm, "close"):
+            model.llm.close()
+        if model.embedder is not None and hasattr(model.embedder, "close"):
+            model.embedder.close()
 
     def unload(self, name: str) -> bool:
-        base = name.removesuffix(":latest")
-        with self._registry_lock:
-            model = self._models.get(base)
-        if model is None:
-            return False
-        with model.lock:
-            self._drop(base)
-        return True
+        """Unload a model once the requests using it have finished. False if it was not loaded."""
+        base = name.strip().removesuffix(":latest")
+        with self._load_lock(base):
+            with self._released:
+                model = self._models.get(base)
+                if model is None:
+                    return False
+                self._released.wait_for(
+                    lambda: model.users == 0 or self._models.get(base) is not model)
+                retired = self._retire(model)
+            if retired:
+                self._close(model)
+            return True
 
     def unload_expired(self, now: float | None = None) -> list[str]:
+        """Unload the models whose keep_alive has run out and that no request is using."""
         now = time.time() if now is None else now
-        gone = []
-        for model in self.loaded():
-            if model.expires_at <= now and model.lock.acquire(blocking=False):
-                try:
-                    if model.expires_at <= now:
-                        self._drop(model.name)
-                        gone.append(model.name)
-                finally:
-                    model.lock.release()
-        return gone
+        with self._released:
+            gone = [m for m in list(self._models.values())
+                    if m.users == 0 and m.expires_at <= now and self._retire(m)]
+        for model in gone:
+            self._close(model)
+        return [m.name for m in gone]
 
     # ----- prompts ------------------------------------------------------------
     @staticmethod
@@ -307,47 +385,47 @@ class Engine:
                 raise BadInput("prompt must be a string", 'pass e.g. "Why is the sky blue?"')
         else:
             raise BadInput("give a prompt or messages", "pass prompt=... or messages=[...]")
-        loaded, load_ns = self.load(model, opts.num_ctx, keep_alive_s)
-        llm = loaded.llm
-        stops = list(opts.stop)
-        model_card = card(loaded.name)
-        if messages is None and not raw and model_card is not None and model_card.chat:
-            chat = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt or ""}]
-            text, template_stops = self._format_chat(llm, chat)
-        elif messages is not None:
-            text, template_stops = self._format_chat(llm, messages)
-        else:
-            text, template_stops = (prompt or ""), []
-        stops += [s for s in template_stops if s not in stops]
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        if len(tokens) >= loaded.num_ctx:
+        # Prepare while holding the model, so it cannot be closed under the tokenizer; the
+        # decode takes a new hold of its own (the model may have been reloaded in between).
+        with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, load_ns):
+            llm = loaded.llm
+            stops = list(opts.stop)
+            model_card = card(loaded.name)
+            if messages is None and not raw and model_card is not None and model_card.chat:
+                chat = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": prompt or ""}]
+                text, template_stops = self._format_chat(llm, chat)
+            elif messages is not None:
+                text, template_stops = self._format_chat(llm, messages)
+            else:
+                text, template_stops = (prompt or ""), []
+            stops += [s for s in template_stops if s not in stops]
+            tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) >= opts.num_ctx:
             raise BadInput(
-                f"the prompt is {len(tokens)} tokens, longer than the context of {loaded.num_ctx}",
+                f"the prompt is {len(tokens)} tokens, longer than the context of {opts.num_ctx}",
                 "shorten the prompt or raise options.num_ctx")
         if messages is None and not (prompt or "").strip():
             # Ollama answers an empty prompt by just loading the model.
             return iter([Chunk("", done=True, done_reason="load", load_duration=load_ns,
                                total_duration=time.perf_counter_ns() - t_start)])
-        budget = loaded.num_ctx - len(tokens)
+        budget = opts.num_ctx - len(tokens)
         limit = budget if opts.num_predict < 0 else min(opts.num_predict, budget)
         grammar = None
         if json_format:
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
             grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        return self._locked(loaded, load_ns, t_start, tokens, limit, opts, stops, grammar,
-                            keep_alive_s, cancel)
+        return self._held(model, load_ns, t_start, tokens, limit, opts, stops, grammar,
+                          keep_alive_s, cancel)
 
-    def _locked(self, loaded: LoadedModel, load_ns: int, t_start: int, tokens: list[int],
-                limit: int, opts: GenOptions, stops: list[str], grammar: Any,
-                keep_alive_s: float, cancel: threading.Event | None) -> Iterator[Chunk]:
-        with loaded.lock:
-            loaded.expires_at = time.time() + keep_alive_s + 3600  # not while in use
-            try:
-                yield from self._decode(loaded, load_ns, t_start, tokens, limit, opts, stops,
-                                        grammar, cancel)
-            finally:
-                loaded.expires_at = time.time() + loaded.keep_alive_s
+    def _held(self, model: str, load_ns: int, t_start: int, tokens: list[int],
+              limit: int, opts: GenOptions, stops: list[str], grammar: Any,
+              keep_alive_s: float, cancel: threading.Event | None) -> Iterator[Chunk]:
+        """Decode while holding the model (from the first chunk asked for to the last)."""
+        with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, reload_ns):
+            with loaded.lock:
+                yield from self._decode(loaded, load_ns + reload_ns, t_start, tokens, limit,
+                                        opts, stops, grammar, cancel)
 
     def _decode(self, loaded: LoadedModel, load_ns: int, t_start: int, tokens: list[int],
                 limit: int, opts: GenOptions, stops: list[str], grammar: Any,
@@ -424,32 +502,42 @@ class Engine:
                     total_duration=time.perf_counter_ns() - t_start)
 
     # ----- embeddings ---------------------------------------------------------
-    def embed(self, model: str, inputs: Sequence[str]) -> list[list[float]]:
-        """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them."""
+    def embed(self, model: str, inputs: Sequence[str] | str, *,
+              keep_alive_s: float | None = None) -> Embeddings:
+        """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them.
+
+        Uses the model at whatever context it is loaded with (an embedding never forces a
+        reload), with a second llama.cpp instance in embedding mode and a lock of its own, so
+        it does not wait for a generation running on the same model.
+        """
+        t_start = time.perf_counter_ns()
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, (list, tuple)) or not all(isinstance(s, str) for s in inputs):
             raise BadInput("input must be a string or a list of strings", 'pass e.g. "hello"')
-        loaded, _ = self.load(model)
-        with loaded.lock:
+        with self.using(model, None, keep_alive_s) as (loaded, load_ns), loaded.embed_lock:
             if loaded.embedder is None:
                 from llama_cpp import Llama
+                t0 = time.perf_counter_ns()
                 loaded.embedder = Llama(model_path=str(loaded.path), n_ctx=loaded.num_ctx,
-                                        n_threads=self.n_threads, embedding=True, verbose=False)
-            out = []
+                                        n_threads=self.n_threads, n_threads_batch=self.n_threads,
+                                        embedding=True, verbose=False)
+                load_ns += time.perf_counter_ns() - t0
+            out, count = [], 0
             for text in inputs:
-                vec = loaded.embedder.embed(text, normalize=True)
+                vec, n = loaded.embedder.embed(text, normalize=True, return_count=True)
                 if vec and isinstance(vec[0], list):  # per-token vectors: mean-pool them
                     dim = len(vec[0])
                     vec = [sum(row[i] for row in vec) / len(vec) for i in range(dim)]
                     norm = sum(v * v for v in vec) ** 0.5 or 1.0
                     vec = [v / norm for v in vec]
                 out.append(list(vec))
-            return out
+                count += n
+        return Embeddings(out, prompt_eval_count=count, load_duration=load_ns,
+                          total_duration=time.perf_counter_ns() - t_start)
 
     def count_tokens(self, model: str, text: str) -> int:
-        loaded, _ = self.load(model)
-        with loaded.lock:
+        with self.using(model) as (loaded, _):
             return len(loaded.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
 

@@ -8,27 +8,37 @@ shapes are Ollama's (docs/api.md and docs/openai.md of the Ollama repository).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
+import math
 import re
 import secrets
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Engine, get_engine
+from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Embeddings, Engine, get_engine
 from .errors import BadInput, CourseError, ModelNotFound
 from .net import is_loopback_host
 from .registry import card
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
 _SENTINEL = object()
+# Threads for work that waits on a model (loads, reloads, preparing a request, embeddings):
+# many requests may queue on one model, and they must not take the threads the light routes
+# (/api/tags, /api/ps, the keep_alive reaper) need.
+MODEL_WORKERS = 64
+LIGHT_WORKERS = 4
 
 
 # --------------------------------------------------------------------------- requests
@@ -144,6 +154,18 @@ def _error_text(exc: CourseError) -> str:
     return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
+def _finite_float(text: str) -> float:
+    """json.loads' float parser, refusing what JSON cannot carry (1e999 would become inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON: numbers must be finite")
+
+
 _DIGESTS: dict[str, str] = {}
 
 
@@ -213,7 +235,29 @@ def _bridge(prepared: tuple[Iterator[Chunk], threading.Event]) -> AsyncIterator[
 def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     """The ASGI app. `api_key`, when set, is required as `Authorization: Bearer <key>`."""
     eng = engine or get_engine()
-    app = FastAPI(title="slm-course serve", version=__version__,
+    model_pool = ThreadPoolExecutor(MODEL_WORKERS, thread_name_prefix="slm-model")
+    light_pool = ThreadPoolExecutor(LIGHT_WORKERS, thread_name_prefix="slm-light")
+
+    async def run_in(pool: Executor, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(fn, *args, **kwargs))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def reap() -> None:  # keep_alive: unload idle models
+            while True:
+                await asyncio.sleep(1.0)
+                await run_in(light_pool, eng.unload_expired)
+
+        app.state.reaper = asyncio.create_task(reap())
+        try:
+            yield
+        finally:
+            app.state.reaper.cancel()
+            model_pool.shutdown(wait=False, cancel_futures=True)
+            light_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="slm-course serve", version=__version__, lifespan=lifespan,
                   description="An Ollama-compatible API over the kit's bundled models.")
     app.state.engine = eng
 
@@ -227,25 +271,36 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         return JSONResponse({"error": {"message": message, "type": kind, "param": None,
                                        "code": None}}, status_code=status)
 
+    def error_for(request: Request, status: int, message: str) -> JSONResponse:
+        is_openai = request.url.path.startswith("/v1")
+        return openai_error(status, message) if is_openai else ollama_error(status, message)
+
+    expected_auth = f"Bearer {api_key}".encode("utf-8") if api_key else b""
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        is_openai = request.url.path.startswith("/v1")
         if api_key and request.url.path not in ("/", "/api/version"):
-            sent = request.headers.get("authorization", "")
-            if not secrets.compare_digest(sent, f"Bearer {api_key}"):
-                msg = "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)"
-                return openai_error(401, msg) if is_openai else ollama_error(401, msg)
+            # compare bytes: a header may hold any byte, which str comparison refuses
+            sent = request.headers.get("authorization", "").encode("latin-1")
+            if not secrets.compare_digest(sent, expected_auth):
+                return error_for(request, 401, "unauthorized: send the server's key as "
+                                 "'Authorization: Bearer <key>' (OLLAMA_API_KEY)")
         try:
             return await call_next(request)
         except ApiError as exc:
-            return openai_error(exc.status, exc.message) if is_openai else ollama_error(
-                exc.status, exc.message)
+            return error_for(request, exc.status, exc.message)
+        except Exception as exc:  # a bug or a failing library: still an answer in the API's shape
+            return error_for(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_for(request, exc.status_code, str(exc.detail))
 
     async def body_of(request: Request, model_cls):
         raw = await request.body()
         try:
-            data = json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(raw or b"{}", parse_float=_finite_float, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise ApiError(400, f"invalid JSON in the request body: {exc}")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
@@ -260,13 +315,18 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
                 parts.append(f"{where}: {err['msg']}")
             raise ApiError(400, "invalid request: " + "; ".join(parts))
 
-    def prepare(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
-        """Validate and tokenize now (so errors are a clean 400/404); decode later."""
+    def prepare_now(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
         cancel = threading.Event()
         try:
             return eng.stream(model, cancel=cancel, **kwargs), cancel
         except CourseError as exc:
             raise ApiError(_course_error_status(exc), _error_text(exc))
+        except Exception as exc:
+            raise ApiError(500, f"could not prepare the request: {type(exc).__name__}: {exc}")
+
+    async def prepare(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
+        """Validate and tokenize now (so errors are a clean 400/404); decode later."""
+        return await run_in(model_pool, prepare_now, model, **kwargs)
 
     async def collect(run) -> tuple[str, Chunk]:
         parts = []
@@ -299,14 +359,15 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     @app.get("/api/tags")
     async def tags():
         names = eng.available()
-        entries = await asyncio.to_thread(lambda: [tag_entry(n) for n in names])
+        entries = await run_in(light_pool, lambda: [tag_entry(n) for n in names])
         return {"models": entries}
 
     @app.get("/api/ps")
     async def ps():
         out = []
         for m in eng.loaded():
-            out.append({"name": m.name, "model": m.name, "size": m.size, "digest": _digest(m.path),
+            digest = await run_in(light_pool, _digest, m.path)  # hashed once, then cached
+            out.append({"name": m.name, "model": m.name, "size": m.size, "digest": digest,
                         "details": _details(m.name),
                         "expires_at": datetime.fromtimestamp(m.expires_at, timezone.utc).isoformat(),
                         "size_vram": 0, "context_length": m.num_ctx})
@@ -321,8 +382,11 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             base, path = eng.resolve(body.target)
         except CourseError as exc:
             raise ApiError(_course_error_status(exc), _error_text(exc))
-        loaded, _ = await asyncio.to_thread(eng.load, base)
-        meta = dict(loaded.llm.metadata)
+        def metadata() -> dict[str, Any]:
+            with eng.using(base) as (loaded, _):
+                return dict(loaded.llm.metadata)
+
+        meta = await run_in(model_pool, metadata)
         c = card(base)
         return {
             "license": c.license if c else "",
@@ -349,7 +413,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
                 f"(it is offline and serves only its bundled models: {', '.join(eng.available())}); "
                 "to pull other models install Ollama from https://ollama.com/download and run "
                 f"`ollama pull {body.target}`"))
-        digest = "sha256:" + await asyncio.to_thread(_digest, path)
+        digest = "sha256:" + await run_in(light_pool, _digest, path)
         size = path.stat().st_size
         lines = [{"status": "pulling manifest"},
                  {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size},
@@ -386,8 +450,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     async def generate(request: Request):
         body = await body_of(request, GenerateBody)
         keep = _keep(body.keep_alive)
-        run = await asyncio.to_thread(
-            prepare, body.model, prompt=body.prompt or "", system=body.system, options=body.options,
+        run = await prepare(
+            body.model, prompt=body.prompt or "", system=body.system, options=body.options,
             raw=body.raw, json_format=json_flag(body.format), keep_alive_s=keep)
         if body.stream:
             return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model),
@@ -403,8 +467,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             raise ApiError(400, "messages must be a non-empty list of {role, content}")
         keep = _keep(body.keep_alive)
         messages = [m.model_dump() for m in body.messages]
-        run = await asyncio.to_thread(prepare, body.model, messages=messages, options=body.options,
-                                      json_format=json_flag(body.format), keep_alive_s=keep)
+        run = await prepare(body.model, messages=messages, options=body.options,
+                            json_format=json_flag(body.format), keep_alive_s=keep)
         shape = lambda t: {"message": {"role": "assistant", "content": t}}  # noqa: E731
         if body.stream:
             return StreamingResponse(ndjson(run, shape, body.model), media_type="application/x-ndjson")
@@ -418,20 +482,21 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         except CourseError as exc:
             raise ApiError(400, _error_text(exc))
 
-    async def embed_vectors(model: str, inputs: Union[str, list[str]]) -> list[list[float]]:
+    async def embeddings(model: str, inputs: Union[str, list[str]],
+                         keep_alive_s: float | None = None) -> Embeddings:
         try:
-            return await asyncio.to_thread(eng.embed, model, inputs)
+            return await run_in(model_pool, eng.embed, model, inputs, keep_alive_s=keep_alive_s)
         except CourseError as exc:
             raise ApiError(_course_error_status(exc), _error_text(exc))
 
     @app.post("/api/embed")
     async def embed(request: Request):
         body = await body_of(request, EmbedBody)
-        t0 = time.perf_counter_ns()
-        vectors = await embed_vectors(body.model, body.input)
-        return {"model": body.model, "embeddings": vectors,
-                "total_duration": time.perf_counter_ns() - t0, "load_duration": 0,
-                "prompt_eval_count": 0}
+        keep = None if body.keep_alive is None else _keep(body.keep_alive)
+        out = await embeddings(body.model, body.input, keep)
+        return {"model": body.model, "embeddings": out.vectors,
+                "total_duration": out.total_duration, "load_duration": out.load_duration,
+                "prompt_eval_count": out.prompt_eval_count}
 
     # ----- OpenAI-compatible routes -----------------------------------------
     def oa_options(body) -> dict[str, Any]:
@@ -500,8 +565,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         if not body.messages:
             raise ApiError(400, "messages must be a non-empty list")
         fmt = (body.response_format or {}).get("type")
-        run = await asyncio.to_thread(
-            prepare, body.model, messages=[m.model_dump() for m in body.messages],
+        run = await prepare(
+            body.model, messages=[m.model_dump() for m in body.messages],
             options=oa_options(body), json_format=fmt in ("json_object", "json_schema"))
         ident = f"chatcmpl-{secrets.token_hex(6)}"
         if body.stream:
@@ -518,8 +583,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     @app.post("/v1/completions")
     async def oa_completions(request: Request):
         body = await body_of(request, OACompletionBody)
-        run = await asyncio.to_thread(prepare, body.model, prompt=body.prompt,
-                                      options=oa_options(body))
+        run = await prepare(body.model, prompt=body.prompt, options=oa_options(body))
         ident = f"cmpl-{secrets.token_hex(6)}"
         if body.stream:
             include = bool((body.stream_options or {}).get("include_usage"))
@@ -535,33 +599,38 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     @app.post("/v1/embeddings")
     async def oa_embeddings(request: Request):
         body = await body_of(request, OAEmbedBody)
-        vectors = await embed_vectors(body.model, body.input)
+        out = await embeddings(body.model, body.input)
         return {"object": "list", "model": body.model,
                 "data": [{"object": "embedding", "embedding": v, "index": i}
-                         for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
-
-    # ----- keep_alive: unload idle models -------------------------------------
-    @app.on_event("startup")
-    async def _start_reaper() -> None:
-        async def reap() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(eng.unload_expired)
-
-        app.state.reaper = asyncio.create_task(reap())
+                         for i, v in enumerate(out.vectors)],
+                "usage": {"prompt_tokens": out.prompt_eval_count,
+                          "total_tokens": out.prompt_eval_count}}
 
     return app
 
 
 # --------------------------------------------------------------------------- running it
 def port_in_use(host: str, port: int) -> bool:
+    """Whether something already answers on host:port (a wildcard host is probed on loopback).
+
+    An address that cannot be probed counts as free: binding to it will report the real error.
+    """
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        return s.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host.strip("[]"), host.strip("[]"))
+    try:
+        addresses = socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.settimeout(1.0)
+                if s.connect_ex(address) == 0:
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = None,
