@@ -10,7 +10,7 @@ import difflib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime, timezone
 from functools import cache
 
 import pandas as pd
@@ -103,9 +103,9 @@ def api_price(model: str, provider: str | None = None, when: datetime | None = N
     if not isinstance(model, str) or not model.strip():
         raise BadInput(f"model must be a non-empty string, got {model!r}",
                        f"try one of: {', '.join(TABLE_MODELS)}")
-    when = when or datetime.now(UTC)
+    when = when or datetime.now(timezone.utc)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+        when = when.replace(tzinfo=timezone.utc)
     snap = _snapshot()
     try:
         prov, info = snap.find_provider_model(model.strip(), None, provider, None)
@@ -143,7 +143,7 @@ def prices_data_info(when: datetime | None = None) -> str:
     """Which genai-prices version is in use and the newest dated price change up to `when`."""
     from genai_prices.types import StartDateConstraint
 
-    when = when or datetime.now(UTC)
+    when = when or datetime.now(timezone.utc)
     dates = []
     for prov in _snapshot().providers:
         for info in prov.models:

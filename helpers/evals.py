@@ -68,6 +68,7 @@ class EvalRecord:
     output_tokens: int = 0
     done_reason: str | None = None
     judge_score: int | None = None
+    judge_text: str | None = None     # the judge's raw verdict, kept so a score can be checked
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -330,18 +331,69 @@ def judge_prompt(task: Task, answer: str) -> str:
 
 
 _RATING_RES = (re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+               re.compile(r"\"rating\"\s*:\s*\"?(\d+(?:\.\d+)?)", re.I),  # JSON: {"rating": 7}
                re.compile(r"rating\s*[:=]?\s*(\d+(?:\.\d+)?)", re.I),
                re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b"))
 
 
 def parse_judge(text: str) -> int | None:
-    """The 1-10 rating in a judge's reply (`[[7]]`, else `Rating: 7`, else `7/10`); None if absent."""
+    """The 1-10 rating in a judge's reply (`[[7]]`, else `{"rating": 7}`, else `Rating: 7`, else
+    `7/10`); None if absent or out of range."""
     for pattern in _RATING_RES:
         found = pattern.findall(text or "")
         if found:
             value = round(float(found[-1]))
             return value if 1 <= value <= 10 else None
     return None
+
+
+#: Deterministic decoding for a judge; room for MT-Bench's short explanation before the rating.
+JUDGE_OPTIONS: dict[str, Any] = {"temperature": 0.0, "seed": 42, "num_predict": 300}
+RATING_FOLLOW_UP = 'Now give only your rating, as JSON: {"rating": <a whole number from 1 to 10>}'
+_ASKED_AGAIN = "\n\n[asked again for the rating only]\n"
+
+
+def _chat_json(backend: Any, model: str, messages: list[dict[str, str]], options: dict) -> str:
+    """One chat reply constrained to JSON where the backend can enforce it (Ollama's
+    `format="json"`, OpenAI's `json_object`); other backends are simply asked."""
+    from .backends import OllamaBackend, OpenAIBackend
+
+    if isinstance(backend, OllamaBackend):
+        resp = backend._call(backend.client.chat, model=model, messages=messages, options=options,
+                             format="json", stream=False, keep_alive=backend.keep_alive, for_model=model)
+        return resp.message.content or ""
+    if isinstance(backend, OpenAIBackend):
+        try:
+            resp = backend.client.chat.completions.create(
+                model=model, messages=messages, stream=False, response_format={"type": "json_object"},
+                **backend._params(options))
+        except Exception as exc:
+            raise backend._translate(exc, model) from exc
+        return resp.choices[0].message.content or ""
+    return backend.chat(model, messages, options=options).text
+
+
+@dataclass
+class ModelJudge:
+    """A model that grades answers: `judge(prompt)` returns its verdict, for `run_eval(judge=...)`.
+
+    The prompt is MT-Bench's (`judge_prompt`): a short explanation, then "[[rating]]". A judge
+    whose reply has no rating `parse_judge` can read (small models often ramble or stop early)
+    is asked once more for the rating alone, as JSON; the verdict then holds both replies.
+    """
+
+    backend: Any
+    model: str
+    options: dict[str, Any] = field(default_factory=lambda: dict(JUDGE_OPTIONS))
+
+    def __call__(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        first = self.backend.chat(self.model, messages, options=self.options).text
+        if parse_judge(first) is not None:
+            return first
+        messages += [{"role": "assistant", "content": first}, {"role": "user", "content": RATING_FOLLOW_UP}]
+        again = _chat_json(self.backend, self.model, messages, {**self.options, "num_predict": 32})
+        return first + _ASKED_AGAIN + again
 
 
 # ---------------------------------------------------------------------------- running
@@ -353,8 +405,9 @@ def run_eval(backend: Any, model: str, tasks: Iterable[Task], *, options: dict |
 
     `options` are merged over DEFAULT_EVAL_OPTIONS (temperature 0, fixed seed). Open tasks are
     scored only when `judge` is given: a function from a judge prompt to the judge's reply
-    (text or Result); a rating >= `judge_pass` counts as correct. Backend errors propagate:
-    a stopped server or missing model should stop the run, not fill it with zeros.
+    (text or Result), such as a `ModelJudge`; a rating >= `judge_pass` counts as correct, and
+    the rating and the raw reply are kept in the record (`judge_score`, `judge_text`). Backend
+    errors propagate: a stopped server or missing model should stop the run, not fill it with zeros.
     """
     from tqdm.auto import tqdm
 
@@ -370,10 +423,11 @@ def run_eval(backend: Any, model: str, tasks: Iterable[Task], *, options: dict |
         latency = time.perf_counter() - t0
         text = getattr(result, "text", str(result))
         correct = score(task, text)
-        rating = None
+        rating = verdict = None
         if task.kind == "open" and judge is not None:
             reply = judge(judge_prompt(task, text))
-            rating = parse_judge(getattr(reply, "text", str(reply)))
+            verdict = getattr(reply, "text", str(reply))
+            rating = parse_judge(verdict)
             correct = None if rating is None else rating >= judge_pass
         metrics = getattr(result, "metrics", None)
         records.append(EvalRecord(
@@ -382,7 +436,7 @@ def run_eval(backend: Any, model: str, tasks: Iterable[Task], *, options: dict |
             latency_s=latency,
             prompt_tokens=int(getattr(metrics, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(metrics, "output_tokens", 0) or 0),
-            done_reason=getattr(result, "done_reason", None), judge_score=rating))
+            done_reason=getattr(result, "done_reason", None), judge_score=rating, judge_text=verdict))
     return records
 
 

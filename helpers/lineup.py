@@ -421,10 +421,14 @@ def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
         rows.append(("parameters", "unknown for these models", "cannot check here", ""))
     else:
         lo, hi = params.min(), params.max()
-        inside = all(1 <= p <= 7.5 for p in params)
         span = f"{lo:g}B" if lo == hi else f"{lo:g}B-{hi:g}B"
+        # 7.5B still counts as the article's "7B" (Mistral 7B has 7.2B); say which way a model is out.
+        below = ", ".join(f"{p:g}B" for p in sorted(params) if p < 1)
+        above = ", ".join(f"{p:g}B" for p in sorted(params) if p > 7.5)
+        outside = ([f"{below} smaller: small models have shrunk since"] if below else []) + (
+            [f"{above} larger than the article's 'small' range"] if above else [])
         rows.append(("parameters", f"{span} (from the server / registry)",
-                     "within 1-7B" if inside else "outside 1-7B: smaller models exist now",
+                     "outside 1-7B: " + "; ".join(outside) if outside else "within 1-7B",
                      "the article's range is an example, not a limit"))
     rows.append(("cost per 1M tokens", "no bill: nothing was sent to a paid API",
                  "cannot check here", "$0 per token, but electricity and hardware cost: lesson 04"))

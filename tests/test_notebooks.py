@@ -29,6 +29,7 @@ CI_PARAMETERS = {
     "MAX_TOKENS": 48,
     "CONCURRENCY_LEVELS": [1, 2, 4],
     "PULL": False,
+    "JUDGE_MODEL": BUNDLED,   # the judge path runs for real (the scores mean little: it judges itself)
 }
 
 

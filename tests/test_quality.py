@@ -1,6 +1,7 @@
 """Paired small/large runs: saving, per-category Wilson accuracy, the seed's claims, router curves.
 
-Fixtures are hand-made records (no model inference); code answers really run in the sandbox.
+Fixtures are hand-made records (no model inference) except for one test of the judge against
+the session's server; code answers really run in the sandbox.
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import numpy as np
 import pytest
 
 from helpers.cost import LocalAssumptions, api_price
-from helpers.errors import BackendUnavailable, BadInput
-from helpers.evals import EvalRecord, humaneval_tasks, open_prompts, wilson_interval
+from helpers.errors import BackendUnavailable, BadInput, ModelNotFound
+from helpers.evals import EvalRecord, ModelJudge, humaneval_tasks, open_prompts, parse_judge, wilson_interval
 from helpers.quality import (
-    choose_large, code_failure, explanation_words, is_bare_answer, latest_run, load_run, operating_point,
-    out_of_fold_scores, paired_counts, paired_frame, per_query_costs, quality_curves, router_table,
-    run_file, sample_by_category, save_run, share_for_quality, tier_accuracy,
+    LargeChoice, choose_judge, choose_large, code_failure, explanation_words, is_bare_answer, latest_run,
+    load_run, operating_point, out_of_fold_scores, paired_counts, paired_frame, per_query_costs,
+    quality_curves, router_table, run_file, run_paired, sample_by_category, save_run, share_for_quality,
+    tier_accuracy,
 )
+from helpers.results import Result
 from helpers.routing import curve
 
 # RouteLLM metrics on the hand fixture of tests/test_routing.py (APGR 0.65, CPT(50%) 0.30, CPT(80%) 0.62)
@@ -210,3 +213,82 @@ def test_share_for_quality_and_latest_run(tmp_path):
     save_run(paired_frame(SMALL, LARGE, "toy"), tmp_path, "a:1b", "b:7b")
     frame, meta = latest_run(tmp_path)
     assert meta["small"] == "a:1b" and len(frame) == 6
+
+
+# ---------------------------------------------------------------------------- the judge
+
+def test_choose_judge_reads_the_setting_and_says_how_to_configure_one(monkeypatch, capsys):
+    monkeypatch.delenv("SLM_JUDGE_MODEL", raising=False)
+    server = _Server(["smollm2:135m", "llama3.2:3b"])
+    tier = LargeChoice(server, "smollm2:135m", True, True, None, "")
+    assert choose_judge(server, small="smollm2:135m", large=tier) is None
+    assert "SLM_JUDGE_MODEL" in capsys.readouterr().out
+    monkeypatch.setenv("SLM_JUDGE_MODEL", "llama3.2:3b")
+    judge = choose_judge(server, small="smollm2:135m", large=tier)
+    assert isinstance(judge, ModelJudge) and judge.model == "llama3.2:3b" and judge.backend is server
+    assert "grades its own" not in capsys.readouterr().out
+    assert choose_judge(server, "smollm2:135m", small="smollm2:135m", large=tier).model == "smollm2:135m"
+    assert "also the small and large model, so it grades its own answers" in capsys.readouterr().out
+    with pytest.raises(ModelNotFound, match="mistral:7b"):
+        choose_judge(server, "mistral:7b")
+
+
+def test_choose_judge_falls_back_to_the_large_tiers_endpoint(monkeypatch):
+    monkeypatch.delenv("SLM_JUDGE_MODEL", raising=False)
+
+    class Api(_Server):  # an API endpoint: answers for any model name it knows
+        def generate(self, model, prompt, **kw):
+            if model not in self.models:
+                raise ModelNotFound(f"model '{model}' is not available", "check the name")
+            return Result(text="OK", model=model, backend="openai")
+
+    local, api = _Server(["smollm2:135m"]), Api(["gpt-4o-mini", "gpt-4o"])
+    tier = LargeChoice(api, "gpt-4o-mini", False, False, None, "")
+    judge = choose_judge(local, "gpt-4o", small="smollm2:135m", large=tier, verbose=False)
+    assert judge.backend is api and judge.model == "gpt-4o"
+    with pytest.raises(ModelNotFound, match="did not answer"):
+        choose_judge(local, "claude-x", large=tier, verbose=False)
+
+
+def test_run_paired_passes_the_judge_to_both_tiers():
+    open_tasks = [t for t in open_prompts() if t.kind == "open"][:2]
+
+    class Echo(_Server):  # answers with the prompt, so each tier's answer is known
+        def chat(self, model, messages, *, options=None):
+            return Result(text=f"{model}: {messages[-1]['content']}", model=model, backend=self.name)
+
+    def judge(prompt):  # a rule, not a model: the large tier's answers get 9, the small one's 3
+        return "Fine. [[9]]" if "big: " in prompt else "Weak. Rating: 3"
+
+    server = Echo(["small", "big"])
+    tier = LargeChoice(server, "big", True, False, None, "")
+    df = run_paired(server, "small", tier, {"open": open_tasks}, progress=False, judge=judge)
+    assert df["small_judge_score"].tolist() == [3, 3] and df["large_judge_score"].tolist() == [9, 9]
+    assert df["small_correct"].tolist() == [False, False] and df["large_correct"].tolist() == [True, True]
+    assert df.loc[0, "large_judge_text"] == "Fine. [[9]]"
+    unjudged = run_paired(server, "small", tier, {"open": open_tasks}, progress=False)
+    assert unjudged["small_correct"].isna().all() and unjudged["small_judge_text"].isna().all()
+
+
+def test_a_real_judge_grades_open_prompts_on_the_session_server():
+    """Real inference: the bundled model answers two open prompts and grades them itself
+    (a tiny judge is no authority - this checks the path, not the grades)."""
+    from conftest import BUNDLED
+    from helpers import connect
+
+    backend = connect(verbose=False)
+    open_tasks = [t for t in open_prompts() if t.kind == "open"][:2]
+    tier = LargeChoice(backend, BUNDLED, True, True, None, "")
+    judge = ModelJudge(backend, BUNDLED, {"temperature": 0, "seed": 42, "num_predict": 64})
+    df = run_paired(backend, BUNDLED, tier, {"open": open_tasks},
+                    options={"num_predict": 32}, progress=False, judge=judge)
+    assert len(df) == 2
+    scores = df["small_judge_score"].tolist()
+    assert any(s is not None and not math.isnan(s) for s in scores), f"the judge gave no rating: {scores}"
+    for score_, verdict, correct in zip(scores, df["small_judge_text"], df["small_correct"]):
+        assert isinstance(verdict, str) and verdict.strip(), "the judge's raw verdict is kept"
+        if score_ is None or math.isnan(score_):
+            assert correct is None
+        else:
+            assert 1 <= score_ <= 10 and correct == (score_ >= 7)
+            assert parse_judge(verdict) == score_
