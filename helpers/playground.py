@@ -134,8 +134,8 @@ class Playground:
         self.send_button.disabled = True
         self.answer, self.last = "", None
         self.cost.value = ""
-        self._render("waiting for the first token...")
-        self.stats.value = "waiting for the first token..."
+        self.stats.value = "waiting for the first token..."  # before the answer: a reader that sees
+        self._render("waiting for the first token...")       # a new answer never sees old stats
         t0 = time.perf_counter()
         ttft = t_first = None
         pieces = 0

@@ -173,10 +173,11 @@ def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_
             # a click on Send streams a new answer for a new prompt
             page.locator(".slm-prompt textarea").fill("Name a fruit.")
             page.locator("button.slm-send").click()
-            page.wait_for_function(
+            page.wait_for_function(  # a new, finished answer (not the placeholder, not the old one)
                 "(old) => { const a = document.querySelector('.slm-answer').innerText;"
                 " const s = document.querySelector('.slm-stats').innerText;"
-                " return a !== old && s.includes('stopped:'); }", arg=shown)
+                " return a !== old && !a.includes('waiting for the first token')"
+                " && s.includes('stopped:'); }", arg=shown)
             assert _words(page.locator(".slm-answer").inner_text()) == _words(
                 _server_answer(ollama_host, model, "Name a fruit.", 48))
             phases["click answered"] = time.monotonic() - t0
