@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
 from helpers.net import free_loopback_port as free_port  # noqa: F401  (tests import it from here)
+from helpers.registry import BUNDLED_MODEL as BUNDLED  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent
-BUNDLED = "smollm2:135m"
 
 
 def wait_for(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
@@ -46,15 +47,6 @@ def start_server(port: int, *extra: str, log: Path | None = None) -> subprocess.
         proc.kill()
         raise
     return proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 _SESSION: dict = {}

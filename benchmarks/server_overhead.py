@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import free_port, start_server, stop_server  # noqa: E402
 from helpers.engine import get_engine  # noqa: E402
+from helpers.registry import BUNDLED_MODEL as MODEL  # noqa: E402
 
-MODEL = "smollm2:135m"
 PROMPT = "Write a short paragraph about the history of the bicycle."
 RESULTS = ROOT / "benchmarks" / "results"
 

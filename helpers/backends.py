@@ -423,10 +423,9 @@ class EmbeddedBackend(Backend):
         infos = []
         for name in self.list_models():
             c = card(name)
-            size = c.params_b if c else None
             infos.append(ModelInfo(name, self.engine.resolve(name)[1].stat().st_size,
                                    c.family if c else "", (c.family,) if c else (),
-                                   (f"{size * 1000:.0f}M" if size < 1 else f"{size:.1f}B") if size else ""))
+                                   c.parameter_size if c else ""))
         return infos
 
     def _wrap(self, model: str, chunks, t0: float) -> Iterator[Result]:

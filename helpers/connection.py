@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .backends import Backend, EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBackend, model_infos
 from .errors import INSTALL_OLLAMA, CourseError, ModelNotFound
-from .registry import PREFERENCE, card
+from .registry import PREFERENCE, card, parameter_billions
 from .settings import get_settings
 
 #: Names of embedding-only models in the Ollama library and on Hugging Face (all-minilm,
@@ -60,17 +60,6 @@ def _as_infos(available: Sequence[str | ModelInfo]) -> list[ModelInfo]:
     return [a if isinstance(a, ModelInfo) else ModelInfo(a) for a in available]
 
 
-def _billions(parameter_size: str) -> float | None:
-    """'3.8B' -> 3.8, '135M' -> 0.135 (Ollama's details.parameter_size); None when unreadable."""
-    found = re.fullmatch(r"\s*([\d.]+)\s*([KMBT])\s*", (parameter_size or "").upper())
-    if not found:
-        return None
-    try:
-        return float(found.group(1)) * {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}[found.group(2)]
-    except ValueError:
-        return None
-
-
 def match_model(wanted: str, available: Sequence[str | ModelInfo]) -> str | None:
     """The name under which `available` has the model `wanted`, or None.
 
@@ -89,7 +78,7 @@ def match_model(wanted: str, available: Sequence[str | ModelInfo]) -> str | None
         return None
     repository = wanted.split(":", 1)[0]
     for info in infos:
-        size = _billions(info.parameter_size)
+        size = parameter_billions(info.parameter_size)
         if (info.name.split(":", 1)[0] == repository and size is not None
                 and abs(size - wanted_card.params_b) <= 0.15 * wanted_card.params_b):
             return info.name
@@ -160,7 +149,7 @@ def rank_large(available: Sequence[str | ModelInfo]) -> list[str]:
     def key(info: ModelInfo):
         c = card(info.name)
         tag = info.name.rsplit(":", 1)[1] if ":" in info.name else ""
-        params = c.params_b if c else (_billions(info.parameter_size) or _billions(tag) or 0.0)
+        params = c.params_b if c else (parameter_billions(info.parameter_size) or parameter_billions(tag) or 0.0)
         return (-(info.size_bytes or 0), -params, info.name)
 
     return [i.name for i in sorted(_as_infos(available), key=key) if not is_embedding_model(i)]

@@ -47,7 +47,7 @@ def _packages() -> Check:
     return Check("packages", "OK", f"{len(REQUIRED_PACKAGES)} course packages import")
 
 
-def _ollama(host: str | None) -> tuple[list[Check], list[str] | None]:
+def _ollama(host: str | None) -> list[Check]:
     from .backends import OllamaBackend
 
     backend = OllamaBackend(host, timeout=10)
@@ -56,7 +56,7 @@ def _ollama(host: str | None) -> tuple[list[Check], list[str] | None]:
     except CourseError:
         where = backend.host
         return [Check("Ollama", "WARN", f"not answering at {where}",
-                      f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST")], None
+                      f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST")]
     checks = [Check("Ollama", "OK", f"answering at {backend.host}, version {version}")]
     from .connection import match_model
 
@@ -64,18 +64,17 @@ def _ollama(host: str | None) -> tuple[list[Check], list[str] | None]:
         infos = backend.list_model_info()
     except CourseError as exc:
         checks.append(Check("models", "WARN", f"could not list models: {exc.message}", exc.hint))
-        return checks, None
-    models = [i.name for i in infos]
+        return checks
     # under the names the server has them: `ollama pull mistral` gives mistral:latest = mistral:7b
     course = list(dict.fromkeys(have for m in MODELS if (have := match_model(m.name, infos))))
     seed = [m for m in SEED_MODELS if match_model(m, infos)]
-    detail = f"{len(models)} pulled; course models: {', '.join(course) or 'none'}"
+    detail = f"{len(infos)} pulled; course models: {', '.join(course) or 'none'}"
     if seed:
         checks.append(Check("models", "OK", detail))
     else:
         checks.append(Check("models", "WARN", detail + "; none of the article's four models",
                             "pull the ones that fit (see 'fits' below), e.g. `ollama pull phi3:mini`"))
-    return checks, models
+    return checks
 
 
 def _machine() -> list[Check]:
@@ -102,8 +101,12 @@ def fit_checks(ram_gb: float, disk_gb: float) -> list[Check]:
     else:
         checks = [Check("fits", "OK", "all four of the article's models fit: " + ", ".join(fitting))]
     others = [m for m in MODELS if not m.seed]
-    small_fit = [m.name for m in others if fits(m, ram_gb, disk_gb)[0]]
-    too_big = [f"{m.name} (~{m.ram_gb} GB RAM)" for m in others if not fits(m, ram_gb, disk_gb)[0]]
+    small_fit, too_big = [], []
+    for m in others:
+        if fits(m, ram_gb, disk_gb)[0]:
+            small_fit.append(m.name)
+        else:
+            too_big.append(f"{m.name} (~{m.ram_gb} GB RAM)")
     detail = f"{len(small_fit)} of {len(others)} fit: {', '.join(small_fit) or 'none'}"
     if too_big:
         detail += "; too big: " + ", ".join(too_big)
@@ -162,9 +165,7 @@ def _bundled() -> Check:
 
 def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[Check]:
     """All checks, in order. Never raises: a failure becomes a FAIL line."""
-    checks = [_python(), _packages()]
-    ollama_checks, _ = _ollama(host)
-    checks += ollama_checks
+    checks = [_python(), _packages(), *_ollama(host)]
     checks += _machine()
     checks.append(_key())
     weights = _bundled_weights()

@@ -536,10 +536,6 @@ class Engine:
         return Embeddings(out, prompt_eval_count=count, load_duration=load_ns,
                           total_duration=time.perf_counter_ns() - t_start)
 
-    def count_tokens(self, model: str, text: str) -> int:
-        with self.using(model) as (loaded, _):
-            return len(loaded.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
 
 _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()

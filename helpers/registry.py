@@ -8,6 +8,7 @@ KV cache (lesson 08 derives the KV-cache part properly).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import util as _importlib_util
 from pathlib import Path
@@ -33,7 +34,17 @@ class ModelCard:
     @property
     def ram_gb(self) -> float:
         """Estimated RAM to run it: weights x 1.2 + 0.5 GB KV cache (an estimate)."""
-        return round(self.download_gb * 1.2 + 0.5, 1)
+        return ram_estimate_gb(self.download_gb)
+
+    @property
+    def parameter_size(self) -> str:
+        """The parameter count as Ollama's details.parameter_size writes it: "135M", "3.8B"."""
+        return f"{self.params_b * 1000:.0f}M" if self.params_b < 1 else f"{self.params_b:.1f}B"
+
+
+def ram_estimate_gb(size_gb: float) -> float:
+    """RAM estimate for weights of this size: x 1.2 + 0.5 GB of context (lesson 08 derives it)."""
+    return round(size_gb * 1.2 + 0.5, 1)
 
 
 MODELS: tuple[ModelCard, ...] = (
@@ -102,6 +113,17 @@ def card(name: str) -> ModelCard | None:
         return _BY_NAME[name]
     base = name.removesuffix(":latest")
     return _BY_NAME.get(base)
+
+
+def parameter_billions(parameter_size: str) -> float | None:
+    """'3.8B' -> 3.8, '135M' -> 0.135 (Ollama's details.parameter_size); None when unreadable."""
+    found = re.fullmatch(r"\s*([\d.]+)\s*([KMBT])\s*", (parameter_size or "").upper())
+    if not found:
+        return None
+    try:
+        return float(found.group(1)) * {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}[found.group(2)]
+    except ValueError:
+        return None
 
 
 def bundled_model_path(name: str = BUNDLED_MODEL) -> Path | None:

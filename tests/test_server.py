@@ -32,6 +32,13 @@ def oa(ollama_host):
     return openai.OpenAI(base_url=f"{ollama_host}/v1", api_key="ollama", timeout=120, max_retries=0)
 
 
+def wait_until_unloaded(client: ollama.Client, timeout_s: float = 10.0) -> None:
+    """Wait (at most timeout_s) until /api/ps no longer lists the bundled model."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(m.model == BUNDLED for m in client.ps().models):
+        time.sleep(0.3)
+
+
 # ----------------------------------------------------------------------------- ollama client
 def test_root_and_version(ollama_host):
     assert httpx.get(ollama_host + "/").text == "Ollama is running"
@@ -100,9 +107,7 @@ def test_embed_reports_token_counts_and_durations(client, oa):
               for t in texts]
     assert all(n > 0 for n in counts)
     client.generate(model=BUNDLED, prompt="", keep_alive=0)  # unload, to measure a cold load
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(m.model == BUNDLED for m in client.ps().models):
-        time.sleep(0.3)
+    wait_until_unloaded(client)
     cold = client.embed(model=BUNDLED, input=texts)
     assert cold.prompt_eval_count == sum(counts)
     assert cold.load_duration > 0 and cold.total_duration > cold.load_duration
@@ -129,9 +134,7 @@ def test_unknown_model_is_404(client):
 
 def test_keep_alive_zero_unloads(client):
     client.generate(model=BUNDLED, prompt="Hi", options={"num_predict": 2}, keep_alive=0)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(m.model == BUNDLED for m in client.ps().models):
-        time.sleep(0.3)
+    wait_until_unloaded(client)
     assert not any(m.model == BUNDLED for m in client.ps().models)
     client.generate(model=BUNDLED, prompt="Hi", options={"num_predict": 2})  # loads again
     assert any(m.model == BUNDLED for m in client.ps().models)
