@@ -37,6 +37,7 @@ import pandas as pd
 from .backends import Backend, EmbeddedBackend, OllamaBackend, OpenAIBackend, model_infos
 from .errors import BadInput, CourseError, ModelNotFound, pull_hint
 from .registry import PREFERENCE
+from .results import percentile
 
 MAX_RUNS = 1000
 MAX_TOKENS_LIMIT = 8192
@@ -364,10 +365,6 @@ def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[s
 
 
 # --------------------------------------------------------------------------- summaries
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), q))
-
-
 def _check_rows(df: Any) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame) or not set(COLUMNS) <= set(df.columns):
         raise BadInput("expected the rows returned by run_bench (or read back with read_csv)",
@@ -393,7 +390,7 @@ def summarise(df: pd.DataFrame, *, phase: str = "warm", stream: bool | None = Tr
                 continue
             out.append({"model": model, "metric": label, "unit": unit,
                         "median": round(float(np.median(values)), 1),
-                        "p90": round(_percentile(values, 90), 1),
+                        "p90": round(percentile(values, 90), 1),
                         "min": round(min(values), 1), "max": round(max(values), 1), "n": len(values)})
     if not out:
         raise BadInput(f"no {phase} rows to summarise", "run run_bench(...) first (with n_runs >= 1)")
@@ -481,9 +478,8 @@ def model_size_bytes(backend: Backend, model: str) -> int | None:
         return backend.engine.resolve(model)[1].stat().st_size
     if isinstance(backend, OllamaBackend):
         base = model.removesuffix(":latest")
-        for m in backend._call(backend.client.list).models:
-            if m.model and m.model.removesuffix(":latest") == base:
-                return int(m.size) if m.size else None
+        return next((i.size_bytes for i in backend.list_model_info()
+                     if i.name.removesuffix(":latest") == base), None)
     return None
 
 
@@ -632,7 +628,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"Plot saved to {args.plot}")
         return 0
     except CourseError as exc:
-        print(f"[FAIL] {exc.message}" + (f"\n  -> {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        print(f"[FAIL] {exc}", file=sys.stderr)  # CourseError's text: the message, then "-> hint"
         return 1
 
 

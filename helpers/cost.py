@@ -455,22 +455,19 @@ def plot_break_even(df: pd.DataFrame, ax=None, log: bool = False):
     import matplotlib.pyplot as plt
 
     if log:
-        df_attrs = dict(df.attrs)
-        df = df[df.index > 0]
-        df.attrs.update(df_attrs)
+        df = df[df.index > 0]  # a row selection keeps df.attrs
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     local = df.attrs.get("local")
+    cap = df.attrs.get("capacity_per_month", math.inf)
     for col in df.columns:
         ax.plot(df.index, df[col], label=col, lw=2.5 if col == local else 1.5,
                 ls="-" if col == local else "--")
     if local in df.columns:
-        cap = df.attrs.get("capacity_per_month", math.inf)
         for q, api in df.attrs.get("break_even", {}).values():
             if math.isfinite(q) and q <= min(df.index.max(), cap):  # past capacity the lines meet elsewhere
                 ax.plot([q], [q * api], "o", color="black", ms=5)
-    cap = df.attrs.get("capacity_per_month")
     if cap and math.isfinite(cap) and cap <= df.index.max():
         ax.axvline(cap, color="grey", ls=":", label="one machine's capacity")
     if log:

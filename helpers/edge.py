@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import BadInput, CourseError
-from .net import free_loopback_port
 from .registry import BUNDLED_MODEL
 
 MB = 1e6
@@ -488,7 +486,8 @@ def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048
             raise BadInput(f"each context must be an integer from 32 to 32768, got {n!r}",
                            "e.g. (512, 2048, 8192)")
     gguf = read_gguf(model_path(model))
-    shape = model_shape(model)
+    # the shape from the file's own header: no need to load the model into this process
+    shape = shape_from_metadata(gguf.metadata, n_params=gguf.n_params)
     rows = []
     for n in contexts:
         code = (f"import json; from helpers.edge import _rss_probe; "
@@ -503,10 +502,11 @@ def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048
             raise CourseError(f"the RSS probe failed at n_ctx={n}: {out.stderr.strip()[-300:]}",
                               "check that `slm-course doctor` reports the bundled model OK")
         probe = json.loads(out.stdout.strip().splitlines()[-1])
-        predicted = gguf.tensor_bytes + shape.kv_bytes(probe["n_ctx_real"])
+        kv = shape.kv_bytes(probe["n_ctx_real"])
+        predicted = gguf.tensor_bytes + kv
         grown = probe["rss_after_token"] - probe["rss_before"]
         rows.append({"context (tokens)": n, "predicted (MB)": round(predicted / MB, 1),
-                     "of which KV (MB)": round(shape.kv_bytes(probe["n_ctx_real"]) / MB, 1),
+                     "of which KV (MB)": round(kv / MB, 1),
                      "RSS after load (MB)": round((probe["rss_loaded"] - probe["rss_before"]) / MB, 1),
                      "RSS after 1 token (MB)": round(grown / MB, 1),
                      "measured / predicted": round(grown / predicted, 2)})
@@ -603,6 +603,3 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
                                      "output tokens", "decode tokens/s", "load (s)"])
     df.attrs["stopped_by_time"] = len(rows) < runs
     return df
-
-
-unused_loopback_port = free_loopback_port  # the name lesson 08 uses

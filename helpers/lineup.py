@@ -11,16 +11,15 @@ import re
 import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
-from urllib.parse import urlparse
 
 import pandas as pd
 
-from .backends import Backend
+from .backends import Backend, model_infos
 from .errors import BadInput, CourseError, pull_hint
+from .hardware import GB  # decimal gigabytes, as Ollama and the registry quote sizes
+from .net import is_loopback_host as is_local_host  # "is the server this machine?" in revisit_claims
 from .registry import MODELS as CARDS
-from .registry import SEED_MODELS, card, fits
-
-GB = 1e9  # decimal gigabytes, as Ollama and the registry quote sizes
+from .registry import SEED_MODELS, bundled_model_path, card, fits, parameter_billions, ram_estimate_gb
 
 
 @dataclass(frozen=True)
@@ -90,26 +89,14 @@ def lineup_models(backend: Backend, models: Sequence[str] | None = None) -> list
     return names
 
 
-def _server_sizes(backend: Backend) -> dict[str, int]:
-    """Bytes on disk per model, from /api/tags (Ollama-API backends only)."""
-    client = getattr(backend, "client", None)
-    if client is None or not hasattr(client, "list") or not hasattr(backend, "_call"):
-        return {}
-    return {m.model: int(m.size or 0) for m in backend._call(client.list).models if m.model}
-
-
 def _params_b(show: Any) -> float | None:
     """Parameters in billions from /api/show: general.parameter_count, else details.parameter_size."""
     info = getattr(show, "modelinfo", None) or {}
     count = info.get("general.parameter_count")
     if isinstance(count, (int, float)) and count > 0:
         return round(count / 1e9, 3)
-    size = getattr(getattr(show, "details", None), "parameter_size", "") or ""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([KMBT])\s*", size.upper())
-    if not match:
-        return None
-    scale = {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}[match.group(2)]
-    return round(float(match.group(1)) * scale, 3)
+    billions = parameter_billions(getattr(getattr(show, "details", None), "parameter_size", "") or "")
+    return None if billions is None else round(billions, 3)
 
 
 def _context(show: Any) -> int | None:
@@ -122,11 +109,6 @@ def _context(show: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) or str(value).isdigit() else None
 
 
-def ram_estimate_gb(size_gb: float) -> float:
-    """The registry's RAM estimate for weights of this size: x 1.2 + 0.5 GB of context."""
-    return round(size_gb * 1.2 + 0.5, 1)
-
-
 def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
     """One row per model: the registry card, overwritten by what the server reports when it has it.
 
@@ -135,8 +117,9 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
     and the registry's download size otherwise.
     """
     names = _check_names(names, "names")
-    available = backend.list_models()
-    sizes = _server_sizes(backend)
+    infos = model_infos(backend)  # one /api/tags call: names and sizes on disk
+    available = [i.name for i in infos]
+    sizes = {i.name: i.size_bytes for i in infos}
     rows = []
     for name in names:
         c = card(name)
@@ -162,8 +145,6 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
                 row["size (GB)"] = round(sizes[have] / GB, 3)
             row["source"] = "server (/api/tags, /api/show)" + (" + registry" if c else "")
         elif have and c and c.bundled:
-            from .registry import bundled_model_path
-
             path = bundled_model_path(c.name)
             if path is not None:
                 row["size (GB)"] = round(path.stat().st_size / GB, 3)
@@ -394,12 +375,6 @@ SOURCE_TABLE = pd.DataFrame(
                                      "works offline"]},
     index=pd.Index(["parameters", "cost per 1M tokens", "speed", "privacy", "reliability"],
                    name="aspect"))
-
-
-def is_local_host(host: str) -> bool:
-    """True when `host` (a URL) is this machine: loopback name or address."""
-    name = (urlparse(host if "://" in host else f"http://{host}").hostname or "").lower()
-    return name in ("localhost", "::1") or name.startswith("127.")
 
 
 def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:

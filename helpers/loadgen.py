@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound, pull_hint
-from .net import is_loopback_host  # noqa: F401  (part of this module's API)
+from .net import is_loopback_host
+from .results import percentile
 from .settings import get_settings, normalise_host
 
 T = TypeVar("T")
@@ -58,15 +59,6 @@ class RequestRow:
     latency_s: float | None = None
     eval_count: int | None = None
     error: str = ""
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (linear interpolation, numpy's default), None when empty."""
-    if not values:
-        return None
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
 @dataclass
@@ -125,10 +117,10 @@ class LoadResult:
         return self.output_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
     def latency(self, q: float) -> float | None:
-        return _percentile([r.latency_s for r in self._ok() if r.latency_s is not None], q)
+        return percentile([r.latency_s for r in self._ok() if r.latency_s is not None], q)
 
     def ttft(self, q: float) -> float | None:
-        return _percentile([r.ttft_s for r in self._ok() if r.ttft_s is not None], q)
+        return percentile([r.ttft_s for r in self._ok() if r.ttft_s is not None], q)
 
     @property
     def latency_p50(self) -> float | None:
@@ -484,14 +476,13 @@ def sweep(host: str | None, model: str, levels: Sequence[int] = (1, 2, 4, 8), *,
     if warm_up:
         _run_sync(lambda: _warm_up(url, model, prompt, timeout_s))
 
-    rows, results = [], []
+    rows = []
     bar = tqdm(levels, desc="load sweep", unit="level")
     for n in bar:
         bar.set_postfix_str(f"{n} students")
         result = run_load(url, model, concurrency=n, requests_per_client=requests_per_client,
                           prompt=prompt, num_predict=num_predict, timeout_s=timeout_s,
                           max_duration_s=max_duration_s, allow_remote=allow_remote)
-        results.append(result)
         rows.append(result.summary())
     bar.close()
     df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 NS = 1e9
 
@@ -111,3 +111,13 @@ def iter_text(stream: Iterable[Result]) -> Iterator[str]:
     for piece in stream:
         if piece.text:
             yield piece.text
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (q from 0 to 100) by linear interpolation, numpy's default; None
+    when there are no values. One definition for the bench, the load generator and the dashboard."""
+    if len(values) == 0:
+        return None
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), q))

@@ -10,9 +10,10 @@ import pytest
 from helpers.edge import (
     DEVICES, GB, MODEL_SHAPES, ModelShape, bits_per_weight, estimate_memory, fit_table,
     kv_cache_bytes, largest_context, measure_rss, measure_speed, model_path, model_shape,
-    read_gguf, shape_from_metadata, unused_loopback_port, weights_bytes,
+    read_gguf, shape_from_metadata, weights_bytes,
 )
 from helpers.errors import BackendUnavailable, BadInput
+from helpers.net import free_loopback_port
 
 GIB = 2**30
 
@@ -160,7 +161,7 @@ def test_a_closed_port_fails_fast_with_backend_unavailable():
     """The offline demo's premise, for real: nothing listens, the call fails at once."""
     from helpers.backends import OpenAIBackend
 
-    port = unused_loopback_port()
+    port = free_loopback_port()
     large = OpenAIBackend(f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=10, max_retries=0)
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as info:
