@@ -10,18 +10,19 @@ redraws counts per route, cumulative cost against that baseline, and latency aft
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import random
 import socket
 import statistics
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .cost import ApiPrice, api_price, query_cost_api
 from .errors import BadInput
 from .evals import Task, open_prompts
-from .results import Result
+from .results import Result, percentile
 from .routing import Decision, FallbackWarning, is_simple_task, smart_routing
 from .settings import get_settings
 
@@ -60,8 +61,9 @@ def mixed_tasks(n: int, *, seed: int = 0, kinds: Sequence[str] | None = None) ->
     if n > len(tasks):
         raise BadInput(f"asked for {n} tasks, the prompt set has {len(tasks)}", f"use n <= {len(tasks)}")
     rng = random.Random(seed)
-    simple = [t for t in tasks if is_simple_task(t.prompt)]
-    complex_ = [t for t in tasks if not is_simple_task(t.prompt)]
+    simple, complex_ = [], []
+    for t in tasks:
+        (simple if is_simple_task(t.prompt) else complex_).append(t)
     n_simple = round(n * len(simple) / len(tasks))
     if n >= 2:
         n_simple = min(max(n_simple, 1), n - 1)
@@ -77,13 +79,6 @@ def sample_prompts(n: int, *, seed: int = 0) -> list[str]:
 
 
 # --------------------------------------------------------------------------- failing endpoints
-
-def unused_port() -> int:
-    """A loopback port nothing listens on (a 'large endpoint that is down')."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @contextlib.contextmanager
 def silent_endpoint() -> Iterator[str]:
@@ -143,16 +138,6 @@ class Totals:
         if self.always_large_usd <= 0:
             return None
         return 1.0 - self.cost_usd / self.always_large_usd
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    low = int(k)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
 
 
 @dataclass
@@ -220,9 +205,9 @@ class HybridApp:
                                          "error"]).set_index("call")
         return df.tail(last) if last else df
 
-    def totals(self, log: Iterable[Routed] | None = None) -> Totals:
+    def totals(self) -> Totals:
         """Counts per route, cost against the always-large baseline, latency median and p95."""
-        entries = list(self.log if log is None else log)
+        entries = self.log
         labels = [r.label for r in entries]
         per_route: dict[str, list[float]] = {}
         for r in entries:
@@ -233,7 +218,7 @@ class HybridApp:
             cost_usd=sum(r.decision.cost_usd or 0.0 for r in entries),
             always_large_usd=sum(r.always_large_usd for r in entries),
             median_latency_s={k: statistics.median(v) for k, v in per_route.items()},
-            p95_latency_s=_percentile([r.decision.latency_s for r in entries], 0.95),
+            p95_latency_s=percentile([r.decision.latency_s for r in entries], 95),
         )
 
     def saving_at_mix(self, simple_share: float) -> float | None:
@@ -372,7 +357,7 @@ class Dashboard:
         self.progress.bar_style = "info"
         done = []
         for i, prompt in enumerate(prompts, 1):
-            self.status.value = f"&nbsp;call {before + i}/{before + len(prompts)}: <i>{_escape(prompt[:60])}</i>"
+            self.status.value = f"&nbsp;call {before + i}/{before + len(prompts)}: <i>{html.escape(prompt[:60])}</i>"
             done.append(self.app.ask(prompt, quiet=quiet))
             self.progress.value = before + i
             self.refresh()
@@ -384,9 +369,3 @@ class Dashboard:
         from IPython.display import display
 
         display(self.widget)
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)

@@ -174,6 +174,11 @@ _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _CODE_START_RE = re.compile(r"^(?:def |class |import |from |@)", re.M)
 
 
+def _defines(code: str, entry_point: str) -> bool:
+    """True when `code` has a `def entry_point(` line."""
+    return re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
+
+
 def extract_code(text: str, entry_point: str | None = None) -> str:
     """Python code from a model answer: the fenced block that defines `entry_point` (else the
     longest Python block); without fences, the text from its first `def`/`import` line."""
@@ -181,7 +186,7 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     blocks = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
     if blocks:
         if entry_point:
-            defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", b, re.M)]
+            defining = [b for b in blocks if _defines(b, entry_point)]
             if defining:
                 return defining[0]
         return max(blocks, key=len)
@@ -202,7 +207,7 @@ def build_program(completion: str, task: Task) -> str:
                        "use humaneval_tasks() or a `code` item from open_prompts()")
     prefix = task.meta.get("code_prompt", "")
     code = extract_code(completion, entry)
-    if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
+    if _defines(code, entry):
         body = prefix + "\n\n" + code
     else:
         lines = code.splitlines()
@@ -459,6 +464,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def accuracy_summary(correct: Any) -> dict[str, Any]:
+    """n, correct, accuracy and its Wilson 95% interval for a pandas Series of True/False/None
+    answers; unscored (None/NaN) answers are left out of n."""
+    scored = correct.dropna().astype(bool)
+    n, k = len(scored), int(scored.sum())
+    low, high = wilson_interval(k, n)
+    return {"n": n, "correct": k, "accuracy": k / n if n else math.nan, "ci_low": low, "ci_high": high}
+
+
 def records_frame(records: Iterable[EvalRecord | dict]):
     """EvalRecords as a pandas DataFrame, one row per answer."""
     import pandas as pd
@@ -480,13 +494,10 @@ def accuracy_table(records: Iterable[EvalRecord | dict]):
     for model, by_model in df.groupby("model", sort=False):
         groups = [(cat, g) for cat, g in by_model.groupby("category", sort=True)]
         for category, g in groups + [("(all)", by_model)]:
-            scored = g[g["correct"].notna()]
-            n, k = len(scored), int(scored["correct"].astype(bool).sum())
-            low, high = wilson_interval(k, n)
+            summary = accuracy_summary(g["correct"])
             rows.append({
-                "model": model, "category": category, "n": n, "correct": k,
-                "accuracy": k / n if n else math.nan, "ci_low": low, "ci_high": high,
-                "unscored": len(g) - n, "median_latency_s": float(g["latency_s"].median()),
+                "model": model, "category": category, **summary,
+                "unscored": len(g) - summary["n"], "median_latency_s": float(g["latency_s"].median()),
                 "mean_output_tokens": float(g["output_tokens"].mean()),
             })
     return pd.DataFrame(rows)

@@ -22,8 +22,9 @@ import pandas as pd
 
 from .cost import ApiPrice, LocalAssumptions, LocalRun, api_price, query_cost_api
 from .errors import BadInput, CourseError
-from .evals import EvalRecord, ModelJudge, Task, check_code, extract_code, run_eval, wilson_interval
-from .routing import SHARES, LearnedRouter, RoutingExample, oracle_router, quality_at_share
+from .evals import EvalRecord, ModelJudge, Task, accuracy_summary, check_code, extract_code, run_eval
+from .routing import (SHARES, LearnedRouter, RoutingExample, _first_crossing, _trapezoid, cost_saved,
+                      oracle_router, quality_at_share)
 
 TIERS = ("small", "large")
 EXPLAIN_MIN_WORDS = 6  # an answer with fewer words (numbers aside) gives no explanation
@@ -245,8 +246,11 @@ def save_run(frame: pd.DataFrame, folder: str | Path, small: str, large: str, **
 def load_run(folder: str | Path, small: str, large: str) -> tuple[pd.DataFrame, dict] | None:
     """The saved paired run of exactly these two models, or None when there is none."""
     path = run_file(folder, small, large)
-    if not path.is_file():
-        return None
+    return _read_run(path) if path.is_file() else None
+
+
+def _read_run(path: Path) -> tuple[pd.DataFrame, dict]:
+    """A saved paired run (CSV) with the metadata saved beside it."""
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
     for tier in TIERS:
         col = frame[f"{tier}_correct"]
@@ -269,11 +273,7 @@ def tier_accuracy(frame: pd.DataFrame, by: str = "category") -> pd.DataFrame:
     groups = [(g, d) for g, d in frame.groupby(by, sort=True)] + [("(all)", frame)]
     for tier in TIERS:
         for group, d in groups:
-            scored = d[f"{tier}_correct"].dropna().astype(bool)
-            n, k = len(scored), int(scored.sum())
-            low, high = wilson_interval(k, n)
-            rows.append({"tier": tier, by: group, "n": n, "correct": k,
-                         "accuracy": k / n if n else math.nan, "ci_low": low, "ci_high": high})
+            rows.append({"tier": tier, by: group, **accuracy_summary(d[f"{tier}_correct"])})
     return pd.DataFrame(rows)
 
 
@@ -387,18 +387,8 @@ def quality_curves(q_small: Sequence[float], q_large: Sequence[float], scores: M
     return pd.DataFrame(rows)
 
 
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
-
-
 def _cpt(shares: np.ndarray, p: np.ndarray, target: float) -> float:
-    hits = np.nonzero(p >= target - 1e-12)[0]
-    if np.isnan(p).any() or len(hits) == 0:
-        return math.nan
-    i = int(hits[0])
-    if i == 0:
-        return float(shares[0])
-    return float(shares[i - 1] + (target - p[i - 1]) * (shares[i] - shares[i - 1]) / (p[i] - p[i - 1]))
+    return math.nan if np.isnan(p).any() else _first_crossing(shares, p, target)
 
 
 def router_table(curves: pd.DataFrame, *, share: float = 0.2, cost_small: float | None = None,
@@ -415,7 +405,7 @@ def router_table(curves: pd.DataFrame, *, share: float = 0.2, cost_small: float 
                "CPT(50%)": _cpt(x, p, 0.5), "CPT(80%)": _cpt(x, p, 0.8),
                f"quality@{share:.0%}": q_at, f"PGR@{share:.0%}": float(np.interp(share, x, p))}
         if cost_small is not None and cost_large:
-            row[f"cost saved@{share:.0%}"] = 1 - (share * cost_large + (1 - share) * cost_small) / cost_large
+            row[f"cost saved@{share:.0%}"] = cost_saved(share, cost_small, cost_large)
         rows.append(row)
     return pd.DataFrame(rows).set_index("router")
 
@@ -503,17 +493,8 @@ def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None,
 def share_for_quality(curves: pd.DataFrame, target: float) -> pd.Series:
     """Per router: the smallest share of large-model calls whose quality reaches `target`
     (interpolated between grid points); NaN when it never does."""
-    out = {}
-    for name, d in curves.groupby("router", sort=False):
-        x, q = d["share"].to_numpy(), d["quality"].to_numpy()
-        hits = np.nonzero(q >= target - 1e-12)[0]
-        if len(hits) == 0:
-            out[name] = math.nan
-        elif hits[0] == 0:
-            out[name] = float(x[0])
-        else:
-            i = int(hits[0])
-            out[name] = float(x[i - 1] + (target - q[i - 1]) * (x[i] - x[i - 1]) / (q[i] - q[i - 1]))
+    out = {name: _first_crossing(d["share"].to_numpy(), d["quality"].to_numpy(), target)
+           for name, d in curves.groupby("router", sort=False)}
     return pd.Series(out, name=f"share for quality {target:.3f}")
 
 
@@ -521,8 +502,6 @@ def latest_run(folder: str | Path) -> tuple[pd.DataFrame, dict] | None:
     """The most recently saved paired run in `folder`, whoever the models were; None if none."""
     files = sorted(Path(folder).glob("quality_*__vs__*.csv"), key=lambda p: p.stat().st_mtime)
     for path in reversed(files):
-        meta_path = path.with_suffix(".json")
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            return load_run(folder, meta["small"], meta["large"])
+        if path.with_suffix(".json").is_file():
+            return _read_run(path)
     return None

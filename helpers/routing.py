@@ -41,6 +41,7 @@ COMPLEX_KEYWORDS = (
     "design", "debug", "optimize", "optimise", "trade-off", "trade-offs", "tradeoff",
     "implement", "algorithm", "strategy",
 )
+_KEYWORD_RES = [(k, re.compile(rf"\b{re.escape(k)}\b")) for k in COMPLEX_KEYWORDS]  # once, not per prompt
 _CODE_RE = re.compile(
     r"```|(?-i:^\s*(?:def|class|import|from)\s+\w)|\bfunction\s*\w*\s*\(|[{};]\s*$|"
     r"\b(?:python|javascript|typescript|java|c\+\+|rust|sql|regex|code|function|script|"
@@ -59,7 +60,7 @@ def task_features(prompt: str, *, max_words: int = LONG_PROMPT_WORDS) -> dict[st
         raise BadInput(f"prompt must be a string, got {type(prompt).__name__}", "pass the prompt text")
     low = prompt.lower()
     words = len(prompt.split())
-    keywords = [k for k in COMPLEX_KEYWORDS if re.search(rf"\b{re.escape(k)}\b", low)]
+    keywords = [k for k, pattern in _KEYWORD_RES if pattern.search(low)]
     code = bool(_CODE_RE.search(prompt))
     math_ = bool(_MATH_RE.search(prompt))
     reasons = []
@@ -115,14 +116,6 @@ def _as_example(item: Any) -> RoutingExample:
                               item.get("category", ""))
     prompt, small, large = item[:3]
     return RoutingExample(prompt, small, large)
-
-
-def examples_from_records(small_records: Iterable[Any], large_records: Iterable[Any]) -> list[RoutingExample]:
-    """Join two eval runs (helpers.evals.EvalRecord lists) on task id into routing examples;
-    unscored answers (correct is None) are left out."""
-    large = {r.task_id: r for r in large_records if r.correct is not None}
-    return [RoutingExample(r.prompt, float(r.correct), float(large[r.task_id].correct), r.category)
-            for r in small_records if r.correct is not None and r.task_id in large]
 
 
 def _normalise_text(text: str) -> str:
@@ -258,6 +251,18 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
 
 
+def _first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+    """The smallest x at which y reaches `target`, interpolated linearly between grid points;
+    NaN if y never does."""
+    hits = np.nonzero(y >= target - 1e-12)[0]
+    if len(hits) == 0:
+        return math.nan
+    i = int(hits[0])
+    if i == 0:
+        return float(x[0])
+    return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1]))
+
+
 def _pgr_grid(q_small, q_large, scores, shares) -> tuple[np.ndarray, np.ndarray]:
     qs, ql, sc = _arrays(q_small, q_large, scores)
     shares = np.asarray(shares, dtype=float)
@@ -279,13 +284,7 @@ def cpt(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[flo
     """Call-performance threshold: the smallest share of large-model calls whose PGR reaches
     `target` (0.5 for CPT(50%)), interpolated linearly between grid points; NaN if never."""
     x, p = _pgr_grid(q_small, q_large, scores, shares)
-    hits = np.nonzero(p >= target - 1e-12)[0]
-    if len(hits) == 0:
-        return math.nan
-    i = int(hits[0])
-    if i == 0:
-        return float(x[0])
-    return float(x[i - 1] + (target - p[i - 1]) * (x[i] - x[i - 1]) / (p[i] - p[i - 1]))
+    return _first_crossing(x, p, target)
 
 
 def cost_saved(share: float, cost_small: float, cost_large: float, *, small_always: bool = False) -> float:
@@ -317,21 +316,6 @@ def curve(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[f
             row[f"{name}pgr"] = pgr(q, qs.mean(), ql.mean())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def plot_curve(df, *, label: str = "router", ax=None):
-    """Plot a `curve()` frame: quality against % large-model calls, with random and oracle."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    x = df["share"] * 100
-    ax.plot(x, df["quality"], marker="o", label=label)
-    ax.plot(x, df["random_quality"], linestyle="--", color="grey", label="random router")
-    ax.plot(x, df["oracle_quality"], linestyle=":", color="green", label="oracle (upper bound)")
-    ax.set_xlabel("calls to the large model (%)")
-    ax.set_ylabel("quality (share correct)")
-    ax.legend()
-    return ax
 
 
 # ---------------------------------------------------------------------------- serving

@@ -17,10 +17,10 @@ import pytest
 from conftest import BUNDLED
 from helpers.backends import OllamaBackend, OpenAIBackend
 from helpers.cost import api_price, query_cost_api
-from helpers.dashboard import (Dashboard, HybridApp, mixed_tasks, price_for, sample_prompts,
-                               silent_endpoint, unused_port)
+from helpers.dashboard import Dashboard, HybridApp, mixed_tasks, price_for, sample_prompts, silent_endpoint
 from helpers.errors import BadInput
 from helpers.evals import EvalRecord
+from helpers.net import free_loopback_port
 from helpers.playground import (Playground, ThresholdExplorer, explorer_from_records,
                                 tradeoff_point)
 from helpers.results import Metrics, Result
@@ -183,7 +183,7 @@ def test_app_prices_each_route_and_the_always_large_baseline():
 
 
 def test_app_falls_back_when_the_large_endpoint_is_down():
-    down = OpenAIBackend(base_url=f"http://127.0.0.1:{unused_port()}/v1", api_key="x", timeout=3)
+    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
     app = HybridApp(small=_tier("small", 30), large=lambda p: down.generate("gpt-4o-mini", p), price=PRICE)
     with pytest.warns(FallbackWarning, match="cannot reach"):
         routed = app.ask("Explain why the sky is blue.")
