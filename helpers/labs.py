@@ -42,11 +42,15 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import nbformat
-from nbformat.v4.rwbase import rejoin_lines
+from typing import TYPE_CHECKING
 
 from .errors import BadInput, CourseError
+from .nbhygiene import cell_where
+
+# nbformat is imported where a notebook is read or written, not here: it takes about a second
+# to import, and `slm-course` imports this module to build its parser for every command.
+if TYPE_CHECKING:
+    import nbformat
 
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
@@ -73,12 +77,6 @@ class LabsSync:
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
-
-
-def _where(notebook: Path, index: int, cell: dict) -> str:
-    """Name a cell for a learner: file, 1-based position, and id when it has one."""
-    cid = cell.get("id")
-    return f"{notebook} cell {index + 1}" + (f" (id {cid})" if cid else "")
 
 
 def strip_regions(source: str, begin: str, end: str, stub: tuple[str, ...],
@@ -114,6 +112,9 @@ def strip_regions(source: str, begin: str, end: str, stub: tuple[str, ...],
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
     """Read an nbformat-4 notebook, giving cells without an id a stable one (nbformat's are random)."""
+    import nbformat
+    from nbformat.v4.rwbase import rejoin_lines
+
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -137,6 +138,8 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
 
 def _header_cell(source_name: str, with_id: bool) -> nbformat.NotebookNode:
     """The first cell of every lab: where it comes from and how to change it."""
+    import nbformat
+
     cell = nbformat.v4.new_markdown_cell(
         f"> **Generated lab - do not edit by hand.** This notebook is generated from "
         f"`{source_name}` {GENERATED_BY}. To change it, edit the solution notebook and "
@@ -154,6 +157,8 @@ def _header_cell(source_name: str, with_id: bool) -> nbformat.NotebookNode:
 
 def lab_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbformat.NotebookNode:
     """Build the lab for one solution notebook (``source_name`` is shown in the header and errors)."""
+    import nbformat
+
     lab = copy.deepcopy(solution)
     lab.metadata.pop("widgets", None)  # widget state belongs to the outputs we clear
     cells = []
@@ -162,7 +167,7 @@ def lab_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbformat.
         if SOLUTION_ONLY_TAG in tags:
             continue
         cell = copy.deepcopy(cell)
-        where = _where(Path(source_name), index, cell)
+        where = cell_where(Path(source_name), index, cell)
         if cell.cell_type == "code":
             cell.source = strip_regions(cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB,
                                         _NEAR_CODE_MARKER, where)
@@ -180,6 +185,8 @@ def lab_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbformat.
 
 def render_lab(solution_path: Path) -> str:
     """The exact text of the lab for ``solution_path`` (what would be written to disk)."""
+    import nbformat
+
     solution_path = Path(solution_path)
     source_name = f"{solution_path.parent.name}/{solution_path.name}"
     lab = lab_notebook(read_notebook(solution_path), source_name)

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from .errors import BadInput
 
 COURSE_DIRS = ("notebooks", "solutions", "labs")
@@ -55,6 +53,11 @@ def keeps_output(cell: dict) -> bool:
     return CHECK_OUTPUT_MARK in _text(cell.get("source")) or CHECK_OUTPUT_TAG in _tags(cell)
 
 
+def cell_where(path: Path, index: int, cell: dict) -> str:
+    """Name a cell for a learner: file, 1-based position, and id when it has one."""
+    return f"{path} cell {index + 1}" + (f" (id {cell['id']})" if cell.get("id") else "")
+
+
 def _output_text(output: dict) -> str:
     """The text an output shows (streams, text/* data, tracebacks), for the secret and path scans."""
     parts = [_text(output.get("text"))] + [_text(t) for t in output.get("traceback", [])]
@@ -88,18 +91,19 @@ def _scan(where: str, text: str, what: str, code: bool) -> list[str]:
 
 
 def _cell_problems(path: Path, index: int, cell: dict) -> list[str]:
-    where = f"{path} cell {index + 1}" + (f" (id {cell['id']})" if cell.get("id") else "")
+    where = cell_where(path, index, cell)
     source = _text(cell.get("source"))
     is_code = cell.get("cell_type") == "code"
     problems = _scan(where, source, "source", code=is_code)
     if not is_code:
         return problems
     outputs = cell.get("outputs") or []
-    if outputs and not keeps_output(cell):
+    checked = keeps_output(cell)
+    if outputs and not checked:
         problems.append(f"{where}: {len(outputs)} stored output(s) in a cell without "
                         f"'{CHECK_OUTPUT_MARK}'; {FIX_HINT.format(path=path)}")
     counts = [cell.get("execution_count")] + [o.get("execution_count") for o in outputs]
-    if keeps_output(cell) and outputs:
+    if checked and outputs:
         # nbval only compares a reference cell that was run: it needs an execution count
         if cell.get("execution_count") is None:
             problems.append(f"{where}: checked cell has outputs but no execution count (nbval: "
@@ -135,10 +139,8 @@ def check_notebook(path: Path) -> list[str]:
     return problems
 
 
-def strip_notebook(path: Path) -> bool:
-    """Clear outputs (except ``# NBVAL_CHECK_OUTPUT`` cells) and execution counts; True if changed."""
-    nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
-    before = nbformat.writes(nb)
+def clear_outputs(nb) -> None:
+    """In place: clear outputs (except checked cells'), execution counts and per-cell timings."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -151,6 +153,15 @@ def strip_notebook(path: Path) -> bool:
         for output in cell.outputs:
             if "execution_count" in output:
                 output.execution_count = count
+
+
+def strip_notebook(path: Path) -> bool:
+    """Clear outputs (except ``# NBVAL_CHECK_OUTPUT`` cells) and execution counts; True if changed."""
+    import nbformat  # here, not at import: labs and store-outputs import this module
+
+    nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
+    before = nbformat.writes(nb)
+    clear_outputs(nb)
     if nbformat.writes(nb) == before:
         return False
     nbformat.write(nb, str(path))

@@ -9,27 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-MARK = "# NBVAL_CHECK_OUTPUT"
+from .nbhygiene import clear_outputs
 
 
-def strip_outputs(nb, keep_checked: bool = True):
-    """Clear outputs and execution counts, except the outputs of checked cells."""
+def strip_outputs(nb):
+    """Clear outputs and execution counts, except the outputs of checked cells, and papermill's
+    run metadata."""
+    clear_outputs(nb)
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        checked = keep_checked and MARK in cell.source
-        if not checked:
-            cell.outputs = []
-        # nbval compares only reference cells that were run, so checked cells keep count 1
-        count = 1 if cell.outputs else None
-        cell.execution_count = count
-        for out in cell.outputs:
-            if "execution_count" in out:
-                out["execution_count"] = count
-        for key in ("execution", "papermill"):
-            cell.metadata.pop(key, None)
-    for key in ("papermill",):
-        nb.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.metadata.pop("papermill", None)
+    nb.metadata.pop("papermill", None)
     return nb
 
 
@@ -40,7 +30,7 @@ def store_outputs(path: Path, timeout_s: int = 600) -> None:
     executed = pm.execute_notebook(str(path), None, kernel_name="python3", cwd=str(path.parent),
                                    execution_timeout=timeout_s, progress_bar=False)
     original = nbformat.read(path, as_version=4)
-    # papermill may add cells (injected parameters); match by position of the original cells
+    # papermill may add cells (injected parameters); match the original cells by their source
     by_source = {c.source: c for c in executed.cells if c.cell_type == "code"}
     for cell in original.cells:
         if cell.cell_type == "code":

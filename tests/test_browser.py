@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import BUNDLED, ROOT, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,6 +44,9 @@ def _browser_missing() -> str | None:
     if not os.access(CHROMIUM, os.X_OK):
         return "chromium is not installed (Debian: apt-get install chromium)"
     return None
+
+
+BROWSER_MISSING = _browser_missing()
 
 
 def _lab_env(tmp_path: Path, ollama_host: str) -> dict[str, str]:
@@ -132,7 +135,7 @@ def _words(text: str) -> str:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+@pytest.mark.skipif(BROWSER_MISSING is not None, reason=BROWSER_MISSING or "")
 def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -246,7 +249,7 @@ def test_lab_starts_the_offline_server_when_nothing_answers(tmp_path):
                                 start_new_session=True)
     try:
         tags = _wait_for_json(f"{model_host}/api/tags", 90, proc, log)
-        assert "smollm2:135m" in {m["name"] for m in tags["models"]}
+        assert BUNDLED in {m["name"] for m in tags["models"]}
         listing = _wait_for_json(f"http://127.0.0.1:{port}/api/contents", 90, proc, log)
         lessons = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
         assert lessons <= {item["name"] for item in listing["content"]}  # the lessons, from any cwd
