@@ -15,8 +15,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# llama.cpp is built portably first (no AMX, no -march=native on x86-64: see helpers/engine_build.py),
+# so that the course's own install finds it there and never compiles or reuses a native build.
+$(VENV)/.installed: pyproject.toml helpers/engine_build.py | $(BIN)/python
 	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."
+	$(BIN)/python -m helpers.engine_build
 	$(BIN)/python -m pip install -e ".[test]"
 	@touch $@
 

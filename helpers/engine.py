@@ -5,9 +5,18 @@ One llama.cpp context is not thread-safe, so every model has a lock: requests to
 model run one after another, while other work (and other models) carries on.
 
 A loaded model counts the requests using it (preparing, waiting for its lock, decoding or
-embedding): it is closed only when none is. Unloading, the keep_alive reaper and a reload
-with another context size (as Ollama does) all wait for, or skip, a model in use - so no
-request ever runs on a freed llama.cpp model.
+embedding): it is closed only when none is. Unloading and a reload with another context size
+(as Ollama does) take the model out of use at once - new requests get a fresh instance - and
+the old one is freed when its last request lets go; the keep_alive reaper skips a model in
+use. So no request ever runs on a freed llama.cpp model, and nothing waits for a request.
+
+Decoding runs in a thread of its own that hands chunks to the caller's iterator: a caller who
+stops reading (an abandoned generator in a notebook) never holds the model or its lock beyond
+that one generation, and closing or dropping the iterator stops it at the next token.
+
+Greedy requests (temperature 0, or a fixed seed) evaluate the whole prompt every time, never
+a cached prefix of it: on some CPUs llama.cpp's floating-point results depend on the batch
+shape, so reusing a prefix could change the answer between a cold and a warm run.
 
 Timings follow Ollama's definitions, measured around the engine's own calls:
 prompt_eval = reading the prompt (up to the first sampled token), eval = generating the
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import threading
 import time
 from contextlib import contextmanager
@@ -24,13 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import BadInput, CourseError, ModelNotFound
+from .errors import BadInput, Cancelled, CourseError, ModelNotFound
 from .registry import BUNDLED_MODEL, bundled_model_path, bundled_models, card
 
 DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_PREDICT = 128
 MAX_NUM_PREDICT = 131_072
 DEFAULT_KEEP_ALIVE_S = 300.0
+# Longest text a token of these models stands for is far below this: a prompt with more
+# characters than num_ctx * MAX_CHARS_PER_TOKEN cannot fit and is refused before tokenising.
+MAX_CHARS_PER_TOKEN = 64
 
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "temperature": (int, float),
@@ -140,6 +153,8 @@ class LoadedModel:
     embedder: Any = None  # a second llama.cpp instance in embedding mode, made on first use
     embed_lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0  # requests holding the model (guarded by the engine's registry lock)
+    retired: bool = False  # out of the registry: freed when the last user lets go
+    closing: bool = False  # claimed for freeing (exactly one caller frees it)
 
 
 @dataclass
@@ -173,6 +188,49 @@ def default_threads() -> int:
 
     wanted = get_settings().threads
     return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
+
+
+_AMX_GUARD: bool | None = None
+# llama-cpp-python silences llama.cpp's logging while it loads a model by pointing the process's
+# stdout/stderr (file descriptors 1 and 2) at /dev/null and back. Two loads at once would
+# restore each other's copies and leave the process mute: loads and frees take turns.
+_LLAMA_LIFECYCLE = threading.Lock()
+
+
+def _guard_against_amx() -> bool:
+    """If this llama.cpp was built with Intel AMX, load models without extra buffer types.
+
+    The AMX kernels crash on AMX CPUs (ggml-org/llama.cpp#20824); a library built natively on
+    such a machine survives if models load with `use_extra_bufts = False` (no AMX repacking).
+    The course's own install builds without AMX (helpers/engine_build.py); this is the guard
+    for a library someone built by hand. Returns whether the guard is on.
+    """
+    global _AMX_GUARD
+    if _AMX_GUARD is None:
+        import llama_cpp
+        from llama_cpp import llama as _llama_module
+
+        info = llama_cpp.llama_print_system_info()
+        info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+        _AMX_GUARD = "AMX_INT8 = 1" in info or "AMX = 1" in info
+        lowlevel = _llama_module.llama_cpp
+        defaults = lowlevel.llama_model_default_params
+        if _AMX_GUARD and not getattr(defaults, "_slm_guarded", False):
+            def without_extra_buffers():
+                params = defaults()
+                if hasattr(params, "use_extra_bufts"):
+                    params.use_extra_bufts = False
+                return params
+
+            without_extra_buffers._slm_guarded = True  # type: ignore[attr-defined]
+            lowlevel.llama_model_default_params = without_extra_buffers
+    return _AMX_GUARD
+
+
+def trained_context(name: str) -> int | None:
+    """The context length a model was trained with (its registry card), None if unknown."""
+    c = card(name)
+    return c.context if c is not None and c.context > 0 else None
 
 
 class Engine:
@@ -226,8 +284,9 @@ class Engine:
         Every successful call must be paired with `_release`.
         """
         base, path = self.resolve(name)
+        if num_ctx is not None:
+            num_ctx = self.effective_context(base, num_ctx)
         with self._load_lock(base):
-            stale = None
             with self._released:
                 current = self._models.get(base)
                 if current is not None and num_ctx in (None, current.num_ctx):
@@ -236,12 +295,11 @@ class Engine:
                         current.keep_alive_s = keep_alive_s
                     current.expires_at = time.time() + current.keep_alive_s
                     return current, 0
-                if current is not None:  # a new context size means a reload, as in Ollama
-                    self._released.wait_for(
-                        lambda: current.users == 0 or self._models.get(base) is not current)
-                    stale = current if self._retire(current) else None
+                # a new context size means a reload, as in Ollama: requests still running on
+                # the old instance finish there, and it is freed after the last of them
+                stale = current if current is not None and self._retire(current) else None
             if stale is not None:
-                self._close(stale)
+                self._close_when_free(stale)
             try:
                 from llama_cpp import Llama
             except ImportError as exc:  # pragma: no cover - dependency of the kit
@@ -249,10 +307,12 @@ class Engine:
                                   "run `pip install -e .` (it compiles llama.cpp, ~5 minutes)") from exc
             n_ctx = num_ctx or DEFAULT_NUM_CTX
             keep = DEFAULT_KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s
+            _guard_against_amx()
             t0 = time.perf_counter_ns()
-            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads, n_batch=min(512, n_ctx), verbose=False,
-                        seed=0)
+            with _LLAMA_LIFECYCLE:
+                llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self.n_threads,
+                            n_threads_batch=self.n_threads, n_batch=min(512, n_ctx),
+                            verbose=False, seed=0)
             load_ns = time.perf_counter_ns() - t0
             model = LoadedModel(base, path, llm, n_ctx, load_ns, path.stat().st_size,
                                 expires_at=time.time() + keep, keep_alive_s=keep, users=1)
@@ -264,7 +324,16 @@ class Engine:
         with self._released:
             model.users -= 1
             model.expires_at = time.time() + model.keep_alive_s
+            free_now = self._claim_free(model)
             self._released.notify_all()
+        if free_now:
+            self._close(model)
+
+    def effective_context(self, name: str, num_ctx: int) -> int:
+        """num_ctx clamped to the model's trained context, as Ollama does (a larger context
+        only costs memory: the model cannot use it)."""
+        trained = trained_context(name.strip().removesuffix(":latest"))
+        return min(num_ctx, trained) if trained else num_ctx
 
     @contextmanager
     def using(self, name: str, num_ctx: int | None = None,
@@ -294,30 +363,46 @@ class Engine:
         """Take the model out of the registry (registry lock held). True if this call did."""
         if self._models.get(model.name) is model:
             del self._models[model.name]
+            model.retired = True
             return True
         return False
 
     @staticmethod
+    def _claim_free(model: LoadedModel) -> bool:
+        """Whether the caller (registry lock held) is the one to free this retired model now."""
+        if model.retired and model.users == 0 and not model.closing:
+            model.closing = True
+            return True
+        return False
+
+    def _close_when_free(self, model: LoadedModel) -> None:
+        """Free a retired model now if no request holds it, else when the last one lets go."""
+        with self._released:
+            free_now = self._claim_free(model)
+        if free_now:
+            self._close(model)
+
+    @staticmethod
     def _close(model: LoadedModel) -> None:
-        """Free llama.cpp's memory: only for a retired model that no request holds."""
-        if hasattr(model.llm, "close"):
-            model.llm.close()
-        if model.embedder is not None and hasattr(model.embedder, "close"):
-            model.embedder.close()
+        """Free llama.cpp's memory: only for a retired model that no request holds (once)."""
+        llm, embedder = model.llm, model.embedder
+        model.llm = model.embedder = None
+        with _LLAMA_LIFECYCLE:
+            if llm is not None and hasattr(llm, "close"):
+                llm.close()
+            if embedder is not None and hasattr(embedder, "close"):
+                embedder.close()
 
     def unload(self, name: str) -> bool:
-        """Unload a model once the requests using it have finished. False if it was not loaded."""
+        """Unload a model now (False if it was not loaded). It never waits: requests still
+        running on it finish, and its memory is freed when the last of them lets go."""
         base = name.strip().removesuffix(":latest")
         with self._load_lock(base):
             with self._released:
                 model = self._models.get(base)
-                if model is None:
+                if model is None or not self._retire(model):
                     return False
-                self._released.wait_for(
-                    lambda: model.users == 0 or self._models.get(base) is not model)
-                retired = self._retire(model)
-            if retired:
-                self._close(model)
+            self._close_when_free(model)
             return True
 
     def unload_expired(self, now: float | None = None) -> list[str]:
@@ -325,7 +410,8 @@ class Engine:
         now = time.time() if now is None else now
         with self._released:
             gone = [m for m in list(self._models.values())
-                    if m.users == 0 and m.expires_at <= now and self._retire(m)]
+                    if m.users == 0 and m.expires_at <= now and self._retire(m)
+                    and self._claim_free(m)]
         for model in gone:
             self._close(model)
         return [m.name for m in gone]
@@ -364,6 +450,26 @@ class Engine:
             clean.append({"role": m["role"], "content": m.get("content") or ""})
         return clean
 
+    @staticmethod
+    def check_text(texts: Sequence[str], num_ctx: int) -> None:
+        """Refuse text that cannot be tokenised or cannot fit, before any tokenising work.
+
+        A prompt longer than num_ctx * MAX_CHARS_PER_TOKEN characters has more tokens than the
+        context holds; tokenising megabytes only to find that out took seconds and memory.
+        """
+        total = 0
+        for text in texts:
+            total += len(text)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = text[exc.start:exc.end].encode("unicode_escape").decode("ascii")
+                raise BadInput(f"the text contains {bad}, a lone surrogate, which is not valid "
+                               "Unicode", "send valid UTF-8 (pair surrogates, or drop them)") from None
+        if total > num_ctx * MAX_CHARS_PER_TOKEN:
+            raise BadInput(f"the prompt is {total:,} characters: more tokens than the context of "
+                           f"{num_ctx} can hold", "shorten the prompt or raise options.num_ctx")
+
     # ----- generation ---------------------------------------------------------
     def stream(self, model: str, *, prompt: str | None = None,
                messages: list[dict[str, str]] | None = None, system: str | None = None,
@@ -376,6 +482,8 @@ class Engine:
         """
         t_start = time.perf_counter_ns()
         opts = GenOptions.parse(options)
+        base, _ = self.resolve(model)
+        opts.num_ctx = self.effective_context(base, opts.num_ctx)
         if messages is not None:
             messages = self.check_messages(messages)
             if system:
@@ -385,6 +493,8 @@ class Engine:
                 raise BadInput("prompt must be a string", 'pass e.g. "Why is the sky blue?"')
         else:
             raise BadInput("give a prompt or messages", "pass prompt=... or messages=[...]")
+        texts = [m["content"] for m in messages] if messages is not None else [prompt or ""]
+        self.check_text(texts + ([system] if system else []), opts.num_ctx)
         # Prepare while holding the model, so it cannot be closed under the tokenizer; the
         # decode takes a new hold of its own (the model may have been reloaded in between).
         with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, load_ns):
@@ -421,19 +531,53 @@ class Engine:
     def _held(self, model: str, load_ns: int, t_start: int, tokens: list[int],
               limit: int, opts: GenOptions, stops: list[str], grammar: Any,
               keep_alive_s: float, cancel: threading.Event | None) -> Iterator[Chunk]:
-        """Decode while holding the model (from the first chunk asked for to the last)."""
-        with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, reload_ns):
-            with loaded.lock:
-                yield from self._decode(loaded, load_ns + reload_ns, t_start, tokens, limit,
-                                        opts, stops, grammar, cancel)
+        """Decode in a thread of its own, holding the model only while it decodes.
+
+        The caller reads chunks from a queue: a caller who stops reading cannot keep the model
+        or its lock (the decode ends at num_predict), and closing or dropping this iterator
+        stops the decode at the next token.
+        """
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        gone = threading.Event()  # the caller closed or dropped this iterator
+
+        def stopped() -> bool:
+            return gone.is_set() or (cancel is not None and cancel.is_set())
+
+        def produce() -> None:
+            try:
+                with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, reload_ns):
+                    with loaded.lock:
+                        for chunk in self._decode(loaded, load_ns + reload_ns, t_start, tokens,
+                                                  limit, opts, stops, grammar, stopped):
+                            out.put(chunk)
+            except BaseException as exc:  # handed to the caller, raised where it reads
+                out.put(exc)
+            finally:
+                out.put(_END)
+
+        threading.Thread(target=produce, daemon=True, name="slm-decode").start()
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            gone.set()
 
     def _decode(self, loaded: LoadedModel, load_ns: int, t_start: int, tokens: list[int],
                 limit: int, opts: GenOptions, stops: list[str], grammar: Any,
-                cancel: threading.Event | None) -> Iterator[Chunk]:
+                stopped: Any) -> Iterator[Chunk]:
         llm = loaded.llm
         eos = llm.token_eos()
         is_eog = getattr(llm._model, "token_is_eog", None) or (lambda t: t == eos)
         llm.set_seed(opts.seed if opts.seed is not None else int(time.time_ns() % (2**31)))
+        if opts.temperature == 0 or opts.seed is not None:
+            # reproducible requests: evaluate the whole prompt, never a cached prefix of it
+            # (the batch shape can change llama.cpp's floating-point results on some CPUs)
+            llm.reset()
         gen = llm.generate(tokens, top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
                            temp=opts.temperature, repeat_penalty=opts.repeat_penalty,
                            reset=True, grammar=grammar)
@@ -443,7 +587,6 @@ class Engine:
         pending = b""
         held = ""
         done_reason = "stop"
-        suspended = 0  # time spent by the consumer between pieces: not the engine's
         try:
             for token in gen:
                 now = time.perf_counter_ns()
@@ -465,18 +608,14 @@ class Engine:
                 if hit is not None:
                     held = held[: held.index(hit)]
                     if held:
-                        ts = time.perf_counter_ns()
                         yield Chunk(held)
-                        suspended += time.perf_counter_ns() - ts
                     held = ""
                     break
                 keep = _is_prefix_of_any(held, stops) if stops else 0
                 emit, held = (held[:-keep], held[-keep:]) if keep else (held, "")
                 if emit:
-                    ts = time.perf_counter_ns()
                     yield Chunk(emit)
-                    suspended += time.perf_counter_ns() - ts
-                if cancel is not None and cancel.is_set():
+                if stopped():
                     done_reason = "cancelled"
                     break
                 if count >= limit:
@@ -498,17 +637,19 @@ class Engine:
                     load_duration=load_ns,
                     prompt_eval_duration=t_first - t0,
                     # like Ollama's, eval covers decoding and sampling each output token
-                    eval_duration=max(t_end - t_first - suspended, 1) if count else 0,
+                    eval_duration=max(t_end - t_first, 1) if count else 0,
                     total_duration=time.perf_counter_ns() - t_start)
 
     # ----- embeddings ---------------------------------------------------------
     def embed(self, model: str, inputs: Sequence[str] | str, *,
-              keep_alive_s: float | None = None) -> Embeddings:
+              keep_alive_s: float | None = None,
+              cancel: threading.Event | None = None) -> Embeddings:
         """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them.
 
         Uses the model at whatever context it is loaded with (an embedding never forces a
         reload), with a second llama.cpp instance in embedding mode and a lock of its own, so
-        it does not wait for a generation running on the same model.
+        it does not wait for a generation running on the same model. Setting `cancel` stops
+        the work before the next input (it raises `Cancelled`).
         """
         t_start = time.perf_counter_ns()
         if isinstance(inputs, str):
@@ -519,12 +660,17 @@ class Engine:
             if loaded.embedder is None:
                 from llama_cpp import Llama
                 t0 = time.perf_counter_ns()
-                loaded.embedder = Llama(model_path=str(loaded.path), n_ctx=loaded.num_ctx,
-                                        n_threads=self.n_threads, n_threads_batch=self.n_threads,
-                                        embedding=True, verbose=False)
+                with _LLAMA_LIFECYCLE:
+                    loaded.embedder = Llama(model_path=str(loaded.path), n_ctx=loaded.num_ctx,
+                                            n_threads=self.n_threads,
+                                            n_threads_batch=self.n_threads, embedding=True,
+                                            verbose=False)
                 load_ns += time.perf_counter_ns() - t0
             out, count = [], 0
             for text in inputs:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("the embedding request was cancelled",
+                                    "the client went away or the server is stopping")
                 vec, n = loaded.embedder.embed(text, normalize=True, return_count=True)
                 if vec and isinstance(vec[0], list):  # per-token vectors: mean-pool them
                     dim = len(vec[0])
@@ -537,6 +683,7 @@ class Engine:
                           total_duration=time.perf_counter_ns() - t_start)
 
 
+_END = object()  # end of a decode's chunks
 _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()
 

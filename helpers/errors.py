@@ -27,6 +27,10 @@ class BadInput(CourseError, ValueError):
     """The arguments were wrong (empty prompt, wrong types, bad options)."""
 
 
+class Cancelled(CourseError):
+    """The work was stopped on purpose (the client went away, the server is shutting down)."""
+
+
 INSTALL_OLLAMA = (
     "install Ollama (Linux: `curl -fsSL https://ollama.com/install.sh | sh`; "
     "macOS/Windows: https://ollama.com/download), then run `ollama serve` - "
