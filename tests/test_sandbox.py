@@ -1,21 +1,525 @@
-"""The teaching sandbox: limits, timeouts, the write fence, and HumanEval checks through it."""
+"""The sandbox that runs model-written code: limits, timeouts, HumanEval checks, and every
+escape reported in issue 13 replayed against it.
+
+Each attack runs in four modes and must succeed only in the first:
+- "unprotected": plain `python -I` in a temporary directory - the control that proves the
+  attack and its evidence work (a test whose attack could not succeed proves nothing);
+- "full": `run_python` as lessons call it (bubblewrap + the Python guard on Linux);
+- "os-only": bubblewrap without the Python guard - the OS layer must hold by itself;
+- "guard-only": the Python guard without bubblewrap - what macOS and Windows get.
+Evidence is looked for outside the sandbox: files on the host, a listener's queue, the
+calling process's fate, the host's process table. On Linux (CI) bubblewrap must work: the
+"full" and "os-only" cases fail, naming the fix, when it does not.
+"""
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
+from helpers import sandbox
 from helpers.errors import BadInput
-from helpers.sandbox import run_python
+from helpers.sandbox import BUBBLEWRAP, GUARD_ONLY, isolation, isolation_note, run_python
 
+ROOT = Path(__file__).resolve().parents[1]
+LINUX = sys.platform.startswith("linux")
 posix_only = pytest.mark.skipif(os.name != "posix", reason="resource limits and killpg are POSIX")
+linux_only = pytest.mark.skipif(not LINUX, reason="the attack uses Linux interfaces (/proc, pidfd)")
+PROTECTED = ["full", "os-only", "guard-only"]
+MODES = ["unprotected", *PROTECTED]
+
+# One runner, used here and (as source) by the calling process of the caller-side attacks.
+_RUNNER = r'''
+def run_in(mode, code, timeout_s=5.0, memory_mb=256, max_file_mb=16):
+    """Run `code` in one of the test modes; returns a SandboxResult."""
+    import os, subprocess, sys, tempfile, time
+    from helpers import sandbox
+    limits = dict(timeout_s=timeout_s, memory_mb=memory_mb, max_file_mb=max_file_mb)
+    if mode == "full":
+        return sandbox.run_python(code, **limits)
+    if mode == "os-only":
+        return sandbox._run(code, sandbox._isolation(), guard=False, **limits)
+    if mode == "guard-only":
+        return sandbox._run(code, sandbox._guard_only("(tested)"), guard=True, **limits)
+    assert mode == "unprotected", mode
+    with tempfile.TemporaryDirectory() as box, open(os.path.join(box, ".out"), "w+b") as out:
+        t0, timed_out = time.perf_counter(), False
+        proc = subprocess.Popen([sys.executable, "-I", "-c", code], cwd=box, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    return sandbox.SandboxResult(ok=proc.returncode == 0 and not timed_out, stdout=text,
+                                 stderr=text, returncode=proc.returncode, timed_out=timed_out,
+                                 duration_s=time.perf_counter() - t0, isolation="none")
+'''
+exec(_RUNNER)  # defines run_in
 
 
+@pytest.fixture(params=MODES)
+def mode(request) -> str:
+    return _checked_mode(request.param)
+
+
+@pytest.fixture(params=PROTECTED)
+def protected(request) -> str:
+    return _checked_mode(request.param)
+
+
+def _checked_mode(name: str) -> str:
+    if name in ("full", "os-only") and LINUX:
+        assert isolation() == BUBBLEWRAP, isolation_note()  # CI installs bubblewrap
+    if name == "os-only" and not LINUX:
+        pytest.skip("no OS isolation on this system: only the Python guard applies")
+    return name
+
+
+def _still_works(mode: str) -> None:
+    """After an attack the sandbox still runs ordinary code."""
+    if mode != "unprotected":
+        result = run_in(mode, "print(6 * 7)")
+        assert result.ok and result.stdout == "42\n", result.stderr
+
+
+def _token() -> str:
+    return f"slm-escape-{uuid.uuid4().hex[:12]}"
+
+
+def _host_tmp_targets(tmp_path: Path) -> tuple[Path, Path]:
+    """Two places outside the box: the test's own directory and the host's /tmp."""
+    return tmp_path / _token(), Path("/tmp") / _token()
+
+
+# --------------------------------------------------------------------------- the calling process
+_CALLER = _RUNNER + r'''
+import json, os, sys
+
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+mode, code = sys.argv[1], sys.stdin.read().replace("CALLER_PID", str(os.getpid()))
+result = run_in(mode, code, timeout_s=float(sys.argv[2]))
+print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "ok": result.ok}))
+'''
+
+
+def _from_a_caller(mode: str, code: str, tmp_path: Path, secret: str, timeout_s: float = 5):
+    """Run the attack from a separate process that holds a secret the way a Jupyter kernel
+    does: OPENAI_API_KEY in its environment (from its start, so /proc shows it) and a `.env`
+    in its working directory. Returns (caller's exit code, the run's result as a dict)."""
+    home, scratch = tmp_path / "caller", tmp_path / "caller-tmp"
+    home.mkdir()
+    scratch.mkdir()  # what a killed caller leaves behind stays in pytest's tmp_path
+    (home / ".env").write_text(f"OPENAI_API_KEY={secret}\n")
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), "OPENAI_API_KEY": secret,
+           "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", "TMPDIR": str(scratch)}
+    done = subprocess.run([sys.executable, "-c", _CALLER, mode, str(timeout_s)], input=code,
+                          text=True, capture_output=True, cwd=home, env=env, timeout=60)
+    last = done.stdout.strip().splitlines()[-1:] or ["null"]
+    return done.returncode, json.loads(last[0]) if last[0].startswith("{") else None
+
+
+# --------------------------------------------------------------------------- isolation itself
+def test_linux_runs_isolated_and_says_so():
+    note = isolation_note()
+    if not LINUX:
+        assert isolation() == GUARD_ONLY and "container or VM" in note
+        pytest.skip(f"no OS isolation here: {note}")
+    assert isolation() == BUBBLEWRAP, note
+    assert note.startswith("bubblewrap: ") and "no network" in note
+    result = run_python("print(1)")
+    assert result.ok and result.isolation == BUBBLEWRAP
+
+
+@linux_only
+def test_without_bubblewrap_it_falls_back_and_names_the_fix(tmp_path):
+    # a real process whose PATH has no bwrap: what a Linux machine without the package sees
+    code = ("from helpers.sandbox import isolation, isolation_note, run_python\n"
+            "r = run_python('print(2 + 2)')\n"
+            "print(isolation(), '|', r.isolation, '|', r.stdout.strip(), '|', isolation_note())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    name, used, printed, note = done.stdout.strip().split(" | ")
+    assert name == used == GUARD_ONLY and printed == "4"
+    assert "apt install bubblewrap" in note and "not code written to escape" in note
+
+
+@pytest.mark.skipif(not LINUX, reason="the box's view of the files exists only with bubblewrap")
+@pytest.mark.parametrize("mode", ["unprotected", "full", "os-only"])
+def test_the_project_home_and_callers_secrets_are_not_visible(mode, tmp_path):
+    _checked_mode(mode)
+    secret = _token()
+    code = (f"import os\n"
+            f"for path in [{str(ROOT / 'pyproject.toml')!r}, 'CALLER_CWD/.env', "
+            f"{str(ROOT / 'helpers' / 'sandbox.py')!r}]:\n"
+            f"    try:\n"
+            f"        print('READ', path, open(path).read()[:300])\n"
+            f"    except OSError as exc:\n"
+            f"        print('refused', path, type(exc).__name__)\n"
+            f"home = {str(Path.home())!r}\n"
+            f"print('HOME-LIST', os.listdir(home) if os.path.isdir(home) else '-')\n")
+    code = code.replace("CALLER_CWD", str(tmp_path / "caller"))
+    rc, result = _from_a_caller(mode, code, tmp_path, secret)
+    assert rc == 0 and result is not None
+    escaped = "READ" in result["stdout"]
+    assert escaped == (mode == "unprotected"), result["stdout"]
+    if mode != "unprotected":
+        assert secret not in result["stdout"] and "[project]" not in result["stdout"]
+        # the home directory shows at most the way down to the Python prefix bound read-only
+        home = Path.home().resolve()
+        ways_down = {Path(d).relative_to(home).parts[0] for d in sandbox._isolation().binds
+                     if Path(d).is_relative_to(home)}
+        listed = [e for e in os.listdir(home) if e not in ways_down]
+        assert not any(f"'{e}'" in result["stdout"] for e in listed), result["stdout"]
+    _still_works(mode)
+
+
+@linux_only
+def test_an_older_bubblewrap_without_size_and_disable_userns_still_isolates(tmp_path):
+    # bubblewrap < 0.8 (Ubuntu 22.04) lacks both options: /tmp is then a private directory
+    import dataclasses
+
+    _checked_mode("os-only")
+    old = dataclasses.replace(sandbox._isolation(), options=frozenset())
+    target = Path("/tmp") / _token()
+    code = f"open({str(target)!r}, 'w').write('x')\nimport os\nprint(os.listdir('/tmp'))\n"
+    result = sandbox._run(code, old, guard=False, timeout_s=5, memory_mb=256, max_file_mb=16)
+    assert result.ok, result.stderr
+    assert target.name in result.stdout and not target.exists()
+
+
+def test_the_guard_cannot_be_switched_off_from_inside(mode, tmp_path):
+    # everything the code can reach: the old global, the closures of the functions the guard
+    # replaced, and the globals of every frame above it (the prelude's)
+    target = tmp_path / "escaped.txt"
+    code = (f"import os, sys\n"
+            f"sys.modules['__main__']._busy = True\n"
+            f"import _signal\n"
+            f"for f in (os.mkfifo, getattr(_signal, 'pidfd_send_signal', None)):\n"
+            f"    for cell in getattr(f, '__closure__', None) or ():\n"
+            f"        was = cell.cell_contents\n"
+            f"        cell.cell_contents = (lambda *a, **k: None) if callable(was) else (\n"
+            f"            '' if isinstance(was, str) else was)\n"
+            f"frame = sys._getframe()\n"
+            f"while frame is not None:\n"
+            f"    frame.f_globals.update(_busy=True, root='/', _ROOT='/')\n"
+            f"    frame = frame.f_back\n"
+            f"open({str(target)!r}, 'w').write('escaped')\n")
+    result = run_in(mode, code)
+    assert target.exists() == (mode == "unprotected"), result.stderr
+    _still_works(mode)
+
+
+# --------------------------------------------------------------------------- issue 13's attacks
+def test_switching_the_guard_off_then_connecting_and_writing(mode, tmp_path):
+    inside_test, in_tmp = _host_tmp_targets(tmp_path)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    code = (f"import socket, sys\n"
+            f"sys.modules['__main__']._busy = True\n"
+            f"try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n"
+            f"    print('CONNECTED')\n"
+            f"except OSError as exc:\n"
+            f"    print('no connection:', exc)\n"
+            f"for path in [{str(inside_test)!r}, {str(in_tmp)!r}]:\n"
+            f"    try:\n"
+            f"        open(path, 'w').write('escaped')\n"
+            f"    except OSError as exc:\n"
+            f"        print('no write:', exc)\n")
+    try:
+        result = run_in(mode, code)
+        listener.settimeout(0.2)
+        try:
+            listener.accept()[0].close()
+            connected = True
+        except OSError:  # socket.timeout: nothing in the queue
+            connected = False
+    finally:
+        listener.close()
+    written = [p for p in (inside_test, in_tmp) if p.exists()]
+    for p in written:
+        p.unlink()
+    assert connected == (mode == "unprotected"), result.stdout
+    assert bool(written) == (mode == "unprotected") and (len(written) in (0, 2)), written
+    _still_works(mode)
+
+
+@linux_only
+def test_reading_the_parents_environment(mode, tmp_path):
+    secret = _token()
+    code = ("import os\n"
+            "for pid in sorted({os.getppid(), CALLER_PID, 1}):\n"
+            "    try:\n"
+            "        data = open(f'/proc/{pid}/environ', 'rb').read().decode('utf-8', 'replace')\n"
+            f"        print('LEAKED' if {secret!r} in data else 'clean', pid)\n"
+            "    except OSError as exc:\n"
+            "        print('refused', pid, type(exc).__name__)\n")
+    rc, result = _from_a_caller(mode, code, tmp_path, secret)
+    assert rc == 0 and result is not None
+    assert ("LEAKED" in result["stdout"]) == (mode == "unprotected"), result["stdout"]
+    _still_works(mode)
+
+
+@linux_only
+def test_reading_the_parents_dotenv_through_proc(mode, tmp_path):
+    secret = _token()
+    code = ("import os\n"
+            "for pid in sorted({os.getppid(), CALLER_PID, 1}):\n"
+            "    try:\n"
+            "        data = open(f'/proc/{pid}/cwd/.env').read()\n"
+            f"        print('LEAKED' if {secret!r} in data else 'clean', pid)\n"
+            "    except OSError as exc:\n"
+            "        print('refused', pid, type(exc).__name__)\n")
+    rc, result = _from_a_caller(mode, code, tmp_path, secret)
+    assert rc == 0 and result is not None
+    assert ("LEAKED" in result["stdout"]) == (mode == "unprotected"), result["stdout"]
+    _still_works(mode)
+
+
+def _attempts(*lines: str) -> str:
+    """A program that tries each statement and reports each refusal, so all are attempted."""
+    out = ["import os, sqlite3"]
+    for line in lines:
+        out += ["try:", f"    {line}", "except Exception as exc:",
+                "    print('refused:', type(exc).__name__, exc)"]
+    return "\n".join(out) + "\n"
+
+
+@posix_only
+def test_writing_outside_through_a_directory_descriptor(mode, tmp_path):
+    a, b = _host_tmp_targets(tmp_path)
+    code = _attempts(*[f"os.write(os.open({p.name!r}, os.O_CREAT | os.O_WRONLY, "
+                       f"dir_fd=os.open({str(p.parent)!r}, os.O_RDONLY)), b'escaped')"
+                       for p in (a, b)])
+    result = run_in(mode, code)
+    written = [p for p in (a, b) if p.exists()]
+    for p in written:
+        p.unlink()
+    assert bool(written) == (mode == "unprotected"), (written, result.stdout)
+    _still_works(mode)
+
+
+@posix_only
+def test_making_a_directory_outside_through_a_directory_descriptor(mode, tmp_path):
+    a, b = _host_tmp_targets(tmp_path)
+    code = _attempts(*[f"os.mkdir({p.name!r}, dir_fd=os.open({str(p.parent)!r}, os.O_RDONLY))"
+                       for p in (a, b)])
+    result = run_in(mode, code)
+    made = [p for p in (a, b) if p.exists()]
+    for p in made:
+        p.rmdir()
+    assert bool(made) == (mode == "unprotected"), (made, result.stdout)
+    _still_works(mode)
+
+
+@posix_only
+def test_hard_linking_an_outside_file_then_appending(mode, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    code = _attempts(f"os.link({str(victim)!r}, 'inside.txt')",
+                     "open('inside.txt', 'a').write(' tampered')")
+    result = run_in(mode, code)
+    tampered = victim.read_text() != "original"
+    assert tampered == (mode == "unprotected"), result.stdout
+    _still_works(mode)
+
+
+def test_sqlite_writing_a_database_outside(mode, tmp_path):
+    a, b = _host_tmp_targets(tmp_path)
+    code = _attempts(*[f"sqlite3.connect({str(p)!r}).execute('create table t (x)')"
+                       for p in (a, b)])
+    result = run_in(mode, code)
+    made = [p for p in (a, b) if p.exists()]
+    for p in made:
+        p.unlink()
+    assert bool(made) == (mode == "unprotected"), (made, result.stdout)
+    _still_works(mode)
+
+
+@posix_only
+def test_making_a_fifo_outside(mode, tmp_path):
+    a, b = _host_tmp_targets(tmp_path)
+    code = _attempts(*[f"os.mkfifo({str(p)!r})" for p in (a, b)])
+    result = run_in(mode, code)
+    made = [p for p in (a, b) if p.exists()]
+    for p in made:
+        p.unlink()
+    assert bool(made) == (mode == "unprotected"), (made, result.stdout)
+    _still_works(mode)
+
+
+@pytest.mark.skipif(os.name != "posix" or sys.version_info[:2] != (3, 11),
+                    reason="the replayed call uses CPython 3.11's fork_exec arguments")
+def test_starting_a_process_through_posixsubprocess(mode):
+    code = ("import _posixsubprocess, os\n"
+            "r, w = os.pipe()\n"
+            "try:\n"
+            "    pid = _posixsubprocess.fork_exec(\n"
+            "        [b'/bin/sh', b'-c', b'echo spawned > spawned.txt'], [b'/bin/sh'], True, (w,),\n"
+            "        None, None, -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None,\n"
+            "        None, -1, None, False)\n"
+            "    os.waitpid(pid, 0)\n"
+            "    print('SPAWNED', open('spawned.txt').read().strip())\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n")
+    result = run_in(mode, code)
+    assert ("SPAWNED spawned" in result.stdout) == (mode == "unprotected"), result.stdout
+    _still_works(mode)
+
+
+@linux_only
+def test_killing_the_parent_through_a_pidfd(mode, tmp_path):
+    code = ("import os, signal, time\n"
+            "for pid in sorted({os.getppid(), CALLER_PID}):\n"
+            "    try:\n"
+            "        signal.pidfd_send_signal(os.pidfd_open(pid), signal.SIGTERM)\n"
+            "        print('sent', pid)\n"
+            "    except Exception as exc:\n"
+            "        print('refused:', pid, type(exc).__name__)\n"
+            "time.sleep(0.3)\n")
+    rc, result = _from_a_caller(mode, code, tmp_path, _token())
+    # the caller is what a notebook kernel is: SIGTERM ends it, so it would not report back
+    survived = rc == 0 and result is not None
+    assert survived == (mode != "unprotected"), (rc, result)
+    if mode == "unprotected":
+        assert rc == -signal.SIGTERM
+    _still_works(mode)
+
+
+def _pid_namespace(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    if LINUX:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    return True
+
+
+def _survivors(stdout: str) -> list[int]:
+    """Host pids of the run's processes still alive: every process of its own PID namespace
+    (when it had one), else the pids it printed."""
+    ns = re.search(r"^ns (\S+)", stdout, re.M)
+    if LINUX and ns and ns.group(1) != _pid_namespace("self"):
+        return [int(p) for p in os.listdir("/proc")
+                if p.isdigit() and _pid_namespace(p) == ns.group(1)]
+    return [int(p) for p in re.findall(r"^(?:pid|child) (\d+)", stdout, re.M) if _alive(int(p))]
+
+
+def _wait_for_no_survivors(stdout: str, within_s: float = 0.5) -> list[int]:
+    """The survivors still there after `within_s` (the kill has to be done when the run
+    returns; the allowance is for the kernel's reaping on a busy machine)."""
+    deadline = time.monotonic() + within_s
+    while (left := _survivors(stdout)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@posix_only
+def test_a_child_that_calls_setsid_does_not_survive_the_timeout(mode):
+    # the guard switched off first, as on the day of the report (the old hook had a global)
+    code = ("import os, sys, time\n"
+            "sys.modules['__main__']._busy = True\n"
+            "try:\n"
+            "    print('ns', os.readlink('/proc/self/ns/pid'))\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print('pid', os.getpid(), flush=True)\n"
+            "try:\n"
+            "    if os.fork() == 0:\n"
+            "        os.setsid()\n"
+            "        print('child', os.getpid(), flush=True)\n"
+            "        time.sleep(30)\n"
+            "        os._exit(0)\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, flush=True)\n"
+            "time.sleep(30)\n")
+    result = run_in(mode, code, timeout_s=1)
+    assert result.timed_out
+    left = _wait_for_no_survivors(result.stdout)
+    for pid in left:  # only the control leaves one: end it (we started it)
+        os.kill(pid, signal.SIGKILL)
+    assert bool(left) == (mode == "unprotected"), (left, result.stdout)
+    _still_works(mode)
+
+
+@posix_only
+def test_a_fork_bomb_gets_no_processes(mode):
+    # bounded, so that a broken sandbox cannot hurt the machine: 32 children that sleep 1 s;
+    # the guard switched off first, as in the other replays
+    code = ("import os, sys, time\n"
+            "sys.modules['__main__']._busy = True\n"
+            "n = 0\n"
+            "try:\n"
+            "    for _ in range(32):\n"
+            "        if os.fork() == 0:\n"
+            "            time.sleep(1)\n"
+            "            os._exit(0)\n"
+            "        n += 1\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n"
+            "print('forked', n)\n")
+    result = run_in(mode, code)
+    forked = int(re.search(r"forked (\d+)", result.stdout).group(1))
+    assert forked == (32 if mode == "unprotected" else 0), result.stdout
+    _still_works(mode)
+
+
+def test_kills_an_infinite_loop_within_the_timeout(protected):
+    t0 = time.perf_counter()
+    code = ("import os\n"
+            "if os.path.exists('/proc/self/ns/pid'):\n"
+            "    print('ns', os.readlink('/proc/self/ns/pid'))\n"
+            "print('pid', os.getpid(), flush=True)\n"
+            "while True:\n"
+            "    pass\n")
+    result = run_in(protected, code, timeout_s=1)
+    elapsed = time.perf_counter() - t0
+    assert result.timed_out and not result.ok
+    assert elapsed < 3  # 1 s budget + start and cleanup on a busy 2-core machine
+    assert not _wait_for_no_survivors(result.stdout)
+    _still_works(protected)
+
+
+@posix_only
+def test_an_8_gb_allocation_fails(protected):
+    result = run_in(protected, "data = bytearray(8 * 1024 ** 3)\nprint('ALLOCATED')\n")
+    assert not result.ok and "MemoryError" in result.stderr and "ALLOCATED" not in result.stdout
+    _still_works(protected)
+
+
+# --------------------------------------------------------------------------- ordinary behaviour
 def test_runs_code_and_captures_output():
     result = run_python("import sys\nprint('hello', 6 * 7)\nprint('oops', file=sys.stderr)")
     assert result.ok and result.returncode == 0 and not result.timed_out
     assert result.stdout == "hello 42\n" and "oops" in result.stderr
+    assert result.isolation == isolation()
 
 
 def test_reports_failures_with_the_learners_traceback():
@@ -23,14 +527,6 @@ def test_reports_failures_with_the_learners_traceback():
     assert not result.ok and result.returncode == 1
     assert "ZeroDivisionError" in result.stderr and 'File "solution.py", line 2' in result.stderr
     assert run_python("import sys; sys.exit(3)").returncode == 3
-
-
-def test_kills_an_infinite_loop_within_the_timeout():
-    t0 = time.perf_counter()
-    result = run_python("while True:\n    pass\n", timeout_s=1)
-    elapsed = time.perf_counter() - t0
-    assert result.timed_out and not result.ok
-    assert elapsed < 3  # 1 s budget + process start and cleanup on a busy 2-core machine
 
 
 @posix_only
@@ -59,17 +555,32 @@ def test_refuses_to_delete_outside_and_to_start_processes(tmp_path):
 
 
 def test_allows_writes_inside_its_directory_and_cleans_up():
-    code = ("import os\n"
+    code = ("import os, pathlib, shutil, tempfile\n"
             "os.makedirs('out/sub')\n"
             "with open('out/sub/data.txt', 'w') as f:\n"
             "    f.write('kept inside')\n"
-            "print(open('out/sub/data.txt').read())\n"
+            "pathlib.Path('out/p.txt').write_text('path objects too')\n"
+            "with tempfile.NamedTemporaryFile('w', delete=False) as t:\n"
+            "    t.write('temporary files land inside')\n"
+            "shutil.rmtree('out/sub')\n"
+            "print(open('out/p.txt').read())\n"
             "print(os.getcwd())\n")
     result = run_python(code)
     assert result.ok, result.stderr
     text, cwd = result.stdout.splitlines()
-    assert text == "kept inside"
+    assert text == "path objects too"
     assert not os.path.exists(cwd)  # the temporary directory is gone afterwards
+
+
+def test_the_standard_library_that_humaneval_needs_works():
+    code = ("import math, typing, collections, re, itertools, functools, heapq, bisect, string\n"
+            "import hashlib, json, decimal, fractions, statistics, datetime, random, threading\n"
+            "t = threading.Thread(target=print, args=('thread ok',))\n"
+            "t.start(); t.join()\n"
+            "print(math.gcd(12, 18), sorted(collections.Counter('abca').items())[0])\n")
+    result = run_python(code)
+    assert result.ok, result.stderr
+    assert result.stdout == "thread ok\n6 ('a', 2)\n"
 
 
 @posix_only
