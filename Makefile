@@ -9,7 +9,7 @@ JUPYTER_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 
-.PHONY: start test install labs doctor serve bench clean
+.PHONY: start test check install labs doctor serve bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,15 @@ start: install
 	-$(BIN)/slm-course doctor
 	$(BIN)/slm-course lab -- $(ROOT_FLAG) $(JUPYTER_ARGS)
 
+# Every notebook runs once: the lessons through nbval (no parameters: a learner's path, checked
+# outputs compared), solutions and labs through papermill in tests/test_notebooks.py.
 test: install
-	$(BIN)/python -m pytest tests notebooks solutions --nbval-lax --nbval-cell-timeout=600 \
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+
+# The fast loop while developing: unit and server tests, no notebooks, no browser.
+check: install
+	$(BIN)/python -m pytest tests -m "not notebooks and not browser" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 labs: install
 	$(BIN)/slm-course labs

@@ -1,4 +1,5 @@
-"""Shared test setup: one real `slm-course serve` for the whole session, on a free loopback port.
+"""Shared test setup: one real `slm-course serve` for the whole session, on a free loopback port,
+started the first time a test or notebook needs it (tests marked `no_server` do not).
 
 Tests, papermill runs and nbval kernels all reach it through OLLAMA_HOST (kernels inherit the
 environment of this process). Set SLM_TEST_OLLAMA_HOST to run everything against a real Ollama.
@@ -52,22 +53,40 @@ def start_server(port: int, *extra: str, log: Path | None = None) -> subprocess.
 _SESSION: dict = {}
 
 
-def pytest_sessionstart(session) -> None:
-    """Start the session's model server before anything runs - before nbval's first kernel too,
-    so `pytest --nbval-lax notebooks` alone also reaches it through OLLAMA_HOST."""
+def _ensure_server() -> str:
+    """Start the session's model server the first time something needs it (once per run).
+
+    Tests, papermill runs and nbval kernels reach it through OLLAMA_HOST (kernels inherit the
+    environment of this process). SLM_TEST_OLLAMA_HOST points everything at a real Ollama.
+    """
+    if "host" in _SESSION:
+        return _SESSION["host"]
     _SESSION["previous"] = os.environ.get("OLLAMA_HOST")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     external = os.environ.get("SLM_TEST_OLLAMA_HOST")
     if external:
         _SESSION["host"] = os.environ["OLLAMA_HOST"] = external
-        return
-    # llama.cpp's threads spin-wait; with the kernels and pytest on the same 2 cores one thread
-    # is steadier than two (set SLM_THREADS yourself to override)
-    os.environ.setdefault("SLM_THREADS", "1")
+        return external
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="slm-course-serve-")) / "serve.log"
     _SESSION["proc"] = start_server(port, log=log)
     _SESSION["host"] = os.environ["OLLAMA_HOST"] = f"http://127.0.0.1:{port}"
+    return _SESSION["host"]
+
+
+def pytest_configure(config) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    # llama.cpp's threads spin-wait; with the kernels and pytest on the same 2 cores one thread
+    # is steadier than two (set SLM_THREADS yourself to override)
+    os.environ.setdefault("SLM_THREADS", "1")
+    config.addinivalue_line("markers", "no_server: the test needs no model server (unit test)")
+    config.addinivalue_line("markers", "browser: drives JupyterLab in chromium (slow)")
+
+
+def pytest_collection_finish(session) -> None:
+    """nbval's kernels read OLLAMA_HOST when they start: bring the server up before the first
+    notebook runs (only when notebooks were collected)."""
+    if any(str(getattr(item, "fspath", "")).endswith(".ipynb") for item in session.items):
+        _ensure_server()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -75,6 +94,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if proc is not None:
         stop_server(proc)
     if "host" in _SESSION:
+        _SESSION.pop("host")
         previous = _SESSION.pop("previous", None)
         if previous is None:
             os.environ.pop("OLLAMA_HOST", None)
@@ -82,8 +102,15 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             os.environ["OLLAMA_HOST"] = previous
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def ollama_host() -> str:
-    """The address of the Ollama API every test and notebook in this session talks to
-    (started in pytest_sessionstart; SLM_TEST_OLLAMA_HOST points it at a real Ollama)."""
-    return _SESSION["host"]
+    """The address of the Ollama API every test and notebook in this session talks to: the
+    kit's own server, started on first use (SLM_TEST_OLLAMA_HOST points it at a real Ollama)."""
+    return _ensure_server()
+
+
+@pytest.fixture(autouse=True)
+def _model_server(request) -> None:
+    """Every test gets the server unless marked `no_server` (pure unit tests run without it)."""
+    if request.node.get_closest_marker("no_server") is None:
+        request.getfixturevalue("ollama_host")

@@ -22,6 +22,8 @@ import pytest
 
 from conftest import free_port
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 try:
     import tomllib  # Python 3.11+
 except ModuleNotFoundError:  # Python 3.10

@@ -28,6 +28,8 @@ import pytest
 
 from conftest import BUNDLED, ROOT, free_port
 
+pytestmark = pytest.mark.browser  # `make check` leaves it out
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

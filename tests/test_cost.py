@@ -16,6 +16,8 @@ from helpers.cost import (  # noqa: E402
 )
 from helpers.errors import BadInput  # noqa: E402
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 WHEN = datetime(2026, 11, 1, tzinfo=timezone.utc)
 ONE_HOUR_PER_MTOK = 1e6 / 3600  # tokens/s at which one million tokens take exactly one hour
 

@@ -15,6 +15,8 @@ from helpers.edge import (
 from helpers.errors import BackendUnavailable, BadInput
 from helpers.net import free_loopback_port
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 GIB = 2**30
 
 

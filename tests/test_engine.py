@@ -18,6 +18,8 @@ from conftest import ROOT
 from helpers.engine import GenOptions
 from helpers.errors import BadInput
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_options_are_refused(value):

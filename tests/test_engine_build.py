@@ -14,6 +14,8 @@ import pytest
 from helpers import engine_build
 from helpers.doctor import _bundled, _engine_build
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 NATIVE_AMX_XEON = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
                    "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | "
                    "AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | ")

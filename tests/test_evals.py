@@ -16,6 +16,8 @@ from helpers.evals import (
 )
 from helpers.results import Metrics, Result
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 
 @pytest.mark.parametrize("text, expected", [
     ("The answer is 391.", 391),

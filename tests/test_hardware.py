@@ -6,6 +6,8 @@ import pytest
 from helpers.errors import BadInput
 from helpers.hardware import decode_ceiling_tps, machine_summary, measure_memory_bandwidth
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 
 def test_bandwidth_is_plausible_with_a_small_array():
     bw = measure_memory_bandwidth(size_mb=32, repeats=3)

@@ -13,6 +13,8 @@ from helpers.errors import BadInput
 from helpers.labs import check_labs, generate_labs, render_lab
 from helpers.nbhygiene import check_notebook
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 REPO = Path(__file__).resolve().parents[1]
 
 

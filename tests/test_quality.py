@@ -22,6 +22,8 @@ from helpers.quality import (
 from helpers.results import Result
 from helpers.routing import curve
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 # RouteLLM metrics on the hand fixture of tests/test_routing.py (APGR 0.65, CPT(50%) 0.30, CPT(80%) 0.62)
 Q_SMALL = [0, 0, 0, 0, 1, 1, 1, 1, 1, 0]
 Q_LARGE = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]

@@ -21,6 +21,8 @@ from helpers.routing import (
     task_features,
 )
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 # ---------------------------------------------------------------------------- hand fixture
 #
 # 10 prompts. The small model is right on 4..8 (mean 0.5); the large one on 0..8 (mean 0.9).
