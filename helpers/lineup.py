@@ -144,7 +144,7 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
             if sizes.get(have):
                 row["size (GB)"] = round(sizes[have] / GB, 3)
             row["source"] = "server (/api/tags, /api/show)" + (" + registry" if c else "")
-        elif have and c and c.bundled:
+        elif have and c and (c.bundled or c.offline):
             path = bundled_model_path(c.name)
             if path is not None:
                 row["size (GB)"] = round(path.stat().st_size / GB, 3)
