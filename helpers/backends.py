@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from .errors import (INSTALL_OLLAMA, BackendUnavailable, BadInput, CourseError, MissingKey,
                      ModelNotFound, pull_hint)
 from .results import Metrics, Result, collect
-from .settings import get_settings
+from .settings import get_settings, redact_url
 
 Messages = list[dict[str, str]]
 
@@ -152,8 +152,13 @@ class OllamaBackend(Backend):
         self.client = ollama.Client(host=self.host, headers=headers,
                                     timeout=httpx.Timeout(self.timeout, connect=5.0))
 
+    @property
+    def shown_host(self) -> str:
+        """The host for messages: without the password a URL may carry."""
+        return redact_url(self.host)
+
     def describe(self) -> str:
-        return f"Ollama API at {self.host}"
+        return f"Ollama API at {self.shown_host}"
 
     def _translate(self, exc: Exception, model: str | None = None) -> CourseError:
         import httpx
@@ -161,23 +166,25 @@ class OllamaBackend(Backend):
 
         if isinstance(exc, ollama.ResponseError):
             if exc.status_code == 404 and model:
-                return ModelNotFound(f"model '{model}' is not available at {self.host}: {exc.error}",
+                return ModelNotFound(f"model '{model}' is not available at {self.shown_host}: {exc.error}",
                                      pull_hint(model))
             if exc.status_code == 400:
                 return BadInput(f"the server refused the request: {exc.error}",
                                 "check the prompt, messages and options")
             if exc.status_code in (401, 403):
-                return MissingKey(f"the server at {self.host} needs an API key: {exc.error}",
+                return MissingKey(f"the server at {self.shown_host} needs an API key: {exc.error}",
                                   "set OLLAMA_API_KEY to the key the server was started with")
-            return BackendUnavailable(f"the server at {self.host} answered {exc.status_code}: {exc.error}",
+            return BackendUnavailable(f"the server at {self.shown_host} answered {exc.status_code}: "
+                                      f"{exc.error}",
                                       "look at the server's log; restart `ollama serve` if needed")
         if isinstance(exc, httpx.TimeoutException):
-            return BackendUnavailable(f"no answer from {self.host} within {self.timeout:.0f} s",
+            return BackendUnavailable(f"no answer from {self.shown_host} within {self.timeout:.0f} s",
                                       "the model may still be loading: try again, use a smaller model, "
                                       "or raise SLM_TIMEOUT")
         if isinstance(exc, (ConnectionError, httpx.TransportError)):
-            return BackendUnavailable(f"Ollama is not answering at {self.host}", INSTALL_OLLAMA)
-        return CourseError(f"unexpected error from {self.host}: {exc}", "see the message above")
+            return BackendUnavailable(f"Ollama is not answering at {self.shown_host}", INSTALL_OLLAMA)
+        return CourseError(f"unexpected error from {self.shown_host}: {redact_url(str(exc))}",
+                           "see the message above")
 
     def _call(self, fn, *args, for_model: str | None = None, **kwargs):
         try:
@@ -263,7 +270,7 @@ class OllamaBackend(Backend):
             raise
         except Exception as exc:
             raise self._translate(exc, model) from exc
-        raise BackendUnavailable(f"the stream from {self.host} ended before the final chunk",
+        raise BackendUnavailable(f"the stream from {self.shown_host} ended before the final chunk",
                                  "try again; if it repeats, look at the server's log")
 
     def _stream_chat(self, model, messages, options):
@@ -306,31 +313,37 @@ class OpenAIBackend(Backend):
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
                                     max_retries=max_retries)
 
+    @property
+    def shown_url(self) -> str:
+        """The base URL for messages: without the password a URL may carry."""
+        return redact_url(self.base_url)
+
     def describe(self) -> str:
-        return f"OpenAI-compatible API at {self.base_url}"
+        return f"OpenAI-compatible API at {self.shown_url}"
 
     def _translate(self, exc: Exception, model: str | None = None) -> CourseError:
         import openai
 
         if isinstance(exc, openai.AuthenticationError):
-            return MissingKey(f"{self.base_url} refused the API key", "check OPENAI_API_KEY")
+            return MissingKey(f"{self.shown_url} refused the API key", "check OPENAI_API_KEY")
         if isinstance(exc, openai.NotFoundError):
-            return ModelNotFound(f"model '{model}' is not available at {self.base_url}",
+            return ModelNotFound(f"model '{model}' is not available at {self.shown_url}",
                                  "list the models with `backend.list_models()`" if "openai.com" in
                                  self.base_url else pull_hint(model or "<model>"))
         if isinstance(exc, openai.APITimeoutError):
-            return BackendUnavailable(f"no answer from {self.base_url} within {self.timeout:.0f} s",
+            return BackendUnavailable(f"no answer from {self.shown_url} within {self.timeout:.0f} s",
                                       "try again, or raise SLM_TIMEOUT")
         if isinstance(exc, openai.APIConnectionError):
-            return BackendUnavailable(f"cannot reach {self.base_url}",
+            return BackendUnavailable(f"cannot reach {self.shown_url}",
                                       "check the network and SLM_LARGE_BASE_URL (for Ollama: "
                                       f"{INSTALL_OLLAMA})")
         if isinstance(exc, openai.BadRequestError):
-            return BadInput(f"{self.base_url} refused the request: {exc}", "check the prompt and options")
+            return BadInput(f"{self.shown_url} refused the request: {redact_url(str(exc))}",
+                            "check the prompt and options")
         if isinstance(exc, openai.RateLimitError):
-            return BackendUnavailable(f"{self.base_url} rate-limited the request",
+            return BackendUnavailable(f"{self.shown_url} rate-limited the request",
                                       "wait a moment, or check your plan's limits")
-        return BackendUnavailable(f"error from {self.base_url}: {exc}", "try again later")
+        return BackendUnavailable(f"error from {self.shown_url}: {redact_url(str(exc))}", "try again later")
 
     def list_models(self) -> list[str]:
         try:

