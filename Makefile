@@ -18,11 +18,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# llama.cpp is built portably first (no AMX, no -march=native on x86-64: see helpers/engine_build.py),
+# llama.cpp is built portably first (no AMX, no -march=native on x86-64: see helpers/serving/engine_build.py),
 # so that the course's own install finds it there and never compiles or reuses a native build.
-$(VENV)/.installed: pyproject.toml helpers/engine_build.py | $(BIN)/python
+$(VENV)/.installed: pyproject.toml helpers/serving/engine_build.py | $(BIN)/python
 	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."
-	$(BIN)/python -m helpers.engine_build
+	$(BIN)/python -m helpers.serving.engine_build
 	$(BIN)/python -m pip install -e ".[test]"
 	@echo "Installing the offline models ($(SLM_PULL)): the large side of lessons 03-07 without a key..."
 	$(BIN)/slm-course pull $(SLM_PULL)

@@ -1,5 +1,5 @@
 """Shared test setup: one real `slm-course serve` for the whole session, on a free loopback port,
-started the first time a test or notebook needs it (tests marked `no_server` do not).
+started before the first test or notebook that needs it (a run of `no_server` tests has none).
 
 Tests, papermill runs and nbval kernels all reach it through OLLAMA_HOST (kernels inherit the
 environment of this process). Set SLM_TEST_OLLAMA_HOST to run everything against a real Ollama.
@@ -16,38 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
+from helpers.serving.launcher import start_server  # noqa: F401  (tests import it from here)
+from helpers.serving.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
 from helpers.net import free_loopback_port as free_port  # noqa: F401  (tests import it from here)
 from helpers.registry import BUNDLED_MODEL as BUNDLED  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent
-
-
-def wait_for(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
-def start_server(port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
-    """Start `slm-course serve` as a real subprocess and wait until it answers."""
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), *extra],
-                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/api/version", 60, proc)
-    except Exception:
-        proc.kill()
-        raise
-    return proc
 
 
 _SESSION: dict = {}
@@ -83,9 +57,10 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_finish(session) -> None:
-    """nbval's kernels read OLLAMA_HOST when they start: bring the server up before the first
-    notebook runs (only when notebooks were collected)."""
-    if any(str(getattr(item, "fspath", "")).endswith(".ipynb") for item in session.items):
+    """Bring the server up once, before anything runs, when a collected test or notebook needs
+    it - before nbval's first kernel too, which reads OLLAMA_HOST when it starts. A run of
+    unit tests only (all marked `no_server`) never starts it."""
+    if any(item.get_closest_marker("no_server") is None for item in session.items):
         _ensure_server()
 
 
@@ -105,12 +80,5 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 @pytest.fixture(scope="session")
 def ollama_host() -> str:
     """The address of the Ollama API every test and notebook in this session talks to: the
-    kit's own server, started on first use (SLM_TEST_OLLAMA_HOST points it at a real Ollama)."""
+    kit's own server (SLM_TEST_OLLAMA_HOST points it at a real Ollama)."""
     return _ensure_server()
-
-
-@pytest.fixture(autouse=True)
-def _model_server(request) -> None:
-    """Every test gets the server unless marked `no_server` (pure unit tests run without it)."""
-    if request.node.get_closest_marker("no_server") is None:
-        request.getfixturevalue("ollama_host")

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conftest import free_port, start_server, stop_server  # noqa: E402
+from helpers.net import free_loopback_port as free_port  # noqa: E402
+from helpers.serving import start_server, stop_server  # noqa: E402
 from helpers.backends import EmbeddedBackend, OllamaBackend  # noqa: E402
 from helpers.bench import (check_latency_claim, ceiling_table, cold_vs_warm, model_size_bytes,  # noqa: E402
                            run_bench, save_csv, summarise)
@@ -63,7 +64,7 @@ def fidelity(runs: int, max_tokens: int, consumer_delay_s: float) -> list[dict]:
         return params
 
     lowlevel.llama_sampler_chain_default_params = counting_params
-    from helpers.engine import get_engine
+    from helpers.serving.engine import get_engine
 
     backend = EmbeddedBackend()
     backend.generate(BUNDLED_MODEL, "Hello", options={"num_predict": 4})

@@ -419,7 +419,7 @@ class EmbeddedBackend(Backend):
     name = "embedded"
 
     def __init__(self) -> None:
-        from .engine import get_engine
+        from .serving.engine import get_engine
 
         self.engine = get_engine()
 

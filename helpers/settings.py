@@ -15,6 +15,7 @@
 | SLM_SERVE_API_KEY   | (unset)                    | key `slm-course serve` requires (= --api-key)    |
 | SLM_SERVE_READ_TIMEOUT | 30                     | seconds the server waits for a request's headers, then its body |
 | SLM_LOG_DIR         | ~/.cache/slm-course        | logs of servers `slm-course lab` starts          |
+| SLM_MODEL_DIR       | ~/.cache/slm-course/models | offline models installed by `slm-course pull`    |
 """
 from __future__ import annotations
 
@@ -216,6 +217,7 @@ class Settings:
     serve_api_key: str | None = field(default=None, repr=False)
     serve_read_timeout: float = 30.0
     log_dir: str = ""
+    model_dir: str = ""
 
     @property
     def has_key(self) -> bool:
@@ -267,4 +269,6 @@ def get_settings() -> Settings:
         serve_read_timeout=read_timeout,
         log_dir=env.get("SLM_LOG_DIR", "").strip()
         or str(Path.home() / ".cache" / "slm-course"),
+        model_dir=env.get("SLM_MODEL_DIR", "").strip()
+        or str(Path.home() / ".cache" / "slm-course" / "models"),
     )

@@ -153,7 +153,8 @@ def test_unknown_model_names_the_pull_command(server):
     assert "ollama pull no-such-model:1b" in err.value.hint
     with pytest.raises(ModelNotFound):
         choose_models(server, ["no-such-model:1b"], verbose=False)
-    assert choose_models(server, [], verbose=False)[-1] == BUNDLED
+    chosen = choose_models(server, [], verbose=False)  # in course order: offline Qwens after smollm2
+    assert chosen[0] == BUNDLED and set(chosen) == {i.name for i in server.list_model_info()}
 
 
 # --------------------------------------------------------------------------- real calls
@@ -219,7 +220,7 @@ def test_fidelity_in_process_against_llama_cpp_perf_counters(monkeypatch):
         return params
 
     monkeypatch.setattr(lowlevel, "llama_sampler_chain_default_params", counting_params)
-    from helpers.engine import get_engine
+    from helpers.serving.engine import get_engine
 
     backend = EmbeddedBackend()
     measure_call(backend, BUNDLED, "Hello", max_tokens=4)  # load and warm up

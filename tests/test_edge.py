@@ -91,7 +91,7 @@ def test_gguf_reader_matches_llama_cpp_on_the_bundled_model():
     assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.head_dim) == (30, 9, 3, 64)
     import llama_cpp
 
-    from helpers.engine import get_engine
+    from helpers.serving.engine import get_engine
 
     loaded, _ = get_engine().load("smollm2:135m")
     assert gguf.tensor_bytes == llama_cpp.llama_model_size(loaded.llm.model)

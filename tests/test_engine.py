@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT
-from helpers.engine import GenOptions
+from helpers.serving.engine import GenOptions
 from helpers.errors import BadInput
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
@@ -30,7 +30,7 @@ def test_non_finite_options_are_refused(value):
 
 SCRIPT = textwrap.dedent('''
     import math, random, sys, threading, time
-    from helpers.engine import Engine
+    from helpers.serving.engine import Engine
 
     M = "smollm2:135m"
     P = "Why is the sky blue?"
@@ -129,7 +129,7 @@ def test_reload_embed_unload_and_reaper_never_free_a_model_in_use():
 # --------------------------------------------------------------------------- never deadlocks
 ABANDONED = textwrap.dedent('''
     import gc, sys, threading, time
-    from helpers.engine import Engine
+    from helpers.serving.engine import Engine
 
     M = "smollm2:135m"
     e = Engine(n_threads=1)
@@ -172,7 +172,7 @@ def test_an_abandoned_generator_blocks_neither_unload_nor_other_requests():
 # --------------------------------------------------------------------------- bounded input
 @pytest.fixture(scope="module")
 def engine():
-    from helpers.engine import Engine
+    from helpers.serving.engine import Engine
 
     return Engine(n_threads=1)
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import engine_build
+from helpers.serving import engine_build
 from helpers.doctor import _bundled, _engine_build
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
@@ -60,12 +60,12 @@ def test_every_install_path_builds_portably():
     and none can reuse a wheel pip cached from a native build."""
     root = engine_build.__file__.rsplit("/helpers/", 1)[0]
     read = lambda p: open(os.path.join(root, p), encoding="utf-8").read()  # noqa: E731
-    assert "-m helpers.engine_build" in read("Makefile")
-    assert "python -m helpers.engine_build" in read("README.md")
+    assert "-m helpers.serving.engine_build" in read("Makefile")
+    assert "python -m helpers.serving.engine_build" in read("README.md")
     assert "make test" in read(".ci/run")
     binder = [ln for ln in read("binder/requirements.txt").splitlines() if ln.startswith("llama")]
     assert len(binder) == 1 and all(flag in binder[0] for flag in engine_build.PORTABLE_X86_FLAGS)
-    assert "helpers.engine_build" in read("binder/postBuild")
+    assert "helpers.serving.engine_build" in read("binder/postBuild")
     assert "--no-cache-dir" in open(engine_build.__file__, encoding="utf-8").read()
 
 

@@ -8,7 +8,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from helpers.errors import BadInput
-from helpers.nbhygiene import check_notebook, main, notebooks_in, strip_notebook
+from helpers.authoring.nbhygiene import check_notebook, main, notebooks_in, strip_notebook
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 

@@ -30,6 +30,8 @@ from helpers import sandbox
 from helpers.errors import BadInput
 from helpers.sandbox import BUBBLEWRAP, GUARD_ONLY, isolation, isolation_note, run_python
 
+pytestmark = pytest.mark.no_server  # a unit test: no model server needed
+
 ROOT = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
 posix_only = pytest.mark.skipif(os.name != "posix", reason="resource limits and killpg are POSIX")
@@ -107,8 +109,6 @@ def _host_tmp_targets(tmp_path: Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- the calling process
 _CALLER = _RUNNER + r'''
 import json, os, sys
-
-pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 mode, code = sys.argv[1], sys.stdin.read().replace("CALLER_PID", str(os.getpid()))
 result = run_in(mode, code, timeout_s=float(sys.argv[2]))
 print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "ok": result.ok}))

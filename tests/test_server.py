@@ -16,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import BUNDLED, free_port, start_server, stop_server
-from helpers.engine import Engine
-from helpers.server import create_app, port_in_use
+from helpers.serving.engine import Engine
+from helpers.net import port_in_use
+from helpers.serving.server import create_app
 
 DET = {"temperature": 0, "seed": 7, "num_predict": 24}
 

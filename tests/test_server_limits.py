@@ -25,7 +25,7 @@ import pytest
 from conftest import BUNDLED, ROOT, free_port, start_server, stop_server
 from helpers.errors import BadInput
 from helpers.registry import card
-from helpers.server import (MAX_BODY_BYTES, MAX_EMBED_INPUTS, MAX_JSON_DEPTH, MAX_JSON_VALUES,
+from helpers.serving.server import (MAX_BODY_BYTES, MAX_EMBED_INPUTS, MAX_JSON_DEPTH, MAX_JSON_VALUES,
                             create_app)
 
 TEN_MB_PROMPT = "word " * (2 * 2**20)

@@ -12,7 +12,7 @@ from conftest import free_port
 from helpers.backends import OllamaBackend, OpenAIBackend
 from helpers.connection import connect, connect_large
 from helpers.errors import BackendUnavailable, BadInput
-from helpers.launcher import ensure_server
+from helpers.serving.launcher import ensure_server
 from helpers.settings import get_settings, normalise_host, redact_url
 
 # The doctest table of the client's `_parse_host` (ollama-python), input -> URL.

@@ -16,9 +16,9 @@ reused whatever the flags say, so the build here never reads or writes that cach
 
 Run it from the course folder, before or after `pip install -e .` (standard library only):
 
-    python -m helpers.engine_build            # install a portable build if needed
-    python -m helpers.engine_build --check    # report the installed build, exit 1 if unsafe
-    python -m helpers.engine_build --force    # rebuild even if the installed one looks fine
+    python -m helpers.serving.engine_build            # install a portable build if needed
+    python -m helpers.serving.engine_build --check    # report the installed build, exit 1 if unsafe
+    python -m helpers.serving.engine_build --force    # rebuild even if the installed one looks fine
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import sys
 REQUIREMENT = "llama-cpp-python>=0.3,<0.4"
 PORTABLE_X86_FLAGS = ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
                       "-DGGML_F16C=ON")
-REBUILD_COMMAND = "python -m helpers.engine_build --force"
+REBUILD_COMMAND = "python -m helpers.serving.engine_build --force"
 # Instruction sets a portable x86-64 build must not report (llama_print_system_info, compile time)
 NOT_PORTABLE = ("AMX_INT8", "AMX_BF16", "AMX_TILE", "AVX512", "AVX512_VBMI", "AVX512_VNNI",
                 "AVX512_BF16", "AVX_VNNI")
@@ -121,7 +121,7 @@ def install(python: str = sys.executable, *, force: bool = False, machine: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.engine_build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.serving.engine_build", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only report; exit 1 if unsafe or missing")
     parser.add_argument("--force", action="store_true", help="rebuild even if the installed build is fine")
     args = parser.parse_args(argv)

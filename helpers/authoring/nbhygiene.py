@@ -5,7 +5,7 @@ Rules (``check_notebook``): no stored outputs except in cells marked ``# NBVAL_C
 ``parameters`` (papermill injects CI values there); no absolute paths of one machine
 (``/home/``, ``/root/``, ``/Users/``, ``/work/``, ``/tmp/``, ``C:\\``); nothing that looks
 like a secret (``sk-...`` keys, ``Bearer ...`` tokens, a key assigned as a string literal).
-``python -m helpers.nbhygiene [--fix] [PATH ...]`` checks (or cleans) the course notebooks.
+``python -m helpers.authoring.nbhygiene [--fix] [PATH ...]`` checks (or cleans) the course notebooks.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from ..errors import BadInput
 
 COURSE_DIRS = ("notebooks", "solutions", "labs")
 CHECK_OUTPUT_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -36,7 +36,7 @@ SECRET_TOKENS = (
 # Only code is checked for this one: markdown may show `export OPENAI_API_KEY="..."`.
 KEY_LITERAL = re.compile(r"\b[A-Z][A-Z0-9_]*API_KEY[\"'\]]*\s*=\s*[\"']")
 
-FIX_HINT = "clean it with `python -m helpers.nbhygiene --fix {path}`"
+FIX_HINT = "clean it with `python -m helpers.authoring.nbhygiene --fix {path}`"
 
 
 def _text(value: Any) -> str:
@@ -181,7 +181,7 @@ def notebooks_in(root: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Check (or ``--fix``) the given notebooks, default every course notebook; exit 1 on problems."""
-    parser = argparse.ArgumentParser(prog="python -m helpers.nbhygiene", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.authoring.nbhygiene", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", type=Path, help="notebooks (default: all course notebooks)")
     parser.add_argument("--fix", action="store_true", help="clear outputs and execution counts first")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="course folder (default: .)")

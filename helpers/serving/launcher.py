@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import INSTALL_OLLAMA
-from .net import api_answers, is_loopback_host
-from .registry import BUNDLED_MODEL
-from .settings import get_settings, redact_url
+from ..errors import INSTALL_OLLAMA, BackendUnavailable
+from ..net import api_answers, is_loopback_host
+from ..registry import BUNDLED_MODEL
+from ..settings import get_settings, redact_url
 
 LESSONS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -59,25 +59,61 @@ def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None
     print(f"Ollama is not answering at {shown}: starting the course's offline server there "
           f"(`slm-course serve`, bundled model {BUNDLED_MODEL}) for as long as JupyterLab runs.\n"
           f"  Its log: {log}\n  To use Ollama instead: {INSTALL_OLLAMA}, then start again.")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--host", bind,
-                                 "--port", str(url.port or 11434)],
+    proc = spawn_server(url.port or 11434, host=bind, log=log)
+    state = wait_until_answers(proc, host, wait_s)
+    if state == "ready":
+        print(f"The offline server answers at {shown} (pid {proc.pid}).")
+        return proc
+    if state == "exited":
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        print(f"[FAIL] the offline server exited (code {proc.returncode}):\n  "
+              + "\n  ".join(tail) + f"\n  Full log: {log}. JupyterLab starts anyway; lessons "
+              "will say that no model server answers.")
+        return None
+    print(f"[WARN] the offline server did not answer within {wait_s:.0f} s; it keeps starting "
+          f"in the background (pid {proc.pid}, log {log}).")
+    return proc
+
+
+def spawn_server(port: int, *extra: str, host: str = "127.0.0.1",
+                 log: Path | None = None) -> subprocess.Popen:
+    """Start `slm-course serve` on host:port as a child process (its own session, so a
+    terminal's Ctrl-C is not its; stop it with `stop`). Output goes to `log` (else nowhere)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--host", host,
+                                 "--port", str(port), *extra],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                **_detached())
+                                cwd=Path(__file__).resolve().parents[2], **_detached())
+    finally:
+        if log:
+            out.close()
+
+
+def wait_until_answers(proc: subprocess.Popen, host: str, wait_s: float) -> str:
+    """Poll until the server at `host` answers: "ready", "exited" (the process died first) or
+    "timeout" (after `wait_s` seconds)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if api_answers(host, timeout_s=1.0) is not None:
-            print(f"The offline server answers at {shown} (pid {proc.pid}).")
-            return proc
+            return "ready"
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            print(f"[FAIL] the offline server exited (code {proc.returncode}):\n  "
-                  + "\n  ".join(tail) + f"\n  Full log: {log}. JupyterLab starts anyway; lessons "
-                  "will say that no model server answers.")
-            return None
-        time.sleep(0.3)
-    print(f"[WARN] the offline server did not answer within {wait_s:.0f} s; it keeps starting "
-          f"in the background (pid {proc.pid}, log {log}).")
+            return "exited"
+        time.sleep(0.2)
+    return "timeout"
+
+
+def start_server(port: int, *extra: str, host: str = "127.0.0.1", log: Path | None = None,
+                 wait_s: float = 60.0) -> subprocess.Popen:
+    """Start `slm-course serve` and wait until it answers: the one way the tests, the
+    benchmarks and `slm-course lab` start a server. Raises BackendUnavailable if it does not."""
+    proc = spawn_server(port, *extra, host=host, log=log)
+    state = wait_until_answers(proc, f"http://{host}:{port}", wait_s)
+    if state != "ready":
+        stop(proc)
+        where = f" (log: {log})" if log else ""
+        raise BackendUnavailable(f"`slm-course serve` on port {port} {'exited' if state == 'exited' else 'did not answer'}"
+                                 f"{where}", "see the log; is the port free and the kit installed?")
     return proc
 
 
