@@ -1,27 +1,43 @@
 """One model interface over three engines: Ollama, any OpenAI-compatible endpoint, embedded llama.cpp.
 
-Every backend offers the same four calls and returns the same `Result`:
+Every backend offers the same calls and returns the same `Result`:
 
     backend.generate(model, prompt, system=None, options=None)        -> Result
     backend.chat(model, messages, options=None)                       -> Result
     backend.stream_generate(...) / backend.stream_chat(...)           -> Iterator[Result]
+    backend.complete(model, messages, options=None, format=None)      -> Result  (one non-streaming request)
+    backend.unload(model) -> bool        backend.model_size(model) -> int | None
 
 Streams yield `Result` pieces; the last one has `done=True` and the metrics.
-`options` uses Ollama's names: temperature, seed, num_predict, top_p, top_k, stop, num_ctx.
+`options` is an `Options` or a dict with Ollama's names (temperature, seed, num_predict, top_p,
+top_k, stop, num_ctx), checked once here. `backend.capabilities` says which optional calls a
+backend has ("pull", "show", "ps"), so no caller needs to ask which class it is.
 """
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Union
 
-from .errors import (INSTALL_OLLAMA, BackendUnavailable, BadInput, CourseError, MissingKey,
-                     ModelNotFound, pull_hint)
+from .errors import (
+    INSTALL_OLLAMA,
+    BackendUnavailable,
+    BadInput,
+    CourseError,
+    MissingKey,
+    ModelNotFound,
+    pull_hint,
+)
+from .options import Options
 from .results import Metrics, Result, collect
 from .settings import get_settings, redact_url
 
 Messages = list[dict[str, str]]
+#: A JSON answer: "json", or a JSON schema the answer must follow (Ollama's `format`).
+Format = Union[str, dict, None]
+#: How long Ollama keeps waiting for a model to leave memory after `keep_alive: 0`.
+UNLOAD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,51 +89,85 @@ def _check_model(model: Any) -> str:
     return model.strip()
 
 
-def _check_options(options: Any) -> dict[str, Any] | None:
-    if options is None:
-        return None
-    if not isinstance(options, dict):
-        raise BadInput("options must be a dict", 'pass e.g. {"temperature": 0, "seed": 42}')
-    return options
+def _check_format(format: Any) -> Format:
+    if format is None or format == "json" or isinstance(format, dict):
+        return format
+    raise BadInput(f"format must be \"json\" or a JSON schema (a dict), got {format!r}",
+                   'pass format="json", or a schema such as {"type": "object", "properties": {...}}')
+
+
+OptionsIn = Union[Options, Mapping[str, Any], None]
+
+
+def _all_at_once(result: Result) -> Result:
+    """A collected stream as a non-streaming call sees it: the text arrives with the last token."""
+    result.metrics.ttft_s = result.metrics.total_s
+    return result
 
 
 class Backend(ABC):
-    """What every engine offers. Subclasses implement the two streaming calls."""
+    """What every engine offers. Subclasses implement `list_models` and `_stream_chat`."""
 
     name: str = "backend"
+    #: Optional calls this backend has: "pull" (download a model), "show" (/api/show), "ps" (loaded models).
+    capabilities: frozenset[str] = frozenset()
 
     @abstractmethod
     def list_models(self) -> list[str]:
         """Names of the models this backend can answer with now."""
 
     @abstractmethod
-    def _stream_chat(self, model: str, messages: Messages, options: dict | None) -> Iterator[Result]:
+    def _stream_chat(self, model: str, messages: Messages, options: Options | None) -> Iterator[Result]:
         ...
 
+    def _complete(self, model: str, messages: Messages, options: Options | None, format: Format) -> Result:
+        """One non-streaming request; by default the stream, collected (`format` is not enforced)."""
+        return _all_at_once(collect(self._stream_chat(model, messages, options)))
+
     def _stream_generate(self, model: str, prompt: str, system: str | None,
-                         options: dict | None) -> Iterator[Result]:
+                         options: Options | None) -> Iterator[Result]:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
         return self._stream_chat(model, messages, options)
 
-    def stream_chat(self, model: str, messages: Messages, *, options: dict | None = None) -> Iterator[Result]:
+    def stream_chat(self, model: str, messages: Messages, *, options: OptionsIn = None) -> Iterator[Result]:
         """Chat with a list of messages, yielding the answer piece by piece."""
-        return self._stream_chat(_check_model(model), _check_messages(messages), _check_options(options))
+        return self._stream_chat(_check_model(model), _check_messages(messages), Options.parse(options))
 
     def stream_generate(self, model: str, prompt: str, *, system: str | None = None,
-                        options: dict | None = None) -> Iterator[Result]:
+                        options: OptionsIn = None) -> Iterator[Result]:
         """Complete one prompt (with an optional system prompt), yielding pieces."""
         return self._stream_generate(_check_model(model), _check_prompt(prompt), system,
-                                     _check_options(options))
+                                     Options.parse(options))
 
-    def chat(self, model: str, messages: Messages, *, options: dict | None = None) -> Result:
+    def chat(self, model: str, messages: Messages, *, options: OptionsIn = None) -> Result:
         """Chat with a list of messages; the whole answer with its metrics."""
         return collect(self.stream_chat(model, messages, options=options))
 
     def generate(self, model: str, prompt: str, *, system: str | None = None,
-                 options: dict | None = None) -> Result:
+                 options: OptionsIn = None) -> Result:
         """Complete one prompt; the whole answer with its metrics."""
         return collect(self.stream_generate(model, prompt, system=system, options=options))
+
+    def complete(self, model: str, messages: Messages, *, options: OptionsIn = None,
+                 format: Format = None) -> Result:
+        """One chat request without streaming (`"stream": false`): the whole answer with its metrics.
+
+        `format` ("json" or a JSON schema) constrains the answer where the backend can enforce it
+        (Ollama, OpenAI-compatible APIs, the embedded engine). Without streaming no client sees a
+        first token, so `metrics.ttft_s` is the whole request's time.
+        """
+        return self._complete(_check_model(model), _check_messages(messages), Options.parse(options),
+                              _check_format(format))
+
+    def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
+        """Evict `model` from memory so that the next call is a cold start; True once it is gone
+        (within `timeout_s`), False where it cannot be done (a remote API)."""
+        return False
+
+    def model_size(self, model: str) -> int | None:
+        """Bytes of the model's weights on disk (what each decoded token must read); None if unknown."""
+        return None
 
     def list_model_info(self) -> list[ModelInfo]:
         """The models with what the backend knows about them (here: names only)."""
@@ -136,6 +186,7 @@ class OllamaBackend(Backend):
     """Ollama (or the kit's `slm-course serve`) through the official `ollama` client."""
 
     name = "ollama"
+    capabilities = frozenset({"pull", "show", "ps"})
 
     def __init__(self, host: str | None = None, *, timeout: float | None = None,
                  keep_alive: str | float | None = None) -> None:
@@ -275,15 +326,57 @@ class OllamaBackend(Backend):
 
     def _stream_chat(self, model, messages, options):
         t0 = time.perf_counter()
-        stream = self._call(self.client.chat, model=model, messages=messages, options=options,
+        stream = self._call(self.client.chat, model=model, messages=messages, options=_ollama(options),
                             stream=True, keep_alive=self.keep_alive)
         return self._consume(model, stream, t0, "chat")
 
     def _stream_generate(self, model, prompt, system, options):
         t0 = time.perf_counter()
         stream = self._call(self.client.generate, model=model, prompt=prompt, system=system,
-                            options=options, stream=True, keep_alive=self.keep_alive)
+                            options=_ollama(options), stream=True, keep_alive=self.keep_alive)
         return self._consume(model, stream, t0, "generate")
+
+    def _complete(self, model, messages, options, format):
+        t0 = time.perf_counter()
+        resp = self._call(self.client.chat, model=model, messages=messages, options=_ollama(options),
+                          format=format, stream=False, keep_alive=self.keep_alive)
+        e2e = time.perf_counter() - t0
+        return Result(resp.message.content or "", model, self.name, done=True, done_reason=resp.done_reason,
+                      metrics=Metrics.from_ollama(resp, ttft_s=e2e, total_s=e2e))
+
+    def _loaded(self) -> set[str]:
+        """Names of the models in memory now (/api/ps), with and without `:latest`."""
+        names = set()
+        for m in self.ps().models:
+            for n in (m.model, getattr(m, "name", None)):
+                if n:
+                    names |= {n, n.removesuffix(":latest")}
+        return names
+
+    def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
+        """Ollama (and `slm-course serve`) unload a model when a request sets `keep_alive: 0`."""
+        model = _check_model(model)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            # asked again every 1.5 s: a request that was still finishing may have renewed the lease
+            self._call(self.client.generate, model=model, prompt="", keep_alive=0, for_model=model)
+            retry_at = min(deadline, time.monotonic() + 1.5)
+            while time.monotonic() < retry_at:
+                if model.removesuffix(":latest") not in self._loaded():
+                    return True
+                time.sleep(0.2)
+        return False
+
+    def model_size(self, model: str) -> int | None:
+        """The size /api/tags reports for the model."""
+        base = model.removesuffix(":latest")
+        return next((i.size_bytes for i in self.list_model_info() if i.name.removesuffix(":latest") == base),
+                    None)
+
+
+def _ollama(options: Options | None) -> dict[str, Any] | None:
+    """Options as the `ollama` client sends them (a JSON object; None: the server's defaults)."""
+    return None if options is None else options.to_dict()
 
 
 # --------------------------------------------------------------------------- OpenAI
@@ -351,27 +444,36 @@ class OpenAIBackend(Backend):
         except Exception as exc:
             raise self._translate(exc) from exc
 
-    @staticmethod
-    def _params(options: dict | None) -> dict[str, Any]:
-        o = options or {}
-        params: dict[str, Any] = {}
-        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                             ("num_predict", "max_tokens"), ("stop", "stop")):
-            if o.get(ours) is not None:
-                params[theirs] = o[ours]
-        if params.get("max_tokens", 1) < 0:
-            params.pop("max_tokens")
-        return params
-
     def _stream_chat(self, model, messages, options):
         t0 = time.perf_counter()
         try:
             stream = self.client.chat.completions.create(
                 model=model, messages=messages, stream=True,
-                stream_options={"include_usage": True}, **self._params(options))
+                stream_options={"include_usage": True}, **(options.openai_params() if options else {}))
         except Exception as exc:
             raise self._translate(exc, model) from exc
         return self._consume(model, stream, t0)
+
+    def _complete(self, model, messages, options, format):
+        params = options.openai_params() if options else {}
+        if format == "json":
+            params["response_format"] = {"type": "json_object"}
+        elif format is not None:
+            params["response_format"] = {"type": "json_schema",
+                                         "json_schema": {"name": "answer", "schema": format}}
+        t0 = time.perf_counter()
+        try:
+            resp = self.client.chat.completions.create(model=model, messages=messages, stream=False, **params)
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        e2e = time.perf_counter() - t0
+        usage = resp.usage
+        metrics = Metrics(ttft_s=e2e, prompt_tokens=usage.prompt_tokens if usage else 0,
+                          output_tokens=usage.completion_tokens if usage else 0, total_s=e2e,
+                          decode_source="wall")  # no stream: the client cannot time decoding
+        choice = resp.choices[0]
+        return Result(choice.message.content or "", model, self.name, done=True,
+                      done_reason=choice.finish_reason, metrics=metrics)
 
     def _consume(self, model, stream, t0) -> Iterator[Result]:
         ttft = t_last = None
@@ -465,3 +567,19 @@ class EmbeddedBackend(Backend):
         t0 = time.perf_counter()
         chunks = self.engine.stream(model, prompt=prompt, system=system, options=options)
         return self._wrap(model, chunks, t0)
+
+    def _complete(self, model, messages, options, format):
+        t0 = time.perf_counter()
+        # the engine compiles "json" or a schema into a grammar, as Ollama does
+        chunks = self.engine.stream(model, messages=messages, options=options,
+                                    json_format=True if format == "json" else (format or False))
+        return _all_at_once(collect(self._wrap(model, chunks, t0)))
+
+    def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
+        """The engine frees the model at once."""
+        self.engine.unload(_check_model(model))
+        return True
+
+    def model_size(self, model: str) -> int | None:
+        """The size of the model's GGUF file."""
+        return self.engine.resolve(model)[1].stat().st_size

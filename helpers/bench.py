@@ -34,14 +34,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .backends import Backend, EmbeddedBackend, OllamaBackend, OpenAIBackend, model_infos
+from .backends import UNLOAD_TIMEOUT_S, Backend, EmbeddedBackend, model_infos
 from .errors import BadInput, CourseError, ModelNotFound, pull_hint
-from .registry import PREFERENCE
+from .options import Options, check_int
+from .registry import PREFERENCE, course_order, matches
 from .results import percentile
 
 MAX_RUNS = 1000
 MAX_TOKENS_LIMIT = 8192
-UNLOAD_TIMEOUT_S = 30.0
 
 
 # --------------------------------------------------------------------------- data shapes
@@ -98,16 +98,6 @@ METRICS: tuple[tuple[str, str, str, float], ...] = (
 
 
 # --------------------------------------------------------------------------- checks
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int, hint: str) -> int:
-    if not _is_int(value) or not lo <= value <= hi:
-        raise BadInput(f"{name} must be a whole number from {lo} to {hi}, got {value!r}", hint)
-    return int(value)
-
-
 def _check_models(models: Any) -> list[str]:
     if isinstance(models, str):
         models = [models]
@@ -171,55 +161,35 @@ def _fresh_messages(prompt: str, cache_bust: bool) -> list[dict[str, str]]:
     return messages
 
 
-def _call_once(backend: Backend, model: str, messages: list[dict[str, str]], options: dict,
+def _call_once(backend: Backend, model: str, messages: list[dict[str, str]], options: Options,
                stream: bool) -> tuple[float | None, float, Any]:
     """(ttft, e2e, final Result) of one chat call, timed on the client."""
-    from .results import Metrics, Result
-
     t0 = time.perf_counter()
-    if stream or isinstance(backend, EmbeddedBackend):
-        ttft = None
-        final = None
-        for piece in backend.stream_chat(model, messages, options=options):
-            if piece.text and ttft is None:
-                ttft = time.perf_counter() - t0
-            if piece.done:
-                final = piece
+    if not stream:  # a real `"stream": false` request: the text arrives all at once
+        final = backend.complete(model, messages, options=options)
         e2e = time.perf_counter() - t0
-        if final is None:
-            raise CourseError(f"the answer from {model} ended without its final metrics",
-                              "try again; if it repeats, look at the server's log")
-        return (ttft if stream else e2e), e2e, final
-    if isinstance(backend, OllamaBackend):  # a real `"stream": false` request
-        resp = backend._call(backend.client.chat, model=model, messages=messages, options=options,
-                             stream=False, keep_alive=backend.keep_alive)
-        e2e = time.perf_counter() - t0
-        return e2e, e2e, Result("", model, backend.name, done_reason=resp.done_reason,
-                                metrics=Metrics.from_ollama(resp, ttft_s=e2e, total_s=e2e))
-    if isinstance(backend, OpenAIBackend):
-        try:
-            resp = backend.client.chat.completions.create(model=model, messages=messages, stream=False,
-                                                          **backend._params(options))
-        except Exception as exc:
-            raise backend._translate(exc, model) from exc
-        e2e = time.perf_counter() - t0
-        usage = resp.usage
-        metrics = Metrics(ttft_s=e2e, prompt_tokens=usage.prompt_tokens if usage else 0,
-                          output_tokens=usage.completion_tokens if usage else 0, total_s=e2e,
-                          decode_source="wall")  # no stream: the client cannot time decoding
-        return e2e, e2e, Result("", model, backend.name, done_reason=resp.choices[0].finish_reason,
-                                metrics=metrics)
-    raise BadInput(f"non-streaming calls are not supported for {type(backend).__name__}",
-                   "use stream=True")
+        return e2e, e2e, final
+    ttft = None
+    final = None
+    for piece in backend.stream_chat(model, messages, options=options):
+        if piece.text and ttft is None:
+            ttft = time.perf_counter() - t0
+        if piece.done:
+            final = piece
+    e2e = time.perf_counter() - t0
+    if final is None:
+        raise CourseError(f"the answer from {model} ended without its final metrics",
+                          "try again; if it repeats, look at the server's log")
+    return ttft, e2e, final
 
 
 def measure_call(backend: Backend, model: str, prompt: str | BenchPrompt, *, max_tokens: int = 64,
-                 stream: bool = True, phase: str = "warm", run: int = 0, options: dict | None = None,
+                 stream: bool = True, phase: str = "warm", run: int = 0, options: Options | dict | None = None,
                  cache_bust: bool = True) -> BenchRow:
     """Send one chat request and measure it (temperature 0, seed 42): one `BenchRow`."""
     [p] = _check_prompts([prompt])
-    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT, "e.g. max_tokens=64")
-    opts = {"temperature": 0, "seed": 42, "num_predict": max_tokens, **(options or {})}
+    max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT, "e.g. max_tokens=64")
+    opts = Options.merge({"temperature": 0, "seed": 42, "num_predict": max_tokens}, options)
     ttft, e2e, final = _call_once(backend, model, _fresh_messages(p.text, cache_bust), opts, stream)
     m = final.metrics
     n = m.output_tokens
@@ -235,36 +205,11 @@ def measure_call(backend: Backend, model: str, prompt: str | BenchPrompt, *, max
 
 
 # --------------------------------------------------------------------------- cold starts
-def _loaded_names(backend: OllamaBackend) -> set[str]:
-    names = set()
-    for m in backend.ps().models:
-        for n in (m.model, getattr(m, "name", None)):
-            if n:
-                names |= {n, n.removesuffix(":latest")}
-    return names
-
-
 def unload(backend: Backend, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
-    """Evict `model` from memory so that the next call is a cold start; True once it is gone.
-
-    Ollama (and `slm-course serve`) unload a model when a request sets `keep_alive: 0`; the
-    embedded engine unloads directly. A remote API cannot be unloaded: False.
-    """
-    if isinstance(backend, EmbeddedBackend):
-        backend.engine.unload(model)
-        return True
-    if not isinstance(backend, OllamaBackend):
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        # asked again every 1.5 s: a request that was still finishing may have renewed the lease
-        backend._call(backend.client.generate, model=model, prompt="", keep_alive=0, for_model=model)
-        retry_at = min(deadline, time.monotonic() + 1.5)
-        while time.monotonic() < retry_at:
-            if model.removesuffix(":latest") not in _loaded_names(backend):
-                return True
-            time.sleep(0.2)
-    return False
+    """Evict `model` from memory so that the next call is a cold start; True once it is gone
+    (`Backend.unload`: Ollama and `slm-course serve` by `keep_alive: 0`, the embedded engine at
+    once; a remote API cannot: False)."""
+    return backend.unload(model, timeout_s=timeout_s)
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -278,19 +223,15 @@ def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limi
     with the command that pulls them. At most `limit` are chosen when none is asked for (the
     article's models first, as everywhere in the course).
     """
-    from .connection import is_embedding_model, match_model
-
     infos = model_infos(backend)
-    chat = [i for i in infos if not is_embedding_model(i)]
     wanted = [w for w in (wanted or []) if w]
     chosen: list[str] = []
     if wanted:
         missing, embedders = [], []
-        for w in wanted:
-            have = match_model(w, infos)
+        for w, have, embedding in matches(wanted, infos):
             if have is None:
                 missing.append(w)
-            elif is_embedding_model(next(i for i in infos if i.name == have)):
+            elif embedding:
                 embedders.append(have)
             elif have not in chosen:
                 chosen.append(have)
@@ -301,12 +242,7 @@ def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limi
         if embedders and verbose:
             print(f"Embedding models cannot chat, skipped: {', '.join(embedders)}.")
     else:
-        for name in PREFERENCE:
-            have = match_model(name, chat)
-            if have is not None and have not in chosen:
-                chosen.append(have)
-        chosen += sorted(i.name for i in chat if i.name not in chosen)
-        chosen = chosen[:limit]
+        chosen = course_order(infos)[:limit]
     if not chosen:
         if wanted:
             raise ModelNotFound(f"none of the models asked for is available at {backend.describe()}",
@@ -321,7 +257,7 @@ def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limi
 
 def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[str | BenchPrompt] | None = None,
               *, n_runs: int = 5, max_tokens: int = 64, warmup: int = 1, cold: bool = True,
-              stream: bool = True, options: dict | None = None, progress: bool = True) -> pd.DataFrame:
+              stream: bool = True, options: Options | dict | None = None, progress: bool = True) -> pd.DataFrame:
     """Measure each model: an optional cold call, `warmup` untimed calls, then `n_runs` x the prompt set.
 
     Returns tidy rows (one per measured call, columns as `BenchRow`); `summarise` turns them into
@@ -332,9 +268,9 @@ def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[s
 
     models = _check_models(models)
     plist = _check_prompts(prompts)
-    n_runs = _check_int("n_runs", n_runs, 1, MAX_RUNS, "e.g. n_runs=5")
-    warmup = _check_int("warmup", warmup, 0, 100, "one warm-up call is enough: warmup=1")
-    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT, "e.g. max_tokens=64")
+    n_runs = check_int("n_runs", n_runs, 1, MAX_RUNS, "e.g. n_runs=5")
+    warmup = check_int("warmup", warmup, 0, 100, "one warm-up call is enough: warmup=1")
+    max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT, "e.g. max_tokens=64")
     for model in models:
         if not backend.has_model(model):
             raise ModelNotFound(f"model '{model}' is not available at {backend.describe()}", pull_hint(model))
@@ -474,13 +410,7 @@ def check_latency_claim(df: pd.DataFrame, model: str, low_s: float, high_s: floa
 # --------------------------------------------------------------------------- the hardware ceiling
 def model_size_bytes(backend: Backend, model: str) -> int | None:
     """Bytes of the model's weights on disk (what each decoded token must read), None if unknown."""
-    if isinstance(backend, EmbeddedBackend):
-        return backend.engine.resolve(model)[1].stat().st_size
-    if isinstance(backend, OllamaBackend):
-        base = model.removesuffix(":latest")
-        return next((i.size_bytes for i in backend.list_model_info()
-                     if i.name.removesuffix(":latest") == base), None)
-    return None
+    return backend.model_size(model)
 
 
 def ceiling_table(df: pd.DataFrame, bandwidth_gbs: float, sizes: dict[str, int | None]) -> pd.DataFrame:

@@ -1,29 +1,31 @@
 """Connecting a notebook to a model: Ollama when it answers, otherwise the embedded engine.
 
-Which model to use is decided here too: `match_model` finds a course model under the name a server
-has it (`mistral:latest` for `mistral:7b`), `is_embedding_model` keeps embedding-only models
-(all-minilm, nomic-embed-text, ...) out of every automatic choice, and `rank_large` orders local
-models by their size on disk when the biggest one has to stand in for the large model.
+Which model to use is decided here too, with the registry's rules (`registry.resolve` finds a
+course model under the name a server has it, `mistral:latest` for `mistral:7b`;
+`registry.is_embedding_model` keeps embedding-only models out of every automatic choice;
+`registry.course_order` ranks the rest): `pick_model` chooses the small model, and `rank_large`
+orders local models by their size on disk when the biggest one has to stand in for the large model.
 """
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 from .backends import Backend, EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBackend, model_infos
 from .errors import INSTALL_OLLAMA, CourseError, ModelNotFound
-from .registry import PREFERENCE, card, parameter_billions
+from .registry import (  # noqa: F401  (EMBEDDING_*, is_embedding_model: kept importable from here)
+    EMBEDDING_FAMILIES,
+    EMBEDDING_NAME,
+    PREFERENCE,
+    card,
+    course_order,
+    is_embedding_model,
+    matches,
+    parameter_billions,
+)
+from .registry import resolve as match_model  # the name lessons and tests know it by
 from .settings import get_settings, redact_url
-
-#: Names of embedding-only models in the Ollama library and on Hugging Face (all-minilm,
-#: nomic-embed-text, mxbai-embed-large, bge-m3, snowflake-arctic-embed, multilingual-e5, ...).
-EMBEDDING_NAME = re.compile(r"embed|minilm|(^|[/_-])bge|(^|[/_-])e5([/_:-]|$)|(^|[/_-])gte([/_:-]|$)"
-                            r"|paraphrase|rerank", re.IGNORECASE)
-#: Families /api/tags reports for encoder-only (embedding) architectures.
-EMBEDDING_FAMILIES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "xlm-roberta", "jina-bert-v2",
-                                "modernbert"})
 
 
 def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = True) -> Backend:
@@ -47,42 +49,8 @@ def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = T
     return backend
 
 
-def is_embedding_model(model: str | ModelInfo) -> bool:
-    """True for an embedding-only model (it cannot chat): by its name or its families in /api/tags."""
-    info = model if isinstance(model, ModelInfo) else ModelInfo(model)
-    if EMBEDDING_NAME.search(info.name):
-        return True
-    families = {f.lower() for f in info.families if f} | ({info.family.lower()} if info.family else set())
-    return bool(families & EMBEDDING_FAMILIES)
-
-
 def _as_infos(available: Sequence[str | ModelInfo]) -> list[ModelInfo]:
     return [a if isinstance(a, ModelInfo) else ModelInfo(a) for a in available]
-
-
-def match_model(wanted: str, available: Sequence[str | ModelInfo]) -> str | None:
-    """The name under which `available` has the model `wanted`, or None.
-
-    Exact name, `:latest` added or dropped, a registry alias (`mistral:latest` is `mistral:7b`),
-    or - when the server reports parameter sizes - the same library name with the card's size
-    (`phi3:latest`, 3.8B, is `phi3:mini`; `gemma:latest`, 8.5B, is `gemma:7b`, not `gemma:2b`).
-    """
-    from .lineup import resolve  # the registry-alias rule of lesson 02, in one place
-
-    infos = _as_infos(available)
-    have = resolve(wanted, [i.name for i in infos])
-    if have is not None:
-        return have
-    wanted_card = card(wanted)
-    if wanted_card is None:
-        return None
-    repository = wanted.split(":", 1)[0]
-    for info in infos:
-        size = parameter_billions(info.parameter_size)
-        if (info.name.split(":", 1)[0] == repository and size is not None
-                and abs(size - wanted_card.params_b) <= 0.15 * wanted_card.params_b):
-            return info.name
-    return None
 
 
 def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *,
@@ -104,15 +72,12 @@ def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *
     if not infos:
         raise ModelNotFound(f"{backend.describe()} has no models",
                             f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or run `slm-course serve`")
-    chat = [i for i in infos if not is_embedding_model(i)]
-    embedders = [i.name for i in infos if is_embedding_model(i)]
     missing = []
-    for w in wanted:
-        have = match_model(w, infos)
+    for w, have, embedding in matches(wanted, infos):
         if have is None:
             missing.append(w)
             continue
-        if have in embedders:
+        if embedding:
             if verbose:
                 print(f"{have} is an embedding model: it turns text into vectors and cannot chat.")
             continue
@@ -123,19 +88,19 @@ def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *
     if missing and verbose:
         where = " (from SLM_SMALL_MODEL)" if source != "asked for" else ""
         print(f"Not available here{where}: {', '.join(missing)} (pull with `ollama pull {missing[0]}`).")
-    if not chat:
+    ranked = course_order(infos)
+    if not ranked:
+        embedders = [i.name for i in infos if is_embedding_model(i)]
         raise ModelNotFound(f"{backend.describe()} has only embedding models ({', '.join(embedders)}), "
                             "which cannot chat", f"pull a chat model, e.g. `ollama pull {PREFERENCE[0]}`")
-    for name in PREFERENCE:
-        have = match_model(name, chat)
-        if have is not None:
-            if verbose:
-                print(f"Using model {have}: the first of the course's models that {backend.describe()} has.")
-            return have
-    choice = sorted(i.name for i in chat)[0]
+    choice = ranked[0]
     if verbose:
-        print(f"Using model {choice}: none of the course's models is available, so the first chat "
-              "model listed.")
+        info = next(i for i in infos if i.name == choice)
+        if any(match_model(p, [info]) for p in PREFERENCE):
+            print(f"Using model {choice}: the first of the course's models that {backend.describe()} has.")
+        else:
+            print(f"Using model {choice}: none of the course's models is available, so the first chat "
+                  "model listed.")
     return choice
 
 
@@ -173,7 +138,7 @@ def connect_large(small_backend: Backend | None = None, *, verbose: bool = True)
     verbose=False a UserWarning.
     """
     s = get_settings()
-    local_url = not ("openai.com" in s.large_base_url)
+    local_url = "openai.com" not in s.large_base_url
     if s.has_key or local_url:
         backend = OpenAIBackend(s.large_base_url)
         tier = LargeTier(backend, s.large_model, False, f"{s.large_model} at {redact_url(s.large_base_url)}")

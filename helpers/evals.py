@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .backends import Backend
 from .errors import BadInput, CourseError
+from .options import Options
 from .sandbox import SandboxResult, run_python
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -358,24 +360,10 @@ RATING_FOLLOW_UP = 'Now give only your rating, as JSON: {"rating": <a whole numb
 _ASKED_AGAIN = "\n\n[asked again for the rating only]\n"
 
 
-def _chat_json(backend: Any, model: str, messages: list[dict[str, str]], options: dict) -> str:
+def _chat_json(backend: Backend, model: str, messages: list[dict[str, str]], options: Options) -> str:
     """One chat reply constrained to JSON where the backend can enforce it (Ollama's
-    `format="json"`, OpenAI's `json_object`); other backends are simply asked."""
-    from .backends import OllamaBackend, OpenAIBackend
-
-    if isinstance(backend, OllamaBackend):
-        resp = backend._call(backend.client.chat, model=model, messages=messages, options=options,
-                             format="json", stream=False, keep_alive=backend.keep_alive, for_model=model)
-        return resp.message.content or ""
-    if isinstance(backend, OpenAIBackend):
-        try:
-            resp = backend.client.chat.completions.create(
-                model=model, messages=messages, stream=False, response_format={"type": "json_object"},
-                **backend._params(options))
-        except Exception as exc:
-            raise backend._translate(exc, model) from exc
-        return resp.choices[0].message.content or ""
-    return backend.chat(model, messages, options=options).text
+    `format="json"`, OpenAI's `json_object`, the embedded engine's JSON grammar)."""
+    return backend.complete(model, messages, options=options, format="json").text
 
 
 @dataclass
@@ -387,9 +375,9 @@ class ModelJudge:
     is asked once more for the rating alone, as JSON; the verdict then holds both replies.
     """
 
-    backend: Any
+    backend: Backend
     model: str
-    options: dict[str, Any] = field(default_factory=lambda: dict(JUDGE_OPTIONS))
+    options: Options | dict[str, Any] = field(default_factory=lambda: dict(JUDGE_OPTIONS))
 
     def __call__(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]
@@ -397,13 +385,13 @@ class ModelJudge:
         if parse_judge(first) is not None:
             return first
         messages += [{"role": "assistant", "content": first}, {"role": "user", "content": RATING_FOLLOW_UP}]
-        again = _chat_json(self.backend, self.model, messages, {**self.options, "num_predict": 32})
+        again = _chat_json(self.backend, self.model, messages, Options.merge(self.options, {"num_predict": 32}))
         return first + _ASKED_AGAIN + again
 
 
 # ---------------------------------------------------------------------------- running
 
-def run_eval(backend: Any, model: str, tasks: Iterable[Task], *, options: dict | None = None,
+def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Options | dict | None = None,
              progress: bool = True, judge: Callable[[str], Any] | None = None,
              judge_pass: int = 7) -> list[EvalRecord]:
     """Ask `model` every task through `backend.chat`, score each answer, time each call.
@@ -419,7 +407,7 @@ def run_eval(backend: Any, model: str, tasks: Iterable[Task], *, options: dict |
     tasks = list(tasks)
     if not tasks:
         raise BadInput("no tasks to run", "pass e.g. arithmetic_tasks(20) or open_prompts()")
-    opts = {**DEFAULT_EVAL_OPTIONS, **(options or {})}
+    opts = Options.merge(DEFAULT_EVAL_OPTIONS, options)
     backend_name = getattr(backend, "name", type(backend).__name__)
     records: list[EvalRecord] = []
     for task in tqdm(tasks, desc=f"eval {model}", disable=not progress):

@@ -106,11 +106,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _cgroup_memory_limit() -> int | None:
-    """A container's memory limit in bytes (Binder, Docker), or None when there is none."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """A container's memory limit in bytes (Binder, Docker), or None when there is none:
+    cgroup v2's `memory.max` ("max" = none), else cgroup v1's `memory/memory.limit_in_bytes`."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
         try:
-            text = Path(path).read_text().strip()
+            text = path.read_text().strip()
         except OSError:
             continue
         if text.isdigit():
@@ -118,16 +122,17 @@ def _cgroup_memory_limit() -> int | None:
     return None
 
 
-def machine_summary() -> dict:
+def machine_summary(*, cgroup_root: str | Path = CGROUP_ROOT) -> dict:
     """What this machine offers a local model: CPU, cores, RAM, free disk, OS.
 
-    RAM figures honour a container limit (Binder gives 1-2 GB while the host shows far more).
+    RAM figures honour a container limit (Binder gives 1-2 GB while the host shows far more),
+    read from the cgroup files under `cgroup_root`.
     """
     import psutil
 
     mem = psutil.virtual_memory()
     total, available = mem.total, mem.available
-    limit = _cgroup_memory_limit()
+    limit = _cgroup_memory_limit(Path(cgroup_root))
     limited = limit is not None and limit < total
     if limited:
         total = limit

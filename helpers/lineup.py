@@ -18,8 +18,17 @@ from .backends import Backend, model_infos
 from .errors import BadInput, CourseError, pull_hint
 from .hardware import GB  # decimal gigabytes, as Ollama and the registry quote sizes
 from .net import is_loopback_host as is_local_host  # "is the server this machine?" in revisit_claims
+from .options import Options
 from .registry import MODELS as CARDS
-from .registry import SEED_MODELS, bundled_model_path, card, fits, parameter_billions, ram_estimate_gb
+from .registry import (  # noqa: F401  (resolve: lesson 02's solution imports it from here)
+    SEED_MODELS,
+    bundled_model_path,
+    card,
+    fits,
+    parameter_billions,
+    ram_estimate_gb,
+    resolve,
+)
 
 
 @dataclass(frozen=True)
@@ -59,21 +68,6 @@ def _check_names(models: Any, what: str = "models") -> list[str]:
         raise BadInput(f"every entry of {what} must be a non-empty model name",
                        'pass e.g. ["phi3:mini", "smollm2:135m"]')
     return list(dict.fromkeys(names))
-
-
-def resolve(name: str, available: Sequence[str]) -> str | None:
-    """The name under which the server has `name` (e.g. 'mistral:latest' for 'mistral:7b'), or None."""
-    if name in available:
-        return name
-    for candidate in (f"{name}:latest", name.removesuffix(":latest")):
-        if candidate in available:
-            return candidate
-    wanted = card(name)
-    if wanted is not None:
-        for have in available:
-            if card(have) is wanted:
-                return have
-    return None
 
 
 def lineup_models(backend: Backend, models: Sequence[str] | None = None) -> list[str]:
@@ -134,7 +128,7 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
                "commercial use": c.commercial_use if c else "",
                "strengths": c.strengths if c else "",
                "source": "registry" if c else "unknown to the registry"}
-        if have and hasattr(backend, "show"):
+        if have and "show" in backend.capabilities:
             show = backend.show(have)
             row["params (B)"] = _params_b(show) or row["params (B)"]
             row["context"] = _context(show) or row["context"]
@@ -170,7 +164,7 @@ def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_
             raise BadInput(f"{what} must be a positive number of GB, got {value!r}",
                            "use helpers.hardware.machine_summary()['ram_available_gb'] / ['disk_free_gb']")
     available = backend.list_models()
-    can_pull = hasattr(backend, "pull")
+    can_pull = "pull" in backend.capabilities
     disk_left = float(disk_gb)
     rows = []
     for name in names:
@@ -221,7 +215,8 @@ def _check_prompts(prompts: Any) -> list[LineupPrompt]:
 
 
 def run_lineup(backend: Backend, models: Sequence[str], prompts: Sequence[LineupPrompt | str],
-               options: dict | None = None, progress: bool = True, warmup: bool = True) -> pd.DataFrame:
+               options: Options | dict | None = None, progress: bool = True,
+               warmup: bool = True) -> pd.DataFrame:
     """Ask every model every prompt; one row per (model, prompt) with the answer and its speed.
 
     A model the server lacks gets rows with status "skipped" and the pull command; a failed call
@@ -280,7 +275,8 @@ def side_by_side(runs: pd.DataFrame, width: int | None = 400) -> pd.DataFrame:
     text = ok["answer"].astype(str)
     if width:
         text = text.where(text.str.len() <= width, text.str[: width - 1] + "…")
-    table = ok.assign(answer=text).drop_duplicates(["prompt", "model"]).pivot(index="prompt", columns="model", values="answer")
+    table = (ok.assign(answer=text).drop_duplicates(["prompt", "model"])
+             .pivot(index="prompt", columns="model", values="answer"))
     order = list(dict.fromkeys(ok["prompt"]))
     return table.reindex(order)[list(dict.fromkeys(ok["model"]))]
 
@@ -369,9 +365,9 @@ def plot_size_vs_speed(summary: pd.DataFrame, ax=None):
 
 #: The source article's comparison table (large cloud LLMs vs small local models), as it states it.
 SOURCE_TABLE = pd.DataFrame(
-    {"Large LLMs (GPT-4, Claude)": ["100B+", "$10-$60", "1-3 s", "data sent to the cloud",
+    {"Large LLMs (GPT-4, Claude)": ["175B+ (GPT-3/4)", "$10-$60", "1-3 s", "data sent to the cloud",
                                     "depends on the API"],
-     "Small models (Phi-3, Gemma)": ["1-7B", "$0 (local)", "100-500 ms", "data stays local",
+     "Small models (Phi-3, Gemma)": ["1B-13B (Phi-3, Gemma)", "$0 (local)", "100-500 ms", "data stays local",
                                      "works offline"]},
     index=pd.Index(["parameters", "cost per 1M tokens", "speed", "privacy", "reliability"],
                    name="aspect"))
@@ -434,8 +430,10 @@ def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
 SEED_CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("phi3:mini", "strong reasoning and maths for its size (3.8B)", "calculus prompt: expected answer found?"),
     ("gemma:2b", "compact; trained with safety filters", "cannot check with these prompts (needs a safety eval)"),
-    ("llama2:7b", "the largest community and fine-tune ecosystem", "cannot measure here: community is not in the weights"),
-    ("mistral:7b", "fast and efficient for a 7B, open Apache-2.0 licence", "tokens/s against the other 7B; licence from /api/show"),
+    ("llama2:7b", "the largest community and fine-tune ecosystem",
+     "cannot measure here: community is not in the weights"),
+    ("mistral:7b", "fast and efficient for a 7B, open Apache-2.0 licence",
+     "tokens/s against the other 7B; licence from /api/show"),
 )
 
 
@@ -444,7 +442,8 @@ def seed_claims_table(runs: pd.DataFrame) -> pd.DataFrame:
     ok = runs[runs["status"] == "ok"]
     rows = []
     for name, claim, how in SEED_CLAIMS:
-        g = ok[ok["model"].map(lambda m: card(m) is card(name))]
+        wanted = card(name)
+        g = ok[ok["model"].map(lambda m, wanted=wanted: card(m) is wanted)]
         if g.empty:
             measured = f"not run here: `ollama pull {name}`"
         else:

@@ -20,11 +20,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .backends import Backend
 from .cost import ApiPrice, LocalAssumptions, LocalRun, api_price, query_cost_api
 from .errors import BadInput, CourseError
 from .evals import EvalRecord, ModelJudge, Task, accuracy_summary, check_code, extract_code, run_eval
-from .routing import (SHARES, LearnedRouter, RoutingExample, _first_crossing, _trapezoid, cost_saved,
-                      oracle_router, quality_at_share)
+from .options import Options
+from .routing import (  # noqa: F401  (quality_curves, router_table, share_for_quality: lesson 06 imports them from here)
+    LearnedRouter,
+    RoutingExample,
+    quality_curves,
+    router_table,
+    share_for_quality,
+)
 
 TIERS = ("small", "large")
 EXPLAIN_MIN_WORDS = 6  # an answer with fewer words (numbers aside) gives no explanation
@@ -36,7 +43,7 @@ EXPLAIN_MIN_WORDS = 6  # an answer with fewer words (numbers aside) gives no exp
 class LargeChoice:
     """The large tier of a comparison: where it runs, what it is, what its calls would cost."""
 
-    backend: Any
+    backend: Backend
     model: str
     local_stand_in: bool        # a local model standing in for an API model
     same_as_small: bool         # the very model the small tier uses: no quality gap possible
@@ -56,7 +63,7 @@ def _price(model: str) -> tuple[ApiPrice | None, str]:
     return price, f"{price.provider}/{price.model} from {price.source}"
 
 
-def choose_large(backend: Any, small: str, large_model: str = "", *, probe: bool = True,
+def choose_large(backend: Backend, small: str, large_model: str = "", *, probe: bool = True,
                  verbose: bool = True) -> LargeChoice:
     """The large tier: `large_model` from the small tier's server when it has it, else
     `connect_large` (the API model when a key is set, else the biggest local model).
@@ -111,7 +118,7 @@ JUDGE_HINT = ("set SLM_JUDGE_MODEL (in .env, or JUDGE_MODEL in the lesson) to a 
               "OPENAI_API_KEY set)")
 
 
-def choose_judge(backend: Any, judge_model: str = "", *, small: str = "", large: LargeChoice | None = None,
+def choose_judge(backend: Backend, judge_model: str = "", *, small: str = "", large: LargeChoice | None = None,
                  verbose: bool = True) -> ModelJudge | None:
     """The judge for open prompts: `judge_model`, else SLM_JUDGE_MODEL; None when neither is set.
 
@@ -196,8 +203,8 @@ def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_
     return pd.DataFrame(rows)
 
 
-def run_paired(backend: Any, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
-               *, options: dict | None = None, progress: bool = True,
+def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
+               *, options: Options | dict | None = None, progress: bool = True,
                judge: Callable[[str], Any] | None = None) -> pd.DataFrame:
     """Ask both tiers every task of every set (`run_eval`) and return the paired frame.
 
@@ -367,49 +374,6 @@ def quality_gap(q_small: Sequence[float], q_large: Sequence[float]) -> float:
     return float(np.mean(np.asarray(q_large, dtype=float)) - np.mean(np.asarray(q_small, dtype=float)))
 
 
-def _pgr(q: float, qs: float, ql: float) -> float:
-    return math.nan if math.isclose(ql, qs, abs_tol=1e-12) else (q - qs) / (ql - qs)
-
-
-def quality_curves(q_small: Sequence[float], q_large: Sequence[float], scores: Mapping[str, Sequence[float]],
-                   shares: Sequence[float] = SHARES) -> pd.DataFrame:
-    """Quality and PGR against the share of large-model calls for each router in `scores`
-    (higher score -> large), plus "random" and "oracle". Long format: router, share, quality, pgr.
-    PGR is NaN when the tiers are equally good (no gap to recover), instead of an error."""
-    qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
-    all_scores = {**scores, "random": np.zeros_like(qs), "oracle": oracle_router(qs, ql)}
-    rows = []
-    for name, sc in all_scores.items():
-        for s in shares:
-            q = quality_at_share(qs, ql, sc, float(s))
-            rows.append({"router": name, "share": float(s), "quality": q,
-                         "pgr": _pgr(q, qs.mean(), ql.mean())})
-    return pd.DataFrame(rows)
-
-
-def _cpt(shares: np.ndarray, p: np.ndarray, target: float) -> float:
-    return math.nan if np.isnan(p).any() else _first_crossing(shares, p, target)
-
-
-def router_table(curves: pd.DataFrame, *, share: float = 0.2, cost_small: float | None = None,
-                 cost_large: float | None = None) -> pd.DataFrame:
-    """Per router: APGR, CPT(50%), CPT(80%) and quality / PGR at one share of large calls
-    (the seed's 20%), with the cost saved against always-large when costs are given.
-    Metrics that need a quality gap are NaN when there is none."""
-    rows = []
-    for name, d in curves.groupby("router", sort=False):
-        x, p = d["share"].to_numpy(), d["pgr"].to_numpy()
-        q_at = float(np.interp(share, x, d["quality"].to_numpy()))
-        row = {"router": name,
-               "APGR": math.nan if np.isnan(p).any() else _trapezoid(p, x),
-               "CPT(50%)": _cpt(x, p, 0.5), "CPT(80%)": _cpt(x, p, 0.8),
-               f"quality@{share:.0%}": q_at, f"PGR@{share:.0%}": float(np.interp(share, x, p))}
-        if cost_small is not None and cost_large:
-            row[f"cost saved@{share:.0%}"] = cost_saved(share, cost_small, cost_large)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("router")
-
-
 def plot_quality_curves(curves: pd.DataFrame, *, q_small: float, q_large: float,
                         cost_small: float | None = None, cost_large: float | None = None,
                         mark_share: float | None = 0.2, ax=None, title: str = "Quality against large-model calls"):
@@ -442,7 +406,8 @@ def plot_quality_curves(curves: pd.DataFrame, *, q_small: float, q_large: float,
     return ax
 
 
-def operating_point(q_small: Sequence[float], q_large: Sequence[float], to_large: Sequence[bool]) -> tuple[float, float]:
+def operating_point(q_small: Sequence[float], q_large: Sequence[float],
+                    to_large: Sequence[bool]) -> tuple[float, float]:
     """(share sent large, mean quality) of a yes/no router such as `not is_simple_task`."""
     qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
     big = np.asarray(to_large, dtype=bool)
@@ -488,14 +453,6 @@ def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None,
     large = float(np.mean([query_cost_api(price, int(i), int(o)) for i, o in
                            zip(frame["large_prompt_tokens"], frame["large_output_tokens"])]))
     return small, large
-
-
-def share_for_quality(curves: pd.DataFrame, target: float) -> pd.Series:
-    """Per router: the smallest share of large-model calls whose quality reaches `target`
-    (interpolated between grid points); NaN when it never does."""
-    out = {name: _first_crossing(d["share"].to_numpy(), d["quality"].to_numpy(), target)
-           for name, d in curves.groupby("router", sort=False)}
-    return pd.Series(out, name=f"share for quality {target:.3f}")
 
 
 def latest_run(folder: str | Path) -> tuple[pd.DataFrame, dict] | None:

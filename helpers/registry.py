@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import util as _importlib_util
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 
 @dataclass(frozen=True)
@@ -227,3 +228,81 @@ def fit_table(ram_gb: float, disk_gb: float):
         rows.append({"model": m.name, "fits": "yes" if ok else "no", "why": why,
                      "pull": _pull_command(m)})
     return pd.DataFrame(rows).set_index("model")
+
+
+# --------------------------------------------------------------------------- choosing among a server's models
+# `available` below is a server's models: names, or `backends.ModelInfo`s (anything with `.name`,
+# and optionally `.parameter_size`, `.family`, `.families`) when the server reports more.
+
+#: Names of embedding-only models in the Ollama library and on Hugging Face (all-minilm,
+#: nomic-embed-text, mxbai-embed-large, bge-m3, snowflake-arctic-embed, multilingual-e5, ...).
+EMBEDDING_NAME = re.compile(r"embed|minilm|(^|[/_-])bge|(^|[/_-])e5([/_:-]|$)|(^|[/_-])gte([/_:-]|$)"
+                            r"|paraphrase|rerank", re.IGNORECASE)
+#: Families /api/tags reports for encoder-only (embedding) architectures.
+EMBEDDING_FAMILIES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "xlm-roberta", "jina-bert-v2",
+                                "modernbert"})
+
+
+def _name(model: Any) -> str:
+    return model if isinstance(model, str) else model.name
+
+
+def is_embedding_model(model: Any) -> bool:
+    """True for an embedding-only model (it cannot chat): by its name or its families in /api/tags."""
+    if EMBEDDING_NAME.search(_name(model)):
+        return True
+    family = "" if isinstance(model, str) else (getattr(model, "family", "") or "")
+    families = () if isinstance(model, str) else (getattr(model, "families", ()) or ())
+    return bool({f.lower() for f in (*families, family) if f} & EMBEDDING_FAMILIES)
+
+
+def resolve(wanted: str, available: Sequence[Any]) -> str | None:
+    """The name under which `available` has the model `wanted`, or None.
+
+    Exact name, `:latest` added or dropped, a registry alias (`mistral:latest` is `mistral:7b`),
+    or - when the server reports parameter sizes - the same library name with the card's size
+    (`phi3:latest`, 3.8B, is `phi3:mini`; `gemma:latest`, 8.5B, is `gemma:7b`, not `gemma:2b`).
+
+    >>> resolve("mistral:7b", ["mistral:latest"]), resolve("llama2", ["llama2:latest"])
+    ('mistral:latest', 'llama2:latest')
+    >>> resolve("phi3:mini", ["smollm2:135m"]) is None
+    True
+    """
+    names = [_name(a) for a in available]
+    for candidate in (wanted, f"{wanted}:latest", wanted.removesuffix(":latest")):
+        if candidate in names:
+            return candidate
+    wanted_card = card(wanted)
+    if wanted_card is None:
+        return None
+    for have in names:
+        if card(have) is wanted_card:
+            return have
+    repository = wanted.split(":", 1)[0]
+    for a in available:
+        size = None if isinstance(a, str) else parameter_billions(getattr(a, "parameter_size", ""))
+        if (_name(a).split(":", 1)[0] == repository and size is not None
+                and abs(size - wanted_card.params_b) <= 0.15 * wanted_card.params_b):
+            return _name(a)
+    return None
+
+
+def matches(wanted: Sequence[str], available: Sequence[Any]) -> Iterator[tuple[str, str | None, bool]]:
+    """For each name asked for: (that name, the server's name for it or None, whether it is an
+    embedding model, which cannot chat)."""
+    for w in wanted:
+        have = resolve(w, available)
+        info = next((a for a in available if _name(a) == have), have)
+        yield w, have, have is not None and is_embedding_model(info)
+
+
+def course_order(available: Sequence[Any]) -> list[str]:
+    """The server's chat models in the course's order (`PREFERENCE`: the article's models first),
+    then the ones the registry does not know, by name; embedding models left out."""
+    chat = [a for a in available if not is_embedding_model(a)]
+    ordered: list[str] = []
+    for name in PREFERENCE:
+        have = resolve(name, chat)
+        if have is not None and have not in ordered:
+            ordered.append(have)
+    return ordered + sorted(_name(a) for a in chat if _name(a) not in ordered)

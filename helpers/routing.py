@@ -11,6 +11,9 @@ robust `smart_routing`, and RouteLLM's metrics (Ong et al. 2024, arXiv 2406.1866
 - APGR: PGR averaged over s = 0%, 10%, ..., 100% (trapezoid rule); a random router scores 0.5;
 - CPT(x%): the smallest share of large-model calls that reaches PGR = x% (interpolated).
 
+All of them read one curve, `quality_curves` (quality and PGR per router and share), through
+`area_under` (APGR) and `first_crossing` (CPT, `share_for_quality`).
+
 Convention: router *scores* passed to the metrics mean "how much this prompt needs the
 large model" (higher -> large), like RouteLLM's strong-model win rate.
 """
@@ -23,7 +26,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -247,13 +250,22 @@ def pgr(q_router: float, q_small: float, q_large: float) -> float:
     return (q_router - q_small) / (q_large - q_small)
 
 
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+def area_under(x: Sequence[float], y: Sequence[float]) -> float:
+    """The area under y(x) by the trapezoid rule: APGR when y is PGR over shares 0..1. NaN if y has NaN."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
 
 
-def _first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+def first_crossing(x: Sequence[float], y: Sequence[float], target: float) -> float:
     """The smallest x at which y reaches `target`, interpolated linearly between grid points;
-    NaN if y never does."""
+    NaN if y never does (or has NaN: no quality gap). CPT when y is PGR over shares.
+
+    >>> first_crossing([0.0, 0.5, 1.0], [0.0, 0.4, 1.0], 0.7)
+    0.75
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if np.isnan(y).any():
+        return math.nan
     hits = np.nonzero(y >= target - 1e-12)[0]
     if len(hits) == 0:
         return math.nan
@@ -263,28 +275,82 @@ def _first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
     return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1]))
 
 
-def _pgr_grid(q_small, q_large, scores, shares) -> tuple[np.ndarray, np.ndarray]:
-    qs, ql, sc = _arrays(q_small, q_large, scores)
+def quality_curves(q_small: Sequence[float], q_large: Sequence[float], scores: Mapping[str, Sequence[float]],
+                   shares: Sequence[float] = SHARES, *, baselines: bool = True):
+    """Quality and PGR against the share of large-model calls for each router in `scores`
+    (higher score -> large), plus "random" (its expectation: all scores tied) and "oracle"
+    unless baselines=False. Long format: router, share, quality, pgr. PGR is NaN when the
+    tiers are equally good (no gap to recover). The one curve every routing metric reads."""
+    import pandas as pd
+
+    qs, ql = _arrays(q_small, q_large)
+    no_gap = math.isclose(ql.mean(), qs.mean(), abs_tol=1e-12)
+    all_scores = dict(scores)
+    if baselines:
+        all_scores.update(random=np.zeros_like(qs), oracle=oracle_router(qs, ql))
+    rows = []
+    for name, sc in all_scores.items():
+        sc = _arrays(qs, ql, sc)[2]
+        for s in shares:
+            q = quality_at_share(qs, ql, sc, float(s))
+            rows.append({"router": name, "share": float(s), "quality": q,
+                         "pgr": math.nan if no_gap else pgr(q, qs.mean(), ql.mean())})
+    return pd.DataFrame(rows, columns=["router", "share", "quality", "pgr"])
+
+
+def _pgr_curve(q_small, q_large, scores, shares) -> tuple[np.ndarray, np.ndarray]:
+    """(shares, PGR) of one router on a grid from 0 to 1; BadInput when there is no gap."""
     shares = np.asarray(shares, dtype=float)
     if shares[0] != 0.0 or shares[-1] != 1.0 or np.any(np.diff(shares) <= 0):
         raise BadInput("shares must rise from 0 to 1", "use the default grid 0, 0.1, ..., 1")
-    p = np.array([pgr(quality_at_share(qs, ql, sc, s), qs.mean(), ql.mean()) for s in shares])
+    d = quality_curves(q_small, q_large, {"router": scores}, shares, baselines=False)
+    p = d["pgr"].to_numpy()
+    if np.isnan(p).any():
+        pgr(0.0, float(np.mean(q_small)), float(np.mean(q_large)))  # raises: PGR is undefined
     return shares, p
 
 
 def apgr(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
          shares: Sequence[float] = SHARES) -> float:
     """Average PGR over large-model shares 0..100% (trapezoid rule). Random = 0.5, oracle > it."""
-    x, p = _pgr_grid(q_small, q_large, scores, shares)
-    return _trapezoid(p, x)
+    return area_under(*_pgr_curve(q_small, q_large, scores, shares))
 
 
 def cpt(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
         target: float = 0.5, shares: Sequence[float] = SHARES) -> float:
     """Call-performance threshold: the smallest share of large-model calls whose PGR reaches
     `target` (0.5 for CPT(50%)), interpolated linearly between grid points; NaN if never."""
-    x, p = _pgr_grid(q_small, q_large, scores, shares)
-    return _first_crossing(x, p, target)
+    return first_crossing(*_pgr_curve(q_small, q_large, scores, shares), target)
+
+
+def router_table(curves, *, share: float = 0.2, cost_small: float | None = None,
+                 cost_large: float | None = None):
+    """Per router of `quality_curves`: APGR, CPT(50%), CPT(80%) and quality / PGR at one share of
+    large calls (the seed's 20%), with the cost saved against always-large when costs are given.
+    Metrics that need a quality gap are NaN when there is none."""
+    import pandas as pd
+
+    rows = []
+    for name, d in curves.groupby("router", sort=False):
+        x, p = d["share"].to_numpy(), d["pgr"].to_numpy()
+        row = {"router": name, "APGR": area_under(x, p),
+               "CPT(50%)": first_crossing(x, p, 0.5), "CPT(80%)": first_crossing(x, p, 0.8),
+               f"quality@{share:.0%}": float(np.interp(share, x, d["quality"].to_numpy())),
+               f"PGR@{share:.0%}": float(np.interp(share, x, p))}
+        if cost_small is not None and cost_large:
+            row[f"cost saved@{share:.0%}"] = cost_saved(share, cost_small, cost_large)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("router")
+
+
+def share_for_quality(curves, target: float):
+    """Per router of `quality_curves`: the smallest share of large-model calls whose quality
+    reaches `target` (interpolated between grid points); NaN when it never does."""
+    import pandas as pd
+
+    out = {name: first_crossing(d["share"].to_numpy(), d["quality"].to_numpy(), target)
+           for name, d in curves.groupby("router", sort=False)}
+    return pd.Series(out, name=f"share for quality {target:.3f}")
 
 
 def cost_saved(share: float, cost_small: float, cost_large: float, *, small_always: bool = False) -> float:
@@ -296,26 +362,6 @@ def cost_saved(share: float, cost_small: float, cost_large: float, *, small_alwa
                        f"(got {cost_large}, {cost_small}, {share})", "pass costs per query in USD")
     routed = share * cost_large + (1.0 if small_always else 1.0 - share) * cost_small
     return 1.0 - routed / cost_large
-
-
-def curve(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
-          shares: Sequence[float] = SHARES):
-    """Quality and PGR against the share of large-model calls, for the router, the random
-    router (its expectation, a straight line) and the oracle, as a DataFrame for plots."""
-    import pandas as pd
-
-    qs, ql, sc = _arrays(q_small, q_large, scores)
-    constant = np.zeros_like(sc)  # all tied = random routing in expectation
-    oracle = oracle_router(qs, ql)
-    rows = []
-    for s in np.asarray(shares, dtype=float):
-        row = {"share": float(s)}
-        for name, sco in (("", sc), ("random_", constant), ("oracle_", oracle)):
-            q = quality_at_share(qs, ql, sco, s)
-            row[f"{name}quality"] = q
-            row[f"{name}pgr"] = pgr(q, qs.mean(), ql.mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------- serving
@@ -501,7 +547,8 @@ def measure_overhead(router: Callable[[str], Any], prompts: Sequence[str], *, re
 
 def decisions_frame(decisions: Iterable[Decision]):
     """Logged decisions as a DataFrame (for the lesson 07 dashboard)."""
-    import pandas as pd
     from dataclasses import asdict
+
+    import pandas as pd
 
     return pd.DataFrame([asdict(d) for d in decisions])

@@ -15,10 +15,25 @@ import pytest
 
 from conftest import BUNDLED
 from helpers.backends import EmbeddedBackend, OllamaBackend, OpenAIBackend
-from helpers.bench import (BENCH_PROMPTS, COLUMNS, BenchPrompt, BenchRow, ceiling_table,
-                           check_latency_claim, choose_models, cold_vs_warm, latency_table,
-                           load_prompts, measure_call, model_size_bytes, read_csv, run_bench,
-                           save_csv, summarise, unload)
+from helpers.bench import (
+    BENCH_PROMPTS,
+    COLUMNS,
+    BenchPrompt,
+    BenchRow,
+    ceiling_table,
+    check_latency_claim,
+    choose_models,
+    cold_vs_warm,
+    latency_table,
+    load_prompts,
+    measure_call,
+    model_size_bytes,
+    read_csv,
+    run_bench,
+    save_csv,
+    summarise,
+    unload,
+)
 from helpers.errors import BadInput, ModelNotFound
 
 PROMPT = "Write a short story about a robot who learns to paint."

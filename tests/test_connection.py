@@ -12,10 +12,9 @@ import pytest
 from conftest import BUNDLED, free_port, start_server, stop_server
 from helpers.backends import EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBackend
 from helpers.bench import choose_models
-from helpers.connection import (connect_large, is_embedding_model, match_model, pick_model,
-                                rank_large)
+from helpers.connection import connect_large, is_embedding_model, match_model, pick_model, rank_large
 from helpers.errors import BackendUnavailable, CourseError, MissingKey, ModelNotFound
-from helpers.registry import bundled_model_path, bundled_models
+from helpers.registry import PREFERENCE, bundled_model_path, bundled_models, course_order
 
 #: What `ollama list` shows after `ollama pull all-minilm mistral phi3 llama3.2 nomic-embed-text`.
 PULLED = ["all-minilm:latest", "llama3.2:latest", "mistral:latest", "nomic-embed-text:latest",
@@ -116,6 +115,18 @@ def test_pick_model_and_choose_models_take_aliases_and_never_an_embedding_model(
     assert choose_models(only_pulled, ["mistral:7b", "nomic-embed-text"], verbose=False) == ["mistral:latest"]
     with pytest.raises(ModelNotFound, match="no chat model"):
         choose_models(Listed(["all-minilm:latest", "nomic-embed-text:latest"]), verbose=False)
+
+
+@pytest.mark.parametrize("models", [PULLED, PULLED_TAGS, ["zephyr:latest", "all-minilm:latest"],
+                                    ["qwen2.5-coder:0.5b", BUNDLED, "llama3.2:1b"], ["gemma:latest", "tinyllama"]])
+def test_pick_model_and_the_benchmark_rank_a_server_the_same_way(models, capsys):
+    """One ranking (registry.course_order): the lesson's model is the benchmark's first."""
+    listed = Listed(models)
+    ranked = course_order(listed.list_model_info())
+    assert pick_model(listed) == choose_models(listed, limit=len(models), verbose=False)[0] == ranked[0]
+    first_line = capsys.readouterr().out.splitlines()[0]
+    in_course = any(match_model(p, listed.list_model_info()) == ranked[0] for p in PREFERENCE)
+    assert ("the first of the course's models" in first_line) is in_course, first_line
 
 
 def test_slm_small_model_is_the_default_choice(monkeypatch, capsys):

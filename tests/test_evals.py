@@ -8,11 +8,28 @@ from collections import Counter
 
 import pytest
 
+from helpers.backends import Backend
 from helpers.errors import BadInput
 from helpers.evals import (
-    CATEGORIES, EvalRecord, Task, accuracy_table, arithmetic_tasks, build_program, extract_code,
-    ModelJudge, extract_number, humaneval_tasks, judge_prompt, open_prompts, parse_judge, run_eval, score,
-    score_code, score_keywords, score_number, wilson_interval,
+    CATEGORIES,
+    EvalRecord,
+    ModelJudge,
+    Task,
+    accuracy_table,
+    arithmetic_tasks,
+    build_program,
+    extract_code,
+    extract_number,
+    humaneval_tasks,
+    judge_prompt,
+    open_prompts,
+    parse_judge,
+    run_eval,
+    score,
+    score_code,
+    score_keywords,
+    score_number,
+    wilson_interval,
 )
 from helpers.results import Metrics, Result
 
@@ -164,18 +181,40 @@ def test_judge_prompt_and_parse_judge():
     assert parse_judge('{"rating": 4.0, "why": "short"}') == 4   # the JSON a judge is asked for again
 
 
-class CalculatorBackend:
+class RuleBackend(Backend):
+    """A real `Backend` (its checks, `chat` and `complete` are the interface's own) whose engine is
+    a Python rule, not a language model: `reply(messages) -> text`. Records each call's options."""
+
+    name = "rule"
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = []
+
+    def list_models(self):
+        return ["m"]
+
+    def _stream_chat(self, model, messages, options):
+        self.calls.append((messages, options.to_dict() if options else {}))
+        text = self.reply(messages)
+        yield Result(text=text, model=model, backend=self.name, done=True,
+                     metrics=Metrics(prompt_tokens=len(messages[-1]["content"].split()),
+                                     output_tokens=len(text.split())))
+
+
+class CalculatorBackend(RuleBackend):
     """A plain calculator behind the backend contract, clearly not a language model:
     it evaluates the arithmetic in a prompt and gives up on word problems."""
 
     name = "calculator"
 
-    def chat(self, model, messages, *, options=None):
-        prompt = messages[-1]["content"]
-        match = re.match(r"What is (.+)\?", prompt)
-        text = f"The answer is {_safe_eval(match.group(1))}." if match else "I cannot parse that."
-        return Result(text=text, model=model, backend=self.name,
-                      metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=len(text.split())))
+    def __init__(self):
+        super().__init__(self.calculate)
+
+    @staticmethod
+    def calculate(messages):
+        match = re.match(r"What is (.+)\?", messages[-1]["content"])
+        return f"The answer is {_safe_eval(match.group(1))}." if match else "I cannot parse that."
 
 
 def test_run_eval_and_accuracy_table():
@@ -200,37 +239,23 @@ def test_run_eval_and_accuracy_table():
 def test_run_eval_uses_a_judge_for_open_tasks():
     open_task = next(t for t in open_prompts() if t.kind == "open")
 
-    class Echo:  # repeats the prompt back: a deterministic stand-in with no model
-        name = "echo"
-
-        def chat(self, model, messages, *, options=None):
-            return Result(text=messages[-1]["content"], model=model, backend=self.name)
+    def echo():  # repeats the prompt back: a deterministic stand-in with no model
+        return RuleBackend(lambda messages: messages[-1]["content"])
 
     def length_judge(prompt: str) -> str:  # a rule, not a model: rates by answer length
         answer = prompt.split("[The Start of Assistant's Answer]\n")[1].split("\n[The End")[0]
         return f"Rating: [[{min(10, 1 + len(answer) // 5)}]]"
 
-    unjudged = run_eval(Echo(), "echo", [open_task], progress=False)[0]
-    judged = run_eval(Echo(), "echo", [open_task], progress=False, judge=length_judge)[0]
+    unjudged = run_eval(echo(), "echo", [open_task], progress=False)[0]
+    judged = run_eval(echo(), "echo", [open_task], progress=False, judge=length_judge)[0]
     assert unjudged.correct is None and unjudged.judge_score is None
     assert judged.judge_score == min(10, 1 + len(open_task.prompt) // 5)
     assert judged.correct == (judged.judge_score >= 7)
 
 
 def test_model_judge_asks_again_for_a_missing_rating_and_keeps_both_replies():
-    class Rambler:  # rambles first; gives the rating only when asked for it alone
-        name = "rambler"
-
-        def __init__(self):
-            self.calls = []
-
-        def chat(self, model, messages, *, options=None):
-            self.calls.append((messages, options))
-            asked_again = len(messages) > 1
-            return Result(text='{"rating": 6}' if asked_again else "The answer is nice, I think.",
-                          model=model, backend=self.name)
-
-    backend = Rambler()
+    # rambles first; gives the rating only when asked for it alone
+    backend = RuleBackend(lambda messages: '{"rating": 6}' if len(messages) > 1 else "The answer is nice, I think.")
     open_task = next(t for t in open_prompts() if t.kind == "open")
     record = run_eval(backend, "m", [open_task], progress=False, judge=ModelJudge(backend, "judge"))[0]
     assert record.judge_score == 6 and record.correct is False
@@ -240,11 +265,6 @@ def test_model_judge_asks_again_for_a_missing_rating_and_keeps_both_replies():
     assert again[1] == {"role": "assistant", "content": "The answer is nice, I think."}
     assert again_opts["num_predict"] < first_opts["num_predict"]
 
-    class Decisive(Rambler):
-        def chat(self, model, messages, *, options=None):
-            self.calls.append((messages, options))
-            return Result(text="Good. Rating: [[8]]", model=model, backend=self.name)
-
-    decisive = Decisive()
+    decisive = RuleBackend(lambda messages: "Good. Rating: [[8]]")
     assert ModelJudge(decisive, "judge")("grade this") == "Good. Rating: [[8]]"
     assert len(decisive.calls) == 1   # a rating on the first reply: no second question

@@ -1,6 +1,7 @@
 """The core interface: settings, registry, the embedded backend, connect, errors and the doctor."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ from conftest import BUNDLED, ROOT, free_port
 from helpers import BadInput, CourseError, ModelNotFound
 from helpers.backends import EmbeddedBackend, OllamaBackend, OpenAIBackend
 from helpers.errors import BackendUnavailable, MissingKey
+from helpers.options import Options
 from helpers.registry import MODELS, SEED_MODELS, card
 from helpers.results import collect
 from helpers.settings import get_settings, normalise_host
@@ -90,7 +92,7 @@ def test_metrics_agree_with_the_wall_clock_around_the_call(embedded):
 
 def test_a_cold_embedded_call_counts_the_load_in_ttft_and_total(embedded):
     embedded.generate(BUNDLED, "Hello", options={"num_predict": 2})
-    assert embedded.engine.unload(BUNDLED) is True
+    assert embedded.unload(BUNDLED) is True
     t0 = time.perf_counter()
     r = embedded.generate(BUNDLED, "Name three fruits.", options={**DET, "num_predict": 16})
     wall = time.perf_counter() - t0
@@ -119,11 +121,72 @@ def test_num_predict_limits_output(embedded):
     lambda b: b.generate(BUNDLED, "hi", options="hot"),
     lambda b: b.generate(BUNDLED, "hi", options={"temperature": "hot"}),
     lambda b: b.generate(BUNDLED, "hi", options={"num_predict": -7}),
+    lambda b: b.generate(BUNDLED, "hi", options={"seed": True}),
+    lambda b: b.generate(BUNDLED, "hi", options={"num_ctx": 8}),
+    lambda b: b.generate(BUNDLED, "hi", options={"stop": [3]}),
+    lambda b: b.complete(BUNDLED, [{"role": "user", "content": "hi"}], format="yaml"),
+    lambda b: b.complete(BUNDLED, [{"role": "user", "content": "hi"}], options={"top_k": 1.5}),
 ])
 def test_bad_input_raises_one_clear_error(embedded, call):
     with pytest.raises(BadInput) as info:
         call(embedded)
     assert info.value.hint, "every error names the next step"
+
+
+def test_options_are_checked_once_and_carry_ollamas_names_to_every_engine():
+    o = Options.parse({"temperature": 0, "num_predict": -1, "stop": "\n", "mirostat": 2})
+    assert o.to_dict() == {"temperature": 0.0, "num_predict": -1, "stop": ["\n"], "mirostat": 2}
+    assert o.openai_params() == {"temperature": 0.0, "stop": ["\n"]}, "-1 (no limit) sends no max_tokens"
+    assert Options.parse(o) is o and Options.parse(None) is None
+    assert Options.merge(DET, {"num_predict": 5}).to_dict() == {**DET, "num_predict": 5}
+    import ollama  # ollama-python's own typed options are accepted as they are
+    assert Options.parse(ollama.Options(temperature=0.5, seed=3)).to_dict() == {"temperature": 0.5, "seed": 3}
+    from helpers.serving.engine import GenOptions  # and the engine reads ours
+    g = GenOptions.parse(Options(temperature=0.2, num_predict=9, stop="END"))
+    assert (g.temperature, g.num_predict, g.stop) == (0.2, 9, ["END"])
+
+
+def _json_answer(backend, model=BUNDLED):
+    messages = [{"role": "user", "content": "Give the capital of France as JSON with the key city."}]
+    r = backend.complete(model, messages, options={**DET, "num_predict": 40}, format="json")
+    assert r.done and r.metrics.output_tokens > 0 and r.metrics.ttft_s == r.metrics.total_s
+    return r
+
+
+def test_complete_is_one_non_streaming_json_call_on_every_backend(embedded, ollama_host):
+    """`complete` with format="json" gives text that parses as JSON on all three engines (the bundled
+    model alone would often not), cut short only by num_predict."""
+    for backend in (embedded, OllamaBackend(ollama_host), OpenAIBackend(f"{ollama_host}/v1")):
+        r = _json_answer(backend)
+        assert r.backend == backend.name
+        if r.done_reason == "stop":
+            json.loads(r.text)
+        else:  # a JSON value still open at the token limit: valid JSON so far
+            assert r.done_reason == "length" and r.text.lstrip().startswith("{")
+    plain = embedded.complete(BUNDLED, [{"role": "user", "content": "Say hello."}], options=DET)
+    assert plain.text == embedded.chat(BUNDLED, [{"role": "user", "content": "Say hello."}], options=DET).text
+
+
+def test_complete_follows_a_json_schema_on_every_backend(embedded, ollama_host):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+              "required": ["city"]}
+    messages = [{"role": "user", "content": "Which city is the capital of France? Answer as JSON."}]
+    for backend in (embedded, OllamaBackend(ollama_host), OpenAIBackend(f"{ollama_host}/v1")):
+        r = backend.complete(BUNDLED, messages, options={**DET, "num_predict": 40}, format=schema)
+        answer = json.loads(r.text)
+        assert set(answer) == {"city"} and isinstance(answer["city"], str) and len(answer["city"]) <= 20
+
+
+def test_capabilities_unload_and_model_size_are_declared_not_guessed(embedded, ollama_host):
+    server, api = OllamaBackend(ollama_host), OpenAIBackend(f"{ollama_host}/v1")
+    assert {"pull", "show", "ps"} <= server.capabilities and not api.capabilities
+    assert "pull" not in embedded.capabilities
+    size = embedded.model_size(BUNDLED)
+    assert size > 50e6 and server.model_size(BUNDLED) == size, "one GGUF file behind both"
+    assert api.model_size(BUNDLED) is None and api.unload(BUNDLED) is False
+    server.generate(BUNDLED, "Hi", options={"num_predict": 2})
+    assert BUNDLED in [m.model for m in server.ps().models]
+    assert server.unload(BUNDLED) is True and BUNDLED not in [m.model for m in server.ps().models]
 
 
 def test_unknown_model_names_the_next_step(embedded):

@@ -1,6 +1,10 @@
 """Hardware helpers: a real (small) bandwidth measurement, the decode ceiling, the machine summary."""
 from __future__ import annotations
 
+import os
+import shutil
+
+import psutil
 import pytest
 
 from helpers.errors import BadInput
@@ -35,12 +39,44 @@ def test_decode_ceiling_rejects_bad_input(size, bw):
         decode_ceiling_tps(size, bw)
 
 
-def test_machine_summary_fields():
-    info = machine_summary()
+def test_machine_summary_fields(tmp_path):
+    info = machine_summary(cgroup_root=tmp_path)  # an empty cgroup tree: no container limit
     for key in ("cpu", "cores_physical", "cores_logical", "cores_usable", "ram_total_gb",
                 "ram_available_gb", "disk_free_gb", "os", "python"):
         assert key in info
     assert info["cores_logical"] >= 1 and info["cores_usable"] >= 1
     assert 0 < info["ram_available_gb"] <= info["ram_total_gb"]
-    assert info["disk_free_gb"] >= 0
+    assert info["ram_total_gb"] == round(psutil.virtual_memory().total / 1e9, 1)
+    assert not info["ram_container_limited"]
+    # the free space of the disk the course runs from, as the OS reports it (give or take writes)
+    assert info["disk_free_gb"] == pytest.approx(shutil.disk_usage(os.getcwd()).free / 1e9, abs=0.5)
     assert isinstance(info["cpu"], str) and info["cpu"]
+
+
+@pytest.mark.parametrize("files, limited", [
+    ({"memory.max": "536870912\n"}, True),                        # cgroup v2 (Binder, Docker): 512 MiB
+    ({"memory/memory.limit_in_bytes": "536870912\n"}, True),      # cgroup v1
+    ({"memory.max": "max\n"}, False),                             # v2 without a limit
+    ({"memory/memory.limit_in_bytes": "9223372036854771712"}, False),  # v1 "unlimited": above the host
+])
+def test_machine_summary_honours_a_container_memory_limit(tmp_path, files, limited):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    info = machine_summary(cgroup_root=tmp_path)
+    assert info["ram_container_limited"] is limited
+    host = round(psutil.virtual_memory().total / 1e9, 1)
+    if limited:
+        assert info["ram_total_gb"] == 0.5 and info["ram_available_gb"] <= 0.5 < host
+    else:
+        assert info["ram_total_gb"] == host
+
+
+def test_doctor_reports_the_machine_as_machine_summary_does():
+    from helpers.doctor import _machine
+
+    machine, *fits = _machine()
+    info = machine_summary()
+    assert machine.detail.startswith(f"{info['ram_total_gb']:.1f} GB RAM")
+    assert f"({info['ram_available_gb']:.1f} GB available)" in machine.detail
+    assert [f.name for f in fits] == ["fits", "fits, current models"]

@@ -14,13 +14,30 @@ from helpers.cost import LocalAssumptions, api_price
 from helpers.errors import BackendUnavailable, BadInput, ModelNotFound
 from helpers.evals import EvalRecord, ModelJudge, humaneval_tasks, open_prompts, parse_judge, wilson_interval
 from helpers.quality import (
-    LargeChoice, choose_judge, choose_large, code_failure, explanation_words, is_bare_answer, latest_run,
-    load_run, operating_point, out_of_fold_scores, paired_counts, paired_frame, per_query_costs,
-    quality_curves, router_table, run_file, run_paired, sample_by_category, save_run, share_for_quality,
+    LargeChoice,
+    choose_judge,
+    choose_large,
+    code_failure,
+    explanation_words,
+    is_bare_answer,
+    latest_run,
+    load_run,
+    operating_point,
+    out_of_fold_scores,
+    paired_counts,
+    paired_frame,
+    per_query_costs,
+    quality_curves,
+    router_table,
+    run_file,
+    run_paired,
+    sample_by_category,
+    save_run,
+    share_for_quality,
     tier_accuracy,
 )
 from helpers.results import Result
-from helpers.routing import curve
+from helpers.routing import apgr, cpt
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 
@@ -109,13 +126,11 @@ def test_sample_by_category_covers_categories_first():
     assert len(sample_by_category(tasks, 1000)) == len(tasks)
 
 
-def test_quality_curves_match_routing_curve_and_survive_a_zero_gap():
+def test_router_table_agrees_with_routing_metrics_and_survives_a_zero_gap():
     df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
-    ref = curve(Q_SMALL, Q_LARGE, SCORES)
-    assert df[df.router == "router"]["pgr"].tolist() == pytest.approx(ref["pgr"].tolist())
-    assert df[df.router == "oracle"]["pgr"].tolist() == pytest.approx(ref["oracle_pgr"].tolist())
-    assert df[df.router == "random"]["quality"].tolist() == pytest.approx(ref["random_quality"].tolist())
     table = router_table(df, share=0.2, cost_small=0.0, cost_large=1.0)
+    assert table.loc["router", "APGR"] == pytest.approx(apgr(Q_SMALL, Q_LARGE, SCORES))
+    assert table.loc["router", "CPT(80%)"] == pytest.approx(cpt(Q_SMALL, Q_LARGE, SCORES, 0.8))
     assert table.loc["router", "APGR"] == pytest.approx(0.65)
     assert table.loc["router", "CPT(50%)"] == pytest.approx(0.30)
     assert table.loc["router", "CPT(80%)"] == pytest.approx(0.62)

@@ -15,9 +15,29 @@ from helpers.errors import BackendUnavailable, BadInput, MissingKey
 from helpers.evals import open_prompts, score_number
 from helpers.results import Metrics, Result
 from helpers.routing import (
-    SHARES, Decision, FallbackWarning, LearnedRouter, RoutingExample, apgr, basic_check, cascade,
-    cost_saved, cpt, curve, decisions_frame, explain, heuristic_scores, is_simple_task,
-    measure_overhead, oracle_router, pgr, quality_at_share, random_router, smart_routing,
+    SHARES,
+    Decision,
+    FallbackWarning,
+    LearnedRouter,
+    RoutingExample,
+    apgr,
+    area_under,
+    basic_check,
+    cascade,
+    cost_saved,
+    cpt,
+    decisions_frame,
+    explain,
+    first_crossing,
+    heuristic_scores,
+    is_simple_task,
+    measure_overhead,
+    oracle_router,
+    pgr,
+    quality_at_share,
+    quality_curves,
+    random_router,
+    smart_routing,
     task_features,
 )
 
@@ -96,15 +116,29 @@ def test_oracle_beats_the_large_model_when_small_wins_sometimes():
     assert cpt(q_small, q_large, scores, 0.5) == pytest.approx(0.05)
 
 
-def test_curve_has_router_random_and_oracle_columns():
-    df = curve(Q_SMALL, Q_LARGE, SCORES)
-    assert list(df.columns) == ["share", "quality", "pgr", "random_quality", "random_pgr",
-                                "oracle_quality", "oracle_pgr"]
-    assert len(df) == 11
-    assert df["pgr"].tolist() == pytest.approx([0, .25, .25, .5, .5, .75, .75, 1, 1, 1, 1])
-    assert df["random_pgr"].tolist() == pytest.approx(SHARES.tolist())
+def test_quality_curves_has_the_router_random_and_oracle():
+    df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
+    assert list(df.columns) == ["router", "share", "quality", "pgr"]
+    assert df["router"].unique().tolist() == ["router", "random", "oracle"] and len(df) == 33
+    by = {name: d for name, d in df.groupby("router")}
+    assert by["router"]["pgr"].tolist() == pytest.approx([0, .25, .25, .5, .5, .75, .75, 1, 1, 1, 1])
+    assert by["random"]["pgr"].tolist() == pytest.approx(SHARES.tolist())
     # the oracle fixes the 4 gap prompts first: PGR 0, .25, .5, .75, 1, then stays at 1
-    assert df["oracle_pgr"].tolist() == pytest.approx([0, .25, .5, .75, 1, 1, 1, 1, 1, 1, 1])
+    assert by["oracle"]["pgr"].tolist() == pytest.approx([0, .25, .5, .75, 1, 1, 1, 1, 1, 1, 1])
+    assert by["router"]["quality"].tolist() == pytest.approx(0.5 + 0.4 * by["router"]["pgr"])
+    only = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES}, baselines=False)
+    assert only["router"].unique().tolist() == ["router"]
+
+
+def test_apgr_and_cpt_read_the_curve_through_area_under_and_first_crossing():
+    d = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES}, baselines=False)
+    x, p = d["share"].to_numpy(), d["pgr"].to_numpy()
+    assert apgr(Q_SMALL, Q_LARGE, SCORES) == pytest.approx(area_under(x, p)) == pytest.approx(0.65)
+    assert cpt(Q_SMALL, Q_LARGE, SCORES, 0.8) == pytest.approx(first_crossing(x, p, 0.8)) == pytest.approx(0.62)
+    assert area_under([0, 0.5, 1], [0, 1, 1]) == pytest.approx(0.75)
+    assert first_crossing([0, 0.5, 1], [0, 0.4, 1], 0.7) == pytest.approx(0.75)
+    assert np.isnan(first_crossing([0, 1], [0.2, 0.3], 0.9))  # never reached
+    assert np.isnan(first_crossing([0, 1], [float("nan"), 1.0], 0.5))  # no quality gap: no PGR
 
 
 def test_metrics_refuse_bad_input():

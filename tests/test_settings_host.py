@@ -148,3 +148,15 @@ def test_messages_never_show_a_url_password(ollama_host, capsys, monkeypatch):
     assert f"Ollama is not answering at http://ana:***@{down}" in out
     assert f"http://ana:***@{down}" in str(ollama_error.value)
     assert f"http://bob:***@{down}/v1" in str(openai_error.value) and "bob:***@" in out
+
+
+def test_the_doctor_never_prints_a_password_from_ollama_host():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**__import__("os").environ, "OLLAMA_HOST": f"http://ada:s3cr3t-pw@127.0.0.1:{free_port()}"}
+    done = subprocess.run([sys.executable, "-m", "helpers.cli", "doctor", "--skip-model"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert "127.0.0.1" in done.stdout and "s3cr3t-pw" not in done.stdout + done.stderr
