@@ -7,19 +7,15 @@ environment of this process). Set SLM_TEST_OLLAMA_HOST to run everything against
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from helpers.serving.launcher import start_server  # noqa: F401  (tests import it from here)
-from helpers.serving.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
 from helpers.net import free_loopback_port as free_port  # noqa: F401  (tests import it from here)
 from helpers.registry import BUNDLED_MODEL as BUNDLED  # noqa: F401  (tests import it from here)
+from helpers.serving.launcher import start_server  # noqa: F401  (tests import it from here)
+from helpers.serving.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent
 

@@ -24,13 +24,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers.net import free_loopback_port as free_port  # noqa: E402
-from helpers.serving import start_server, stop_server  # noqa: E402
 from helpers.backends import EmbeddedBackend, OllamaBackend  # noqa: E402
-from helpers.bench import (check_latency_claim, ceiling_table, cold_vs_warm, model_size_bytes,  # noqa: E402
-                           run_bench, save_csv, summarise)
+from helpers.bench import (  # noqa: E402
+    ceiling_table,
+    check_latency_claim,
+    cold_vs_warm,
+    model_size_bytes,
+    run_bench,
+    save_csv,
+    summarise,
+)
 from helpers.hardware import measure_memory_bandwidth  # noqa: E402
+from helpers.net import free_loopback_port as free_port  # noqa: E402
 from helpers.registry import BUNDLED_MODEL  # noqa: E402
+from helpers.serving import start_server, stop_server  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
 
@@ -106,7 +113,8 @@ def print_fidelity(rows: list[dict], label: str) -> None:
     print(f"llama.cpp decode + sampling             {med(r['eval_sample_tps'] for r in rows):8.2f}  "
           f"kit differs by {med(vs_both):+.2%} (range {min(vs_both):+.2%} .. {max(vs_both):+.2%}; target within 3%)")
     print(f"per token: kit {med(r['kit_ms_per_token'] for r in rows):.3f} ms = decode "
-          f"{med(r['eval_ms_per_token'] for r in rows):.3f} + sampling {med(r['sample_ms_per_token'] for r in rows):.3f} "
+          f"{med(r['eval_ms_per_token'] for r in rows):.3f} + sampling "
+          f"{med(r['sample_ms_per_token'] for r in rows):.3f} "
           f"+ rest (Python, detokenising, the consumer) ms")
 
 

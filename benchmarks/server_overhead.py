@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers.net import free_loopback_port as free_port  # noqa: E402
+from helpers.registry import BUNDLED_MODEL as MODEL  # noqa: E402
 from helpers.serving import start_server, stop_server  # noqa: E402
 from helpers.serving.engine import get_engine  # noqa: E402
-from helpers.registry import BUNDLED_MODEL as MODEL  # noqa: E402
 
 PROMPT = "Write a short paragraph about the history of the bicycle."
 RESULTS = ROOT / "benchmarks" / "results"

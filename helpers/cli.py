@@ -14,7 +14,6 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .serving.server import serve
-
     from .settings import get_settings
 
     key = args.api_key or get_settings().serve_api_key
@@ -42,8 +41,8 @@ def _pull_one(tag: str, source: str | None) -> None:
     import psutil
     from tqdm.auto import tqdm
 
-    from .serving import weights
     from .registry import card
+    from .serving import weights
 
     s = weights.spec(tag)
     path = weights.installed_path(s)

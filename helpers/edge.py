@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import BadInput, CourseError
+from .hardware import GB  # decimal units, as model downloads and RAM budgets are quoted
 from .registry import BUNDLED_MODEL
 
 MB = 1e6
-GB = 1e9  # decimal units, as model downloads and RAM budgets are quoted here
 
 LLAMA_CPP_TABLE = ("llama.cpp tools/quantize/README.md, table for meta-llama/Llama-3.1-8B "
                    "(github.com/ggml-org/llama.cpp, read 2026-11-27)")

@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound, pull_hint
 from .net import is_loopback_host
+from .options import check_int
 from .results import percentile
 from .settings import get_settings, normalise_host
 
@@ -182,16 +183,6 @@ class LoadResult:
 
 
 # --------------------------------------------------------------------------- checks
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int, hint: str) -> int:
-    if not _is_int(value) or not lo <= value <= hi:
-        raise BadInput(f"{name} must be an integer from {lo} to {hi}, got {value!r}", hint)
-    return value
-
-
 def _check_seconds(name: str, value: Any, hint: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or value != value or value == float("inf"):
@@ -302,13 +293,13 @@ def _validate(model: Any, concurrency: Any, requests_per_client: Any, prompt: An
     if not isinstance(model, str) or not model.strip():
         raise BadInput(f"model must be a model name like 'smollm2:135m', got {model!r}",
                        "list the server's models with `ollama list`")
-    _check_int("concurrency", concurrency, 1, MAX_CONCURRENCY,
+    check_int("concurrency", concurrency, 1, MAX_CONCURRENCY,
                "concurrency is the number of students asking at the same time, e.g. 1, 2, 4, 8")
-    _check_int("requests_per_client", requests_per_client, 1, MAX_REQUESTS_PER_CLIENT,
+    check_int("requests_per_client", requests_per_client, 1, MAX_REQUESTS_PER_CLIENT,
                "a few requests per student (2-5) are enough for stable percentiles")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadInput("prompt must be a non-empty string", "pass the question each student sends")
-    _check_int("num_predict", num_predict, 1, MAX_NUM_PREDICT,
+    check_int("num_predict", num_predict, 1, MAX_NUM_PREDICT,
                "num_predict caps the answer length in tokens, e.g. 64")
     _check_seconds("timeout_s", timeout_s, "the longest one request may take, e.g. 120")
     _check_seconds("max_duration_s", max_duration_s, "the longest the whole run may take, e.g. 300")
@@ -467,7 +458,7 @@ def sweep(host: str | None, model: str, levels: Sequence[int] = (1, 2, 4, 8), *,
         raise BadInput(f"levels must be a list of student counts like (1, 2, 4, 8), got {levels!r}",
                        "pass levels=(1, 2, 4, 8)")
     for n in levels:
-        _check_int("each level", n, 1, MAX_CONCURRENCY, "levels are numbers of students, e.g. 1, 2, 4, 8")
+        check_int("each level", n, 1, MAX_CONCURRENCY, "levels are numbers of students, e.g. 1, 2, 4, 8")
     levels = sorted(set(levels))
     if timeout_s is None:
         timeout_s = get_settings().timeout

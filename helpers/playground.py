@@ -314,8 +314,8 @@ def explorer_from_records(small_records: Sequence[Any], large_records: Sequence[
     if not pairs:
         raise BadInput("no task was scored in both runs", "run both tiers on the same checkable tasks")
     return ThresholdExplorer(
-        [float(s.correct) for s, _ in pairs], [float(l.correct) for _, l in pairs],
+        [float(s.correct) for s, _ in pairs], [float(big.correct) for _, big in pairs],
         heuristic_scores([s.prompt for s, _ in pairs]),
         [(s.prompt_tokens + s.output_tokens) * small_usd_per_mtok / 1e6 for s, _ in pairs],
-        [query_cost_api(price, l.prompt_tokens, l.output_tokens) for _, l in pairs],
+        [query_cost_api(price, big.prompt_tokens, big.output_tokens) for _, big in pairs],
         score_name="complexity signals", threshold=1)

@@ -118,10 +118,12 @@ def published_figures() -> PublishedFigures:
     figures = (
         PublishedFigure("gsm8k", "APGR", 0.5, "random",
                         f"definition of APGR (arXiv 2406.18665); {_EVAL_CODE} averages 10 random runs",
-                        "a random router recovers, in expectation, the share of the gap equal to its share of strong calls"),
+                        "a random router recovers, in expectation, the share of the gap equal to its "
+                        "share of strong calls"),
         PublishedFigure("mmlu", "APGR", 0.5, "random",
                         f"definition of APGR (arXiv 2406.18665); {_EVAL_CODE} averages 10 random runs",
-                        "a random router recovers, in expectation, the share of the gap equal to its share of strong calls"),
+                        "a random router recovers, in expectation, the share of the gap equal to its "
+                        "share of strong calls"),
         PublishedFigure("mmlu", "cost reduction vs random (same performance, 'up to')", 0.30, "best of 4 routers",
                         _BLOG, "cost reductions of up to 70% on MT Bench, 30% on MMLU, and 40% on GSM8K for the "
                                "same performance relative to a random baseline"),
@@ -177,7 +179,8 @@ def out_of_fold_router_scores(df: pd.DataFrame, *, folds: int = 5, seed: int = 0
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(tokens, y, groups=prompts):
         vectoriser = TfidfVectorizer(analyzer=_identity, sublinear_tf=True, min_df=2, dtype=np.float32)
-        x_train = vectoriser.fit_transform([tokens[i] for i in train])  # vocabulary and IDF from the training folds only
+        # vocabulary and IDF from the training folds only
+        x_train = vectoriser.fit_transform([tokens[i] for i in train])
         model = LogisticRegression(C=1.0, solver="saga", tol=1e-3, max_iter=1000, random_state=seed)
         model.fit(x_train, y[train])
         scores[test] = model.predict_proba(vectoriser.transform([tokens[i] for i in test]))[:, 1]

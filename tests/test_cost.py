@@ -10,9 +10,20 @@ import pytest
 matplotlib.use("Agg")
 
 from helpers.cost import (  # noqa: E402
-    HOURS_PER_YEAR, ApiPrice, LocalAssumptions, LocalRun, api_price, break_even, break_even_queries,
-    local_cost_per_mtok, million_queries_table, monthly_cost_curves, plot_break_even, prices_data_info,
-    query_cost_api, sensitivity,
+    HOURS_PER_YEAR,
+    ApiPrice,
+    LocalAssumptions,
+    LocalRun,
+    api_price,
+    break_even,
+    break_even_queries,
+    local_cost_per_mtok,
+    million_queries_table,
+    monthly_cost_curves,
+    plot_break_even,
+    prices_data_info,
+    query_cost_api,
+    sensitivity,
 )
 from helpers.errors import BadInput  # noqa: E402
 

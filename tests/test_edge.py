@@ -8,9 +8,22 @@ import time
 import pytest
 
 from helpers.edge import (
-    DEVICES, GB, MODEL_SHAPES, ModelShape, bits_per_weight, estimate_memory, fit_table,
-    kv_cache_bytes, largest_context, measure_rss, measure_speed, model_path, model_shape,
-    read_gguf, shape_from_metadata, weights_bytes,
+    DEVICES,
+    GB,
+    MODEL_SHAPES,
+    ModelShape,
+    bits_per_weight,
+    estimate_memory,
+    fit_table,
+    kv_cache_bytes,
+    largest_context,
+    measure_rss,
+    measure_speed,
+    model_path,
+    model_shape,
+    read_gguf,
+    shape_from_metadata,
+    weights_bytes,
 )
 from helpers.errors import BackendUnavailable, BadInput
 from helpers.net import free_loopback_port

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from helpers.serving import engine_build
 from helpers.doctor import _bundled, _engine_build
+from helpers.serving import engine_build
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 

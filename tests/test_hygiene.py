@@ -7,8 +7,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from helpers.errors import BadInput
 from helpers.authoring.nbhygiene import check_notebook, main, notebooks_in, strip_notebook
+from helpers.errors import BadInput
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 

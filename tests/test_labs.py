@@ -9,9 +9,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from helpers.authoring import labs
-from helpers.errors import BadInput
 from helpers.authoring.labs import check_labs, generate_labs, render_lab
 from helpers.authoring.nbhygiene import check_notebook
+from helpers.errors import BadInput
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 

@@ -19,7 +19,14 @@ matplotlib.use("Agg")
 
 from helpers.errors import BackendUnavailable, BadInput, ModelNotFound  # noqa: E402
 from helpers.loadgen import (  # noqa: E402
-    CANCELLED, NOT_STARTED, OK, SWEEP_COLUMNS, check_target, plot_sweep, run_load, sizing_advice,
+    CANCELLED,
+    NOT_STARTED,
+    OK,
+    SWEEP_COLUMNS,
+    check_target,
+    plot_sweep,
+    run_load,
+    sizing_advice,
     sweep,
 )
 

@@ -21,8 +21,7 @@ from helpers.dashboard import Dashboard, HybridApp, mixed_tasks, price_for, samp
 from helpers.errors import BadInput
 from helpers.evals import EvalRecord
 from helpers.net import free_loopback_port
-from helpers.playground import (Playground, ThresholdExplorer, explorer_from_records,
-                                tradeoff_point)
+from helpers.playground import Playground, ThresholdExplorer, explorer_from_records, tradeoff_point
 from helpers.results import Metrics, Result
 from helpers.routing import FallbackWarning, is_simple_task
 

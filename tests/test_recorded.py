@@ -14,8 +14,20 @@ import pytest
 
 from helpers.errors import BadInput
 from helpers.recorded import (
-    BENCHMARKS, DATA_DIR, HEURISTIC, LEARNED, LENGTH, ORACLE, PRICES_AS_OF, RANDOM, article_claim_at_share,
-    evaluate_routers, length_scores, load_routellm, out_of_fold_router_scores, published_figures,
+    BENCHMARKS,
+    DATA_DIR,
+    HEURISTIC,
+    LEARNED,
+    LENGTH,
+    ORACLE,
+    PRICES_AS_OF,
+    RANDOM,
+    article_claim_at_share,
+    evaluate_routers,
+    length_scores,
+    load_routellm,
+    out_of_fold_router_scores,
+    published_figures,
 )
 from helpers.routing import apgr, cost_saved, cpt, oracle_router, pgr, quality_at_share
 

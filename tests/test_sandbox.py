@@ -69,7 +69,9 @@ def run_in(mode, code, timeout_s=5.0, memory_mb=256, max_file_mb=16):
                                  stderr=text, returncode=proc.returncode, timed_out=timed_out,
                                  duration_s=time.perf_counter() - t0, isolation="none")
 '''
-exec(_RUNNER)  # defines run_in
+_RUNNER_NAMES: dict = {}
+exec(_RUNNER, _RUNNER_NAMES)  # the same source runs in the caller process (see _CALLER)
+run_in = _RUNNER_NAMES["run_in"]
 
 
 @pytest.fixture(params=MODES)

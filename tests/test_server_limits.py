@@ -25,8 +25,7 @@ import pytest
 from conftest import BUNDLED, ROOT, free_port, start_server, stop_server
 from helpers.errors import BadInput
 from helpers.registry import card
-from helpers.serving.server import (MAX_BODY_BYTES, MAX_EMBED_INPUTS, MAX_JSON_DEPTH, MAX_JSON_VALUES,
-                            create_app)
+from helpers.serving.server import MAX_BODY_BYTES, MAX_EMBED_INPUTS, MAX_JSON_DEPTH, MAX_JSON_VALUES, create_app
 
 TEN_MB_PROMPT = "word " * (2 * 2**20)
 #: ~150 tokens each: 256 of them keep the embedder busy for many seconds on one thread

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from helpers.serving import weights
 from helpers.errors import Cancelled, CourseError, ModelNotFound
 from helpers.registry import MODELS, OFFLINE_MODELS, PREFERENCE, bundled_model_path, bundled_models, card
+from helpers.serving import weights
 from helpers.serving.weights import INSTALLABLE, Part, WeightsSpec
 
 QWEN = weights.DEFAULT_TAG  # qwen2.5-coder:0.5b

@@ -112,8 +112,9 @@ def start_server(port: int, *extra: str, host: str = "127.0.0.1", log: Path | No
     if state != "ready":
         stop(proc)
         where = f" (log: {log})" if log else ""
-        raise BackendUnavailable(f"`slm-course serve` on port {port} {'exited' if state == 'exited' else 'did not answer'}"
-                                 f"{where}", "see the log; is the port free and the kit installed?")
+        what = "exited" if state == "exited" else "did not answer"
+        raise BackendUnavailable(f"`slm-course serve` on port {port} {what}{where}",
+                                 "see the log; is the port free and the kit installed?")
     return proc
 
 

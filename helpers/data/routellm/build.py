@@ -46,7 +46,8 @@ def write(name: str, header: list[str], rows: list[list]) -> None:
 
 def main(repo: str, commit: str = "HEAD") -> None:
     csv.field_size_limit(1 << 30)
-    files = subprocess.run(["git", "-C", repo, "ls-tree", "-r", "--name-only", commit, "routellm/evals/mmlu/responses/"],
+    files = subprocess.run(["git", "-C", repo, "ls-tree", "-r", "--name-only", commit,
+                            "routellm/evals/mmlu/responses/"],
                            check=True, capture_output=True, text=True).stdout.split()
 
     gsm_bad = contaminated(repo, commit, "gsm8k")
