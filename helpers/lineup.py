@@ -393,13 +393,13 @@ def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
     else:
         lo, hi = params.min(), params.max()
         span = f"{lo:g}B" if lo == hi else f"{lo:g}B-{hi:g}B"
-        # 7.5B still counts as the article's "7B" (Mistral 7B has 7.2B); say which way a model is out.
+        # the article's range for small models is "1B-13B"; say which way a model is out
         below = ", ".join(f"{p:g}B" for p in sorted(params) if p < 1)
-        above = ", ".join(f"{p:g}B" for p in sorted(params) if p > 7.5)
+        above = ", ".join(f"{p:g}B" for p in sorted(params) if p > 13)
         outside = ([f"{below} smaller: small models have shrunk since"] if below else []) + (
             [f"{above} larger than the article's 'small' range"] if above else [])
         rows.append(("parameters", f"{span} (from the server / registry)",
-                     "outside 1-7B: " + "; ".join(outside) if outside else "within 1-7B",
+                     "outside 1B-13B: " + "; ".join(outside) if outside else "within 1B-13B",
                      "the article's range is an example, not a limit"))
     rows.append(("cost per 1M tokens", "no bill: nothing was sent to a paid API",
                  "cannot check here", "$0 per token, but electricity and hardware cost: lesson 04"))

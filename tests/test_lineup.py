@@ -160,13 +160,15 @@ def test_revisit_claims_verdicts_follow_the_numbers():
     assert list(fast.index) == list(SOURCE_TABLE.index)
     assert fast.loc["speed", "verdict"].startswith("confirmed for the first token")
     assert "120-300 ms" in fast.loc["speed", "measured here"]
-    assert fast.loc["parameters", "verdict"] == "within 1-7B"
+    assert fast.loc["parameters", "verdict"] == "within 1B-13B"  # the article: "1B-13B (Phi-3, Gemma)"
     assert fast.loc["parameters", "measured here"].startswith("3.8B-7.2B")
     assert fast.loc["privacy", "verdict"].startswith("confirmed")
     assert fast.loc["cost per 1M tokens", "verdict"] == "cannot check here"
     slow = revisit_claims(_summary([900], [0.135]), "http://gpu-box.example.org:11434")
     assert slow.loc["speed", "verdict"].startswith("not confirmed")
-    assert slow.loc["parameters", "verdict"].startswith("outside")
+    assert slow.loc["parameters", "verdict"].startswith("outside 1B-13B: 0.135B smaller")
+    big = revisit_claims(_summary([300], [8.5, 14.0]), "http://127.0.0.1:11434")
+    assert big.loc["parameters", "verdict"] == "outside 1B-13B: 14B larger than the article's 'small' range"
     assert slow.loc["privacy", "verdict"].startswith("not on this machine")
     with pytest.raises(BadInput):
         revisit_claims(pd.DataFrame(), "http://127.0.0.1:11434")
