@@ -44,6 +44,7 @@ test: install
 
 # The fast loop while developing: unit and server tests, no notebooks, no browser.
 check: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -m "not notebooks and not browser" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 labs: install

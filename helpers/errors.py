@@ -3,7 +3,13 @@ from __future__ import annotations
 
 
 class CourseError(Exception):
-    """A problem a learner can fix. ``hint`` says what to do next."""
+    """A problem a learner can fix. ``hint`` says what to do next.
+
+    ``status`` is the HTTP status the error stands for, one mapping for both directions: the
+    course's server answers with it, and a client maps a status back with `error_for_status`.
+    """
+
+    status = 400
 
     def __init__(self, message: str, hint: str = "") -> None:
         self.message = message
@@ -14,13 +20,19 @@ class CourseError(Exception):
 class BackendUnavailable(CourseError):
     """The server (Ollama or an OpenAI-compatible endpoint) did not answer."""
 
+    status = 503
+
 
 class ModelNotFound(CourseError):
     """The model is not pulled / not known to the backend."""
 
+    status = 404
+
 
 class MissingKey(CourseError):
     """An API key is required but not set."""
+
+    status = 401
 
 
 class BadInput(CourseError, ValueError):
@@ -29,6 +41,14 @@ class BadInput(CourseError, ValueError):
 
 class Cancelled(CourseError):
     """The work was stopped on purpose (the client went away, the server is shutting down)."""
+
+    status = 503
+
+
+def error_for_status(status: int) -> type[CourseError]:
+    """The error class for an HTTP status (the inverse of each class's ``status``)."""
+    return {404: ModelNotFound, 401: MissingKey, 403: MissingKey, 503: BackendUnavailable}.get(
+        status, BadInput if 400 <= status < 500 else CourseError)
 
 
 INSTALL_OLLAMA = (

@@ -232,6 +232,35 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine):
     assert longer  # the multi-turn request itself answered
 
 
+def test_greedy_answers_of_long_conversations_do_not_depend_on_the_cache(engine):
+    """Past one n_batch chunk (512 tokens) the engine reuses whole cached chunks: the answer must
+    still be the one a cold model gives, with the cache holding this conversation, a longer
+    one sharing its start, or another prompt."""
+    from helpers.registry import BUNDLED_MODEL as M
+
+    history = [{"role": "user", "content": "Tell me about lighthouses. " * 60},
+               {"role": "assistant", "content": "Lighthouses guide ships at night. " * 40}]
+    opts = {"temperature": 0, "seed": 3, "num_predict": 24, "num_ctx": 4096}
+
+    def answer(question):
+        msgs = history + [{"role": "user", "content": question}]
+        return "".join(c.text for c in engine.stream(M, messages=msgs, options=opts))
+
+    engine.unload(M)
+    cold = answer("Why are they tall?")
+    loaded = {m.name: m for m in engine.loaded()}[M]
+    assert loaded.canonical >= 512, "the prompt is longer than one chunk"
+    warm = answer("Why are they tall?")
+    other = answer("Who keeps them?")  # shares the long start, another ending
+    again = answer("Why are they tall?")
+    "".join(c.text for c in engine.stream(M, prompt="Cats", options={"num_predict": 4, "num_ctx": 4096}))
+    after_random = answer("Why are they tall?")
+    engine.unload(M)
+    other_cold = answer("Who keeps them?")
+    assert cold and cold == warm == again == after_random, (cold, warm, again, after_random)
+    assert other == other_cold, (other, other_cold)
+
+
 def test_an_embedding_input_longer_than_the_context_is_bad_input(engine):
     from helpers.registry import BUNDLED_MODEL
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -155,6 +156,7 @@ class LoadedModel:
     users: int = 0  # requests holding the model (guarded by the engine's registry lock)
     retired: bool = False  # out of the registry: freed when the last user lets go
     closing: bool = False  # claimed for freeing (exactly one caller frees it)
+    canonical: int = 0  # cached prompt tokens evaluated in whole chunks from position 0
 
 
 @dataclass
@@ -420,8 +422,9 @@ class Engine:
 
     # ----- prompts ------------------------------------------------------------
     @staticmethod
-    def _format_chat(llm: Any, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
-        """Apply the model's own chat template (from the GGUF metadata)."""
+    def _format_chat(llm: Any, messages: list[dict[str, Any]],
+                     tools: list[dict] | None = None) -> tuple[str, list[str]]:
+        """Apply the model's own chat template (from the GGUF metadata), with `tools` if given."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = llm.metadata.get("tokenizer.chat_template")
@@ -431,7 +434,7 @@ class Engine:
         eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "ignore")
         bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "ignore")
         formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        result = formatter(messages=messages)
+        result = formatter(messages=messages, tools=tools) if tools else formatter(messages=messages)
         stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return result.prompt, stops
 
@@ -443,13 +446,19 @@ class Engine:
         clean = []
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-                    m.get("content", ""), str):
+                    m.get("content") or "", str):
                 raise BadInput(f"message {i} must have a string 'role' and 'content'",
                                'each message looks like {"role": "user", "content": "..."}')
             if m["role"] not in ("system", "user", "assistant", "tool"):
                 raise BadInput(f"message {i} has an unknown role {m['role']!r}",
-                               "use system, user or assistant")
-            clean.append({"role": m["role"], "content": m.get("content") or ""})
+                               "use system, user, assistant or tool")
+            item: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+            if m.get("tool_calls"):
+                item["tool_calls"] = _check_tool_calls(m["tool_calls"], i)
+            for key in ("tool_name", "name", "tool_call_id"):
+                if isinstance(m.get(key), str) and m[key]:
+                    item[key] = m[key]
+            clean.append(item)
         return clean
 
     @staticmethod
@@ -472,14 +481,47 @@ class Engine:
             raise BadInput(f"the prompt is {total:,} characters: more tokens than the context of "
                            f"{num_ctx} can hold", "shorten the prompt or raise options.num_ctx")
 
+    @staticmethod
+    def grammar_for(fmt: bool | dict | None) -> Any:
+        """The llama.cpp grammar for Ollama's `format`: None, JSON (True), or a JSON schema.
+
+        A string without `maxLength` gets MAX_SCHEMA_STRING characters at most: still valid for
+        the schema, and a small model that starts repeating inside a string stops there instead
+        of running into num_predict with the JSON left open (see bounded_schema).
+        """
+        if not fmt:
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+        if fmt is True:
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        if not isinstance(fmt, dict):
+            raise BadInput(f"format {fmt!r} is not supported", 'use "json" or a JSON schema (an object)')
+        import json as _json
+        try:
+            return LlamaGrammar.from_json_schema(_json.dumps(bounded_schema(fmt)), verbose=False)
+        except Exception as exc:
+            raise BadInput(f"the JSON schema in format cannot be compiled into a grammar: {exc}",
+                           "use object/array/string/number/integer/boolean/enum types with "
+                           "properties and required keys") from None
+
+    def capabilities(self, name: str) -> list[str]:
+        """Ollama's capability names for a model: completion, tools (from its template), embedding."""
+        with self.using(name) as (loaded, _):
+            tools = template_has_tools(loaded.llm)
+        return ["completion"] + (["tools"] if tools else []) + ["embedding"]
+
     # ----- generation ---------------------------------------------------------
     def stream(self, model: str, *, prompt: str | None = None,
                messages: list[dict[str, str]] | None = None, system: str | None = None,
-               options: Any = None, raw: bool = False, json_format: bool = False,
+               options: Any = None, raw: bool = False, json_format: bool | dict = False,
+               tools: list[dict] | None = None,
                keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
                cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """Generate from a prompt (completion) or messages (chat), yielding text pieces.
 
+        `json_format` True constrains the output to JSON, a dict to that JSON schema (a grammar,
+        as Ollama's `format`). `tools` are rendered through the model's template (a model whose
+        template has no tools section refuses them); `parse_tool_calls` reads the answer.
         Validation happens before the first chunk, so a bad request fails fast.
         """
         t_start = time.perf_counter_ns()
@@ -495,6 +537,10 @@ class Engine:
                 raise BadInput("prompt must be a string", 'pass e.g. "Why is the sky blue?"')
         else:
             raise BadInput("give a prompt or messages", "pass prompt=... or messages=[...]")
+        if tools is not None and (messages is None or not isinstance(tools, list)):
+            raise BadInput("tools go with chat messages, as a list",
+                           'pass tools=[{"type": "function", "function": {...}}] with messages')
+        grammar = self.grammar_for(json_format)  # a bad schema fails before any model work
         texts = [m["content"] for m in messages] if messages is not None else [prompt or ""]
         self.check_text(texts + ([system] if system else []), opts.num_ctx)
         # Prepare while holding the model, so it cannot be closed under the tokenizer; the
@@ -507,6 +553,12 @@ class Engine:
                 chat = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt or ""}]
                 text, template_stops = self._format_chat(llm, chat)
+            elif messages is not None and tools:
+                if not template_has_tools(llm):
+                    raise BadInput(f'"{model}" does not support tools',
+                                   "use a model whose chat template has tools (e.g. qwen2.5-coder:0.5b: "
+                                   "`slm-course pull qwen2.5-coder:0.5b`), or send no tools")
+                text, template_stops = self._format_chat(llm, messages, tools)
             elif messages is not None:
                 text, template_stops = self._format_chat(llm, messages)
             else:
@@ -523,10 +575,6 @@ class Engine:
                                total_duration=time.perf_counter_ns() - t_start)])
         budget = opts.num_ctx - len(tokens)
         limit = budget if opts.num_predict < 0 else min(opts.num_predict, budget)
-        grammar = None
-        if json_format:
-            from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         return self._held(model, load_ns, t_start, tokens, limit, opts, stops, grammar,
                           keep_alive_s, cancel)
 
@@ -569,6 +617,39 @@ class Engine:
         finally:
             gone.set()
 
+    @staticmethod
+    def _prompt_feed(loaded: LoadedModel, tokens: list[int], reproducible: bool) -> tuple[list[int], bool]:
+        """The prompt tokens to evaluate now, and whether llama-cpp may reuse a cached prefix.
+
+        On some CPUs llama.cpp's floating-point results depend on the batch shape, so a prompt
+        evaluated in other chunks can give another greedy answer. A reproducible request
+        (temperature 0 or a seed) therefore reuses only whole n_batch-sized chunks that were
+        themselves evaluated from position 0 (`loaded.canonical`), and evaluates the rest in the
+        same chunks a cold run would: cold, warm or after another prompt, the same arithmetic.
+        Other requests let llama-cpp reuse any cached prefix (fastest).
+        """
+        llm = loaded.llm
+        if not reproducible:
+            loaded.canonical = 0  # llama-cpp evaluates a suffix in chunks of its own choosing
+            return tokens, True
+        chunk = max(1, int(llm.n_batch))
+        keep = 0
+        if loaded.canonical:
+            cached = llm.input_ids[: llm.n_tokens]
+            same = 0
+            for a, b in zip(cached, tokens):
+                if a != b:
+                    break
+                same += 1
+            keep = min(same, loaded.canonical, len(tokens) - 1)
+            keep -= keep % chunk
+        loaded.canonical = len(tokens) - len(tokens) % chunk
+        if keep > 0 and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.n_tokens = keep
+            return tokens[keep:], False
+        llm.reset()
+        return tokens, True
+
     def _decode(self, loaded: LoadedModel, load_ns: int, t_start: int, tokens: list[int],
                 limit: int, opts: GenOptions, stops: list[str], grammar: Any,
                 stopped: Any) -> Iterator[Chunk]:
@@ -576,13 +657,11 @@ class Engine:
         eos = llm.token_eos()
         is_eog = getattr(llm._model, "token_is_eog", None) or (lambda t: t == eos)
         llm.set_seed(opts.seed if opts.seed is not None else int(time.time_ns() % (2**31)))
-        if opts.temperature == 0 or opts.seed is not None:
-            # reproducible requests: evaluate the whole prompt, never a cached prefix of it
-            # (the batch shape can change llama.cpp's floating-point results on some CPUs)
-            llm.reset()
-        gen = llm.generate(tokens, top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
+        feed, reset = self._prompt_feed(loaded, tokens,
+                                        opts.temperature == 0 or opts.seed is not None)
+        gen = llm.generate(feed, top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
                            temp=opts.temperature, repeat_penalty=opts.repeat_penalty,
-                           reset=True, grammar=grammar)
+                           reset=reset, grammar=grammar)
         t0 = time.perf_counter_ns()
         t_first = None
         count = 0
@@ -689,6 +768,116 @@ class Engine:
                 count += n
         return Embeddings(out, prompt_eval_count=count, load_duration=load_ns,
                           total_duration=time.perf_counter_ns() - t_start)
+
+
+#: characters at most in a schema string that sets no maxLength (see Engine.grammar_for)
+MAX_SCHEMA_STRING = 64
+
+
+def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
+    """A copy of a JSON schema where every string without maxLength has maxLength=`limit`.
+
+    Whatever matches the copy matches the original: the bound only narrows what the grammar lets
+    the model write. Strings with a format or pattern are left as they are.
+    """
+    if isinstance(schema, list):
+        return [bounded_schema(s, limit) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k in ("enum", "const", "default", "examples", "required") else
+               ({p: bounded_schema(x, limit) for p, x in v.items()} if k in ("properties", "$defs", "definitions")
+                and isinstance(v, dict) else bounded_schema(v, limit)))
+           for k, v in schema.items()}
+    types = out.get("type")
+    if (types == "string" or (isinstance(types, list) and "string" in types)) and \
+            "maxLength" not in out and "pattern" not in out and "format" not in out and "enum" not in out:
+        out["maxLength"] = max(limit, int(out.get("minLength", 0) or 0))
+    return out
+
+
+def template_has_tools(llm: Any) -> bool:
+    """Whether the model's chat template renders tools (as Ollama decides `tools` capability)."""
+    template = llm.metadata.get("tokenizer.chat_template") or ""
+    return re.search(r"\btools\b", template) is not None
+
+
+def _check_tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    """An assistant message's tool calls as the templates read them: arguments as an object."""
+    import json as _json
+    if not isinstance(calls, list):
+        raise BadInput(f"message {i}: tool_calls must be a list",
+                       'use [{"function": {"name": ..., "arguments": {...}}}]')
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise BadInput(f"message {i}: a tool call has no function name",
+                           'use {"function": {"name": "get_weather", "arguments": {...}}}')
+        args = fn.get("arguments") or {}
+        if isinstance(args, str):  # OpenAI's shape: the arguments as a JSON string
+            try:
+                args = _json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise BadInput(f"message {i}: tool call arguments are not JSON: {args[:80]!r}",
+                               "send the arguments the model produced, unchanged") from None
+        if not isinstance(args, dict):
+            raise BadInput(f"message {i}: tool call arguments must be an object", 'use e.g. {"city": "Paris"}')
+        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return out
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*(?:</tool_call>|$)", re.S)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
+    """Split a model's answer into its text and its tool calls (Ollama's shape).
+
+    Reads the `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks that ChatML tool
+    templates (Qwen2.5) ask for, or - the tags being special tokens that decoding drops - an answer
+    that is only such objects (in a ```json fence or not). Anything else stays text.
+    """
+    import json as _json
+    calls, kept, end, original = [], [], 0, text
+    blocks = [(m.start(), m.end(), m.group(1)) for m in _TOOL_CALL.finditer(text)]
+    if not blocks:
+        # `<tool_call>` is a special token the detokenizer leaves out: then the answer is the
+        # bare JSON objects, one after another (as Ollama also accepts)
+        fenced = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, re.S)  # a ```json block
+        decoder, pos, stripped = _json.JSONDecoder(), 0, (fenced.group(1) if fenced else text).rstrip()
+        while pos < len(stripped):
+            start = len(stripped) - len(stripped[pos:].lstrip())
+            if start >= len(stripped) or stripped[start] != "{":
+                blocks = []
+                break
+            try:
+                _, stop = decoder.raw_decode(stripped, start)
+            except ValueError:
+                blocks = []
+                break
+            blocks.append((start, stop, stripped[start:stop]))
+            pos = stop
+        if fenced and blocks:
+            text = stripped
+    for start, stop, body in blocks:
+        try:
+            obj = _json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not (
+                "arguments" in obj or "parameters" in obj):
+            continue
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = _json.loads(args)
+            except ValueError:
+                args = {}
+        kept.append(text[end:start])
+        end = stop
+        calls.append({"function": {"index": len(calls), "name": obj["name"],
+                                   "arguments": args if isinstance(args, dict) else {}}})
+    kept.append(text[end:])
+    return ("".join(kept).strip() if calls else original), calls
 
 
 _END = object()  # end of a decode's chunks

@@ -3,7 +3,11 @@
 It exists for machines where Ollama cannot be installed (CI, locked-down lab PCs, offline
 classrooms): every notebook cell that calls Ollama - plain REST, the `ollama` client, or the
 `openai` client on `/v1` - runs unchanged against it. It is not a new API: request and response
-shapes are Ollama's (docs/api.md and docs/openai.md of the Ollama repository).
+shapes are Ollama's (docs/api.md and docs/openai.md of the Ollama repository): structured
+outputs (`format` "json" or a JSON schema, compiled into a grammar), tools rendered through the
+model's template and parsed back into `tool_calls`, load/unload with an empty request. What a model
+cannot do (tools without a tools template, thinking, insert, logprobs) is refused with a 400, as
+Ollama refuses it, never silently ignored. A CourseError answers with its class's HTTP `status`.
 
 A server a class shares must bound what one client can make it do: request bodies are at most
 MAX_BODY_BYTES and must arrive within SLM_SERVE_READ_TIMEOUT seconds (headers too); JSON nested
@@ -35,11 +39,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from .engine import (DEFAULT_KEEP_ALIVE_S, DEFAULT_NUM_CTX, MAX_CHARS_PER_TOKEN, Chunk, Embeddings,
-                     Engine, get_engine, trained_context)
-from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
+from ..errors import BadInput, CourseError, ModelNotFound
 from ..net import is_loopback_host, port_in_use
 from ..registry import card
+from .engine import (
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_NUM_CTX,
+    MAX_CHARS_PER_TOKEN,
+    Chunk,
+    Embeddings,
+    Engine,
+    get_engine,
+    parse_tool_calls,
+    trained_context,
+)
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
 _SENTINEL = object()
@@ -75,11 +88,15 @@ class GenerateBody(_Req):
     options: Optional[dict] = None
     keep_alive: Optional[Union[StrictStr, int, float]] = None
     raw: StrictBool = False
+    suffix: Optional[StrictStr] = None
+    think: Optional[Union[StrictBool, StrictStr]] = None
 
 
 class ChatMessage(_Req):
     role: StrictStr
-    content: StrictStr = ""
+    content: Optional[StrictStr] = ""
+    tool_calls: Optional[list[dict]] = None
+    tool_name: Optional[StrictStr] = None
 
 
 class ChatBody(_Req):
@@ -89,6 +106,42 @@ class ChatBody(_Req):
     format: Optional[Union[StrictStr, dict]] = None
     options: Optional[dict] = None
     keep_alive: Optional[Union[StrictStr, int, float]] = None
+    tools: Optional[list[dict]] = None
+    think: Optional[Union[StrictBool, StrictStr]] = None
+
+
+class OAMessage(_Req):
+    """An OpenAI chat message: content may be text, a list of parts, or null (with tool_calls)."""
+
+    role: StrictStr
+    content: Optional[Union[StrictStr, list[dict]]] = None
+    tool_calls: Optional[list[dict]] = None
+    tool_call_id: Optional[StrictStr] = None
+    name: Optional[StrictStr] = None
+
+    def for_engine(self, i: int) -> dict[str, Any]:
+        content = self.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                kind = part.get("type")
+                if kind == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif kind in ("image_url", "input_image", "input_audio", "file"):
+                    raise ApiError(400, f"message {i} has a {kind} part: the models of this server "
+                                   "read text only (send text parts, or use a vision model on Ollama)")
+                else:
+                    raise ApiError(400, f"message {i} has a content part of type {kind!r} "
+                                   '(use {"type": "text", "text": "..."})')
+            content = "".join(texts)
+        out: dict[str, Any] = {"role": self.role, "content": content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.role == "tool" and self.name:
+            out["tool_name"] = self.name
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class ModelBody(_Req):
@@ -109,7 +162,7 @@ class EmbedBody(_Req):
 
 class OAChatBody(_Req):
     model: StrictStr
-    messages: list[ChatMessage]
+    messages: list[OAMessage]
     stream: StrictBool = False
     temperature: Optional[float] = None
     top_p: Optional[float] = None
@@ -119,6 +172,11 @@ class OAChatBody(_Req):
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
     response_format: Optional[dict] = None
     stream_options: Optional[dict] = None
+    tools: Optional[list[dict]] = None
+    tool_choice: Optional[Union[StrictStr, dict]] = None
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[int] = None
+    reasoning_effort: Optional[StrictStr] = None
 
 
 class OACompletionBody(_Req):
@@ -131,6 +189,8 @@ class OACompletionBody(_Req):
     seed: Optional[int] = None
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
     stream_options: Optional[dict] = None
+    suffix: Optional[StrictStr] = None
+    logprobs: Optional[int] = None
 
 
 class OAEmbedBody(_Req):
@@ -165,12 +225,6 @@ class ApiError(Exception):
         self.message = message
         self.close = close  # answer with `Connection: close` (the rest of the request is unread)
         super().__init__(message)
-
-
-def _course_error_status(exc: CourseError) -> int:
-    if isinstance(exc, Cancelled):
-        return 503
-    return 404 if isinstance(exc, ModelNotFound) else 400
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -240,6 +294,23 @@ def _finite_float(text: str) -> float:
 
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON: numbers must be finite")
+
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
+
+
+def _metadata_value(value: Any) -> Any:
+    """A GGUF metadata value as Ollama's model_info gives it: numbers as numbers.
+
+    >>> [_metadata_value(v) for v in ("30", "0.000010", "llama", "1e-06")]
+    [30, 1e-05, 'llama', 1e-06]
+    """
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        number = float(value)
+        if value.lstrip("-").isdigit():
+            return int(value)
+        return number if math.isfinite(number) else value
+    return value
 
 
 _DIGESTS: dict[str, str] = {}
@@ -418,6 +489,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             return await call_next(request)
         except ApiError as exc:
             return error_for(request, exc.status, exc.message, close=exc.close)
+        except CourseError as exc:  # the one mapping: each error class carries its HTTP status
+            return error_for(request, exc.status, _error_text(exc))
         except Exception as exc:  # a bug or a failing library: still an answer in the API's shape
             return error_for(request, 500, f"internal error: {type(exc).__name__}: {exc}")
 
@@ -489,8 +562,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
                     **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
         try:
             return eng.stream(model, cancel=cancel, **kwargs), cancel
-        except CourseError as exc:
-            raise ApiError(_course_error_status(exc), _error_text(exc))
+        except (CourseError, ApiError):
+            raise
         except Exception as exc:
             raise ApiError(500, f"could not prepare the request: {type(exc).__name__}: {exc}")
 
@@ -580,15 +653,14 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
         body = await body_of(request, ModelBody)
         if not body.target:
             raise ApiError(400, "model is required")
-        try:
-            base, path = eng.resolve(body.target)
-        except CourseError as exc:
-            raise ApiError(_course_error_status(exc), _error_text(exc))
+        base, path = eng.resolve(body.target)
+
         def metadata() -> dict[str, Any]:
             with eng.using(base) as (loaded, _):
                 return dict(loaded.llm.metadata)
 
         meta = await run_in(model_pool, metadata)
+        caps = await run_in(model_pool, eng.capabilities, base)
         c = card(base)
         return {
             "license": c.license if c else "",
@@ -596,9 +668,9 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             "parameters": "stop \"<|im_end|>\"",
             "template": meta.get("tokenizer.chat_template", ""),
             "details": _details(base),
-            "model_info": {k: (int(v) if isinstance(v, str) and v.isdigit() else v)
-                           for k, v in meta.items() if k != "tokenizer.chat_template"},
-            "capabilities": ["completion", "embedding"],
+            "model_info": {k: _metadata_value(v) for k, v in meta.items()
+                           if k != "tokenizer.chat_template"},
+            "capabilities": caps,
             "modified_at": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(),
         }
 
@@ -630,30 +702,82 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
     def final_fields(final: Chunk) -> dict[str, Any]:
         return {"done_reason": final.done_reason, **final.timings()}
 
-    async def ndjson(run, shape: Callable[[str], dict], model: str) -> AsyncIterator[bytes]:
+    async def ndjson(run, shape: Callable[[str], dict], model: str,
+                     tools: bool = False) -> AsyncIterator[bytes]:
+        """NDJSON chunks; with tools, the text is held back until the end and then sent once
+        with its parsed `tool_calls` (a call cannot be recognised from half its text)."""
+        held: list[str] = []
         async for item in _bridge(run):
             if isinstance(item, BaseException):
                 yield (json.dumps({"error": _error_text(item)}) + "\n").encode()
                 return
+            if tools and not item.done:
+                held.append(item.text)
+                continue
+            if tools:
+                text, calls = parse_tool_calls("".join(held) + item.text)
+                piece = shape(text)
+                if calls:
+                    piece["message"]["tool_calls"] = calls
+                yield (json.dumps({"model": model, "created_at": _now(), **piece, "done": False})
+                       + "\n").encode()
+                item = Chunk("", **{k: getattr(item, k) for k in ("done", "done_reason")},
+                             **item.timings())
             base = {"model": model, "created_at": _now(), **shape(item.text), "done": item.done}
             if item.done:
                 base.update(final_fields(item))
             yield (json.dumps(base) + "\n").encode()
 
-    def json_flag(fmt: Any) -> bool:
+    def format_of(fmt: Any) -> bool | dict:
+        """Ollama's `format`: "json" (any JSON) or a JSON schema (compiled into a grammar)."""
         if fmt in (None, ""):
             return False
-        if fmt == "json" or isinstance(fmt, dict):
+        if fmt == "json":
             return True
+        if isinstance(fmt, dict):
+            return fmt
         raise ApiError(400, f"format {fmt!r} is not supported: use \"json\" or a JSON schema")
+
+    def refuse_unsupported(model: str, *, think: Any = None, suffix: Any = None) -> None:
+        """Ollama answers 400 when a request needs a capability the model lacks: so does this
+        (after a 404 for a model it does not have). No model here thinks or fills in the middle."""
+        if think in (None, False, "", "false", "none") and not suffix:
+            return
+        eng.resolve(model)
+        if think not in (None, False, "", "false", "none"):
+            raise ApiError(400, f'"{model}" does not support thinking (send think=false or no '
+                           "think; the models of this server have no thinking mode)")
+        if suffix:
+            raise ApiError(400, f'"{model}" does not support insert (fill-in-the-middle `suffix`; '
+                           "send the prompt without a suffix)")
+
+    async def load_or_unload(model: str, keep: float, options: Any) -> tuple[str, Chunk]:
+        """Ollama's answer to an empty request: load the model, or unload it (keep_alive 0)."""
+        if keep <= 0:
+            t0 = time.perf_counter_ns()
+            base, _ = eng.resolve(model)  # 404 for a model it does not have
+            await run_in(model_pool, eng.unload, base)  # may wait for a load in progress
+            return "unload", Chunk("", done=True, done_reason="unload",
+                                   total_duration=time.perf_counter_ns() - t0)
+        run = await prepare(model, prompt="", raw=True, options=options, keep_alive_s=keep)
+        try:
+            final = list(run[0])[-1]
+        finally:
+            run[1].set()  # done with it
+        return "load", final
 
     @app.post("/api/generate")
     async def generate(request: Request):
         body = await body_of(request, GenerateBody)
         keep = _keep(body.keep_alive)
+        refuse_unsupported(body.model, think=body.think, suffix=body.suffix)
+        if not (body.prompt or "") and keep <= 0:
+            _, final = await load_or_unload(body.model, keep, body.options)
+            return {"model": body.model, "created_at": _now(), "response": "", "done": True,
+                    **final_fields(final)}
         run = await prepare(
             body.model, prompt=body.prompt or "", system=body.system, options=body.options,
-            raw=body.raw, json_format=json_flag(body.format), keep_alive_s=keep)
+            raw=body.raw, json_format=format_of(body.format), keep_alive_s=keep)
         if body.stream:
             return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model),
                                      media_type="application/x-ndjson")
@@ -664,24 +788,31 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
     @app.post("/api/chat")
     async def chat(request: Request):
         body = await body_of(request, ChatBody)
-        if not body.messages:
-            raise ApiError(400, "messages must be a non-empty list of {role, content}")
         keep = _keep(body.keep_alive)
-        messages = [m.model_dump() for m in body.messages]
-        run = await prepare(body.model, messages=messages, options=body.options,
-                            json_format=json_flag(body.format), keep_alive_s=keep)
+        refuse_unsupported(body.model, think=body.think)
         shape = lambda t: {"message": {"role": "assistant", "content": t}}  # noqa: E731
+        if not body.messages:  # Ollama: an empty chat loads the model, or unloads it
+            _, final = await load_or_unload(body.model, keep, body.options)
+            return {"model": body.model, "created_at": _now(), **shape(""), "done": True,
+                    **final_fields(final)}
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        tools = body.tools or None
+        run = await prepare(body.model, messages=messages, options=body.options,
+                            json_format=format_of(body.format), tools=tools, keep_alive_s=keep)
         if body.stream:
-            return StreamingResponse(ndjson(run, shape, body.model), media_type="application/x-ndjson")
+            return StreamingResponse(ndjson(run, shape, body.model, tools=bool(tools)),
+                                     media_type="application/x-ndjson")
         text, final = await complete(request, run)
-        return {"model": body.model, "created_at": _now(), **shape(text), "done": True,
+        message = shape(text)
+        if tools:
+            content, calls = parse_tool_calls(text)
+            message = shape(content)
+            if calls:
+                message["message"]["tool_calls"] = calls
+        return {"model": body.model, "created_at": _now(), **message, "done": True,
                 **final_fields(final)}
 
-    def _keep(value: Any) -> float:
-        try:
-            return parse_keep_alive(value)
-        except CourseError as exc:
-            raise ApiError(400, _error_text(exc))
+    _keep = parse_keep_alive  # a bad duration is a BadInput: 400
 
     async def embeddings(request: Request, model: str, inputs: Union[str, list[str]],
                          keep_alive_s: float | None = None) -> Embeddings:
@@ -702,10 +833,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
                                "pieces)")
         cancel = inflight.new()
         work = run_in(model_pool, eng.embed, model, inputs, keep_alive_s=keep_alive_s, cancel=cancel)
-        try:
-            return await until_done_or_gone(request, work, cancel)
-        except CourseError as exc:
-            raise ApiError(_course_error_status(exc), _error_text(exc))
+        return await until_done_or_gone(request, work, cancel)
 
     @app.post("/api/embed")
     async def embed(request: Request):
@@ -738,14 +866,27 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
         return {"object": "list", "data": [{"id": n, "object": "model", "created": created,
                                             "owned_by": "library"} for n in eng.available()]}
 
-    def oa_finish(reason: str | None) -> str:
+    def oa_finish(reason: str | None, calls: bool = False) -> str:
+        if calls:
+            return "tool_calls"
         return "length" if reason == "length" else "stop"
+
+    def oa_tool_calls(calls: list[dict[str, Any]], stream: bool = False) -> list[dict[str, Any]]:
+        """Ollama's tool calls in OpenAI's shape: ids, and the arguments as a JSON string."""
+        out = []
+        for i, call in enumerate(calls):
+            fn = call["function"]
+            item = {"id": f"call_{secrets.token_hex(6)}", "type": "function",
+                    "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])}}
+            out.append({"index": i, **item} if stream else item)
+        return out
 
     def usage_of(final: Chunk) -> dict[str, int]:
         return {"prompt_tokens": final.prompt_eval_count, "completion_tokens": final.eval_count,
                 "total_tokens": final.prompt_eval_count + final.eval_count}
 
-    async def sse(run, ident: str, model: str, kind: str, include_usage: bool) -> AsyncIterator[bytes]:
+    async def sse(run, ident: str, model: str, kind: str, include_usage: bool,
+                  tools: bool = False) -> AsyncIterator[bytes]:
         created = int(time.time())
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
@@ -753,19 +894,29 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             return f"data: {json.dumps(payload)}\n\n".encode()
 
         first = True
+        held: list[str] = []
         async for item in _bridge(run):
             if isinstance(item, BaseException):
                 yield event({"error": {"message": _error_text(item), "type": "server_error",
                                        "param": None, "code": None}})
                 return
+            calls: list[dict[str, Any]] = []
+            text = item.text
+            if tools:  # held back: a tool call is recognised only in the whole answer
+                held.append(item.text)
+                if not item.done:
+                    continue
+                text, calls = parse_tool_calls("".join(held))
             if kind == "chat":
-                delta: dict[str, Any] = {"content": item.text}
+                delta: dict[str, Any] = {"content": text}
                 if first:
                     delta["role"] = "assistant"
+                if calls:
+                    delta["tool_calls"] = oa_tool_calls(calls, stream=True)
                 choice = {"index": 0, "delta": delta,
-                          "finish_reason": oa_finish(item.done_reason) if item.done else None}
+                          "finish_reason": oa_finish(item.done_reason, bool(calls)) if item.done else None}
             else:
-                choice = {"index": 0, "text": item.text,
+                choice = {"index": 0, "text": text,
                           "finish_reason": oa_finish(item.done_reason) if item.done else None}
             first = False
             yield event({"id": ident, "object": obj, "created": created, "model": model,
@@ -776,30 +927,64 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
                              "usage": usage_of(item)})
         yield b"data: [DONE]\n\n"
 
+    def oa_format(response_format: dict | None) -> bool | dict:
+        """OpenAI's response_format: text, json_object (any JSON) or json_schema (a grammar)."""
+        kind = (response_format or {}).get("type")
+        if kind in (None, "text"):
+            return False
+        if kind == "json_object":
+            return True
+        if kind == "json_schema":
+            spec = response_format.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise ApiError(400, "response_format json_schema needs a schema: send "
+                               '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}')
+            return schema
+        raise ApiError(400, f"response_format type {kind!r} is not supported (use text, "
+                       "json_object or json_schema)")
+
+    def refuse_logprobs(body) -> None:
+        if getattr(body, "logprobs", None) or getattr(body, "top_logprobs", None):
+            raise ApiError(400, "logprobs are not supported by slm-course serve (send the request "
+                           "without logprobs/top_logprobs; a real Ollama >= 0.12.11 returns them)")
+
     @app.post("/v1/chat/completions")
     async def oa_chat(request: Request):
         body = await body_of(request, OAChatBody)
         if not body.messages:
             raise ApiError(400, "messages must be a non-empty list")
-        fmt = (body.response_format or {}).get("type")
+        refuse_logprobs(body)
+        refuse_unsupported(body.model, think=body.reasoning_effort)
+        tools = body.tools or None
+        if body.tool_choice == "none":
+            tools = None  # OpenAI: "none" means the model must not call a tool
         run = await prepare(
-            body.model, messages=[m.model_dump() for m in body.messages],
-            options=oa_options(body), json_format=fmt in ("json_object", "json_schema"))
+            body.model, messages=[m.for_engine(i) for i, m in enumerate(body.messages)],
+            options=oa_options(body), json_format=oa_format(body.response_format), tools=tools)
         ident = f"chatcmpl-{secrets.token_hex(6)}"
         if body.stream:
             include = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(sse(run, ident, body.model, "chat", include),
+            return StreamingResponse(sse(run, ident, body.model, "chat", include, bool(tools)),
                                      media_type="text/event-stream")
         text, final = await complete(request, run)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        calls: list[dict[str, Any]] = []
+        if tools:
+            message["content"], calls = parse_tool_calls(text)
+            if calls:
+                message["tool_calls"] = oa_tool_calls(calls)
         return {"id": ident, "object": "chat.completion", "created": int(time.time()),
                 "model": body.model, "system_fingerprint": "fp_slm_course",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": oa_finish(final.done_reason)}],
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": oa_finish(final.done_reason, bool(calls))}],
                 "usage": usage_of(final)}
 
     @app.post("/v1/completions")
     async def oa_completions(request: Request):
         body = await body_of(request, OACompletionBody)
+        refuse_logprobs(body)
+        refuse_unsupported(body.model, suffix=body.suffix)
         run = await prepare(body.model, prompt=body.prompt, options=oa_options(body))
         ident = f"cmpl-{secrets.token_hex(6)}"
         if body.stream:
