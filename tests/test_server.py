@@ -78,10 +78,24 @@ def test_streaming_matches_non_streaming(client):
     assert parts[-1].eval_count == whole.eval_count
 
 
-def test_system_prompt_and_stop_sequence(client):
-    r = client.generate(model=BUNDLED, prompt="Count: one, two, three, four, five, six",
-                        options={**DET, "num_predict": 40, "stop": ["four"]})
-    assert "four" not in r.response
+def test_system_prompt_reaches_the_model(client):
+    """/api/generate's `system` goes into the prompt the model reads (SmolLM2's template puts a
+    short default system turn there otherwise): ~45 more prompt tokens, and another answer."""
+    ask = {"model": BUNDLED, "prompt": "What are you?", "options": {**DET, "num_predict": 24}}
+    plain = client.generate(**ask)
+    pirate = client.generate(**ask, system="You are a pirate captain of the seven seas. " * 6)
+    assert pirate.prompt_eval_count > plain.prompt_eval_count + 30
+    assert pirate.response != plain.response
+
+
+def test_stop_sequence_cuts_the_answer_before_it(client):
+    ask = {"model": BUNDLED, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3,", "raw": True,
+           "options": {**DET, "num_predict": 30}}
+    free = client.generate(**ask).response
+    assert " 7," in free, f"the model counts on without a stop: {free!r}"
+    r = client.generate(**{**ask, "options": {**ask["options"], "stop": [" 7,"]}})
+    assert r.done_reason == "stop" and " 7," not in r.response
+    assert r.response == free[: free.index(" 7,")]  # everything before the stop, nothing after
 
 
 def test_json_format_is_valid_json(client):

@@ -24,12 +24,14 @@ output tokens, eval_count = number of output tokens; all durations in nanosecond
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import queue
 import re
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +247,10 @@ class Engine:
         # signalled whenever a request lets go of a model (a reload or unload may be waiting)
         self._released = threading.Condition(self._registry_lock)
         self._load_locks: dict[str, threading.Lock] = {}
+        # free llama.cpp's models before the interpreter tears its modules down (otherwise
+        # llama-cpp-python's finalisers print "Exception ignored ... NoneType" at exit)
+        ref = weakref.ref(self)
+        atexit.register(lambda: (engine := ref()) is not None and engine.close_all())
 
     # ----- models -------------------------------------------------------------
     @staticmethod
@@ -408,6 +414,13 @@ class Engine:
                     return False
             self._close_when_free(model)
             return True
+
+    def close_all(self) -> None:
+        """Unload every model (those in use are freed when their last request lets go)."""
+        with self._released:
+            models = [m for m in list(self._models.values()) if self._retire(m)]
+        for model in models:
+            self._close_when_free(model)
 
     def unload_expired(self, now: float | None = None) -> list[str]:
         """Unload the models whose keep_alive has run out and that no request is using."""
