@@ -39,6 +39,7 @@ start: install
 # Every notebook runs once: the lessons through nbval (no parameters: a learner's path, checked
 # outputs compared), solutions and labs through papermill in tests/test_notebooks.py.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from helpers.claims import Ledger, claim, close_to, load_claims, model_seconds, quoted_in, verdict
 from helpers.errors import BadInput

@@ -15,8 +15,8 @@ import textwrap
 import pytest
 
 from conftest import ROOT
-from helpers.serving.engine import GenOptions
 from helpers.errors import BadInput
+from helpers.serving.engine import GenOptions
 
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 

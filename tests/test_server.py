@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import BUNDLED, free_port, start_server, stop_server
-from helpers.serving.engine import Engine
 from helpers.net import port_in_use
+from helpers.serving.engine import Engine
 from helpers.serving.server import create_app
 
 DET = {"temperature": 0, "seed": 7, "num_predict": 24}
@@ -169,14 +169,14 @@ def test_rest_exactly_as_the_article(ollama_host):
             if line:
                 lines.append(json.loads(line))
     assert len(lines) > 2
-    assert all(l["model"] == BUNDLED and "created_at" in l for l in lines)
-    assert all(l["done"] is False for l in lines[:-1]) and lines[-1]["done"] is True
+    assert all(x["model"] == BUNDLED and "created_at" in x for x in lines)
+    assert all(x["done"] is False for x in lines[:-1]) and lines[-1]["done"] is True
     final = lines[-1]
     assert final["done_reason"] in ("stop", "length")
     assert 0 < final["eval_count"] <= 128  # the server's default num_predict, as Ollama's
     if final["done_reason"] == "length":
         assert final["eval_count"] == 128
-    assert "".join(l["response"] for l in lines).strip()
+    assert "".join(x["response"] for x in lines).strip()
 
 
 def test_rest_stream_false_returns_one_object(ollama_host):
@@ -226,7 +226,8 @@ BAD = [
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "stream": "yes"}), "stream"),
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"num_predict": -9}}), "num_predict"),
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"num_predict": 10**9}}), "num_predict"),
-    ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"temperature": "warm"}}), "temperature"),
+    ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"temperature": "warm"}}),
+     "temperature"),
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "word " * 5000}), "longer than the context"),
     ("/api/chat", json.dumps({"model": BUNDLED, "messages": "hi"}), "messages"),  # [] loads (Ollama)
     ("/api/chat", json.dumps({"model": BUNDLED, "messages": [{"content": "hi"}]}), "role"),
@@ -313,12 +314,12 @@ def test_error_mid_stream_arrives_as_the_last_ndjson_line(faulty):
             if line:
                 lines.append(json.loads(line))
     assert len(lines) == 4
-    assert all(l["done"] is False and l["response"] for l in lines[:3])  # real tokens first
+    assert all(x["done"] is False and x["response"] for x in lines[:3])  # real tokens first
     assert lines[-1] == {"error": "injected fault in the decoder"}
     # the same fault through the OpenAI route: a last SSE event with an error object
     with faulty.stream("POST", "/v1/completions", json={
             "model": BUNDLED, "prompt": "Once upon a time", "stream": True, "max_tokens": 64}) as resp:
-        events = [json.loads(l[len("data: "):]) for l in resp.iter_lines() if l.startswith("data: ")]
+        events = [json.loads(e[len("data: "):]) for e in resp.iter_lines() if e.startswith("data: ")]
     assert events[-1]["error"]["message"] == "injected fault in the decoder"
     # and the model is free again for the next request
     r = faulty.post("/api/generate", json={"model": BUNDLED, "prompt": "Hi", "stream": False,
