@@ -3,9 +3,11 @@ and shown live in an ipywidgets dashboard.
 
 `HybridApp` routes each prompt with `helpers.routing.smart_routing` (timeouts, fall-back to the
 small model when the large endpoint fails) and keeps, per call, the token counts a price needs.
-Large calls are priced with genai-prices; each call is also priced "as if it had gone to the
-large model" (same token counts, large model's price), the always-large baseline. `Dashboard`
-redraws counts per route, cumulative cost against that baseline, and latency after every call.
+Large calls are priced with genai-prices; each call also gets its always-large baseline: what
+the prompt costs (and takes) on the large model, measured with a `baseline` call when the large
+model did not answer it, else estimated from the same token counts at the large model's price.
+`Dashboard` redraws counts per route, cumulative cost against that baseline, and latency after
+every call.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from .cost import ApiPrice, api_price, query_cost_api
 from .errors import BadInput
 from .evals import Task, open_prompts
 from .results import Result, percentile
-from .routing import Decision, FallbackWarning, is_simple_task, smart_routing
+from .routing import FALLBACK_ERRORS, Decision, FallbackWarning, is_simple_task, smart_routing
 from .settings import get_settings
 
 TABLE_STYLE = ("<style>.slm-dashboard table {border-collapse: collapse; font-size: 12px}"
@@ -106,7 +108,9 @@ class Routed:
     prompt_tokens: int
     output_tokens: int
     ttft_s: float | None
-    always_large_usd: float  # the same tokens at the large model's price: the baseline
+    always_large_usd: float  # this prompt on the large model (measured, or the same tokens at its price)
+    always_large_s: float | None = None  # seconds of this prompt on the large model, when measured
+    baseline_measured: bool = False      # the always-large figures come from the large model's own call
 
     @property
     def label(self) -> str:
@@ -131,6 +135,9 @@ class Totals:
     always_large_usd: float
     median_latency_s: dict[str, float]
     p95_latency_s: float | None
+    latency_s: float = 0.0                 # seconds of every routed call together
+    always_large_s: float | None = None    # the same prompts on the large model (None: not all measured)
+    baseline_measured: int = 0             # calls whose always-large figures were measured
 
     @property
     def saved_share(self) -> float | None:
@@ -145,8 +152,15 @@ class HybridApp:
     """The article's smart_routing as a small app: route, time out, fall back, price, log.
 
     `small` and `large` map a prompt to a `Result` (e.g. `backend.generate` with fixed
-    options). Small calls cost `small_usd_per_mtok` (0: a local model has no per-call fee);
+    options). Small calls cost `small_usd_per_s` per second of measured call time (a local model's
+    energy, an assumption you state) plus `small_usd_per_mtok` per token (0: no per-call fee);
     large calls cost what `price` charges for their tokens.
+
+    `routing` is the routing function (helpers.routing.smart_routing, or a lesson's own with the
+    same signature). With a `baseline` (the large tier's own call), every prompt the large model
+    did not answer is also sent to it, outside the routed call's timing, so the always-large
+    cost and time are *measured* from the large model's own tokens and seconds; without one they
+    are estimated from the small answer's tokens.
     """
 
     small: Callable[[str], Result]
@@ -155,6 +169,9 @@ class HybridApp:
     router: Callable[[str], Any] = is_simple_task
     timeout_s: float = 60.0
     small_usd_per_mtok: float = 0.0
+    small_usd_per_s: float = 0.0
+    routing: Callable[..., Decision] = smart_routing
+    baseline: Callable[[str], Result] | None = None
     log: list[Routed] = field(default_factory=list)
 
     def _usd(self, route: str, result: Any) -> float:
@@ -162,7 +179,8 @@ class HybridApp:
         tokens_in, tokens_out = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
         if route == "large":
             return query_cost_api(self.price, tokens_in, tokens_out)
-        return (tokens_in + tokens_out) * self.small_usd_per_mtok / 1e6
+        seconds = m.total_s if m else 0.0
+        return (tokens_in + tokens_out) * self.small_usd_per_mtok / 1e6 + seconds * self.small_usd_per_s
 
     def ask(self, prompt: str, *, quiet: bool = False) -> Routed:
         """Route one prompt with smart_routing; log and return it. `quiet` hides the
@@ -178,15 +196,33 @@ class HybridApp:
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore", FallbackWarning)
-            decision = smart_routing(prompt, small=via("small", self.small), large=via("large", self.large),
-                                     router=self.router, timeout_s=self.timeout_s, cost_fn=self._usd)
+            decision = self.routing(prompt, small=via("small", self.small), large=via("large", self.large),
+                                    router=self.router, timeout_s=self.timeout_s, cost_fn=self._usd)
         result = answered.get(decision.route)
         m = getattr(result, "metrics", None)
         tokens_in, tokens_out = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
-        routed = Routed(decision, tokens_in, tokens_out, getattr(m, "ttft_s", None),
-                        query_cost_api(self.price, tokens_in, tokens_out))
+        always_usd, always_s, measured = self._always_large(decision, result, prompt)
+        routed = Routed(decision, tokens_in, tokens_out, getattr(m, "ttft_s", None), always_usd,
+                        always_s, measured)
         self.log.append(routed)
         return routed
+
+    def _always_large(self, decision: Decision, result: Any, prompt: str) -> tuple[float, float | None, bool]:
+        """(USD, seconds, measured?) of this prompt on the large model: the large call itself when
+        it answered, else a call to `baseline`; without one (or when it fails) the small answer's
+        tokens at the large price, time unknown."""
+        source = result if decision.route == "large" and not decision.fell_back else None
+        if source is None and self.baseline is not None:
+            try:
+                source = self.baseline(prompt)
+            except FALLBACK_ERRORS:
+                source = None
+        if source is not None and getattr(source, "metrics", None) is not None:
+            m = source.metrics
+            return query_cost_api(self.price, m.prompt_tokens, m.output_tokens), m.total_s, True
+        m = getattr(result, "metrics", None)
+        tokens_in, tokens_out = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
+        return query_cost_api(self.price, tokens_in, tokens_out), None, False
 
     def frame(self, last: int | None = None):
         """The decisions log as a DataFrame, one row per call (the `last` ones if given)."""
@@ -199,10 +235,11 @@ class HybridApp:
                          "routed_to": r.routed_to, "route": r.label, "model": d.model, "reason": d.reason,
                          "latency_s": round(d.latency_s, 2), "tokens_in": r.prompt_tokens,
                          "tokens_out": r.output_tokens, "cost_usd": d.cost_usd,
-                         "always_large_usd": r.always_large_usd, "error": d.error or ""})
+                         "always_large_usd": r.always_large_usd, "always_large_s": r.always_large_s,
+                         "baseline": "measured" if r.baseline_measured else "estimated", "error": d.error or ""})
         df = pd.DataFrame(rows, columns=["call", "prompt", "routed_to", "route", "model", "reason", "latency_s",
                                          "tokens_in", "tokens_out", "cost_usd", "always_large_usd",
-                                         "error"]).set_index("call")
+                                         "always_large_s", "baseline", "error"]).set_index("call")
         return df.tail(last) if last else df
 
     def totals(self) -> Totals:
@@ -219,6 +256,10 @@ class HybridApp:
             always_large_usd=sum(r.always_large_usd for r in entries),
             median_latency_s={k: statistics.median(v) for k, v in per_route.items()},
             p95_latency_s=percentile([r.decision.latency_s for r in entries], 95),
+            latency_s=sum(r.decision.latency_s for r in entries),
+            always_large_s=(sum(r.always_large_s for r in entries)
+                            if entries and all(r.always_large_s is not None for r in entries) else None),
+            baseline_measured=sum(r.baseline_measured for r in entries),
         )
 
     def saving_at_mix(self, simple_share: float) -> float | None:
