@@ -100,6 +100,27 @@ class Options(BaseModel):
                            f"use a value from 1 to {MAX_NUM_PREDICT} (-1 = until the context is full)")
         return value
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise BadInput("temperature must be >= 0", "use 0 for deterministic answers")
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise BadInput("top_p must be in (0, 1]", "use e.g. 0.9")
+        return value
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise BadInput("top_k must be >= 0", "use e.g. 40")
+        return value
+
     @field_validator("num_ctx")
     @classmethod
     def _num_ctx(cls, value: int | None) -> int | None:

@@ -311,3 +311,21 @@ def test_readme_configuration_table_lists_every_setting():
     listed = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
     assert "SLM_LOG_DIR" in documented and len(documented) >= 12
     assert sorted(listed) == sorted(documented)
+
+
+def test_options_are_checked_in_one_place_for_backends_and_engine():
+    """The engine reads Ollama's options through helpers.options.Options: the same refusals, the
+    same messages, whether a lesson calls a backend or the server passes a request on."""
+    from helpers.errors import BadInput
+    from helpers.options import Options
+    from helpers.serving.engine import GenOptions
+
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -3}, {"seed": True}, {"num_ctx": 8},
+                {"num_predict": 0}, {"stop": [1]}, {"temperature": float("nan")}):
+        with pytest.raises(BadInput) as via_options:
+            Options.parse(bad)
+        with pytest.raises(BadInput) as via_engine:
+            GenOptions.parse(bad)
+        assert via_engine.value.message == via_options.value.message, bad
+    opts = GenOptions.parse({"temperature": 0, "stop": "\n", "mirostat": 2, "num_thread": 4})
+    assert opts.temperature == 0 and opts.stop == ["\n"] and opts.top_k == 40  # defaults kept

@@ -25,7 +25,6 @@ output tokens, eval_count = number of output tokens; all durations in nanosecond
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import queue
 import re
@@ -38,29 +37,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
+from ..options import Options
 from ..registry import BUNDLED_MODEL, bundled_model_path, bundled_models, card
 
 DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_PREDICT = 128
-MAX_NUM_PREDICT = 131_072
 DEFAULT_KEEP_ALIVE_S = 300.0
 # Longest text a token of these models stands for is far below this: a prompt with more
 # characters than num_ctx * MAX_CHARS_PER_TOKEN cannot fit and is refused before tokenising.
 MAX_CHARS_PER_TOKEN = 64
-
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "temperature": (int, float),
-    "seed": (int,),
-    "num_predict": (int,),
-    "top_p": (int, float),
-    "top_k": (int,),
-    "stop": (list, tuple, str),
-    "num_ctx": (int,),
-    "repeat_penalty": (int, float),
-    "min_p": (int, float),
-    "num_thread": (int,),
-}
-
 
 @dataclass
 class GenOptions:
@@ -78,42 +63,14 @@ class GenOptions:
 
     @classmethod
     def parse(cls, options: Any) -> "GenOptions":
-        """Validate an Ollama `options` mapping; unknown keys are ignored as Ollama does."""
-        if options is None:
-            return cls()
-        if hasattr(options, "model_dump"):
-            options = {k: v for k, v in options.model_dump().items() if v is not None}
-        if not isinstance(options, dict):
-            raise BadInput("options must be a JSON object", "pass e.g. {\"temperature\": 0, \"seed\": 42}")
+        """Ollama's `options` (a mapping, `helpers.Options` or ollama-python's `Options`), checked
+        once by `helpers.options.Options`, with the engine's defaults for what is not set.
+        Settings the engine does not use are ignored, as Ollama does."""
+        checked = Options.parse(options)
         out = cls()
-        for key, value in options.items():
-            if key not in _OPTION_TYPES or value is None:
-                continue
-            types = _OPTION_TYPES[key]
-            if isinstance(value, bool) or not isinstance(value, types):
-                raise BadInput(f"option {key!r} has the wrong type ({type(value).__name__})",
-                               f"{key} must be {' or '.join(t.__name__ for t in types)}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise BadInput(f"option {key!r} is {value}, not a finite number", "use e.g. 0.7")
-            if key == "num_thread":
-                continue
-            setattr(out, key, value)
-        if isinstance(out.stop, str):
-            out.stop = [out.stop]
-        out.stop = [s for s in out.stop if isinstance(s, str) and s]
-        if not (-2 <= out.num_predict <= MAX_NUM_PREDICT):
-            raise BadInput(f"num_predict={out.num_predict} is out of range",
-                           f"use a value from 1 to {MAX_NUM_PREDICT} (-1 = until the context is full)")
-        if out.num_predict == 0:
-            raise BadInput("num_predict=0 asks for no tokens", "use a positive number of tokens")
-        if not (32 <= out.num_ctx <= 131_072):
-            raise BadInput(f"num_ctx={out.num_ctx} is out of range", "use a context from 32 to 131072 tokens")
-        if out.temperature < 0:
-            raise BadInput("temperature must be >= 0", "use 0 for deterministic answers")
-        if not (0 < out.top_p <= 1):
-            raise BadInput("top_p must be in (0, 1]", "use e.g. 0.9")
-        if out.top_k < 0:
-            raise BadInput("top_k must be >= 0", "use e.g. 40")
+        for key, value in (checked.to_dict() if checked is not None else {}).items():
+            if key in cls.__dataclass_fields__:
+                setattr(out, key, value)
         return out
 
 
