@@ -47,10 +47,11 @@ test: install
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
-# The fast loop while developing: unit and server tests, no notebooks, no browser.
+# The fast loop while developing: ruff, then the unit and server tests - no notebooks, no browser,
+# none of the few marked slow (make test runs them all).
 check: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -m "not notebooks and not browser" -p no:cacheprovider -q $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q $(XDIST) $(PYTEST_ARGS)
 
 labs: install
 	$(BIN)/slm-course labs

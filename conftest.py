@@ -50,6 +50,7 @@ def pytest_configure(config) -> None:
     os.environ.setdefault("SLM_THREADS", "1")
     config.addinivalue_line("markers", "no_server: the test needs no model server (unit test)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in chromium (slow)")
+    config.addinivalue_line("markers", "slow: takes over ~6 s; `make check` leaves it out")
 
 
 def pytest_collection_finish(session) -> None:
@@ -78,3 +79,19 @@ def ollama_host() -> str:
     """The address of the Ollama API every test and notebook in this session talks to: the
     kit's own server (SLM_TEST_OLLAMA_HOST points it at a real Ollama)."""
     return _ensure_server()
+
+
+@pytest.fixture(scope="module")
+def client(ollama_host):
+    """The official `ollama` client on the session's server (generous timeout: CI is busy)."""
+    import ollama
+
+    return ollama.Client(host=ollama_host, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def oa(ollama_host):
+    """The official `openai` client on the session server's /v1 (no retries: errors show)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{ollama_host}/v1", api_key="ollama", timeout=180, max_retries=0)

@@ -45,16 +45,6 @@ ASK_WEATHER = "What is the weather in Paris right now? Use the tool."
 
 
 @pytest.fixture(scope="module")
-def client(ollama_host):
-    return ollama.Client(host=ollama_host, timeout=180)
-
-
-@pytest.fixture(scope="module")
-def oa(ollama_host):
-    return openai.OpenAI(base_url=f"{ollama_host}/v1", api_key="ollama", timeout=180, max_retries=0)
-
-
-@pytest.fixture(scope="module")
 def tools_model(client):
     names = [m.model for m in client.list().models]
     if TOOLS_MODEL not in names:

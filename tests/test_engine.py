@@ -119,6 +119,7 @@ def run_script(rounds: int, root=ROOT) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # `make check` leaves it out; `make test` runs it
 def test_reload_embed_unload_and_reaper_never_free_a_model_in_use():
     proc = run_script(rounds=5)
     assert proc.returncode != -11, "segfault: a request decoded on a freed llama.cpp model"
@@ -232,6 +233,7 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine):
     assert longer  # the multi-turn request itself answered
 
 
+@pytest.mark.slow  # `make check` leaves it out; `make test` runs it
 def test_greedy_answers_of_long_conversations_do_not_depend_on_the_cache(engine):
     """Past one n_batch chunk (512 tokens) the engine reuses whole cached chunks: the answer must
     still be the one a cold model gives, with the cache holding this conversation, a longer

@@ -23,16 +23,6 @@ from helpers.serving.server import create_app
 DET = {"temperature": 0, "seed": 7, "num_predict": 24}
 
 
-@pytest.fixture(scope="module")
-def client(ollama_host):
-    return ollama.Client(host=ollama_host, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def oa(ollama_host):
-    return openai.OpenAI(base_url=f"{ollama_host}/v1", api_key="ollama", timeout=120, max_retries=0)
-
-
 def wait_until_unloaded(client: ollama.Client, timeout_s: float = 10.0) -> None:
     """Wait (at most timeout_s) until /api/ps no longer lists the bundled model."""
     deadline = time.monotonic() + timeout_s
@@ -328,6 +318,7 @@ def test_error_mid_stream_arrives_as_the_last_ndjson_line(faulty):
 
 
 # ----------------------------------------------------------------------------- load and faults
+@pytest.mark.slow  # `make check` leaves it out; `make test` runs it
 def test_sixteen_concurrent_clients_each_get_their_own_answer(ollama_host):
     """16 clients x 3 requests at once; each answer must be the one its own prompt gets alone.
 

@@ -193,6 +193,7 @@ def test_embed_takes_at_most_the_cap_of_inputs(ollama_host, client):
     assert "batches" in str(info.value)
 
 
+@pytest.mark.slow  # `make check` leaves it out; `make test` runs it
 def test_an_abandoned_embed_stops_when_its_client_hangs_up(ollama_host, client):
     """Before: 600 abandoned inputs kept a later embed waiting 25 s."""
     client.embed(model=BUNDLED, input="warm up")  # the embedder exists: what follows is all work

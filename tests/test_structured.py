@@ -88,6 +88,7 @@ def test_schema_mode_is_always_schema_valid_on_the_small_model(client):
     assert table.loc[(BUNDLED, "format=schema"), "tokens_per_s"] > 0
 
 
+@pytest.mark.slow  # `make check` leaves it out; `make test` runs it
 def test_tool_loop_runs_the_tool_and_reads_the_answer(client):
     if TOOLS_MODEL not in [m.model for m in client.list().models]:
         pytest.skip(f"{TOOLS_MODEL} is not installed: `slm-course pull {TOOLS_MODEL}`")
