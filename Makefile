@@ -22,12 +22,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# llama.cpp is built portably first (no AMX, no -march=native on x86-64: see helpers/serving/engine_build.py),
-# so that the course's own install finds it there and never compiles or reuses a native build.
+# llama.cpp is built portably (no AMX, no -march=native on x86-64: see helpers/serving/engine_build.py).
+# It is built first, so the course's install finds it there; that install runs with the same
+# CMAKE_ARGS, so no path through pip can compile a native one; and the result is checked.
+# The flags come from engine_build (empty on ARM: llama.cpp's own Metal/NEON defaults).
+ENGINE_CMAKE_ARGS = $(shell $(PYTHON) -m helpers.serving.engine_build --cmake-args)
+
 $(VENV)/.installed: pyproject.toml helpers/serving/engine_build.py | $(BIN)/python
 	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."
 	$(BIN)/python -m helpers.serving.engine_build
-	$(BIN)/python -m pip install -e ".[test]"
+	CMAKE_ARGS="$(ENGINE_CMAKE_ARGS)" $(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m helpers.serving.engine_build --check
 	@echo "Installing the offline models ($(SLM_PULL)): the large side of lessons 03-07 without a key..."
 	$(BIN)/slm-course pull $(SLM_PULL)
 	@touch $@

@@ -60,7 +60,12 @@ def test_every_install_path_builds_portably():
     and none can reuse a wheel pip cached from a native build."""
     root = engine_build.__file__.rsplit("/helpers/", 1)[0]
     read = lambda p: open(os.path.join(root, p), encoding="utf-8").read()  # noqa: E731
-    assert "-m helpers.serving.engine_build" in read("Makefile")
+    makefile = read("Makefile")
+    assert "-m helpers.serving.engine_build" in makefile
+    # the course's own pip install compiles with the same flags if it compiles at all, and the
+    # installed result is checked before the install counts as done
+    assert 'CMAKE_ARGS="$(ENGINE_CMAKE_ARGS)" $(BIN)/python -m pip install -e' in makefile
+    assert "engine_build --check" in makefile
     assert "python -m helpers.serving.engine_build" in read("README.md")
     assert "make test" in read(".ci/run")
     binder = [ln for ln in read("binder/requirements.txt").splitlines() if ln.startswith("llama")]
@@ -87,3 +92,25 @@ def test_doctor_generates_in_a_child_process():
     check = _bundled()
     assert check.status == "OK", check.line()
     assert "answers offline" in check.detail
+
+
+def test_the_build_asks_for_the_same_versions_as_pyproject():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    root = engine_build.__file__.rsplit("/helpers/", 1)[0]
+    with open(f"{root}/pyproject.toml", "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    assert engine_build.requirement() in deps
+
+
+def test_cmake_args_are_printed_for_make():
+    import subprocess
+    import sys
+
+    root = engine_build.__file__.rsplit("/helpers/", 1)[0]
+    out = subprocess.run([sys.executable, "-m", "helpers.serving.engine_build", "--cmake-args"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == (engine_build.cmake_args() or "")

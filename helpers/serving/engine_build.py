@@ -19,6 +19,7 @@ Run it from the course folder, before or after `pip install -e .` (standard libr
     python -m helpers.serving.engine_build            # install a portable build if needed
     python -m helpers.serving.engine_build --check    # report the installed build, exit 1 if unsafe
     python -m helpers.serving.engine_build --force    # rebuild even if the installed one looks fine
+    python -m helpers.serving.engine_build --cmake-args   # the flags, for any other pip call
 """
 from __future__ import annotations
 
@@ -28,9 +29,20 @@ import platform
 import re
 import subprocess
 import sys
+from pathlib import Path
 
-# The version range the course supports (the same as in pyproject.toml).
-REQUIREMENT = "llama-cpp-python>=0.3,<0.4"
+_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def requirement(pyproject: Path = _PYPROJECT) -> str:
+    """The llama-cpp-python requirement of pyproject.toml (the one place the range is written),
+    so this build and `pip install -e .` can never ask for different versions."""
+    found = re.search(r'"(llama-cpp-python[^";]*)"', pyproject.read_text(encoding="utf-8"))
+    if found is None:
+        raise SystemExit(f"[engine_build] no llama-cpp-python requirement in {pyproject}")
+    return found.group(1)
+
+
 PORTABLE_X86_FLAGS = ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
                       "-DGGML_F16C=ON")
 REBUILD_COMMAND = "python -m helpers.serving.engine_build --force"
@@ -102,7 +114,7 @@ def install(python: str = sys.executable, *, force: bool = False, machine: str |
         env.pop("CMAKE_ARGS", None)
         print(f"[engine_build] building llama-cpp-python with llama.cpp's defaults for "
               f"{platform.machine()} (about 5 minutes)", flush=True)
-    cmd = [python, "-m", "pip", "install", "--no-cache-dir", REQUIREMENT]
+    cmd = [python, "-m", "pip", "install", "--no-cache-dir", requirement()]
     if info is not None:
         cmd[4:4] = ["--force-reinstall", "--no-deps"]
     done = subprocess.run(cmd, env=env)
@@ -124,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.serving.engine_build", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only report; exit 1 if unsafe or missing")
     parser.add_argument("--force", action="store_true", help="rebuild even if the installed build is fine")
+    parser.add_argument("--cmake-args", action="store_true",
+                        help="print the CMAKE_ARGS of a portable build on this machine (empty on ARM)")
     args = parser.parse_args(argv)
+    if args.cmake_args:
+        print(cmake_args() or "")
+        return 0
     if args.check:
         info = installed_system_info()
         if info is None:
