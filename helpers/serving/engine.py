@@ -707,8 +707,9 @@ class Engine:
             inputs = [inputs]
         if not isinstance(inputs, (list, tuple)) or not all(isinstance(s, str) for s in inputs):
             raise BadInput("input must be a string or a list of strings", 'pass e.g. "hello"')
-        for text in inputs:
-            self.check_text([text], trained_context(self.resolve(model)[0]) or DEFAULT_NUM_CTX)
+        context = trained_context(self.resolve(model)[0]) or DEFAULT_NUM_CTX
+        for text in inputs:  # each input is embedded on its own: each must fit on its own
+            self.check_text([text], context)
         with self.using(model, None, keep_alive_s) as (loaded, load_ns), loaded.embed_lock:
             if loaded.embedder is None:
                 from llama_cpp import Llama
