@@ -44,14 +44,11 @@ from ..net import is_loopback_host, port_in_use
 from ..registry import card
 from .engine import (
     DEFAULT_KEEP_ALIVE_S,
-    DEFAULT_NUM_CTX,
-    MAX_CHARS_PER_TOKEN,
     Chunk,
     Embeddings,
     Engine,
     get_engine,
     parse_tool_calls,
-    trained_context,
 )
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
@@ -822,15 +819,8 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             raise ApiError(400, f"{len(texts)} inputs in one request: the server embeds at most "
                            f"{MAX_EMBED_INPUTS} per request (send them in batches of "
                            f"{MAX_EMBED_INPUTS})")
-        # the engine refuses a prompt too long for its context before tokenising it; an
-        # embedding input is bounded here by the longest context the model has
-        longest = (trained_context(model.strip().removesuffix(":latest")) or DEFAULT_NUM_CTX) \
-            * MAX_CHARS_PER_TOKEN
-        for i, text in enumerate(texts):
-            if len(text) > longest:
-                raise ApiError(400, f"input {i} is {len(text):,} characters, more than any context "
-                               f"of {model} can hold (at most {longest:,}) (split it into smaller "
-                               "pieces)")
+        # an input too long for the model's context is refused by the engine (Engine.check_text)
+        # before any tokenising: a 400 like every BadInput
         cancel = inflight.new()
         work = run_in(model_pool, eng.embed, model, inputs, keep_alive_s=keep_alive_s, cancel=cancel)
         return await until_done_or_gone(request, work, cancel)
