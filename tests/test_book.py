@@ -146,3 +146,21 @@ def test_lessons_show_the_diagrams_they_are_drawn_for():
             if f"../docs/figures/{name}" in text:
                 shown.setdefault(name, []).append(path.name[:2])
     assert set(shown) == set(diagrams.DIAGRAMS), shown
+
+
+def test_execute_records_a_failing_cell_and_the_build_refuses_it(tmp_path):
+    """`slm-course book --execute` runs a lesson with papermill; a cell that raises is recorded as
+    failed and the cells after it as not run, so the site is never built from a broken lesson."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# Lesson 43"), nbformat.v4.new_code_cell("print('fine')"),
+                nbformat.v4.new_code_cell("1 / 0"), nbformat.v4.new_code_cell("print('never')")]
+    (tmp_path / "notebooks").mkdir()
+    source = tmp_path / "notebooks" / "43_broken.ipynb"
+    nbformat.write(nb, source)
+    record = book.execute(source, tmp_path / "executed", host=None, timeout_s=60)
+    meta = nbformat.read(record, as_version=4).metadata["slm_course"]
+    assert [c["outcome"] for c in meta["cells"]] == ["passed", "failed", "not run"]
+    problems = book.record_problems(source, record)
+    assert "43_broken.ipynb: code cell 1 failed" in problems and "43_broken.ipynb: code cell 2 not run" in problems
+    assert any("ZeroDivisionError" in p for p in problems)
