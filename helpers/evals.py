@@ -170,6 +170,22 @@ def arithmetic_tasks(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) 
     return tasks
 
 
+def two_digit_sums(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) -> list[Task]:
+    """`n` seeded sums of two two-digit numbers ("What is 47 + 28?"): one skill, short answers.
+
+    A mixed set averages skills a model has with skills it lacks; this one isolates a single
+    skill, which separates two small models in a dozen tasks (lessons 05 and 06)."""
+    if not isinstance(n, int) or n < 0:
+        raise BadInput(f"n must be a non-negative integer, got {n!r}", "ask for e.g. two_digit_sums(12)")
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(n):
+        a, b = rng.randint(11, 99), rng.randint(11, 99)
+        tasks.append(Task(f"sum-{seed}-{i:03d}", f"What is {a} + {b}? {suffix}".strip(), a + b,
+                          "two-digit sum", "easy", "number"))
+    return tasks
+
+
 # ---------------------------------------------------------------------------- code
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -450,6 +466,32 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def items_to_separate(p1: float, p2: float, *, z: float = Z95, max_n: int = 100_000) -> int | None:
+    """The smallest number of eval items per model at which two models whose true accuracies are
+    `p1` and `p2` get 95% Wilson intervals that no longer overlap (each scoring round(p * n) of n).
+
+    A rule of thumb for planning an eval, not a power analysis: it assumes each model scores
+    exactly its accuracy. A paired test (McNemar) on the same items often needs fewer, but never
+    reaches p < 0.05 with fewer than six disagreements. None when the accuracies are equal, or
+    when even `max_n` items are not enough.
+
+    >>> items_to_separate(0.1, 0.9), items_to_separate(0.8, 0.9), items_to_separate(0.22, 0.26)
+    (4, 183, 1729)
+    >>> items_to_separate(0.5, 0.5) is None
+    True
+    """
+    for p in (p1, p2):
+        if not 0.0 <= p <= 1.0:
+            raise BadInput(f"accuracies are shares between 0 and 1, got {p!r}", "e.g. 0.22 for 22%")
+    if p1 == p2:
+        return None
+    lo_p, hi_p = min(p1, p2), max(p1, p2)
+    for n in range(1, max_n + 1):
+        if wilson_interval(round(lo_p * n), n, z)[1] < wilson_interval(round(hi_p * n), n, z)[0]:
+            return n
+    return None
 
 
 def accuracy_summary(correct: Any) -> dict[str, Any]:

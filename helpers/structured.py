@@ -238,6 +238,7 @@ class ToolRun:
     answer: str = ""
     used_result: bool = False  # the final answer quotes the tool's result
     error: str = ""
+    output_tokens: int = 0     # tokens the model generated over the loop's calls (eval_count)
 
     @property
     def success(self) -> bool:
@@ -266,6 +267,7 @@ def tool_loop(client: Any, model: str, task: ToolTask, *, options: dict | None =
     except ollama.ResponseError as exc:  # e.g. 400 "does not support tools"
         run.error = exc.error
         return run
+    run.output_tokens = first.eval_count or 0
     calls = first.message.tool_calls or []
     if not calls:
         run.answer = first.message.content
@@ -282,6 +284,7 @@ def tool_loop(client: Any, model: str, task: ToolTask, *, options: dict | None =
                                  "content": json.dumps(run.result)}]
     second = client.chat(model=model, messages=messages, tools=list(TOOLS.values()), options=options)
     run.answer = second.message.content
+    run.output_tokens += second.eval_count or 0
     value = result_value(run.result)
     run.used_result = bool(value) and re.search(rf"(?<![\d.]){re.escape(value)}(?![\d])", run.answer) is not None
     return run

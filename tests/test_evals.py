@@ -21,6 +21,7 @@ from helpers.evals import (
     extract_code,
     extract_number,
     humaneval_tasks,
+    items_to_separate,
     judge_prompt,
     open_prompts,
     parse_judge,
@@ -29,6 +30,7 @@ from helpers.evals import (
     score_code,
     score_keywords,
     score_number,
+    two_digit_sums,
     wilson_interval,
 )
 from helpers.results import Metrics, Result
@@ -107,6 +109,40 @@ def test_wilson_interval_matches_a_hand_value():
     assert low == 0.0 and high == pytest.approx(0.277533, abs=1e-5)
     with pytest.raises(BadInput):
         wilson_interval(11, 10)
+
+
+def test_two_digit_sums_are_seeded_easy_sums():
+    a = two_digit_sums(20, seed=1)
+    assert a == two_digit_sums(20, seed=1) and a != two_digit_sums(20, seed=2)
+    for t in a:
+        x, y = map(int, re.match(r"What is (\d\d) \+ (\d\d)\?", t.prompt).groups())
+        assert t.answer == x + y and (t.category, t.difficulty, t.kind) == ("two-digit sum", "easy", "number")
+    assert len({t.id for t in a}) == 20
+    with pytest.raises(BadInput):
+        two_digit_sums(-1)
+
+
+def test_items_to_separate_is_the_first_n_whose_intervals_part():
+    for p1, p2 in [(0.22, 0.26), (0.8, 0.9), (0.3, 0.7), (0.95, 0.6)]:
+        n = items_to_separate(p1, p2)
+        lo, hi = sorted((p1, p2))
+        assert wilson_interval(round(lo * n), n)[1] < wilson_interval(round(hi * n), n)[0]
+        assert all(wilson_interval(round(lo * m), m)[1] >= wilson_interval(round(hi * m), m)[0] for m in range(1, n))
+        assert items_to_separate(p2, p1) == n
+    # a smaller gap needs more items: roughly 1 / gap^2
+    assert items_to_separate(0.5, 0.55) > items_to_separate(0.5, 0.6) > items_to_separate(0.5, 0.7)
+    assert items_to_separate(0.4, 0.4) is None and items_to_separate(0.5, 0.501, max_n=100) is None
+    with pytest.raises(BadInput):
+        items_to_separate(22, 26)
+
+
+def test_doctests_of_the_evals_module():
+    import doctest
+
+    import helpers.evals
+
+    result = doctest.testmod(helpers.evals)
+    assert result.attempted > 0 and result.failed == 0, result
 
 
 def test_humaneval_tasks_and_score_code():

@@ -96,6 +96,7 @@ def test_tool_loop_runs_the_tool_and_reads_the_answer(client):
     run = tool_loop(client, TOOLS_MODEL, task, options=DET)
     assert run.called == "add" and run.right_call and run.result == {"sum": 6912}
     assert run.used_result and run.success
+    assert run.output_tokens > 0  # both calls' eval_count
 
 
 def test_tool_loop_on_a_model_without_tools_reports_the_refusal(client):
