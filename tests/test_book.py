@@ -164,3 +164,19 @@ def test_execute_records_a_failing_cell_and_the_build_refuses_it(tmp_path):
     problems = book.record_problems(source, record)
     assert "43_broken.ipynb: code cell 1 failed" in problems and "43_broken.ipynb: code cell 2 not run" in problems
     assert any("ZeroDivisionError" in p for p in problems)
+
+
+def test_execute_records_a_cell_that_times_out(tmp_path):
+    """A lesson that hangs (a model call that never returns) is stopped, recorded and refused,
+    instead of crashing the build with a traceback."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# Lesson 44"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("import time\ntime.sleep(60)"), nbformat.v4.new_code_cell("x")]
+    (tmp_path / "notebooks").mkdir()
+    source = tmp_path / "notebooks" / "44_hangs.ipynb"
+    nbformat.write(nb, source)
+    record = book.execute(source, tmp_path / "executed", host=None, timeout_s=3)
+    meta = nbformat.read(record, as_version=4).metadata["slm_course"]
+    assert [c["outcome"] for c in meta["cells"]] == ["passed", "failed", "not run"]
+    assert any("CellTimeoutError" in p for p in book.record_problems(source, record))

@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import html.parser
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -179,8 +180,9 @@ def record_problems(source: Path, record: Path) -> list[str]:
 
 def execute(source: Path, out_dir: Path = RECORDS, *, host: str | None = None,
             timeout_s: int = 900) -> Path:
-    """Execute one lesson with its defaults (a learner's run) and record it like a test run; a
-    cell that raises is recorded as failed (the build then refuses the lesson)."""
+    """Execute one lesson with its defaults (a learner's run) and record it like a test run. A
+    cell that raises or times out is recorded as failed and the cells after it as not run, so the
+    build refuses the lesson and says which cell."""
     import tempfile
 
     import nbformat
@@ -189,20 +191,32 @@ def execute(source: Path, out_dir: Path = RECORDS, *, host: str | None = None,
     rec = Recorder(source, run_facts(host))
     with tempfile.TemporaryDirectory(prefix="slm-book-") as tmp:
         out = Path(tmp) / source.name
+        stopped = None
         try:
             pm.execute_notebook(str(source), str(out), kernel_name="python3", cwd=str(source.parent),
                                 execution_timeout=timeout_s, progress_bar=False)
-        except pm.PapermillExecutionError:
-            pass  # papermill wrote the notebook up to the failing cell: recorded below
-        executed = nbformat.read(out, as_version=4)
+        except Exception as exc:  # noqa: BLE001 - a raising cell, a timeout, a dead kernel: all recorded
+            stopped = exc        # papermill writes the notebook up to where it stopped, in every case
+        executed = nbformat.read(out, as_version=4) if out.exists() else nbformat.read(source, as_version=4)
     code = [c for c in executed.cells
             if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    # papermill marks cells it never reached "completed" when it stops, so whether a cell ran is
+    # read from its start time; the last one started is where a timeout or a dead kernel stopped it
+    started = [c for c in code if c.metadata.get("papermill", {}).get("start_time")]
     for i, cell in enumerate(code):
         pmeta = cell.metadata.get("papermill", {})
-        if pmeta.get("status") == "pending" or cell.execution_count is None and not cell.outputs:
-            continue  # not reached
-        failed = pmeta.get("exception") or any(o.get("output_type") == "error" for o in cell.outputs)
-        rec.add(i, cell.outputs, "failed" if failed else "passed", pmeta.get("duration") or 0.0)
+        if cell not in started:
+            continue  # never reached: "not run"
+        outputs = list(cell.outputs)
+        failed = bool(pmeta.get("exception")) or any(o.get("output_type") == "error" for o in outputs)
+        if cell is started[-1] and stopped is not None and not isinstance(stopped, pm.PapermillExecutionError):
+            failed = True  # a timeout or a dead kernel (a raising cell already shows its error)
+            outputs.append({"output_type": "error", "ename": type(stopped).__name__,
+                            "evalue": str(stopped).splitlines()[0] if str(stopped) else "", "traceback": []})
+        rec.add(i, outputs, "failed" if failed else "passed", pmeta.get("duration") or 0.0)
+    if stopped is not None:
+        print(f"[FAIL] {source.name}: {type(stopped).__name__}: {str(stopped).splitlines()[0] if str(stopped) else ''}",
+              file=sys.stderr)
     return rec.write(out_dir)
 
 
@@ -463,7 +477,11 @@ def run(args: argparse.Namespace) -> int:
         from ..settings import get_settings
 
         host = get_settings().ollama_host
-        proc = ensure_server(host)
+        # as in the test run the records usually come from (conftest.py): the kernel and a server
+        # this build starts share the cores, and llama.cpp's spin-waiting threads stall when they
+        # outnumber the free cores; one thread keeps a 2-core machine steady
+        os.environ.setdefault("SLM_THREADS", "1")
+        proc = ensure_server(host, user="the site build")
         try:
             from tqdm.auto import tqdm
 

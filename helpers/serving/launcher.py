@@ -37,10 +37,11 @@ def _detached() -> dict:
     return {"start_new_session": True}
 
 
-def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None:
+def ensure_server(host: str, *, wait_s: float = 60.0, user: str = "JupyterLab") -> subprocess.Popen | None:
     """Make sure an Ollama API answers at `host`. Returns the server process this call started
     (stop it with `stop`), or None when one was already there or none could be started.
-    Waits at most `wait_s` seconds; says what it found or did, and the next step on failure."""
+    Waits at most `wait_s` seconds; says what it found or did, and the next step on failure.
+    `user` names what the server runs for ("JupyterLab", "the site build") in those messages."""
     shown = redact_url(host)  # what is printed: never a password the URL may carry
     version = api_answers(host)
     if version is not None:
@@ -57,7 +58,7 @@ def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None
     bind = url.host if url.host not in ("localhost", "") else "127.0.0.1"
     log = log_dir() / "slm-course-serve.log"
     print(f"Ollama is not answering at {shown}: starting the course's offline server there "
-          f"(`slm-course serve`, bundled model {BUNDLED_MODEL}) for as long as JupyterLab runs.\n"
+          f"(`slm-course serve`, bundled model {BUNDLED_MODEL}) for as long as {user} runs.\n"
           f"  Its log: {log}\n  To use Ollama instead: {INSTALL_OLLAMA}, then start again.")
     proc = spawn_server(url.port or 11434, host=bind, log=log)
     state = wait_until_answers(proc, host, wait_s)
@@ -67,7 +68,7 @@ def ensure_server(host: str, *, wait_s: float = 60.0) -> subprocess.Popen | None
     if state == "exited":
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         print(f"[FAIL] the offline server exited (code {proc.returncode}):\n  "
-              + "\n  ".join(tail) + f"\n  Full log: {log}. JupyterLab starts anyway; lessons "
+              + "\n  ".join(tail) + f"\n  Full log: {log}. {user} starts anyway; lessons "
               "will say that no model server answers.")
         return None
     print(f"[WARN] the offline server did not answer within {wait_s:.0f} s; it keeps starting "
