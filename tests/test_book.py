@@ -148,19 +148,26 @@ def test_lessons_show_the_diagrams_they_are_drawn_for():
     assert set(shown) == set(diagrams.DIAGRAMS), shown
 
 
+def _execute_three_cells(tmp_path, name: str, second: str, timeout_s: int):
+    """Execute a lesson of three code cells, the second one `second`, as `slm-course book
+    --execute` does; returns its source, record and the recorded outcomes."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# Lesson {name[:2]}"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(second), nbformat.v4.new_code_cell("print('never')")]
+    (tmp_path / "notebooks").mkdir()
+    source = tmp_path / "notebooks" / name
+    nbformat.write(nb, source)
+    record = book.execute(source, tmp_path / "executed", host=None, timeout_s=timeout_s)
+    meta = nbformat.read(record, as_version=4).metadata["slm_course"]
+    return source, record, [c["outcome"] for c in meta["cells"]]
+
+
 def test_execute_records_a_failing_cell_and_the_build_refuses_it(tmp_path):
     """`slm-course book --execute` runs a lesson with papermill; a cell that raises is recorded as
     failed and the cells after it as not run, so the site is never built from a broken lesson."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell("# Lesson 43"), nbformat.v4.new_code_cell("print('fine')"),
-                nbformat.v4.new_code_cell("1 / 0"), nbformat.v4.new_code_cell("print('never')")]
-    (tmp_path / "notebooks").mkdir()
-    source = tmp_path / "notebooks" / "43_broken.ipynb"
-    nbformat.write(nb, source)
-    record = book.execute(source, tmp_path / "executed", host=None, timeout_s=60)
-    meta = nbformat.read(record, as_version=4).metadata["slm_course"]
-    assert [c["outcome"] for c in meta["cells"]] == ["passed", "failed", "not run"]
+    source, record, outcomes = _execute_three_cells(tmp_path, "43_broken.ipynb", "1 / 0", timeout_s=60)
+    assert outcomes == ["passed", "failed", "not run"]
     problems = book.record_problems(source, record)
     assert "43_broken.ipynb: code cell 1 failed" in problems and "43_broken.ipynb: code cell 2 not run" in problems
     assert any("ZeroDivisionError" in p for p in problems)
@@ -169,14 +176,7 @@ def test_execute_records_a_failing_cell_and_the_build_refuses_it(tmp_path):
 def test_execute_records_a_cell_that_times_out(tmp_path):
     """A lesson that hangs (a model call that never returns) is stopped, recorded and refused,
     instead of crashing the build with a traceback."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell("# Lesson 44"), nbformat.v4.new_code_cell("x = 1"),
-                nbformat.v4.new_code_cell("import time\ntime.sleep(60)"), nbformat.v4.new_code_cell("x")]
-    (tmp_path / "notebooks").mkdir()
-    source = tmp_path / "notebooks" / "44_hangs.ipynb"
-    nbformat.write(nb, source)
-    record = book.execute(source, tmp_path / "executed", host=None, timeout_s=3)
-    meta = nbformat.read(record, as_version=4).metadata["slm_course"]
-    assert [c["outcome"] for c in meta["cells"]] == ["passed", "failed", "not run"]
+    source, record, outcomes = _execute_three_cells(tmp_path, "44_hangs.ipynb", "import time\ntime.sleep(60)",
+                                                    timeout_s=3)
+    assert outcomes == ["passed", "failed", "not run"]
     assert any("CellTimeoutError" in p for p in book.record_problems(source, record))
