@@ -22,7 +22,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from helpers.evals import arithmetic_tasks, humaneval_tasks, open_prompts
+from helpers.evals import arithmetic_tasks, humaneval_tasks, open_prompts, two_digit_sums
 from helpers.recorded import load_routellm
 from helpers.routing import is_simple_task as kit_is_simple_task
 from helpers.routing import task_features
@@ -81,11 +81,10 @@ def run_page(cells: list[str], preamble: str = "") -> dict:
 def corpus() -> list[str]:
     """Every prompt the kit has: its own, the eval sets, HumanEval, the recorded RouteLLM questions,
     the article's examples and a few edge cases around each rule."""
-    page = run_page(page_cells(LESSON_06, {"two_digit_sums"}))
     prompts = [t.prompt for t in open_prompts()]
     prompts += [t.prompt for t in arithmetic_tasks(40, seed=0)]
     prompts += [t.prompt for t in humaneval_tasks()]
-    prompts += [t.prompt for t in page["two_digit_sums"](20)]
+    prompts += [t.prompt for t in two_digit_sums(20)]  # lesson 06's second set
     prompts += load_routellm("gsm8k")["prompt"].tolist()
     prompts += load_routellm("mmlu")["prompt"].sample(2000, random_state=0).tolist()  # 57 subjects, seeded
     prompts += ["What's 2+2?", "Analyze this legal document...", "How can I improve my essay?",
