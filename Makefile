@@ -28,8 +28,13 @@ $(BIN)/python:
 # llama.cpp is built portably (no AMX, no -march=native on x86-64: see helpers/serving/engine_build.py).
 # It is built first, so the course's install finds it there; that install runs with the same
 # CMAKE_ARGS, so no path through pip can compile a native one; and the result is checked.
-# The flags come from engine_build (empty on ARM: llama.cpp's own Metal/NEON defaults).
-ENGINE_CMAKE_ARGS = $(shell $(PYTHON) -m helpers.serving.engine_build --cmake-args)
+# The flags are written out here, as in binder/requirements.txt; tests/test_engine_build.py checks
+# they are engine_build's PORTABLE_X86_FLAGS. On ARM llama.cpp's own Metal/NEON defaults are kept.
+ifneq ($(filter x86_64 amd64 AMD64 x64,$(shell uname -m)),)
+ENGINE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+else
+ENGINE_CMAKE_ARGS :=
+endif
 
 $(VENV)/.installed: pyproject.toml helpers/serving/engine_build.py | $(BIN)/python
 	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."

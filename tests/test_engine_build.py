@@ -65,6 +65,8 @@ def test_every_install_path_builds_portably():
     # the course's own pip install compiles with the same flags if it compiles at all, and the
     # installed result is checked before the install counts as done
     assert 'CMAKE_ARGS="$(ENGINE_CMAKE_ARGS)" $(BIN)/python -m pip install -e' in makefile
+    x86 = [ln for ln in makefile.splitlines() if ln.startswith("ENGINE_CMAKE_ARGS :=") and ln.split(":=")[1].strip()]
+    assert len(x86) == 1 and x86[0].split(":=")[1].split() == list(engine_build.PORTABLE_X86_FLAGS)
     assert "engine_build --check" in makefile
     assert "python -m helpers.serving.engine_build" in read("README.md")
     assert "make test" in read(".ci/run")
