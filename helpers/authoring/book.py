@@ -441,9 +441,9 @@ def broken_links(html_dir: Path) -> tuple[list[str], set[str]]:
     return broken, external
 
 
-def build(dest: Path = BOOK) -> Path:
+def build(dest: Path = BOOK) -> tuple[Path, set[str]]:
     """Build the HTML with Jupyter Book, warnings as errors, then check every relative link.
-    Returns the site's index.html (BookError with the problems otherwise)."""
+    Returns the site's index.html and its external addresses (BookError with the problems otherwise)."""
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(dest), "--builder", "html",
            "--warningiserror", "--keep-going", "--quiet"]
@@ -455,10 +455,10 @@ def build(dest: Path = BOOK) -> Path:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
         raise BookError(f"Jupyter Book failed (a warning counts as an error):\n{tail}")
     html_dir = dest / "_build" / "html"
-    broken, _ = broken_links(html_dir)
+    broken, external = broken_links(html_dir)
     if broken:
         raise BookError("broken links in the site:\n  " + "\n  ".join(broken))
-    return html_dir / "index.html"
+    return html_dir / "index.html", external
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -491,11 +491,10 @@ def run(args: argparse.Namespace) -> int:
             stop(proc)
     try:
         pages = assemble(args.records, args.out)
-        index = build(args.out)
+        index, external = build(args.out)
     except BookError as exc:
         print(f"[FAIL] {exc}", file=sys.stderr)
         return 1
-    _, external = broken_links(index.parent)
     print(f"The course site: {len(pages)} lessons, {len(list((args.out / 'labs').glob('*.ipynb')))} labs, "
           f"every relative link checked ({len(external)} external addresses not fetched: offline).\n"
           f"Open {index} in a browser, or serve it: python -m http.server -d {index.parent}")
