@@ -409,7 +409,7 @@ class ModelJudge:
 
 def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Options | dict | None = None,
              progress: bool = True, judge: Callable[[str], Any] | None = None,
-             judge_pass: int = 7) -> list[EvalRecord]:
+             judge_pass: int = 7, concurrency: int | None = None) -> list[EvalRecord]:
     """Ask `model` every task through `backend.chat`, score each answer, time each call.
 
     `options` are merged over DEFAULT_EVAL_OPTIONS (temperature 0, fixed seed). Open tasks are
@@ -417,19 +417,27 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
     (text or Result), such as a `ModelJudge`; a rating >= `judge_pass` counts as correct, and
     the rating and the raw reply are kept in the record (`judge_score`, `judge_text`). Backend
     errors propagate: a stopped server or missing model should stop the run, not fill it with zeros.
+    The calls run `concurrency` at a time (default: helpers.concurrency.default_concurrency());
+    a latency then includes the time a call waited for a free slot.
     """
-    from tqdm.auto import tqdm
+    from .concurrency import map_concurrent, values
 
     tasks = list(tasks)
     if not tasks:
         raise BadInput("no tasks to run", "pass e.g. arithmetic_tasks(20) or open_prompts()")
     opts = Options.merge(DEFAULT_EVAL_OPTIONS, options)
     backend_name = getattr(backend, "name", type(backend).__name__)
-    records: list[EvalRecord] = []
-    for task in tqdm(tasks, desc=f"eval {model}", disable=not progress):
+
+    def ask(task: Task) -> tuple[Any, float]:
         t0 = time.perf_counter()
         result = backend.chat(model, [{"role": "user", "content": task.prompt}], options=opts)
-        latency = time.perf_counter() - t0
+        return result, time.perf_counter() - t0
+
+    # the calls run `concurrency` at a time (a server with slots answers them together)
+    answers = values(map_concurrent(ask, tasks, concurrency=concurrency, desc=f"eval {model}",
+                                    progress=progress))
+    records: list[EvalRecord] = []
+    for task, (result, latency) in zip(tasks, answers):
         text = getattr(result, "text", str(result))
         correct = score(task, text)
         rating = verdict = None

@@ -156,18 +156,24 @@ class Record:
 
 
 def run_extraction(client: Any, model: str, tasks: Sequence[ExtractTask], mode: str, *,
-                   options: dict | None = None, progress: Any = None) -> list[Record]:
-    """Ask `model` every task in one mode (an `ollama.Client`); score each reply."""
+                   options: dict | None = None, progress: Any = None,
+                   concurrency: int | None = None) -> list[Record]:
+    """Ask `model` every task in one mode (an `ollama.Client`), several at once; score each reply."""
+    from .concurrency import map_concurrent, values
+
+    def ask(task: ExtractTask) -> Any:
+        reply = client.chat(model=model, format=format_for(mode, task), options=options,
+                            messages=[{"role": "user", "content": extraction_prompt(task)}])
+        if progress is not None:
+            progress.update(1)
+        return reply
+
     out = []
-    for task in tasks:
-        r = client.chat(model=model, format=format_for(mode, task), options=options,
-                        messages=[{"role": "user", "content": extraction_prompt(task)}])
+    for task, r in zip(tasks, values(map_concurrent(ask, tasks, concurrency=concurrency, progress=False))):
         s = score(r.message.content, task)
         speed = (r.eval_count / r.eval_duration * 1e9) if r.eval_duration else 0.0
         out.append(Record(model, mode, task.id, s.valid_json, s.schema_valid, s.field_accuracy,
                           r.eval_count or 0, speed, r.message.content))
-        if progress is not None:
-            progress.update(1)
     return out
 
 
