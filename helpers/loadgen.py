@@ -572,3 +572,49 @@ def sizing_advice(df, target_p90_s: float) -> str:
         else:
             text += f" At {int(nxt['concurrency'])} requests failed or were cut off."
     return text
+
+
+def kit_sweep(model: str, num_parallel: int, levels: Sequence[int] = (1, 2, 4, 8), **kwargs):
+    """The same `sweep`, against a second `slm-course serve` started here with
+    OLLAMA_NUM_PARALLEL=`num_parallel` on a free loopback port (stopped afterwards): the offline
+    server's two shapes, one at a time (1) or decoded together (>1), side by side."""
+    from .net import free_loopback_port
+    from .serving.launcher import start_server, stop
+
+    check_int("num_parallel", num_parallel, 1, 16, "e.g. 1 (one at a time) or 4")
+    port = free_loopback_port()
+    proc = start_server(port, env={"OLLAMA_NUM_PARALLEL": str(num_parallel)})
+    try:
+        df = sweep(f"http://127.0.0.1:{port}", model, levels, **kwargs)
+    finally:
+        stop(proc)
+    df.attrs["num_parallel"] = num_parallel
+    return df
+
+
+def plot_parallel(sweeps: dict[str, Any], ax=None):
+    """p50 latency against concurrent students for several sweeps (label -> sweep table), with the
+    one-at-a-time prediction N x s (s: the first sweep's one-student latency). Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if not sweeps:
+        raise BadInput("no sweeps to plot", "pass {'1 slot': df1, '4 slots': df4}")
+    for df in sweeps.values():
+        _check_sweep_df(df)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    first = next(iter(sweeps.values())).sort_values("concurrency")
+    s = float(first["latency_p50_s"].iloc[0] / first["concurrency"].iloc[0])
+    for label, df in sweeps.items():
+        d = df.sort_values("concurrency")
+        ax.plot(d["concurrency"], d["latency_p50_s"], "o-", label=f"{label}: measured p50")
+    ax.plot(first["concurrency"], first["concurrency"] * s, "k--", label="one at a time: N x s")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(first["concurrency"]))
+    ax.set_xticklabels([str(int(c)) for c in first["concurrency"]])
+    ax.set_xlabel("concurrent students")
+    ax.set_ylabel("p50 latency per request (s)")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.set_title("One at a time, or decoded together")
+    return ax
