@@ -19,37 +19,33 @@ SLM_PULL ?= qwen2.5-coder:0.5b
 # browser; SITE=0 leaves that out (e.g. with PYTEST_ARGS that run only some lessons)
 SITE ?= 1
 
-.PHONY: start test check install labs doctor serve bench book clean
+.PHONY: start test check install prereqs labs doctor serve bench book clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# llama.cpp is built portably (no AMX, no -march=native on x86-64: see helpers/serving/engine_build.py).
-# It is built first, so the course's install finds it there; that install runs with the same
-# CMAKE_ARGS, so no path through pip can compile a native one; and the result is checked.
-# The flags are written out here, as in binder/requirements.txt; tests/test_engine_build.py checks
-# they are engine_build's PORTABLE_X86_FLAGS. On ARM llama.cpp's own Metal/NEON defaults are kept.
-ifneq ($(filter x86_64 amd64 AMD64 x64,$(shell uname -m)),)
-ENGINE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-else
-ENGINE_CMAKE_ARGS :=
-endif
-
-$(VENV)/.installed: pyproject.toml helpers/serving/engine_build.py | $(BIN)/python
-	@echo "Installing the course (the first time, llama-cpp-python compiles for ~5 minutes)..."
-	$(BIN)/python -m helpers.serving.engine_build
-	CMAKE_ARGS="$(ENGINE_CMAKE_ARGS)" $(BIN)/python -m pip install -e ".[test]"
-	$(BIN)/python -m helpers.serving.engine_build --check
+# The engine is llama.cpp's server code as a prebuilt wheel (xllamacpp: portable x86-64 without
+# AMX, and wheels for Linux ARM, macOS arm64 and Windows): nothing compiles.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "Installing the course (prebuilt wheels, about a minute)..."
+	$(BIN)/python -m pip install -e ".[test]"
 	@echo "Installing the offline models ($(SLM_PULL)): the large side of lessons 03-07 without a key..."
 	$(BIN)/slm-course pull $(SLM_PULL)
 	@touch $@
+
+# System packages: bubblewrap (the sandbox for model-written code) and chromium (browser tests),
+# installed with apt-get where it can (Debian/Ubuntu as root or with passwordless sudo); otherwise
+# it stops at once with the command to run (make test) or warns and goes on (make start).
+prereqs:
+	@bash scripts/system-packages.sh
 
 install: $(VENV)/.installed
 
 # JupyterLab on notebooks/; if no Ollama answers at OLLAMA_HOST, the course's offline server
 # runs there for as long as JupyterLab does (slm-course lab).
 start: install
+	@bash scripts/system-packages.sh --soft
 	-$(BIN)/slm-course doctor
 	$(BIN)/slm-course lab -- $(ROOT_FLAG) $(JUPYTER_ARGS)
 
@@ -57,7 +53,7 @@ start: install
 # outputs compared; conftest.py records each executed lesson in build/executed/), solutions and labs
 # through papermill in tests/test_notebooks.py. Then the course site is built from those records -
 # not executed again - and opened in chromium (tests/test_site.py).
-test: install
+test: prereqs install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
@@ -73,7 +69,7 @@ book: install
 
 # The fast loop while developing: ruff, then the unit and server tests - no notebooks, no browser,
 # none of the few marked slow (make test runs them all).
-check: install
+check: prereqs install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q $(XDIST) $(PYTEST_ARGS)
 

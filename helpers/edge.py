@@ -321,17 +321,11 @@ def model_path(model: str = BUNDLED_MODEL) -> Path:
 
 
 def model_shape(model: str = BUNDLED_MODEL) -> ModelShape:
-    """The shape of a bundled model, read by llama.cpp from its GGUF metadata (`llm.metadata`),
-    with the parameter count llama.cpp reports. Loads the model in the embedded engine."""
-    import llama_cpp
-
-    from .serving.engine import get_engine
-
-    with get_engine().using(model) as (loaded, _), loaded.lock:  # held: no reload under us
-        meta = dict(loaded.llm.metadata)
-        n_params = int(llama_cpp.llama_model_n_params(loaded.llm.model))
-    return shape_from_metadata(meta, n_params=n_params, name=loaded.name,
-                               source=f"GGUF metadata of {loaded.path.name}")
+    """The shape of an installed model, read from its GGUF header (metadata and tensor table):
+    the numbers llama.cpp itself reads when it loads the file."""
+    gguf = read_gguf(model_path(model))
+    return shape_from_metadata(gguf.metadata, n_params=gguf.n_params, name=model,
+                               source=f"GGUF metadata of {gguf.path.name}")
 
 
 # --------------------------------------------------------------------------- estimates
@@ -456,8 +450,8 @@ def _rss_probe(model: str, n_ctx: int, n_threads: int) -> dict[str, Any]:
     from .serving.engine import Engine
 
     proc = psutil.Process()
-    engine = Engine(n_threads=n_threads)
-    import llama_cpp  # noqa: F401  - the library itself is not the model's memory
+    engine = Engine(n_threads=n_threads, num_parallel=1)
+    import xllamacpp  # noqa: F401  - the library itself is not the model's memory
 
     before = proc.memory_info().rss
     loaded, _ = engine.load(model, n_ctx)
@@ -467,7 +461,7 @@ def _rss_probe(model: str, n_ctx: int, n_threads: int) -> dict[str, Any]:
         pass
     after_token = proc.memory_info().rss
     return {"n_ctx": n_ctx, "rss_before": before, "rss_loaded": after_load,
-            "rss_after_token": after_token, "n_ctx_real": int(loaded.llm.n_ctx())}
+            "rss_after_token": after_token, "n_ctx_real": loaded.num_ctx}
 
 
 def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048, 8192), *,
@@ -513,14 +507,11 @@ def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048
     return pd.DataFrame(rows).set_index("context (tokens)")
 
 
-def _filler(llm: Any, n_tokens: int, variant: int) -> str:
-    """Neutral text of about `n_tokens` tokens; `variant` changes its start, so llama.cpp cannot
-    reuse a cached prefix from the previous run."""
-    base = ("The river runs past the old mill, under the stone bridge and out to the sea. " * 64)
-    ids = llm.tokenize(base.encode(), add_bos=False)
-    while len(ids) < n_tokens:
-        ids = ids + ids
-    body = llm.detokenize(ids[: max(n_tokens - 8, 1)]).decode("utf-8", "ignore")
+def _filler(n_tokens: int, variant: int) -> str:
+    """Neutral text of about `n_tokens` tokens (about 4 characters each in these models'
+    tokenizers); `variant` changes its start, so llama.cpp cannot reuse a cached prefix."""
+    base = "The river runs past the old mill, under the stone bridge and out to the sea. "
+    body = (base * (n_tokens * 4 // len(base) + 1))[: max(n_tokens - 8, 1) * 4]
     return f"Note {variant}: {body}"
 
 
@@ -535,7 +526,6 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
     32 runs; after `max_duration_s` the running one is cancelled and no new one starts (those
     cells stay out of the table, and `df.attrs["stopped_by_time"]` is True).
     """
-    import llama_cpp
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -567,18 +557,16 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
     bar = tqdm(total=runs, desc="threads x context", unit="run", disable=not progress)
     try:
         for t in threads:
-            engine = Engine(n_threads=t)
+            engine = Engine(n_threads=t, num_parallel=1)
             for n_ctx in contexts:
                 if time.monotonic() - t_start > max_duration_s:
                     break
-                loaded, load_ns = engine.load(model, n_ctx)
-                # Engine sets the decode threads; prompt reading gets the same count here
-                # (llama-cpp-python would otherwise read prompts with every core).
-                llama_cpp.llama_set_n_threads(loaded.llm.ctx, t, t)
+                engine.unload(model)  # loaded at exactly this context (a smaller one would share)
+                _, load_ns = engine.load(model, n_ctx)
                 for r in range(repeats):
                     if time.monotonic() - t_start > max_duration_s:
                         break
-                    prompt = _filler(loaded.llm, int(n_ctx * fill), r)
+                    prompt = _filler(int(n_ctx * fill), r)
                     final, cancel = None, threading.Event()
                     for chunk in engine.stream(model, prompt=prompt, raw=True, cancel=cancel, options={
                             "num_ctx": n_ctx, "num_predict": num_predict, "temperature": 0,

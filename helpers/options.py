@@ -46,6 +46,11 @@ def check_int(name: str, value: Any, lo: int, hi: int, hint: str) -> int:
     return int(value)
 
 
+#: stop sequences a request may set, and their length (each is checked against every new token)
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+
+
 class Options(BaseModel):
     """Every generation setting a lesson passes, with Ollama's names; None = the server's default."""
 
@@ -90,6 +95,9 @@ class Options(BaseModel):
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             raise BadInput("option 'stop' must be a string or a list of strings", 'e.g. {"stop": ["\\n\\n"]}')
+        if len(value) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in value):
+            raise BadInput(f"option 'stop' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} "
+                           f"characters (got {len(value)})", 'e.g. {"stop": ["\\n\\n", "User:"]}')
         return [s for s in value if s]
 
     @field_validator("num_predict")

@@ -250,8 +250,6 @@ def test_greedy_answers_of_long_conversations_do_not_depend_on_the_cache(engine)
 
     engine.unload(M)
     cold = answer("Why are they tall?")
-    loaded = {m.name: m for m in engine.loaded()}[M]
-    assert loaded.canonical >= 512, "the prompt is longer than one chunk"
     warm = answer("Why are they tall?")
     other = answer("Who keeps them?")  # shares the long start, another ending
     again = answer("Why are they tall?")

