@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,9 +232,11 @@ def default_regexp(notebook: str) -> str:
 
 def collect(course_dir: Path, assignment: str, downloads: Path, *, regexp: str | None = None) -> list[str]:
     """Copy an LMS download (zip files and/or notebooks in ``downloads``) into
-    submitted/<student>/<assignment>/ with nbgrader's zip_collect. Returns the students found."""
+    submitted/<student>/<assignment>/ with nbgrader's zip_collect. Returns the students whose
+    notebook it wrote (a student already there is replaced: the download is the newer copy)."""
     _nbgrader()
     from nbgrader.apps import ZipCollectApp
+    from nbgrader.coursedir import CourseDirectory
 
     course_dir, downloads = Path(course_dir), Path(downloads)
     if not (course_dir / "source" / assignment).is_dir():
@@ -246,14 +249,19 @@ def collect(course_dir: Path, assignment: str, downloads: Path, *, regexp: str |
         shutil.rmtree(archive)
     shutil.copytree(downloads, archive)
     config = _config(course_dir)
-    config.FileNameCollector.named_regexp = regexp or default_regexp(f"{assignment}.ipynb")
+    config.FileNameCollectorPlugin.named_regexp = regexp or default_regexp(f"{assignment}.ipynb")
     config.ZipCollectApp.force = True
     app = ZipCollectApp(config=config)
+    app.coursedir = CourseDirectory(parent=app)
     app.coursedir.assignment_id = assignment
+    def stamps() -> dict:
+        return {p: p.stat().st_mtime_ns for p in (course_dir / "submitted").glob(f"*/{assignment}/*.ipynb")}
+
+    before = stamps()
     app.init_plugins()
     app.extract_archive_files()
     app.process_extracted_files()
-    return sorted(p.parent.name for p in (course_dir / "submitted").glob(f"*/{assignment}"))
+    return sorted({p.parent.parent.name for p, t in stamps().items() if before.get(p) != t})
 
 
 def edited_locked_cells(course_dir: Path, student: str, assignment: str) -> list[str]:
@@ -292,25 +300,34 @@ class Graded:
     error: str = ""
 
 
-def _exercise_rows(course_dir: Path, graded: list[Graded]) -> list[dict]:
-    """One row per submission and graded cell, from nbgrader's gradebook."""
+def exercise_rows(course_dir: Path) -> list[dict]:
+    """One row per submission and graded cell in nbgrader's gradebook (what grades_by_exercise.csv holds)."""
     rows = []
+    with _gradebook(course_dir) as gb:
+        for assignment in gb.assignments:
+            for submission in assignment.submissions:
+                student = submission.student.id
+                edited = set(edited_locked_cells(course_dir, student, assignment.name))
+                for notebook in submission.notebooks:
+                    for grade in sorted(notebook.grades, key=lambda x: x.name):
+                        rows.append({"student_id": student, "assignment": assignment.name,
+                                     "exercise": grade.name, "score": grade.score,
+                                     "max_score": grade.max_score,
+                                     "needs_manual_grade": grade.needs_manual_grade,
+                                     "check_edited": grade.name in edited})
+    return rows
+
+
+def _totals(course_dir: Path, graded: list[Graded]) -> None:
+    """Fill in each graded submission's score and the written answers still to grade by hand."""
     with _gradebook(course_dir) as gb:
         for g in graded:
             if g.error:
                 continue
             submission = gb.find_submission(g.assignment, g.student)
             g.score, g.max_score = submission.score, submission.max_score
-            for notebook in submission.notebooks:
-                for grade in sorted(notebook.grades, key=lambda x: x.cell.name):
-                    if grade.needs_manual_grade:
-                        g.needs_manual.append(grade.name)
-                    rows.append({"student_id": g.student, "assignment": g.assignment,
-                                 "exercise": grade.name, "score": grade.score,
-                                 "max_score": grade.max_score,
-                                 "needs_manual_grade": grade.needs_manual_grade,
-                                 "check_edited": grade.name in g.edited})
-    return rows
+            g.needs_manual = sorted(grade.name for notebook in submission.notebooks
+                                    for grade in notebook.grades if grade.needs_manual_grade)
 
 
 def grade_course(course_dir: Path, *, timeout_s: float | None = None, students: list[str] | None = None,
@@ -330,6 +347,9 @@ def grade_course(course_dir: Path, *, timeout_s: float | None = None, students: 
                        "put each student's notebook in submitted/<student>/<lab>/ (e.g. "
                        "submitted/alice/04_cost/04_cost.ipynb), or use `slm-course grade collect`")
     api = _api(course_dir, timeout_s=timeout_s)
+    from sqlalchemy.exc import SAWarning
+
+    warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's own session use, harmless
     graded = []
     for folder in folders:
         g = Graded(student=folder.parent.name, assignment=folder.name)
@@ -343,7 +363,8 @@ def grade_course(course_dir: Path, *, timeout_s: float | None = None, students: 
             if not result["success"]:
                 g.error = "feedback: " + (result.get("error") or "failed").strip().splitlines()[-1]
         graded.append(g)
-    rows = _exercise_rows(course_dir, graded)
+    _totals(course_dir, graded)
+    rows = exercise_rows(course_dir)
     with open(course_dir / "grades_by_exercise.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["student_id", "assignment", "exercise", "score", "max_score",
                                                "needs_manual_grade", "check_edited"])
