@@ -394,8 +394,8 @@ def report(graded: list[Graded], course_dir: Path) -> int:
     print(f"grades: {course_dir / 'grades.csv'} (per exercise: {course_dir / 'grades_by_exercise.csv'}); "
           f"feedback: {course_dir / 'feedback'}")
     if any(g.needs_manual for g in graded):
-        print(f"written answers: grade them in nbgrader's formgrader (`cd {course_dir} && nbgrader formgrader`"
-              ", or JupyterLab's Formgrader), then run this again to refresh grades.csv and feedback")
+        print(f"written answers: grade them in nbgrader's formgrader (`cd {course_dir} && jupyter lab`, menu "
+              "Nbgrader > Formgrader), then run this again to refresh grades.csv and feedback")
     return 1 if failed else 0
 
 
