@@ -304,3 +304,41 @@ def test_an_edited_check_cell_is_restored_and_reported(graded):
 
 def test_env_is_clean_after_grading(graded):
     assert "NBGRADER_EXECUTION" not in os.environ  # nbgrader sets it only while a notebook runs
+
+
+@pytest.mark.slow
+def test_written_answers_wait_for_a_person_and_points_come_from_the_solution(tmp_path, ollama_host, capsys):
+    """A two-cell course of its own (no model call): set points, a written answer, a student's text."""
+    cells = [new_code_cell("# parameters", metadata={"tags": ["parameters"]}),
+             new_code_cell("from helpers.checks import check"),
+             new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
+             new_code_cell("def _t():\n    assert double(2) == 4, 'double(2) is 4'\n\ncheck('double', _t)",
+                           metadata={"nbgrader": {"points": 2}}),
+             new_markdown_cell("**Question.** Why?\n\n=== BEGIN ANSWER ===\nBecause two.\n=== END ANSWER ===")]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(nb, str(tmp_path / "solutions" / "01_twice.ipynb"))
+    course = tmp_path / "course"
+    assert cli(["grade", "init", str(course), "--solutions", str(tmp_path / "solutions")]) == 0
+    source = (course / "source" / "01_twice" / "01_twice.ipynb").read_text(encoding="utf-8")
+    assert "Rubric (instructor" in source and "Because two." in source
+    student = nbformat.read(str(course / "release" / "01_twice" / "01_twice.ipynb"), as_version=4)
+    assert "Because two." not in _sources(course / "release" / "01_twice" / "01_twice.ipynb")
+    for cell in student.cells:
+        if _meta(cell).get("grade_id") == "double-answer":
+            cell.source = "def double(x):\n    return x + x"
+        elif _meta(cell).get("grade_id") == "written-1":
+            cell.source = "Because it is twice."
+    (course / "submitted" / "zoe" / "01_twice").mkdir(parents=True)
+    nbformat.write(student, str(course / "submitted" / "zoe" / "01_twice" / "01_twice.ipynb"))
+    capsys.readouterr()
+    assert cli(["grade", "run", str(course), "--timeout", str(TIMEOUT_S)]) == 0
+    out = capsys.readouterr().out
+    assert "zoe / 01_twice: 2 / 3" in out and "to grade by hand: written-1" in out
+    with open(course / "grades_by_exercise.csv", encoding="utf-8") as f:
+        rows = {r["exercise"]: r for r in csv.DictReader(f)}
+    assert rows["double"]["score"] == "2.0" and rows["double"]["max_score"] == "2.0"
+    assert rows["written-1"]["needs_manual_grade"] == "True" and rows["written-1"]["max_score"] == "1.0"
+    feedback = (course / "feedback" / "zoe" / "01_twice" / "01_twice.html").read_text(encoding="utf-8")
+    assert "Because it is twice." in feedback
