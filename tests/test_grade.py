@@ -176,7 +176,7 @@ def test_release_has_no_solution_and_is_the_lab(tmp_path):
 @pytest.mark.no_server
 def test_the_leak_check_sees_a_solution():
     solution = REPO / "solutions" / f"{LAB}.ipynb"
-    assert len(grade.leaked_solutions(solution, solution)) == len(grade.solution_bodies(solution)) == 3
+    assert len(grade.leaked_solutions(solution, solution)) == len(grade.solution_bodies(solution)) == 3  # 3 exercises
     assert grade.leaked_solutions(REPO / "labs" / f"{LAB}.ipynb", solution) == []
 
 

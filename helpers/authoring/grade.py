@@ -157,17 +157,17 @@ def _gradebook(course_dir: Path):
 
 
 def solution_bodies(solution_path: Path) -> list[str]:
-    """The text of every ``### BEGIN SOLUTION`` region of a solution notebook (markers excluded)."""
-    nb = labs.read_notebook(Path(solution_path))
+    """The text of every solution region of a solution notebook, markers excluded: the code of each
+    ``### BEGIN SOLUTION`` region and the model answer of each ``=== BEGIN ANSWER ===`` region."""
+    markers = {"code": (labs.BEGIN_SOLUTION, labs.END_SOLUTION), "markdown": (labs.BEGIN_ANSWER, labs.END_ANSWER)}
     bodies = []
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
+    for cell in labs.read_notebook(Path(solution_path)).cells:
+        begin, end = markers.get(cell.cell_type, (None, None))
         body: list[str] | None = None
         for line in cell.source.split("\n"):
-            if line.strip() == labs.BEGIN_SOLUTION:
+            if line.strip() == begin:
                 body = []
-            elif line.strip() == labs.END_SOLUTION and body is not None:
+            elif line.strip() == end and body is not None:
                 if "\n".join(body).strip():
                     bodies.append("\n".join(body))
                 body = None
@@ -178,11 +178,7 @@ def solution_bodies(solution_path: Path) -> list[str]:
 
 def leaked_solutions(notebook_path: Path, solution_path: Path) -> list[str]:
     """The solution bodies of ``solution_path`` found in ``notebook_path`` (a release must have none)."""
-    text = Path(notebook_path).read_text(encoding="utf-8")
-    import json
-
-    sources = "\n".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"])
-                        for c in json.loads(text)["cells"])
+    sources = "\n".join(cell.source for cell in labs.read_notebook(Path(notebook_path)).cells)
     return [body for body in solution_bodies(solution_path) if body.strip() in sources]
 
 
