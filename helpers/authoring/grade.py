@@ -40,6 +40,7 @@ COURSE_ID = "slm-course"
 CELL_TIMEOUT_S = 300   # per cell: a check may call a model several times on a slow, shared CPU
 MAX_KERNEL_RESTARTS = 3  # per notebook: answers that kill the kernel, before nbgrader gives up on it
 CONFIG_FILE = "nbgrader_config.py"
+_STOPPED = {"CellTimeoutError", "KeyboardInterrupt", "DeadKernelError"}  # cells not re-run after a restart
 _CONFIG_TEXT = '''\
 """nbgrader's configuration for this course, written by `slm-course grade init`.
 
@@ -101,7 +102,9 @@ def recovering_execute():
             run_sync(self.km.restart_kernel)(now=True)
             self.start_new_kernel_client()
             for n, earlier in enumerate(self.nb.cells[:index]):
-                if earlier.cell_type == "code" and earlier.source.strip() and n not in self._killers:
+                stopped = any(o.get("ename") in _STOPPED for o in earlier.get("outputs", []))
+                if earlier.cell_type == "code" and earlier.source.strip() and n not in self._killers \
+                        and not stopped:  # a cell cut at the timeout would only time out again
                     msg_id = self.kc.execute(earlier.source, silent=True, store_history=False,
                                              allow_stdin=False)
                     self.wait_for_reply(msg_id, earlier)
@@ -410,7 +413,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "(?P<student_id>...) and (?P<file_id>...) (default: <student>_[anything_]LAB.ipynb)")
     p = sub.add_parser("run", help="autograde submitted/, write grades.csv and feedback/ HTML")
     p.add_argument("course_dir", type=Path, metavar="COURSE_DIR")
-    p.add_argument("--timeout", type=float, default=CELL_TIMEOUT_S, help="seconds per cell (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds per cell (default: nbgrader_config.py's, {CELL_TIMEOUT_S} as written by init)")
     p.add_argument("--student", nargs="+", default=None, help="only these students")
     p.add_argument("--lab", nargs="+", default=None, help="only these labs")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
