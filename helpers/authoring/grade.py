@@ -329,15 +329,20 @@ def _totals(course_dir: Path, graded: list[Graded]) -> None:
                                     for grade in notebook.grades if grade.needs_manual_grade)
 
 
+def _check_course(course_dir: Path) -> None:
+    """Raise unless ``course_dir`` was made by `slm-course grade init`."""
+    if not (Path(course_dir) / "gradebook.db").is_file():
+        raise BadInput(f"{course_dir} is not a course made by `slm-course grade init`",
+                       f"run `slm-course grade init {course_dir}` first")
+
+
 def grade_course(course_dir: Path, *, timeout_s: float | None = None, students: list[str] | None = None,
                  assignments: list[str] | None = None, feedback: bool = True) -> list[Graded]:
     """Autograde every submission in submitted/<student>/<assignment>/ (or the ones picked) with
     nbgrader, write its grades.csv, grades_by_exercise.csv and feedback/<student>/<assignment>/*.html.
     A model server must answer at OLLAMA_HOST (`run` starts one)."""
     course_dir = Path(course_dir)
-    if not (course_dir / "gradebook.db").is_file():
-        raise BadInput(f"{course_dir} is not a course made by `slm-course grade init`",
-                       f"run `slm-course grade init {course_dir}` first")
+    _check_course(course_dir)
     folders = sorted(p for p in (course_dir / "submitted").glob("*/*") if p.is_dir()
                      and (not students or p.parent.name in students)
                      and (not assignments or p.name in assignments))
@@ -436,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
         from ..serving import launcher
         from ..settings import get_settings
 
+        _check_course(args.course_dir)  # before a server is started for nothing
         proc = launcher.ensure_server(get_settings().ollama_host, user="the grading run")
         try:
             graded = grade_course(args.course_dir, timeout_s=args.timeout, students=args.student,
