@@ -22,6 +22,7 @@ from helpers import checks
 from helpers.authoring import grade, labs
 from helpers.cli import main as cli
 from helpers.errors import BadInput
+from helpers.net import api_answers, free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "04_cost"
@@ -303,8 +304,12 @@ def test_an_edited_check_cell_is_restored_and_reported(graded):
 
 
 @pytest.mark.slow
-def test_written_answers_wait_for_a_person_and_points_come_from_the_solution(tmp_path, ollama_host, capsys):
-    """A two-cell course of its own (no model call): set points, a written answer, a student's text."""
+def test_written_answers_wait_for_a_person_and_points_come_from_the_solution(tmp_path, monkeypatch, capsys):
+    """A two-cell course of its own (no model call): set points, a written answer, a student's text.
+    Nothing answers at OLLAMA_HOST, so `grade run` starts the offline server there, and stops it."""
+    host = f"http://127.0.0.1:{free_loopback_port()}"
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    monkeypatch.setenv("SLM_LOG_DIR", str(tmp_path / "logs"))
     cells = [new_code_cell("# parameters", metadata={"tags": ["parameters"]}),
              new_code_cell("from helpers.checks import check"),
              new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
@@ -331,6 +336,7 @@ def test_written_answers_wait_for_a_person_and_points_come_from_the_solution(tmp
     capsys.readouterr()
     assert cli(["grade", "run", str(course), "--timeout", str(TIMEOUT_S)]) == 0
     out = capsys.readouterr().out
+    assert "starting the course's offline server" in out and api_answers(host) is None  # started, stopped
     assert "zoe / 01_twice: 2 / 3" in out and "to grade by hand: written-1" in out
     with open(course / "grades_by_exercise.csv", encoding="utf-8") as f:
         rows = {r["exercise"]: r for r in csv.DictReader(f)}
