@@ -1,4 +1,4 @@
-"""The `slm-course` command: doctor, serve, pull, lab, labs, bench, store-outputs, book."""
+"""The `slm-course` command: doctor, serve, pull, lab, labs, grade, bench, store-outputs, book."""
 from __future__ import annotations
 
 import argparse
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_pull)
 
     from . import bench
-    from .authoring import book, labs, nbstore
+    from .authoring import book, grade, labs, nbstore
     from .serving import launcher
 
     p = sub.add_parser("lab", help="JupyterLab on the lessons, with a model server that answers "
@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("labs", help="regenerate labs/ from solutions/ (--check: fail if stale)")
     labs.add_arguments(p)
     p.set_defaults(func=labs.run)
+
+    p = sub.add_parser("grade", help="autograde a class's labs with nbgrader: init, collect, run")
+    grade.add_arguments(p)
+    p.set_defaults(func=grade.run)
 
     p = sub.add_parser("bench", help="measure speed (TTFT, tokens/s) of models on this machine")
     bench.add_arguments(p)

@@ -29,6 +29,18 @@ trailing newline, so regenerating is byte-stable.
 
 A marker that is unbalanced, nested or misspelt (``## BEGIN SOLUTION``) raises ``BadInput``
 naming the notebook and cell: a typo must never leak a solution into a lab.
+
+Grading (nbgrader): every lab carries nbgrader's cell metadata, so a class can be autograded
+(``slm-course grade``, helpers/authoring/grade.py) from the labs as they are. An *exercise* is
+one or more answer cells (code with a solution region: ``solution: true``) followed by its check
+cell (a code cell with a top-level ``check("name", ...)`` call: ``grade: true, locked: true``,
+``grade_id`` = the name made id-safe, worth ``DEFAULT_POINTS``). A check cell with no answer
+cell since the previous check (a lab's setup check) is not graded. A markdown answer cell is a
+manually graded cell (``written-1``, ``written-2``, ... worth ``DEFAULT_WRITTEN_POINTS``). Points
+are set per exercise in the solution notebook: ``"nbgrader": {"points": 3}`` in the metadata of
+the check cell, an answer cell of that exercise, or a markdown answer cell.
+``instructor_notebook`` is the instructor's copy nbgrader's ``generate_assignment`` turns into the
+release: the same cells with the solutions kept (and a rubric line on each written answer).
 """
 from __future__ import annotations
 
@@ -68,6 +80,15 @@ FIX_COMMAND = "slm-course labs"
 # Lines that look like a marker but are not exactly one (a typo would leak the solution).
 _NEAR_CODE_MARKER = re.compile(r"^#+\s*(BEGIN|END)\s+SOLUTION\b", re.IGNORECASE)
 _NEAR_ANSWER_MARKER = re.compile(r"^=+\s*(BEGIN|END)\s+ANSWER\b", re.IGNORECASE)
+
+# nbgrader (helpers/authoring/grade.py): what a graded lab's cells carry
+DEFAULT_POINTS = 1           # an autograded exercise (answer cells + their check cell)
+DEFAULT_WRITTEN_POINTS = 1   # a free-text answer, graded by hand
+NBGRADER_SCHEMA = 3          # nbgrader 0.9's cell metadata format
+# a check cell calls check("name", ...) at the top level of the cell (not inside a function)
+_CHECK_CALL = re.compile(r"""^check\(\s*(["'])(?P<name>.+?)\1""", re.MULTILINE)
+RUBRIC = ("*Rubric (instructor's copy only; the release has the stub): give the points when the "
+          "answer makes the main points of this model answer, part of them when it makes some.*")
 
 
 @dataclass
@@ -155,32 +176,132 @@ def _header_cell(source_name: str, with_id: bool) -> nbformat.NotebookNode:
     return cell
 
 
-def lab_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbformat.NotebookNode:
-    """Build the lab for one solution notebook (``source_name`` is shown in the header and errors)."""
+def _grade_id(name: str) -> str:
+    """An nbgrader grade_id from a check's name: ``"final_number / is_correct"`` -> ``final_number-is_correct``."""
+    return re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-") or "exercise"
+
+
+def _nbgrader(cell_type: str, *, solution: bool = False, grade: bool = False, locked: bool = False,
+              grade_id: str, points: float | None = None) -> dict:
+    """One cell's nbgrader metadata (schema 3; ``points`` only on graded cells), as nbgrader's
+    generate_assignment leaves it in a release (less the checksum it adds)."""
+    meta = {"cell_type": cell_type, "grade": grade, "grade_id": grade_id, "locked": locked,
+            "schema_version": NBGRADER_SCHEMA, "solution": solution, "task": False}
+    if grade:
+        meta["points"] = points
+    return meta
+
+
+def _points(cells: list, default: float, where: str) -> float:
+    """The points set in the solution cells' ``nbgrader.points`` (all alike), else ``default``."""
+    found = {c.metadata["nbgrader"]["points"] for c in cells
+             if isinstance(c.metadata.get("nbgrader"), dict) and "points" in c.metadata["nbgrader"]}
+    if len(found) > 1:
+        raise BadInput(f"{where}: the exercise's cells set different points {sorted(found)}",
+                       "set nbgrader.points on one cell of the exercise (its check cell)")
+    if not found:
+        return default
+    points = found.pop()
+    if not isinstance(points, (int, float)) or isinstance(points, bool) or points < 0:
+        raise BadInput(f"{where}: nbgrader.points must be a number >= 0, got {points!r}",
+                       'write e.g. "nbgrader": {"points": 2} in the cell metadata')
+    return points
+
+
+def grade_metadata(cells: list, notebook: str) -> None:
+    """Write nbgrader's metadata on ``cells`` (a lab's or instructor copy's, in order), in place.
+
+    Answer cells are told apart by their markers, so pass the cells *before* their solutions are
+    stripped; ``notebook`` names the file in errors. See the module docstring for the rules."""
+    pending: list = []   # answer cells waiting for their check cell
+    used: set[str] = set()
+    written = 0
+    for cell in cells:
+        where = f"{notebook}, cell {cell.get('id', '?')}"
+        source = cell.source
+        if cell.cell_type == "markdown" and any(line.strip() == BEGIN_ANSWER for line in source.split("\n")):
+            written += 1
+            points = _points([cell], DEFAULT_WRITTEN_POINTS, where)
+            cell.metadata["nbgrader"] = _nbgrader("markdown", solution=True, grade=True, grade_id=f"written-{written}",
+                                                  points=points)
+            continue
+        if cell.cell_type != "code":
+            continue
+        is_answer = any(line.strip() == BEGIN_SOLUTION for line in source.split("\n"))
+        call = _CHECK_CALL.search(source)
+        if is_answer and call:
+            raise BadInput(f"{where}: the cell has both a solution region and a check(...) call",
+                           "put the check in its own cell after the answer, so it can be locked")
+        if is_answer:
+            pending.append(cell)  # its metadata is written when its check cell is found
+        elif call and pending:
+            grade_id = _grade_id(call.group("name"))
+            if grade_id in used:
+                raise BadInput(f"{where}: a second exercise checked as {call.group('name')!r}",
+                               "give each exercise's check(...) its own name")
+            used.add(grade_id)
+            points = _points([*pending, cell], DEFAULT_POINTS, where)
+            for n, answer in enumerate(pending, start=1):
+                answer.metadata["nbgrader"] = _nbgrader(
+                    "code", solution=True, grade_id=f"{grade_id}-answer" + (f"-{n}" if n > 1 else ""))
+            cell.metadata["nbgrader"] = _nbgrader("code", grade=True, locked=True, grade_id=grade_id, points=points)
+            pending = []
+    for n, answer in enumerate(pending, start=1):  # answer cells no check follows: answers, not graded
+        answer.metadata["nbgrader"] = _nbgrader("code", solution=True, grade_id=f"answer-{n}")
+    for cell in cells:  # what nbgrader's LockCells does to a release, so labs/ match it
+        meta = cell.metadata.get("nbgrader")
+        if meta and meta["solution"]:
+            cell.metadata["deletable"] = False
+        elif meta and meta["grade"]:
+            cell.metadata["deletable"] = cell.metadata["editable"] = False
+
+
+def lab_notebook(solution: nbformat.NotebookNode, source_name: str, *,
+                 keep_solutions: bool = False) -> nbformat.NotebookNode:
+    """Build the lab for one solution notebook (``source_name`` is shown in the header and errors).
+
+    With ``keep_solutions`` it is the instructor's copy instead: the same cells and metadata, the
+    solution regions kept (markdown answers marked as nbgrader regions, with a rubric line)."""
     import nbformat
 
     lab = copy.deepcopy(solution)
     lab.metadata.pop("widgets", None)  # widget state belongs to the outputs we clear
     cells = []
-    for index, cell in enumerate(solution.cells):
+    for cell in solution.cells:
         tags = cell.get("metadata", {}).get("tags", [])
-        if SOLUTION_ONLY_TAG in tags:
-            continue
-        cell = copy.deepcopy(cell)
+        if SOLUTION_ONLY_TAG not in tags:
+            cells.append(copy.deepcopy(cell))
+    grade_metadata(cells, source_name)
+    for index, cell in enumerate(cells):
         where = cell_where(Path(source_name), index, cell)
         if cell.cell_type == "code":
-            cell.source = strip_regions(cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB,
-                                        _NEAR_CODE_MARKER, where)
+            stripped = strip_regions(cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB,
+                                     _NEAR_CODE_MARKER, where)  # checks the markers either way
+            if not keep_solutions:
+                cell.source = stripped
             cell.outputs = []
             cell.execution_count = None
             cell.metadata.pop("execution", None)
         elif cell.cell_type == "markdown":
-            cell.source = strip_regions(cell.source, BEGIN_ANSWER, END_ANSWER, ANSWER_STUB,
-                                        _NEAR_ANSWER_MARKER, where)
-        cells.append(cell)
+            stripped = strip_regions(cell.source, BEGIN_ANSWER, END_ANSWER, ANSWER_STUB,
+                                     _NEAR_ANSWER_MARKER, where)
+            if not keep_solutions:
+                cell.source = stripped
+            elif stripped != cell.source:  # nbgrader's markers around the model answer, and the rubric
+                cell.source = "\n".join(
+                    BEGIN_SOLUTION + "\n" + RUBRIC + "\n" if line.strip() == BEGIN_ANSWER
+                    else END_SOLUTION if line.strip() == END_ANSWER else line
+                    for line in cell.source.split("\n"))
     lab.cells = [_header_cell(source_name, with_id=lab.nbformat_minor >= 5)] + cells
     nbformat.validate(lab)
     return lab
+
+
+def instructor_notebook(solution_path: Path) -> nbformat.NotebookNode:
+    """The instructor's copy of a lab (nbgrader's ``source``): the lab with its solutions kept."""
+    solution_path = Path(solution_path)
+    source_name = f"{solution_path.parent.name}/{solution_path.name}"
+    return lab_notebook(read_notebook(solution_path), source_name, keep_solutions=True)
 
 
 def render_lab(solution_path: Path) -> str:
