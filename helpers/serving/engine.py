@@ -68,7 +68,7 @@ MAX_CHARS_PER_TOKEN = 64
 
 @dataclass
 class GenOptions:
-    """Sampling options with Ollama's names and defaults (temperature 0.8 as in Ollama)."""
+    """Sampling options with Ollama's names and the defaults its engine applies (temperature 0.8)."""
 
     temperature: float = 0.8
     seed: int | None = None
@@ -76,7 +76,10 @@ class GenOptions:
     top_p: float = 0.9
     top_k: int = 40
     min_p: float = 0.0
-    repeat_penalty: float = 1.1
+    # Ollama documents 1.1, but its own engine (ollamarunner, which runs current models) applies no
+    # repeat penalty at all (ollama/ollama#15783, 2026-04; the fix #14537 was reverted in #14776):
+    # none unless a request asks, which is also what the kit's earlier engine did at temperature 0
+    repeat_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     num_ctx: int = DEFAULT_NUM_CTX
 
