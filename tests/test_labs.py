@@ -304,6 +304,7 @@ class Wrong:
     why: str                 # the mistake, in words
     code: str                # defines the exercise's function(s) the wrong way
     server: bool = False     # the check calls a model
+    slow: bool = False       # over ~6 s (the large model answers, or a timeout is waited for): not in `make check`
     raises: tuple = (AssertionError,)   # how the check reports it (check() prints any of these as wrong)
 
 
@@ -512,7 +513,7 @@ WRONG = [
           def cascade(prompt, check=basic_check):
               first, second = ask_small(prompt), ask_large(prompt)
               return (first, "small") if check(prompt, first.text) else (second, "large")
-          """, server=True),
+          """, server=True, slow=True),
     # ---- lab 07 ----
     Wrong("07_hybrid_app", "with_fallback", "catches errors but never stops waiting for a hung primary",
           """
@@ -523,7 +524,7 @@ WRONG = [
                   except CourseError:
                       return backup(prompt), "backup"
               return call
-          """, server=True),
+          """, server=True, slow=True),
     Wrong("07_hybrid_app", "smart_routing", "logs 'large' when the small model stood in for it",
           """
           def smart_routing(prompt, large=ask_large, timeout_s=30):
@@ -536,7 +537,7 @@ WRONG = [
               LOG.append({"prompt": prompt, "route": route, "model": result.model,
                           "latency_s": time.perf_counter() - t0})
               return result
-          """, server=True),
+          """, server=True, slow=True),
     Wrong("07_hybrid_app", "route_with_budget", "refuses the last call that exactly fits the budget",
           """
           def route_with_budget(prompt, spent_usd, budget_usd, large_call_usd):
@@ -637,7 +638,7 @@ WRONG = [
                   by_name[call.function.name](**call.function.arguments)
                   called.append(call.function.name)
               return first.message.content, called
-          """, server=True),
+          """, server=True, slow=True),
 ]
 
 
@@ -711,7 +712,7 @@ def _wrong_id(w: Wrong) -> str:
 
 
 def _param(w: Wrong):
-    return pytest.param(w, id=_wrong_id(w), marks=() if w.server else (unit,))
+    return pytest.param(w, id=_wrong_id(w), marks=(pytest.mark.slow,) if w.slow else () if w.server else (unit,))
 
 
 @pytest.fixture
