@@ -354,6 +354,13 @@ WRONG = [
               final = chunks[-1]
               return "".join(c["response"] for c in chunks), final["eval_count"] / final["eval_duration"]
           """, server=True),
+    Wrong("01_first_conversation", "join_stream", "parses every line, blank ones too",
+          """
+          def join_stream(lines):
+              chunks = [json.loads(x) for x in lines]
+              final = chunks[-1]
+              return "".join(c["response"] for c in chunks), final["eval_count"] / final["eval_duration"] * 1e9
+          """, server=True, raises=(ValueError,)),
     Wrong("01_first_conversation", "chat_turn", "sends only the newest message: the model forgets the chat",
           """
           def chat_turn(history, text):
@@ -583,6 +590,14 @@ WRONG = [
           """
           def answer(prompt, large):
               return backend.generate(MODEL, prompt, options=OPTIONS).text, "local"
+          """, server=True),
+    Wrong("08_edge", "answer", "falls back on any error, hiding a bug in the large tier",
+          """
+          def answer(prompt, large):
+              try:
+                  return large.generate("gpt-4o-mini", prompt, options=OPTIONS).text, "large"
+              except Exception:
+                  return backend.generate(MODEL, prompt, options=OPTIONS).text, "local"
           """, server=True),
     # ---- lab 09 ----
     Wrong("09_serving_a_class", "p90", "calls np.percentile although the exercise is to write it",
