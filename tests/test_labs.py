@@ -287,6 +287,7 @@ def test_repo_labs_match_solutions():
 import ast  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
+import re  # noqa: E402
 import textwrap  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
@@ -677,7 +678,8 @@ def _code_cells(lab: str):
 
 
 def _is_exercise_cell(src: str) -> bool:
-    return labs.BEGIN_SOLUTION in src or "check(" in src
+    """A solution cell, or a check cell (it calls check(...), not basic_check(...))."""
+    return labs.BEGIN_SOLUTION in src or re.search(r"(?<![\w.])check\(", src) is not None
 
 
 def _pure_setup(src: str, keep: set[str]) -> str:
@@ -730,16 +732,10 @@ def _param(w: Wrong):
     return pytest.param(w, id=_wrong_id(w), marks=(pytest.mark.slow,) if w.slow else () if w.server else (unit,))
 
 
-@pytest.fixture
-def lab_env(request):
-    """The model server for exercises that need one (unit exercises never start it)."""
-    w = request.getfixturevalue("wrong") if "wrong" in request.fixturenames else None
-    if w is not None and w.server:
-        request.getfixturevalue("ollama_host")
-
-
 @pytest.mark.parametrize("wrong", [_param(w) for w in WRONG])
-def test_check_accepts_the_solution_and_rejects_a_wrong_answer(wrong, lab_env):
+def test_check_accepts_the_solution_and_rejects_a_wrong_answer(wrong, request):
+    if wrong.server:
+        request.getfixturevalue("ollama_host")   # the session's server (pure exercises never start it)
     ns, recorded = _lab_namespace(wrong.lab, wrong.server)
     assert wrong.check in recorded.tests, f"{wrong.lab} has no check named {wrong.check!r}: {sorted(recorded.tests)}"
     test, _hint = recorded.tests[wrong.check]
@@ -870,8 +866,6 @@ def _md(lab: str) -> str:
 @unit
 @pytest.mark.parametrize("lab", sorted(p.stem for p in SOLUTIONS.glob("*.ipynb")))
 def test_each_lab_states_its_time(lab):
-    import re
-
     first = _md(lab)
     found = re.search(r"\*Time:\* about (\d+) minutes", first)
     assert found, f"the first cell of solutions/{lab}.ipynb says how long the lab takes ('*Time:* about N minutes')"
