@@ -23,6 +23,8 @@ from importlib import resources
 from .errors import BadInput
 
 CONFIRMED, REFUTED, CANNOT = "confirmed", "refuted", "cannot check here"
+#: The key of a ledger's rows in the metadata of the output `Ledger.show()` displays.
+LEDGER_KEY = "slm_course_ledger"
 #: Where the article sits beside the project (as CI sees it), relative to the repository root.
 ARTICLE_PATH = "../shared/article.txt"
 
@@ -132,6 +134,15 @@ class Ledger:
                           "measured in this run": str(measured), "verdict": verdict(ok, why)})
         return self
 
+    def judge(self, claim_id: str, finding) -> Ledger:
+        """One row from a `helpers.verdicts.Finding` (measured text, ok, why)."""
+        return self.add(claim_id, finding.measured, ok=finding.ok, why=finding.why)
+
+    def record(self) -> dict:
+        """The ledger as data: what `show()` stores in its output's metadata, so the course site's
+        "What did we find?" page can add the lessons up from an executed run."""
+        return {"lesson": self.lesson, "rows": [dict(row) for row in self.rows]}
+
     def table(self):
         """The rows as a DataFrame indexed by claim id."""
         import pandas as pd
@@ -161,7 +172,7 @@ class Ledger:
             except ImportError:
                 print(self.table().to_string())
             else:
-                display(self.table())
+                display(self.table(), metadata={LEDGER_KEY: self.record()})
 
 
 def model_seconds(output_tokens: float, bandwidth_gbs: float,
