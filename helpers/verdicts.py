@@ -148,35 +148,37 @@ def small_answers_two_plus_two(answer: str, routed_to: str, small_model: str) ->
                    + ("" if routed_to == "small" else "; the course's is_simple_task routes maths large"))
 
 
-def saving_at_mix(small_usd: float, large_usd: float, routine: float = 0.8) -> float:
-    """Share of an always-large bill saved when `routine` of the calls go to the small model,
-    with mean per-call costs `small_usd` and `large_usd`.
+def saving_at_mix(small_usd: float, simple_large_usd: float, complex_large_usd: float,
+                  routine: float = 0.8) -> float:
+    """Share of the always-large bill saved when `routine` of the prompts (the simple ones) go to
+    the small model: mean USD of a small answer, of a large answer to a simple prompt, of a large
+    answer to a complex prompt (lesson 07's HybridApp.mean_costs).
 
-    >>> round(saving_at_mix(0.0, 1.0), 2), round(saving_at_mix(1.0, 1.0), 2)
+    >>> round(saving_at_mix(0.0, 1.0, 1.0), 2), round(saving_at_mix(1.0, 1.0, 1.0), 2)
     (0.8, 0.0)
     """
-    if large_usd <= 0:
-        raise BadInput("the large call must cost something to save on it", "price it with api_price")
-    return 1.0 - (routine * small_usd + (1 - routine) * large_usd) / large_usd
+    always = routine * simple_large_usd + (1 - routine) * complex_large_usd
+    if always <= 0:
+        raise BadInput("the large calls must cost something to save on them", "price them with api_price")
+    return 1.0 - (routine * small_usd + (1 - routine) * complex_large_usd) / always
 
 
-def hybrid_saving(small_usd: float, large_usd: float, large_model: str, routine: float = 0.8,
-                  low: float = 0.60, high: float = 0.80) -> Finding:
+def hybrid_saving(small_usd: float, simple_large_usd: float, complex_large_usd: float, large_model: str,
+                  routine: float = 0.8, low: float = 0.60, high: float = 0.80) -> Finding:
     """"This reduces costs by 60-80%": the saving at the article's routine share, with the large
-    calls priced as the article's large model. Confirmed when it lies in [low, high].
+    answers priced as the article's large model (GPT-4). Confirmed when it lies in [low, high].
 
-    >>> hybrid_saving(0.00001, 0.02, "gpt-4").ok
+    >>> hybrid_saving(0.00001, 0.02, 0.03, "gpt-4").ok
     True
-    >>> hybrid_saving(0.001, 0.0012, "gpt-4o-mini").ok
+    >>> hybrid_saving(0.001, 0.0012, 0.002, "gpt-4o-mini").ok
     False
     """
-    saved = saving_at_mix(small_usd, large_usd, routine)
+    saved = saving_at_mix(small_usd, simple_large_usd, complex_large_usd, routine)
     ok = low <= saved <= high
-    return Finding(f"{saved:.0%} saved at {routine:.0%} small calls, large calls priced as {large_model} "
-                   f"(${large_usd:.5f} each, small ${small_usd:.6f})", ok,
+    return Finding(f"{saved:.0%} saved at {routine:.0%} small calls, large answers priced as {large_model} "
+                   f"(${complex_large_usd:.5f} a complex one; a small answer ${small_usd:.6f})", ok,
                    f"{'inside' if ok else 'outside'} {low:.0%}-{high:.0%}"
-                   + ("" if ok else "; a small call here costs "
-                      f"{small_usd / large_usd:.0%} of a large one"))
+                   + ("" if ok else f"; a small answer costs {small_usd / simple_large_usd:.0%} of a large one"))
 
 
 def rescues(outcomes: Sequence[bool | None]) -> tuple[int, int, int]:
@@ -249,12 +251,33 @@ def is_fibonacci(printed: str) -> bool:
     return tuple(x[:2]) in {(0, 1), (1, 1), (1, 2)} and all(x[i] == x[i - 1] + x[i - 2] for i in range(2, 10))
 
 
+def _calls_input(node) -> bool:
+    import ast
+
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", "") == "input" for n in ast.walk(node))
+
+
 def fibonacci_program(code: str) -> str | None:
     """A program that calls the first function `code` defines on 1..10 and prints the results as
-    one line, or None when `code` defines no function."""
+    one line, or None when `code` defines no function. Top-level statements other than imports,
+    definitions and assignments are left out.
+
+    >>> "input(" in fibonacci_program("def f(n):\\n    return n\\n\\nn = int(input())\\nprint(f(n))")
+    False
+    """
     m = _DEF_RE.search(code)
     if not m:
         return None
+    try:  # the function is judged, not the example usage around it (an input() call, a print loop)
+        import ast
+
+        tree = ast.parse(code)
+        keep = (ast.FunctionDef, ast.Import, ast.ImportFrom, ast.ClassDef)
+        code = "\n\n".join(ast.get_source_segment(code, node) or "" for node in tree.body
+                           if isinstance(node, keep) or (isinstance(node, ast.Assign) and node is not tree.body[-1]
+                                                         and not _calls_input(node)))
+    except SyntaxError:
+        pass  # run as written: the syntax error is the finding
     return (f"{code}\n\nimport sys\nsys.setrecursionlimit(200)\n"
             f"print('FIB', [{m.group(1)}(n) for n in range(1, 11)])\n")
 
@@ -289,29 +312,32 @@ def fibonacci_works(code: str, *, timeout_s: float = 5.0) -> Finding:
                    "the Fibonacci numbers" if ok else "not the Fibonacci numbers")
 
 
-def smart_home_command(reply: Mapping | None, expected: Mapping[str, str], offline: bool,
-                       how: str = "") -> Finding:
+def smart_home(pairs: Sequence[tuple[Mapping | None, Mapping[str, str]]], offline: bool, how: str = "") -> Finding:
     """"IoT Devices: Smart home automation without cloud": with the network cut (`offline`), the
-    small model turned a spoken command into the device action `expected` (every field equal,
-    case and spaces aside). Judged on content, not on whether some text came back.
+    small model turned each spoken command into its device action (`pairs`: the model's parsed reply,
+    or None, and the expected action; every field must match, case and spaces aside). Judged on
+    content, not on whether some text came back; None when the network could not be cut.
 
-    >>> smart_home_command({"device": "light", "room": "Kitchen", "action": "off"},
-    ...                    {"device": "light", "room": "kitchen", "action": "off"}, offline=True).ok
+    >>> want = {"device": "light", "room": "kitchen", "action": "off"}
+    >>> smart_home([(dict(want, room="Kitchen"), want)], offline=True).ok
     True
-    >>> smart_home_command({"device": "light", "room": "hall", "action": "off"},
-    ...                    {"device": "light", "room": "kitchen", "action": "off"}, offline=True).ok
-    False
+    >>> smart_home([(dict(want, action="on"), want)], offline=True).why
+    "1 of 1 wrong: 'light kitchen on' for 'light kitchen off'"
     """
     def norm(v) -> str:
         return re.sub(r"[\s_-]+", " ", str(v)).strip().lower()
 
-    where = "with no network" if offline else "with the network up"
-    if reply is None:
-        return Finding(f"no command parsed {where}{how}", False, "the reply is not the asked JSON")
-    wrong = [k for k, v in expected.items() if norm(reply.get(k, "")) != norm(v)]
-    measured = f"{where}{how}: {dict(reply)}"
+    def words(d: Mapping | None, keys) -> str:
+        return "no JSON" if d is None else " ".join(norm(d.get(k, "?")) for k in keys)
+
+    wrong = [(r, e) for r, e in pairs if r is None or any(norm(r.get(k, "")) != norm(v) for k, v in e.items())]
+    where = "network cut" if offline else "network up"
+    measured = f"{where}{f' ({how})' if how else ''}: {len(pairs) - len(wrong)} of {len(pairs)} commands right"
+    if not pairs:
+        return Finding(measured, None, "no command was asked")
     if not offline:
         return Finding(measured, None, "the network could not be cut here, so 'without cloud' is not shown")
     return Finding(measured, not wrong,
-                   "the right device action, computed on this machine" if not wrong
-                   else f"wrong {', '.join(wrong)} (expected {dict(expected)})")
+                   "each command became the right device action on this machine" if not wrong else
+                   f"{len(wrong)} of {len(pairs)} wrong: "
+                   + "; ".join(f"{words(r, e)!r} for {words(e, e)!r}" for r, e in wrong))

@@ -79,8 +79,8 @@ def test_two_plus_two_judges_the_small_models_answer_not_the_router():
 
 
 def test_cost_60_80_turns_with_the_large_tiers_price():
-    gpt4 = v.hybrid_saving(small_usd=0.00002, large_usd=0.02, large_model="gpt-4")
-    mini = v.hybrid_saving(small_usd=0.00002, large_usd=0.00003, large_model="gpt-4o-mini")
+    gpt4 = v.hybrid_saving(0.00002, 0.02, 0.03, large_model="gpt-4")
+    mini = v.hybrid_saving(0.00002, 0.00003, 0.00005, large_model="gpt-4o-mini")
     assert gpt4.ok is True and mini.ok is False
     assert v.ARTICLE_LARGE_TIER == "gpt-4"
 
@@ -106,10 +106,23 @@ def test_fibonacci_runs_the_code(code, ok):
 
 def test_smart_home_is_judged_on_content_and_needs_the_network_cut():
     want = {"device": "light", "room": "kitchen", "action": "off"}
-    assert v.smart_home_command(dict(want), want, offline=True).ok is True
-    assert v.smart_home_command({**want, "action": "on"}, want, offline=True).ok is False
-    assert v.smart_home_command(None, want, offline=True).ok is False
-    assert v.smart_home_command(dict(want), want, offline=False).ok is None
+    assert v.smart_home([(dict(want), want)], offline=True).ok is True
+    assert v.smart_home([(dict(want), want), ({**want, "action": "on"}, want)], offline=True).ok is False
+    assert v.smart_home([(None, want)], offline=True).ok is False
+    assert v.smart_home([(dict(want), want)], offline=False).ok is None
+
+
+def test_the_smart_home_step_really_runs_without_network():
+    from helpers import edge
+
+    prefix, how = edge.network_cutter()
+    if prefix is None:
+        pytest.skip(how)
+    run = edge.smart_home_offline()
+    assert run.offline and run.result is not None, run.stderr
+    assert run.result["model server"].startswith("unreachable"), run.result
+    assert not [i for i in run.result["interfaces"] if i.endswith("(up)")], run.result
+    assert len(run.result["replies"]) == len(edge.SMART_HOME_COMMANDS)
 
 
 def test_a_fall_back_is_a_rescue_only_when_its_answer_is_right():
@@ -121,7 +134,7 @@ def test_a_fall_back_is_a_rescue_only_when_its_answer_is_right():
 
 LISTED = {"04": ["price_per_1k", "cost_at_query_size", "cost_local"], "06": ["routine_share"],
           "07": ["small_answers_two_plus_two", "hybrid_saving", "reliability"], "09": ["realtime"],
-          "01": ["fibonacci_works"], "08": ["smart_home_command"]}
+          "01": ["fibonacci_works"], "08": ["smart_home"]}
 
 
 @pytest.mark.parametrize("number", sorted(LISTED))
