@@ -1,9 +1,10 @@
 """The claims ledger: the source article's words, what this run measured, and a verdict.
 
 The short quotes live in `helpers/data/claims.jsonl` (one per line: `id`, `lessons`, `quote`,
-`source`), copied verbatim from the article (`tests/test_claims.py` checks each one against
-`../shared/article.txt`). A lesson ends with a ledger cell: it measures, computes a verdict from
-the measurement, and shows the table::
+`source`; for a claim several lessons check, `differs`: why their verdicts may differ), copied
+verbatim from the article (`tests/test_claims.py` checks each one against `../shared/article.txt`).
+A lesson ends with a ledger cell: it measures, computes a verdict from the measurement, and shows
+the table::
 
     ledger = Ledger("04")
     ledger.add("cost-gpt4-turbo", measured=f"${total:,.0f}", ok=abs(total - 30_000) < 3_000)
@@ -37,6 +38,8 @@ class Claim:
     quote: str
     lessons: tuple[str, ...]
     source: str
+    #: For a claim checked in several lessons: why their verdicts may differ (what each one judges).
+    differs: str = ""
 
 
 @cache
@@ -47,7 +50,8 @@ def load_claims() -> dict[str, Claim]:
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
-            claims[row["id"]] = Claim(row["id"], row["quote"], tuple(row["lessons"]), row["source"])
+            claims[row["id"]] = Claim(row["id"], row["quote"], tuple(row["lessons"]), row["source"],
+                                      row.get("differs", ""))
     return claims
 
 
