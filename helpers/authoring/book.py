@@ -94,17 +94,14 @@ def run_facts(host: str | None) -> dict:
 
 
 def _clean_outputs(outputs: list) -> list:
-    """Outputs a static page can show: widget frames dropped (their text fallback kept)."""
+    """Outputs a static page can show: widgets dropped whole. A widget's text fallback is its first
+    frame (a progress bar at "0%" although it finished), which would tell the reader something false."""
     kept = []
     for out in outputs:
-        out = copy.deepcopy(dict(out))
         data = out.get("data")
         if data and WIDGET_MIME in data:
-            data = {k: v for k, v in data.items() if k != WIDGET_MIME}
-            if not data:
-                continue
-            out["data"] = data
-        kept.append(out)
+            continue
+        kept.append(copy.deepcopy(dict(out)))
     return kept
 
 
