@@ -174,13 +174,21 @@ def page(ledgers: Mapping[str, list[Row]], run_line: str,
         lines.append(f"| {name} | {c[CONFIRMED]} | {c[REFUTED]} | {c[CANNOT]} |")
     lines.append(f"| **all lessons** | **{total[CONFIRMED]}** | **{total[REFUTED]}** | **{total[CANNOT]}** |")
 
-    lines += ["", "## The article's three questions", ""]
+    lines += ["", "## The article's three questions", "",
+              "Each answer is the run's own verdicts on the claims that bear on the question, with the number "
+              "measured and the condition it holds under.", ""]
     for question, scope, ids in QUESTIONS:
         rows = [r for cid in ids for r in all_rows if r.claim == cid]
         c = counts(rows)
         lines += [f"### {question}", "", f"{scope} {len(rows)} verdicts bear on it: {c[CONFIRMED]} confirmed, "
-                  f"{c[REFUTED]} refuted, {c[CANNOT]} not checkable here. Each row names its conditions.", ""]
-        lines += _rows_table(rows, titles) + [""]
+                  f"{c[REFUTED]} refuted, {c[CANNOT]} not checkable here.", ""]
+        for word, heading in ((CONFIRMED, "Holds in this run"), (REFUTED, "Does not hold in this run"),
+                              (CANNOT, "Not checked here")):
+            group = [r for r in rows if r.word == word]
+            if group:
+                lines += [f"**{heading}:**", ""]
+                lines += [f"- *{_cell(r.quote)}* ({_lesson_link(r.lesson, titles)}): {_cell(r.measured)}"
+                          + (f" - {_cell(r.why)}" if r.why else "") for r in group] + [""]
 
     split = contradictions(ledgers)
     lines += ["## Same claim, two verdicts", ""]
