@@ -148,3 +148,30 @@ def test_the_lessons_ledgers_use_these_verdicts(number):
 def test_doctests_of_the_verdicts_module():
     result = doctest.testmod(v)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_lesson_07_reprices_the_large_answers_as_gpt4():
+    """HybridApp keeps each large answer's tokens, so the saving can be priced as the article's GPT-4
+    although the dashboard priced them as the course's default API model."""
+    from datetime import datetime, timezone
+
+    from helpers.cost import api_price, query_cost_api
+    from helpers.dashboard import HybridApp
+    from helpers.results import Metrics, Result
+
+    def tier(name, tokens_out):
+        return lambda prompt: Result(f"{name} answer", name, "test", metrics=Metrics(
+            prompt_tokens=len(prompt.split()), output_tokens=tokens_out, total_s=0.5))
+
+    when = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    mini, gpt4 = api_price("gpt-4o-mini", when=when), api_price(v.ARTICLE_LARGE_TIER, when=when)
+    app = HybridApp(small=tier("small", 30), large=tier("large", 100), price=mini, baseline=tier("large", 40),
+                    small_usd_per_s=30 / 1000 / 3600 * 0.30)
+    app.ask("Say hello to Ana.")              # simple: small answers, the baseline 40 tokens large
+    app.ask("Explain why the sky is blue.")   # complex: large answers, 100 tokens
+    small, simple_large, complex_large = app.mean_costs(gpt4)
+    assert simple_large == pytest.approx(query_cost_api(gpt4, 4, 40))
+    assert complex_large == pytest.approx(query_cost_api(gpt4, 6, 100))
+    assert app.mean_costs()[2] == pytest.approx(query_cost_api(mini, 6, 100))
+    assert v.hybrid_saving(*app.mean_costs(gpt4), "gpt-4").ok != v.hybrid_saving(
+        small * 400, simple_large, complex_large, "gpt-4").ok   # a dearer small call turns it
