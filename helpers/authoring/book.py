@@ -14,7 +14,8 @@ Two steps, so the course is never executed twice:
 2. **Build.** `slm-course book` checks every record (complete, no cell failed, made from today's
    source), assembles `build/book/` (the executed lessons, the labs as pages, an index with the
    run's facts, the diagrams, the syllabus, and "What did we find?": every lesson's claims ledger
-   from the records, added up by `helpers.findings`) and builds it with Jupyter Book into `build/book/_build/html/`.
+   from the records, added up by `helpers.findings`) and builds it with Jupyter Book into
+   `build/book/_build/html/`.
    The build fails on a lesson that raised, a stale or missing record, any Sphinx warning (a
    cross-reference that points nowhere is one) and any relative link or image in the HTML that
    points to no file or anchor.
