@@ -1,9 +1,10 @@
 """The claims ledger: the source article's words, what this run measured, and a verdict.
 
 The short quotes live in `helpers/data/claims.jsonl` (one per line: `id`, `lessons`, `quote`,
-`source`), copied verbatim from the article (`tests/test_claims.py` checks each one against
-`../shared/article.txt`). A lesson ends with a ledger cell: it measures, computes a verdict from
-the measurement, and shows the table::
+`source`; for a claim several lessons check, `differs`: why their verdicts may differ), copied
+verbatim from the article (`tests/test_claims.py` checks each one against `../shared/article.txt`).
+A lesson ends with a ledger cell: it measures, computes a verdict from the measurement, and shows
+the table::
 
     ledger = Ledger("04")
     ledger.add("cost-gpt4-turbo", measured=f"${total:,.0f}", ok=abs(total - 30_000) < 3_000)
@@ -23,6 +24,8 @@ from importlib import resources
 from .errors import BadInput
 
 CONFIRMED, REFUTED, CANNOT = "confirmed", "refuted", "cannot check here"
+#: The key of a ledger's rows in the metadata of the output `Ledger.show()` displays.
+LEDGER_KEY = "slm_course_ledger"
 #: Where the article sits beside the project (as CI sees it), relative to the repository root.
 ARTICLE_PATH = "../shared/article.txt"
 
@@ -35,6 +38,8 @@ class Claim:
     quote: str
     lessons: tuple[str, ...]
     source: str
+    #: For a claim checked in several lessons: why their verdicts may differ (what each one judges).
+    differs: str = ""
 
 
 @cache
@@ -45,7 +50,8 @@ def load_claims() -> dict[str, Claim]:
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
-            claims[row["id"]] = Claim(row["id"], row["quote"], tuple(row["lessons"]), row["source"])
+            claims[row["id"]] = Claim(row["id"], row["quote"], tuple(row["lessons"]), row["source"],
+                                      row.get("differs", ""))
     return claims
 
 
@@ -132,6 +138,15 @@ class Ledger:
                           "measured in this run": str(measured), "verdict": verdict(ok, why)})
         return self
 
+    def judge(self, claim_id: str, finding) -> Ledger:
+        """One row from a `helpers.verdicts.Finding` (measured text, ok, why)."""
+        return self.add(claim_id, finding.measured, ok=finding.ok, why=finding.why)
+
+    def record(self) -> dict:
+        """The ledger as data: what `show()` stores in its output's metadata, so the course site's
+        "What did we find?" page can add the lessons up from an executed run."""
+        return {"lesson": self.lesson, "rows": [dict(row) for row in self.rows]}
+
     def table(self):
         """The rows as a DataFrame indexed by claim id."""
         import pandas as pd
@@ -161,7 +176,7 @@ class Ledger:
             except ImportError:
                 print(self.table().to_string())
             else:
-                display(self.table())
+                display(self.table(), metadata={LEDGER_KEY: self.record()})
 
 
 def model_seconds(output_tokens: float, bandwidth_gbs: float,

@@ -111,6 +111,7 @@ class Routed:
     always_large_usd: float  # this prompt on the large model (measured, or the same tokens at its price)
     always_large_s: float | None = None  # seconds of this prompt on the large model, when measured
     baseline_measured: bool = False      # the always-large figures come from the large model's own call
+    always_large_tokens: tuple[int, int] | None = None  # (input, output) tokens of that large-model answer
 
     @property
     def label(self) -> str:
@@ -201,15 +202,16 @@ class HybridApp:
         result = answered.get(decision.route)
         m = getattr(result, "metrics", None)
         tokens_in, tokens_out = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
-        always_usd, always_s, measured = self._always_large(decision, result, prompt)
+        always_usd, always_s, measured, always_tokens = self._always_large(decision, result, prompt)
         routed = Routed(decision, tokens_in, tokens_out, getattr(m, "ttft_s", None), always_usd,
-                        always_s, measured)
+                        always_s, measured, always_tokens)
         self.log.append(routed)
         return routed
 
-    def _always_large(self, decision: Decision, result: Any, prompt: str) -> tuple[float, float | None, bool]:
-        """(USD, seconds, measured?) of this prompt on the large model: the large call itself when
-        it answered, else a call to `baseline`; without one (or when it fails) the small answer's
+    def _always_large(self, decision: Decision, result: Any,
+                      prompt: str) -> tuple[float, float | None, bool, tuple[int, int]]:
+        """(USD, seconds, measured?, tokens) of this prompt on the large model: the large call itself
+        when it answered, else a call to `baseline`; without one (or when it fails) the small answer's
         tokens at the large price, time unknown."""
         source = result if decision.route == "large" and not decision.fell_back else None
         if source is None and self.baseline is not None:
@@ -219,10 +221,11 @@ class HybridApp:
                 source = None
         if source is not None and getattr(source, "metrics", None) is not None:
             m = source.metrics
-            return query_cost_api(self.price, m.prompt_tokens, m.output_tokens), m.total_s, True
+            tokens = (m.prompt_tokens, m.output_tokens)
+            return query_cost_api(self.price, *tokens), m.total_s, True, tokens
         m = getattr(result, "metrics", None)
-        tokens_in, tokens_out = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
-        return query_cost_api(self.price, tokens_in, tokens_out), None, False
+        tokens = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
+        return query_cost_api(self.price, *tokens), None, False, tokens
 
     def frame(self, last: int | None = None):
         """The decisions log as a DataFrame, one row per call (the `last` ones if given)."""
@@ -262,6 +265,23 @@ class HybridApp:
             baseline_measured=sum(r.baseline_measured for r in entries),
         )
 
+    def mean_costs(self, price: ApiPrice | None = None) -> tuple[float, float, float] | None:
+        """Mean USD per call (small answer of a simple prompt, large answer of a simple prompt,
+        large answer of a complex prompt), large answers priced at `price` (default: the app's)
+        from their measured tokens; None until both routes were used."""
+        simple = [r for r in self.log if r.routed_to == "small"]
+        complex_ = [r for r in self.log if r.routed_to == "large"]
+        if not simple or not complex_:
+            return None
+
+        def large_usd(r: Routed) -> float:
+            if price is None or r.always_large_tokens is None:
+                return r.always_large_usd
+            return query_cost_api(price, *r.always_large_tokens)
+
+        return (statistics.mean(r.decision.cost_usd or 0.0 for r in simple),
+                statistics.mean(large_usd(r) for r in simple), statistics.mean(large_usd(r) for r in complex_))
+
     def saving_at_mix(self, simple_share: float) -> float | None:
         """Share of the always-large cost saved if `simple_share` of prompts were simple, using
         the mean per-call costs measured for each route (None until both routes were used).
@@ -270,13 +290,10 @@ class HybridApp:
         """
         if not 0.0 <= simple_share <= 1.0:
             raise BadInput(f"simple_share must be in [0, 1], got {simple_share}", "e.g. 0.8 for 80% routine")
-        simple = [r for r in self.log if r.routed_to == "small"]
-        complex_ = [r for r in self.log if r.routed_to == "large"]
-        if not simple or not complex_:
+        costs = self.mean_costs()
+        if costs is None:
             return None
-        small_cost = statistics.mean(r.decision.cost_usd or 0.0 for r in simple)
-        simple_large = statistics.mean(r.always_large_usd for r in simple)
-        complex_large = statistics.mean(r.always_large_usd for r in complex_)
+        small_cost, simple_large, complex_large = costs
         always = simple_share * simple_large + (1 - simple_share) * complex_large
         if always <= 0:
             return None

@@ -591,3 +591,130 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
                                      "output tokens", "decode tokens/s", "load (s)"])
     df.attrs["stopped_by_time"] = len(rows) < runs
     return df
+
+
+# --------------------------------------------------------------------------- offline, for real
+
+#: Spoken smart-home commands and the device action each means (lesson 08's "without cloud" check).
+SMART_HOME_COMMANDS = (
+    ("Switch off the light in the kitchen.", {"device": "light", "room": "kitchen", "action": "off"}),
+    ("Open the blinds in the bedroom, please.", {"device": "blinds", "room": "bedroom", "action": "open"}),
+    ("Turn the heater in the living room on.", {"device": "heater", "room": "living room", "action": "on"}),
+)
+#: The JSON a command becomes: the grammar keeps the answer to these choices, the model picks.
+SMART_HOME_SCHEMA = {
+    "type": "object",
+    "properties": {"device": {"enum": ["light", "heater", "blinds", "door lock"]},
+                   "room": {"enum": ["kitchen", "bedroom", "living room", "hall"]},
+                   "action": {"enum": ["on", "off", "open", "close", "lock", "unlock"]}},
+    "required": ["device", "room", "action"],
+}
+SMART_HOME_SYSTEM = "You control a smart home. Turn the user's command into JSON: device, room, action."
+
+
+@dataclass(frozen=True)
+class OfflineRun:
+    """A child process run with the network cut (`offline`), what it printed last as JSON, and how."""
+
+    offline: bool
+    how: str
+    result: dict | None
+    stderr: str = ""
+    seconds: float = 0.0
+
+
+def network_cutter() -> tuple[list[str] | None, str]:
+    """The command prefix that starts a process in a new, empty network namespace (`unshare -rn`,
+    or `unshare -n` with root rights) and a sentence saying so; (None, why not) where it cannot."""
+    import shutil
+
+    exe = shutil.which("unshare")
+    if exe is None:
+        return None, ("this system has no `unshare` (Linux only): the network cannot be cut from here, "
+                      "so the step runs with the network up")
+    last = ""
+    for flags in (["-rn"], ["-n"]):
+        try:
+            probe = subprocess.run([exe, *flags, "true"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            last = str(exc)
+            continue
+        if probe.returncode == 0:
+            return [exe, *flags], (f"`unshare {' '.join(flags)}`: a child process in a new network namespace, "
+                                   "where no interface is up (not even loopback)")
+        last = probe.stderr.strip()
+    return None, (f"`unshare` cannot make a network namespace here ({last or 'not permitted'}): user "
+                  "namespaces are off, so the step runs with the network up")
+
+
+def run_without_network(code: str, *, timeout_s: float = 180.0) -> OfflineRun:
+    """Run Python `code` in a child process with the network cut where the system allows it (see
+    `network_cutter`), else with the network up (`offline` False, `how` says why). The child's
+    last stdout line must be JSON: it is the result."""
+    prefix, how = network_cutter()
+    cmd = [*(prefix or []), sys.executable, "-c", code]
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired as exc:
+        raise CourseError(f"the offline step took over {timeout_s:g} s",
+                          "the machine is very busy: run the cell again, or pass timeout_s") from exc
+    lines = out.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if out.returncode == 0 and lines else None
+    except ValueError:
+        result = None
+    return OfflineRun(prefix is not None, how, result, out.stderr.strip()[-600:], time.perf_counter() - t0)
+
+
+def _smart_home_child(model: str, host: str, options: dict) -> None:
+    """(Runs in the child of `smart_home_offline`.) Print, as JSON: the network interfaces that are
+    up, whether the model server at `host` and a public address answer, and the in-process model's
+    JSON for each smart-home command."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from .backends import EmbeddedBackend
+
+    def reach(hostname: str, port: int) -> str:
+        try:
+            socket.create_connection((hostname, port), timeout=3).close()
+            return "reached"
+        except OSError as exc:
+            return f"unreachable ({type(exc).__name__}: {exc.strerror or exc})"
+
+    up = []
+    for _, name in socket.if_nameindex():
+        try:  # the interface's flags from this process's own namespace (/sys shows the host's)
+            import fcntl
+
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                req = struct.pack("16sH", name.encode()[:15], 0)
+                flags = struct.unpack("16sH", fcntl.ioctl(sock.fileno(), 0x8913, req)[:18])[1]  # SIOCGIFFLAGS
+            state = "up" if flags & 0x1 else "down"   # IFF_UP
+        except (OSError, ImportError):
+            state = "?"
+        up.append(f"{name} ({state})")
+    parts = urlsplit(host)
+    local = EmbeddedBackend()
+    replies = []
+    for command, _ in SMART_HOME_COMMANDS:
+        r = local.complete(model, [{"role": "system", "content": SMART_HOME_SYSTEM},
+                                   {"role": "user", "content": command}], options=options, format=SMART_HOME_SCHEMA)
+        try:
+            replies.append(json.loads(r.text))
+        except ValueError:
+            replies.append(None)
+    print(json.dumps({"interfaces": up,
+                      "model server": reach(parts.hostname or "127.0.0.1", parts.port or 11434),
+                      "api.openai.com": reach("api.openai.com", 443), "replies": replies}))
+
+
+def smart_home_offline(model: str = BUNDLED_MODEL, host: str = "http://127.0.0.1:11434", *,
+                       options: Mapping[str, Any] | None = None, timeout_s: float = 180.0) -> OfflineRun:
+    """The smart-home commands answered by `model` inside a child process whose network is cut
+    (`run_without_network`): the child reports what it could reach, and the model's replies."""
+    opts = dict(options or {"temperature": 0, "seed": 42, "num_predict": 40})
+    code = f"from helpers.edge import _smart_home_child; _smart_home_child({model!r}, {host!r}, {opts!r})"
+    return run_without_network(code, timeout_s=timeout_s)

@@ -13,7 +13,9 @@ Two steps, so the course is never executed twice:
    that has no test run (that is what `make book` does).
 2. **Build.** `slm-course book` checks every record (complete, no cell failed, made from today's
    source), assembles `build/book/` (the executed lessons, the labs as pages, an index with the
-   run's facts, the diagrams) and builds it with Jupyter Book into `build/book/_build/html/`.
+   run's facts, the diagrams, the syllabus, and "What did we find?": every lesson's claims ledger
+   from the records, added up by `helpers.findings`) and builds it with Jupyter Book into
+   `build/book/_build/html/`.
    The build fails on a lesson that raised, a stale or missing record, any Sphinx warning (a
    cross-reference that points nowhere is one) and any relative link or image in the HTML that
    points to no file or anchor.
@@ -93,17 +95,14 @@ def run_facts(host: str | None) -> dict:
 
 
 def _clean_outputs(outputs: list) -> list:
-    """Outputs a static page can show: widget frames dropped (their text fallback kept)."""
+    """Outputs a static page can show: widgets dropped whole. A widget's text fallback is its first
+    frame (a progress bar at "0%" although it finished), which would tell the reader something false."""
     kept = []
     for out in outputs:
-        out = copy.deepcopy(dict(out))
         data = out.get("data")
         if data and WIDGET_MIME in data:
-            data = {k: v for k, v in data.items() if k != WIDGET_MIME}
-            if not data:
-                continue
-            out["data"] = data
-        kept.append(out)
+            continue
+        kept.append(copy.deepcopy(dict(out)))
     return kept
 
 
@@ -327,6 +326,10 @@ measured, and a verdict computed from it.
 |---|---|---|
 {rows}
 
+**[What did we find?](findings.md)** adds up every lesson's claims ledger from this run and answers
+the article's three questions: is a small model enough, when to escalate, and what it saves.
+The [syllabus](docs/syllabus.md) lays the lessons out as sessions of a term.
+
 Run them yourself: `make start` (see the README), or [open the course on Binder]({binder}).
 
 ```{{figure}} docs/figures/routing.svg
@@ -337,6 +340,21 @@ The idea the course builds towards (lessons 06 and 07): send each prompt to the 
 likely to answer it well.
 ```
 """
+
+
+def _findings(pages: list[dict], records: Path) -> str:
+    """The "What did we find?" page from the records' ledgers (BookError when it cannot be built)."""
+    from ..findings import FindingsError, page, read_ledgers
+
+    try:
+        ledgers = read_ledgers(records / f"{p['stem']}.ipynb" for p in pages)
+        titles = {p["stem"][:2]: (p["stem"], p["title"]) for p in pages}
+        meta = pages[0]["meta"]
+        run = (f"Executed {meta['date'][:10]} on {meta['machine']}, against {_server(meta)} holding "
+               f"{', '.join(f'`{m}`' for m in meta.get('models', [])) or 'models unknown'}.")
+        return page(ledgers, run, titles)
+    except FindingsError as exc:
+        raise BookError(f"the findings page: {exc.message}; next step: {exc.hint}") from exc
 
 
 def assemble(records: Path = RECORDS, dest: Path = BOOK) -> list[dict]:
@@ -354,12 +372,14 @@ def assemble(records: Path = RECORDS, dest: Path = BOOK) -> list[dict]:
     for sub in ("notebooks", "labs", "docs/figures"):
         (dest / sub).mkdir(parents=True)
     shutil.copy2(ROOT / "docs" / "instructors.md", dest / "docs" / "instructors.md")
+    shutil.copy2(ROOT / "docs" / "syllabus.md", dest / "docs" / "syllabus.md")
     pages = [_lesson_page(records / s.name, dest) for s in sources]
     labs = sorted((ROOT / "labs").glob("*.ipynb"))
     for lab in labs:
         _lab_page(lab, dest)
     for fig in sorted(FIGURES.glob("*.svg")):
         shutil.copy2(fig, dest / "docs" / "figures" / fig.name)  # where the lessons' ../docs/figures/ finds it
+    (dest / "findings.md").write_text(_findings(pages, records), encoding="utf-8")
     (dest / "index.md").write_text(_index(pages), encoding="utf-8")
     (dest / "_static").mkdir()
     # lessons print wide tables and code: use the width of the screen
@@ -368,9 +388,11 @@ def assemble(records: Path = RECORDS, dest: Path = BOOK) -> list[dict]:
                                                  encoding="utf-8")
     toc = ["format: jb-book", "root: index", "parts:", "  - caption: Lessons", "    chapters:"]
     toc += [f"      - file: notebooks/{p['stem']}" for p in pages]
+    toc += ["      - file: findings"]
     toc += ["  - caption: Labs", "    chapters:"]
     toc += [f"      - file: labs/{lab.stem}" for lab in labs]
-    toc += ["  - caption: Teaching it", "    chapters:", "      - file: docs/instructors"]
+    toc += ["  - caption: Teaching it", "    chapters:", "      - file: docs/syllabus",
+            "      - file: docs/instructors"]
     (dest / "_toc.yml").write_text("\n".join(toc) + "\n", encoding="utf-8")
     config = {
         "title": "SLM Course Kit", "author": "SLM Course Kit", "copyright": "2026",
