@@ -9,7 +9,7 @@
 | OPENAI_API_KEY      | (unset)                    | key for that endpoint; never printed             |
 | SLM_TIMEOUT         | 120                        | seconds before any network call gives up         |
 | SLM_THREADS         | (all cores)                | llama.cpp threads of the embedded engine         |
-| OLLAMA_NUM_PARALLEL | 4                          | requests each model of the engine decodes at once (read by serving.engine, as Ollama reads it) |
+| OLLAMA_NUM_PARALLEL | 4                          | requests each model of the engine decodes at once |
 | SLM_JUDGE_MODEL     | (unset: open prompts unscored) | model that grades open prompts (lesson 05)   |
 | SLM_LOADTEST_HOSTS  | (unset: loopback only)     | other hosts the load generator may target        |
 | OLLAMA_API_KEY      | (unset)                    | Bearer key sent to a shared `slm-course serve`   |
