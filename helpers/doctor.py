@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
+from .paths import course_root
 from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, bundled_model_path, card, fits, resolve
 from .settings import get_settings, redact_url
 
@@ -200,7 +201,7 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
     reinstall = "reinstall the kit: `pip install -e .` (prebuilt wheels, about a minute)"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=course_root())
     except subprocess.TimeoutExpired:
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer within {timeout_s:.0f} s",
                      "close other programs (or set SLM_THREADS=1) and run the doctor again")
