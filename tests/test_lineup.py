@@ -187,12 +187,13 @@ def test_seed_claims_table_reports_missing_models(runs):
 
 def test_embedded_engine_lineup_reads_the_bundled_file_and_cannot_pull():
     from helpers.backends import EmbeddedBackend
-    from helpers.registry import bundled_model_path
+    from helpers.registry import BUNDLED_MODEL as _B
+    from helpers.serving.weights import local_model_path
 
     embedded = EmbeddedBackend()
     info = enrich_from_show(embedded, [BUNDLED, "phi3:mini"])
     assert info.loc[BUNDLED, "source"] == "bundled file + registry"
-    assert info.loc[BUNDLED, "size (GB)"] == pytest.approx(bundled_model_path().stat().st_size / 1e9, abs=1e-3)
+    assert info.loc[BUNDLED, "size (GB)"] == pytest.approx(local_model_path(_B).stat().st_size / 1e9, abs=1e-3)
     plan = pull_what_fits(embedded, [BUNDLED, "phi3:mini"], ram_gb=8, disk_gb=50, pull=True)
     assert list(plan["action"]) == ["have it", "skipped"]
     assert "cannot pull" in plan.loc["phi3:mini", "reason"] and "install Ollama" in plan.loc["phi3:mini", "reason"]

@@ -73,7 +73,6 @@ END_ANSWER = "=== END ANSWER ==="
 ANSWER_STUB = ("*Your answer here.*",)
 
 SOLUTION_ONLY_TAG = "solution_only"
-HINT_TAG = "hint"
 HEADER_ID = "generated-lab-header"
 GENERATED_BY = "by `slm-course labs`"
 FIX_COMMAND = "slm-course labs"
