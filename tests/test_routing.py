@@ -184,7 +184,8 @@ def test_is_simple_task_and_its_reasons():
 def test_measure_overhead_is_small_and_positive():
     prompts = [t.prompt for t in open_prompts()]
     seconds = measure_overhead(is_simple_task, prompts, repeats=1)
-    assert 0 < seconds < 0.05
+    baseline = measure_overhead(str.lower, prompts, repeats=1)  # the same loop, a trivial function
+    assert 0 < baseline < seconds < 2000 * baseline  # regex features: far from a model call
 
 
 # ---------------------------------------------------------------------------- learned router
