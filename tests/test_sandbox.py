@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -827,6 +828,22 @@ def test_kernel_interfaces_the_box_does_not_need_are_refused(mode):
     else:
         assert not worked, result.stdout
         assert mode != "os-only" or "io_uring_setup errno 1" in result.stdout, result.stdout  # seccomp
+    _still_works(mode)
+
+
+def test_the_guard_refuses_native_code(mode):
+    if mode == "os-only":
+        pytest.skip("without the guard, the OS layer holds (see the kernel interface replays)")
+    site = sysconfig.get_paths()["platlib"]  # the kit's own site-packages: cffi is there
+    attempts = ["import _ctypes", "import ctypes", f"import sys; sys.path.append({site!r}); import _cffi_backend",
+                "import cffi",
+                "import importlib.util; importlib.util.module_from_spec(importlib.util.find_spec('_ctypes'))"]
+    code = "".join(f"try:\n    {line}\n    print('LOADED', {line!r})\n"
+                   f"except Exception as exc:\n    print('refused:', type(exc).__name__, exc)\n"
+                   for line in attempts)
+    result = run_in(mode, code)
+    loaded = re.findall(r"^LOADED", result.stdout, re.M)
+    assert len(loaded) == (len(attempts) if mode == "unprotected" else 0), result.stdout
     _still_works(mode)
 
 
