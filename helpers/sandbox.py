@@ -494,12 +494,17 @@ class _Box:
                                       seccomp.fileno() if seccomp else None) + command
             posix = os.name == "posix"
             cpu_s = int(math.ceil(timeout_s)) + 1
+            startup = None
+            if not posix and fds:  # Windows: the pipes' handles are inherited, named in the config
+                startup = subprocess.STARTUPINFO()
+                startup.lpAttributeList = {"handle_list": [_child_fd(fd) for fd in fds]}
+                fds = ()
             with open(self.dir / "job.json", "rb") as stdin, open(self.dir / "stdout", "wb") as out, \
                     open(self.dir / "stderr", "wb") as err:
                 self.t0 = time.perf_counter()
                 self.proc = subprocess.Popen(
                     command, cwd=host_box, env=env, stdin=stdin, stdout=out, stderr=err,
-                    start_new_session=posix, pass_fds=fds,
+                    start_new_session=posix, pass_fds=fds, startupinfo=startup,
                     preexec_fn=_limits(memory_mb, cpu_s, max_file_mb) if posix else None)
         except BaseException:
             if self.info_r is not None:
@@ -618,6 +623,18 @@ def run_check(code: str, test: str, entry_point: str, *, setup: str = "", timeou
                   memory_mb=memory_mb, max_file_mb=max_file_mb)
 
 
+def _child_fd(fd: int) -> int:
+    """What names pipe end `fd` in a child: the fd itself (POSIX, with pass_fds), or its
+    inheritable handle (Windows; the inner program opens an fd on it)."""
+    if os.name == "posix":
+        return fd
+    import msvcrt
+
+    handle = msvcrt.get_osfhandle(fd)
+    os.set_handle_inheritable(handle, True)
+    return handle
+
+
 def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, *, guard: bool,
            timeout_s: float, memory_mb: int, max_file_mb: int) -> SandboxResult:
     """run_check with the layers chosen (tests check each layer alone)."""
@@ -633,12 +650,12 @@ def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, 
         deadline = time.perf_counter() + timeout_s
         common = {"entry": entry_point, "limit": MESSAGE_LIMIT}
         answer = _Box(iso, work, "candidate", {"code": code}, **limits,
-                      config={**common, "calls_in": calls_r, "calls_out": replies_w},
+                      config={**common, "calls_in": _child_fd(calls_r), "calls_out": _child_fd(replies_w)},
                       pass_fds=(calls_r, replies_w))
         boxes.append(answer)
         tester = _Box(iso, work, "harness", {"setup": setup, "test": test}, **limits,
-                      config={**common, "calls_in": replies_r, "calls_out": calls_w, "verdict": verdict_w,
-                              "token": token},
+                      config={**common, "calls_in": _child_fd(replies_r), "calls_out": _child_fd(calls_w),
+                              "verdict": _child_fd(verdict_w), "token": token},
                       pass_fds=(replies_r, calls_w, verdict_w))
         boxes.append(tester)
         for fd in ends:  # only the boxes hold them now: a box that ends closes its side
@@ -667,7 +684,9 @@ def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, 
 def _verdict(fd: int, token: str) -> bool:
     """True when the test's process wrote `{"token": token, "passed": true}` on its pipe."""
     data = b""
-    while len(data) < 4096 and select.select([fd], [], [], 1.0)[0]:
+    # the test's process has ended: its end is closed, so a read cannot block (Windows pipes
+    # cannot be polled; there nothing else holds that end)
+    while len(data) < 4096 and (os.name != "posix" or select.select([fd], [], [], 1.0)[0]):
         chunk = os.read(fd, 4096)
         if not chunk:
             break

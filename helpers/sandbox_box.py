@@ -418,6 +418,11 @@ def _harness(job, config):
 
 def main(argv):
     config = json.loads(argv[1])
+    if sys.platform == "win32":  # the pipes arrive as inherited handles
+        import msvcrt
+        for key, flags in (("calls_in", os.O_RDONLY), ("calls_out", os.O_WRONLY), ("verdict", os.O_WRONLY)):
+            if key in config:
+                config[key] = msvcrt.open_osfhandle(config[key], flags)
     if config.get("drop"):
         _drop_root(config["drop"])
     if config.get("nproc"):
