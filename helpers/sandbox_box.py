@@ -417,6 +417,7 @@ def _harness(job, config):
 
 
 def main(argv):
+    """Play the role `argv[1]` (the config, JSON) names; returns the exit status."""
     config = json.loads(argv[1])
     if sys.platform == "win32":  # the pipes arrive as inherited handles
         import msvcrt

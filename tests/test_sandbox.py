@@ -542,8 +542,9 @@ def test_reports_failures_with_the_learners_traceback():
 
 
 @posix_only
-def test_kills_the_whole_process_group_on_timeout():
-    # a sleeping process is not using CPU: only the wall-clock timeout can stop it
+def test_the_wall_clock_timeout_kills_a_sleeping_process():
+    # a sleeping process is not using CPU: only the wall-clock timeout can stop it (children are
+    # covered by test_a_child_that_calls_setsid_does_not_survive_the_timeout)
     result = run_python("import time\ntime.sleep(30)\n", timeout_s=0.5)
     assert result.timed_out and result.returncode is not None and result.returncode < 0
 
