@@ -653,9 +653,9 @@ def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, 
                       config={**common, "calls_in": _child_fd(calls_r), "calls_out": _child_fd(replies_w)},
                       pass_fds=(calls_r, replies_w))
         boxes.append(answer)
-        tester = _Box(iso, work, "harness", {"setup": setup, "test": test}, **limits,
+        tester = _Box(iso, work, "harness", {"setup": setup, "test": test, "token": token}, **limits,
                       config={**common, "calls_in": _child_fd(replies_r), "calls_out": _child_fd(calls_w),
-                              "verdict": _child_fd(verdict_w), "token": token},
+                              "verdict": _child_fd(verdict_w)},
                       pass_fds=(replies_r, calls_w, verdict_w))
         boxes.append(tester)
         for fd in ends:  # only the boxes hold them now: a box that ends closes its side

@@ -412,7 +412,7 @@ def _harness(job, config):
     except BaseException as exc:
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
         return 1
-    send(config["verdict"], {"token": config["token"], "passed": True})
+    send(config["verdict"], {"token": job["token"], "passed": True})  # the token came on stdin, not argv
     return 0
 
 
