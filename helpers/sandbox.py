@@ -25,7 +25,7 @@ ptrace and process_vm_*, bpf, mounting and namespaces (mount, umount2, pivot_roo
 mount API, unshare, setns), memory outside the address-space limit (memfd_create, memfd_secret,
 System V shared memory and message queues), and module, kexec, swap and syslog calls. So what the
 box can pin in host memory is its address space (`memory_mb`) plus `max_file_mb` + 1 MB of
-tmpfs and a few MB of pipe and socket buffers (at most 64 open files). On timeout the namespace's
+tmpfs and at most ~16 MB of pipe and socket buffers (32 open files). On timeout the namespace's
 init is killed, and with it every process inside. The Python guard below runs inside too.
 
 "python-guard only" (macOS, Windows, Linux without bubblewrap). The code runs as a plain child
@@ -78,7 +78,7 @@ BUBBLEWRAP = "bubblewrap"
 GUARD_ONLY = "python-guard only"
 BOX_ROOT = "/sandbox"  # the working directory inside a bubblewrap box
 SHM_BYTES = 1024 * 1024  # /dev/shm inside the box (POSIX semaphores need a little)
-MAX_OPEN_FILES = 64  # bounds what pipes and sockets can hold in kernel memory
+MAX_OPEN_FILES = 32  # bounds what pipes (up to 1 MB each) and sockets can hold in kernel memory
 UNPRIVILEGED = (65534, 65534)  # nobody:nogroup, what a box started as root runs as
 MESSAGE_LIMIT = 16 * 1024 * 1024  # one argument list or return value between the scoring boxes
 _INNER = Path(__file__).resolve().with_name("sandbox_box.py")
