@@ -25,7 +25,8 @@ ptrace and process_vm_*, bpf, mounting and namespaces (mount, umount2, pivot_roo
 mount API, unshare, setns), memory outside the address-space limit (memfd_create, memfd_secret,
 System V shared memory and message queues), and module, kexec, swap and syslog calls. So what the
 box can pin in host memory is its address space (`memory_mb`) plus `max_file_mb` + 1 MB of
-tmpfs and at most ~16 MB of pipe and socket buffers (32 open files). On timeout the namespace's
+tmpfs, at most ~16 MB of pipe and socket buffers (32 open files) and, as root, the kernel stacks of
+at most 256 threads (RLIMIT_NPROC for `nobody`). On timeout the namespace's
 init is killed, and with it every process inside. The Python guard below runs inside too.
 
 "python-guard only" (macOS, Windows, Linux without bubblewrap). The code runs as a plain child
@@ -79,6 +80,7 @@ GUARD_ONLY = "python-guard only"
 BOX_ROOT = "/sandbox"  # the working directory inside a bubblewrap box
 SHM_BYTES = 1024 * 1024  # /dev/shm inside the box (POSIX semaphores need a little)
 MAX_OPEN_FILES = 32  # bounds what pipes (up to 1 MB each) and sockets can hold in kernel memory
+MAX_THREADS = 256  # processes and threads of `nobody`, where a box started as root runs as nobody
 UNPRIVILEGED = (65534, 65534)  # nobody:nogroup, what a box started as root runs as
 MESSAGE_LIMIT = 16 * 1024 * 1024  # one argument list or return value between the scoring boxes
 _INNER = Path(__file__).resolve().with_name("sandbox_box.py")
@@ -451,6 +453,16 @@ def _inner_source() -> str:
     return _INNER.read_text(encoding="utf-8")
 
 
+def _nproc(boxed: bool, as_root: bool, seccomp: bool) -> int:
+    """RLIMIT_NPROC for the box (0: none). As root the box is `nobody`, whose processes and threads
+    the kernel counts host-wide: a cap keeps a thread bomb's kernel stacks (outside the address
+    space) small. Elsewhere it counts the caller's own processes, so it is set only where no
+    seccomp filter stops new processes."""
+    if boxed and as_root:
+        return MAX_THREADS
+    return 16 if boxed and not seccomp else 0
+
+
 class _Box:
     """One run of the inner program (helpers/sandbox_box.py) in its own directory under `work`."""
 
@@ -469,7 +481,7 @@ class _Box:
         root = BOX_ROOT if self.boxed else os.path.realpath(host_box)
         program = _seccomp_program(platform.machine().lower()) if self.boxed else None
         inner = {"role": role, "root": root, "guard": guard,
-                 "nproc": 16 if self.boxed and program is None and not iso.as_root else 0,
+                 "nproc": _nproc(self.boxed, iso.as_root, program is not None),
                  "drop": list(UNPRIVILEGED) if self.boxed and iso.as_root else None, **(config or {})}
         (self.dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
         env = {"PATH": os.defpath, "HOME": root, "TMPDIR": root, "TEMP": root, "TMP": root,

@@ -798,6 +798,36 @@ def test_files_cannot_pin_memory_beyond_the_limit(mode, where):
     _still_works(mode)
 
 
+@linux_only
+def test_a_thread_bomb_gets_few_threads(mode):
+    # small stacks fit thousands of threads in 256 MB of address space, each with kernel memory
+    # outside it; bounded at 2,000 so that the control cannot hurt the machine
+    if mode == "guard-only":
+        pytest.skip("the guard alone sets no thread limit (accidents, not attacks)")
+    if mode in ("full", "os-only") and not sandbox._isolation().as_root:
+        pytest.skip("as a normal user the kernel's per-user limits apply (RLIMIT_NPROC is set as root)")
+    code = ("import sys, threading, time\n"
+            "sys.modules['__main__']._busy = True\n"
+            "threading.stack_size(64 * 1024)\n"
+            "stop = threading.Event()\n"
+            "n = 0\n"
+            "try:\n"
+            "    for _ in range(2000):\n"
+            "        threading.Thread(target=stop.wait, daemon=True).start()\n"
+            "        n += 1\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n"
+            "print('threads', n, flush=True)\n"
+            "stop.set()\n")
+    result = run_in(mode, code, timeout_s=10)
+    started = int(re.search(r"threads (\d+)", result.stdout).group(1))
+    if mode == "unprotected":
+        assert started == 2000, result.stdout
+    else:
+        assert started < sandbox.MAX_THREADS, result.stdout
+    _still_works(mode)
+
+
 @pytest.mark.skipif(not X86_64, reason="the replay calls the kernel by x86-64 syscall numbers")
 def test_kernel_interfaces_the_box_does_not_need_are_refused(mode):
     _root_or_skip_control(mode)
