@@ -7,8 +7,8 @@ stdin. The config says which role it plays:
 - "run" (`run_python`): execute the code as a fresh `__main__` module.
 - "candidate" (scoring): execute a model's answer, then answer calls of its function
   (`config["entry"]`) that arrive on a pipe: arguments in, the return value out, both as plain data
-  (None, bool, int, float, complex, str, bytes, and lists, tuples, sets, frozensets and dicts of
-  those). The answer never sees the test.
+  (None, bool, int, float, complex, str, bytes, range, and lists, tuples, sets, frozensets, dicts
+  and iterators of those; an iterator arrives as one). The answer never sees the test.
 - "harness" (scoring): execute the task's own code and its test (never the answer), call the test's
   `check` with a stand-in whose calls go to the candidate's process, and, only when `check`
   returns, write the verdict with the run's token on a pipe that only this process holds. Nothing
@@ -34,6 +34,7 @@ NATIVE_MODULES = frozenset((
     "_xxtestfuzz", "_xxsubinterpreters", "_xxinterpchannels", "xxlimited", "xxsubtype",
 ))
 MAX_DEPTH = 200  # nesting of a plain value that crosses between the processes
+MAX_ITEMS = 100_000  # items taken from an iterator (a generator may never end)
 
 
 # --------------------------------------------------------------------------- the guard
@@ -240,6 +241,15 @@ def encode(value, depth=0):
         return [_SEQUENCES[kind], [encode(v, depth + 1) for v in value]]
     if kind is dict:
         return ["d", [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]]
+    if kind is range:
+        return ["r", [value.start, value.stop, value.step]]
+    if hasattr(kind, "__next__") and hasattr(kind, "__iter__"):  # a generator, map, zip...: its items
+        items = []
+        for item in value:
+            if len(items) >= MAX_ITEMS:
+                raise NotPlain(f"an iterator of more than {MAX_ITEMS} items")
+            items.append(encode(item, depth + 1))
+        return ["it", items]
     raise NotPlain(f"a {kind.__name__} object (only None, bool, int, float, complex, str, bytes and "
                    "lists, tuples, sets and dicts of those cross between the answer and the test)")
 
@@ -266,6 +276,11 @@ def decode(data, depth=0):
         return complex(float.fromhex(rest[0]), float.fromhex(rest[1]))
     if tag in _BUILD and len(rest) == 1 and isinstance(rest[0], list):
         return _BUILD[tag](decode(v, depth + 1) for v in rest[0])
+    if tag == "it" and len(rest) == 1 and isinstance(rest[0], list):  # consumed once, as the original
+        return iter([decode(v, depth + 1) for v in rest[0]])
+    if tag == "r" and len(rest) == 1 and isinstance(rest[0], list) and len(rest[0]) == 3 \
+            and all(type(n) is int for n in rest[0]):
+        return range(*rest[0])
     if tag == "d" and len(rest) == 1 and isinstance(rest[0], list):
         pairs = rest[0]
         if not all(isinstance(p, list) and len(p) == 2 for p in pairs):

@@ -184,6 +184,17 @@ def test_a_wrong_answer_cannot_forge_its_score():
     assert score_code(task.answer + "\nimport sys\nsys.exit = lambda *a: None\n", task)  # right stays right
 
 
+def test_answers_that_return_iterators_or_ranges_are_scored_as_before():
+    tasks = {t.id: t for t in humaneval_tasks()}
+    # HumanEval/33's test calls tuple(candidate(...)): a generator passes, as in one process
+    lazy = ("def sort_third(l):\n    thirds = sorted(l[::3])\n"
+            "    return (thirds[i // 3] if i % 3 == 0 else x for i, x in enumerate(l))\n")
+    assert score_code(lazy, tasks["HumanEval/33"])
+    # HumanEval/0 compares with == True: a generator is not True there, nor here
+    assert not score_code("def has_close_elements(numbers, threshold):\n    return iter([True])\n",
+                          tasks["HumanEval/0"])
+
+
 def test_the_answer_program_runs_without_the_test():
     task = humaneval_tasks(1, seed=3)[0]
     body = task.answer[len(task.meta["code_prompt"]):]
