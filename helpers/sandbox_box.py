@@ -41,7 +41,7 @@ MAX_ITEMS = 100_000  # items taken from an iterator (a generator may never end)
 def _refused(what):
     def call(*args, **kwargs):
         raise PermissionError(f"sandbox: {what} is refused (model-written code may not start "
-                              "processes, send signals or load native code)")
+                              "processes, send signals, load native code or hold memory outside its limit)")
     return call
 
 
@@ -186,7 +186,7 @@ def _guard(root):
             elif other_process(name):
                 refuse("reading another process's /proc entry", path)
             elif os.path.realpath(name) in ("/proc/keys", "/proc/key-users"):
-                refuse("reading the keyring list", path)
+                refuse(f"reading the keyring list {name!r}")
             else:
                 real = os.path.realpath(name)
                 if not inside(real) and os.path.isdir(real) and mode is None:
