@@ -231,7 +231,7 @@ def _bwrap_argv(iso: _Isolation, host_box: str, host_tmp: str, file_mb: int, inf
         if os.path.exists(name):
             argv += ["--ro-bind", "/dev/null", name]
     argv += ["--dev", "/dev"]
-    if "--size" in iso.options and "--perms" in iso.options:  # bubblewrap >= 0.5: every writable place is a small tmpfs
+    if "--size" in iso.options and "--perms" in iso.options:  # every writable place is a small tmpfs
         argv += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
                  "--perms", "1777", "--size", str(file_mb * 1024 * 1024), "--tmpfs", BOX_ROOT,
                  "--symlink", BOX_ROOT, "/tmp"]
