@@ -56,7 +56,7 @@ start: install
 test: prereqs install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
-		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
+		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 $(XDIST) $(PYTEST_ARGS)
 ifeq ($(SITE),1)
 	$(BIN)/slm-course book
 	$(BIN)/python -m pytest tests/test_site.py --site -p no:cacheprovider -q
@@ -71,7 +71,8 @@ book: install
 # none of the few marked slow (make test runs them all).
 check: prereqs install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q \
+		--durations=10 $(XDIST) $(PYTEST_ARGS)
 
 labs: install
 	$(BIN)/slm-course labs

@@ -37,6 +37,7 @@ import pandas as pd
 from .backends import UNLOAD_TIMEOUT_S, Backend, EmbeddedBackend, model_infos
 from .errors import BadInput, CourseError, ModelNotFound, pull_hint
 from .options import Options, check_int
+from .paths import course_root
 from .registry import PREFERENCE, course_order, matches
 from .results import percentile
 
@@ -482,7 +483,7 @@ def plot_ceiling(table: pd.DataFrame, ax=None):
 
 def runs_dir() -> Path:
     """Where measurements are saved: `runs/` in the course folder (git ignores it), else in the cwd."""
-    root = Path(__file__).resolve().parents[1]
+    root = course_root()
     return (root if (root / "pyproject.toml").is_file() else Path.cwd()) / "runs"
 
 

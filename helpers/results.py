@@ -1,8 +1,8 @@
 """Typed results shared by every backend: the text plus normalised speed metrics."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 NS = 1e9
 
@@ -40,12 +40,6 @@ class Metrics:
         if self.prompt_tokens <= 0 or self.prompt_eval_s <= 0:
             return None
         return self.prompt_tokens / self.prompt_eval_s
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["decode_tps"] = self.decode_tps
-        d["prompt_tps"] = self.prompt_tps
-        return d
 
     @classmethod
     def from_ollama(cls, final: Any, *, ttft_s: float | None, total_s: float) -> "Metrics":
@@ -105,12 +99,6 @@ def collect(stream: Iterable[Result]) -> Result:
         done_reason=last.done_reason,
         metrics=last.metrics,
     )
-
-
-def iter_text(stream: Iterable[Result]) -> Iterator[str]:
-    for piece in stream:
-        if piece.text:
-            yield piece.text
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

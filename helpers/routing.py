@@ -186,13 +186,6 @@ class LearnedRouter:
         limit = self.threshold if threshold is None else threshold
         return ["small" if s >= limit else "large" for s in self.scores(prompts)]
 
-    def threshold_for_share(self, prompts: Sequence[str], large_share: float) -> float:
-        """The threshold that sends about `large_share` of these prompts to the large model
-        (set `router.threshold` to it to serve at that share)."""
-        if not 0.0 <= large_share <= 1.0:
-            raise BadInput(f"large_share must be in [0, 1], got {large_share}", "e.g. 0.2 for 20% large calls")
-        return float(np.quantile(self.scores(prompts), large_share))
-
     def __call__(self, prompt: str) -> str:
         return self.route(prompt)
 

@@ -14,7 +14,8 @@ from helpers.backends import EmbeddedBackend, ModelInfo, OllamaBackend, OpenAIBa
 from helpers.bench import choose_models
 from helpers.connection import connect_large, is_embedding_model, match_model, pick_model, rank_large
 from helpers.errors import BackendUnavailable, CourseError, MissingKey, ModelNotFound
-from helpers.registry import PREFERENCE, bundled_model_path, bundled_models, course_order
+from helpers.registry import BUNDLED_MODEL, PREFERENCE, course_order
+from helpers.serving.weights import local_model_path, local_models
 
 #: What `ollama list` shows after `ollama pull all-minilm mistral phi3 llama3.2 nomic-embed-text`.
 PULLED = ["all-minilm:latest", "llama3.2:latest", "mistral:latest", "nomic-embed-text:latest",
@@ -152,12 +153,12 @@ def test_slm_small_model_on_the_server_answers(server, monkeypatch, capsys):
 
 
 def test_model_info_from_the_server_and_the_embedded_engine(server):
-    weights = bundled_model_path().stat().st_size
+    weights = local_model_path(BUNDLED_MODEL).stat().st_size
     [info] = [i for i in server.list_model_info() if i.name == BUNDLED]
     assert info.size_bytes == weights and info.family == "llama"
     assert match_model(BUNDLED, [info]) == BUNDLED and not is_embedding_model(info)
     local = {i.name: i for i in EmbeddedBackend().list_model_info()}
-    assert set(local) == set(bundled_models())  # the bundled model and the installed offline ones
+    assert set(local) == set(local_models())  # the bundled model and the installed offline ones
     assert local[BUNDLED].size_bytes == weights and local[BUNDLED].parameter_size == "135M"
     assert choose_models(server, [f"{BUNDLED}:latest", "no-such-model:1b"], verbose=False) == [BUNDLED]
 
@@ -185,7 +186,7 @@ def test_connect_large_without_a_key_warns_and_uses_the_biggest_local_model(serv
     with pytest.warns(UserWarning, match="no OPENAI_API_KEY: the large tier is the biggest local model"):
         connect_large(server, verbose=False)
     tier = connect_large(server)  # verbose: a printed line (a lesson shows one message, not two)
-    biggest = max(bundled_models(), key=lambda m: bundled_model_path(m).stat().st_size)
+    biggest = max(local_models(), key=lambda m: local_model_path(m).stat().st_size)
     assert tier.local_fallback and tier.backend is server and tier.model == biggest
     assert "WARNING: no OPENAI_API_KEY" in capsys.readouterr().out
     r = tier.backend.generate(tier.model, "Say yes.", options={"temperature": 0, "num_predict": 4})
@@ -292,6 +293,6 @@ def test_the_ollama_key_from_settings_opens_a_keyed_server(monkeypatch, tmp_path
         backend = OllamaBackend(host)
         assert pick_model(backend, verbose=False) == BUNDLED
         [info] = [i for i in backend.list_model_info() if i.name == BUNDLED]
-        assert info.size_bytes == bundled_model_path().stat().st_size
+        assert info.size_bytes == local_model_path(BUNDLED_MODEL).stat().st_size
     finally:
         stop_server(proc)

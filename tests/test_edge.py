@@ -183,4 +183,5 @@ def test_a_closed_port_fails_fast_with_backend_unavailable():
 
 def test_model_shape_type():
     assert isinstance(MODEL_SHAPES["phi3:mini"], ModelShape)
-    assert MODEL_SHAPES["phi3:mini"].kv_bytes_per_token() == 2 * 32 * 32 * 96 * 2
+    # Phi-3-mini: 32 layers, 32 KV heads of 96 (no grouped queries), f16 keys and values: 384 KiB
+    assert MODEL_SHAPES["phi3:mini"].kv_bytes_per_token() == 393_216

@@ -16,8 +16,10 @@ from helpers.evals import (
     ModelJudge,
     Task,
     accuracy_table,
+    answer_program,
     arithmetic_tasks,
     build_program,
+    check_code,
     extract_code,
     extract_number,
     humaneval_tasks,
@@ -161,6 +163,47 @@ def test_humaneval_tasks_and_score_code():
     assert not score_code("I am not able to write code.", task)
     with pytest.raises(BadInput):
         humaneval_tasks(1000)
+
+
+def test_a_wrong_answer_cannot_forge_its_score():
+    # issue 26: each of these scored as passed when the verdict was the program's exit status
+    task = next(t for t in humaneval_tasks() if t.id == "HumanEval/0")
+    wrong = "def has_close_elements(numbers, threshold):\n    return False\n"
+    forgeries = [
+        "import sys\nsys.exit = lambda *a: None\n" + wrong,
+        wrong + "import os\nos._exit(0)\n",
+        "class Always:\n    def __eq__(self, other):\n        return True\n\n"
+        "def has_close_elements(numbers, threshold):\n    return Always()\n",
+        "import builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})\n" + wrong,
+        "import sys\nsys.modules['__main__'].check = lambda candidate: None\n" + wrong,
+    ]
+    for answer in forgeries:
+        assert not score_code(f"```python\n{answer}```", task), answer
+    result = check_code(wrong, task)
+    assert not result.ok and "AssertionError" in result.stderr and not result.timed_out
+    assert score_code(task.answer + "\nimport sys\nsys.exit = lambda *a: None\n", task)  # right stays right
+
+
+def test_answers_that_return_iterators_or_ranges_are_scored_as_before():
+    tasks = {t.id: t for t in humaneval_tasks()}
+    # HumanEval/33's test calls tuple(candidate(...)): a generator passes, as in one process
+    lazy = ("def sort_third(l):\n    thirds = sorted(l[::3])\n"
+            "    return (thirds[i // 3] if i % 3 == 0 else x for i, x in enumerate(l))\n")
+    assert score_code(lazy, tasks["HumanEval/33"])
+    # HumanEval/0 compares with == True: a generator is not True there, nor here
+    assert not score_code("def has_close_elements(numbers, threshold):\n    return iter([True])\n",
+                          tasks["HumanEval/0"])
+
+
+def test_the_answer_program_runs_without_the_test():
+    task = humaneval_tasks(1, seed=3)[0]
+    body = task.answer[len(task.meta["code_prompt"]):]
+    program = answer_program(body, task)
+    assert program == task.answer and "def check" not in program
+    assert build_program(body, task) == f"{program}\n\n{task.meta['test']}\n\ncheck({task.meta['entry_point']})\n"
+    timed = check_code("def " + task.meta["entry_point"] + "(*a):\n    while True:\n        pass\n", task,
+                       timeout_s=1)
+    assert not timed.ok and timed.timed_out
 
 
 def test_extract_code_prefers_the_block_that_defines_the_entry_point():

@@ -78,7 +78,7 @@ def test_enrichment_reads_size_and_context_from_the_server(backend, ollama_host)
     assert row["on server"] == BUNDLED and row["source"].startswith("server")
     assert row["size (GB)"] == pytest.approx(size / 1e9, abs=1e-3)
     assert row["params (B)"] == pytest.approx(0.135) and row["context"] == 8192
-    assert row["quantization"] == "Q4_1" and row["RAM est. (GB)"] == pytest.approx(size / 1e9 * 1.2 + 0.5, abs=0.06)
+    assert row["quantization"] == "Q4_1" and row["RAM est. (GB)"] == pytest.approx(0.62, abs=0.06)  # 0.10 GB file
     phi = info.loc["phi3:mini"]
     assert phi["on server"] == "" and phi["source"] == "registry" and phi["article"] == "yes"
     assert phi["size (GB)"] == 2.2 and phi["licence"] == "MIT"
@@ -187,12 +187,13 @@ def test_seed_claims_table_reports_missing_models(runs):
 
 def test_embedded_engine_lineup_reads_the_bundled_file_and_cannot_pull():
     from helpers.backends import EmbeddedBackend
-    from helpers.registry import bundled_model_path
+    from helpers.registry import BUNDLED_MODEL as _B
+    from helpers.serving.weights import local_model_path
 
     embedded = EmbeddedBackend()
     info = enrich_from_show(embedded, [BUNDLED, "phi3:mini"])
     assert info.loc[BUNDLED, "source"] == "bundled file + registry"
-    assert info.loc[BUNDLED, "size (GB)"] == pytest.approx(bundled_model_path().stat().st_size / 1e9, abs=1e-3)
+    assert info.loc[BUNDLED, "size (GB)"] == pytest.approx(local_model_path(_B).stat().st_size / 1e9, abs=1e-3)
     plan = pull_what_fits(embedded, [BUNDLED, "phi3:mini"], ram_gb=8, disk_gb=50, pull=True)
     assert list(plan["action"]) == ["have it", "skipped"]
     assert "cannot pull" in plan.loc["phi3:mini", "reason"] and "install Ollama" in plan.loc["phi3:mini", "reason"]

@@ -184,7 +184,8 @@ def test_is_simple_task_and_its_reasons():
 def test_measure_overhead_is_small_and_positive():
     prompts = [t.prompt for t in open_prompts()]
     seconds = measure_overhead(is_simple_task, prompts, repeats=1)
-    assert 0 < seconds < 0.05
+    baseline = measure_overhead(str.lower, prompts, repeats=1)  # the same loop, a trivial function
+    assert 0 < baseline < seconds < 2000 * baseline  # regex features: far from a model call
 
 
 # ---------------------------------------------------------------------------- learned router
@@ -235,7 +236,7 @@ def test_learned_router_beats_random_on_held_out_prompts():
     assert router.route(prompts[0]) in ("small", "large")
     assert 0.0 <= router.score(prompts[0]) <= 1.0
     assert set(router.predict(prompts)) <= {"small", "large"}
-    router.threshold = router.threshold_for_share(prompts, 0.3)
+    router.threshold = float(np.quantile(router.scores(prompts), 0.3))  # ~30% to the large model
     share_large = np.mean([r == "large" for r in router.predict(prompts)])
     assert abs(share_large - 0.3) < 0.05
     decision = smart_routing(prompts[0], small=echo, large=echo, router=router)

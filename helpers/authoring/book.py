@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..paths import course_root
+
+ROOT = course_root()
 RECORDS = ROOT / "build" / "executed"
 BOOK = ROOT / "build" / "book"
 FIGURES = ROOT / "docs" / "figures"

@@ -13,7 +13,9 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-FIGURES = Path(__file__).resolve().parents[2] / "docs" / "figures"
+from ..paths import course_root
+
+FIGURES = course_root() / "docs" / "figures"
 FONT = "font-family='DejaVu Sans, Arial, sans-serif'"
 INK, MUTED = "#1f2933", "#52606d"
 SMALL_FILL, LARGE_FILL, CHECK_FILL, PLAIN_FILL = "#d9f2e3", "#fde2cf", "#e4ebf7", "#f5f7fa"

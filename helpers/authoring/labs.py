@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BadInput, CourseError
+from ..paths import course_root
 from .nbhygiene import cell_where
 
 # nbformat is imported where a notebook is read or written, not here: it takes about a second
@@ -72,7 +73,6 @@ END_ANSWER = "=== END ANSWER ==="
 ANSWER_STUB = ("*Your answer here.*",)
 
 SOLUTION_ONLY_TAG = "solution_only"
-HINT_TAG = "hint"
 HEADER_ID = "generated-lab-header"
 GENERATED_BY = "by `slm-course labs`"
 FIX_COMMAND = "slm-course labs"
@@ -398,7 +398,7 @@ def check_labs(solutions_dir: Path, labs_dir: Path) -> list[str]:
 def _default_root() -> Path:
     """The course folder: the current one if it has solutions/, else the one holding helpers/."""
     cwd = Path.cwd()
-    return cwd if (cwd / "solutions").is_dir() else Path(__file__).resolve().parents[1]
+    return cwd if (cwd / "solutions").is_dir() else course_root()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -50,7 +50,8 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
 from ..options import Options
-from ..registry import BUNDLED_MODEL, bundled_model_path, bundled_models, card
+from ..registry import BUNDLED_MODEL, card
+from .weights import local_model_path, local_models
 
 DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_PREDICT = 128
@@ -261,16 +262,16 @@ class Engine:
     @staticmethod
     def available() -> list[str]:
         """Ollama names of the models this engine can run (weights installed)."""
-        return bundled_models()
+        return local_models()
 
     @staticmethod
     def resolve(name: str) -> tuple[str, Path]:
         if not isinstance(name, str) or not name.strip():
             raise BadInput("no model given", f"name a model, e.g. {BUNDLED_MODEL!r}")
         base = name.strip().removesuffix(":latest")
-        path = bundled_model_path(base)
+        path = local_model_path(base)
         if path is None:
-            installed = ", ".join(bundled_models()) or "none"
+            installed = ", ".join(local_models()) or "none"
             known = card(base)
             hint = (f"the embedded engine only runs the bundled models ({installed}); "
                     f"to run {base} install Ollama and `ollama pull {base}`")

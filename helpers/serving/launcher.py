@@ -17,10 +17,11 @@ from pathlib import Path
 
 from ..errors import INSTALL_OLLAMA, BackendUnavailable
 from ..net import api_answers, is_loopback_host
+from ..paths import course_root
 from ..registry import BUNDLED_MODEL
 from ..settings import get_settings, redact_url
 
-LESSONS = Path(__file__).resolve().parents[2] / "notebooks"  # helpers/serving/ -> the course folder
+LESSONS = course_root() / "notebooks"
 
 
 def log_dir() -> Path:
@@ -86,7 +87,7 @@ def spawn_server(port: int, *extra: str, host: str = "127.0.0.1",
         return subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--host", host,
                                  "--port", str(port), *extra], env={**os.environ, **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=Path(__file__).resolve().parents[2], **_detached())
+                                cwd=course_root(), **_detached())
     finally:
         if log:
             out.close()

