@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import UNLOAD_TIMEOUT_S, Backend, EmbeddedBackend, model_infos
+from .concurrency import map_concurrent, values
 from .errors import BadInput, CourseError, ModelNotFound, pull_hint
 from .options import Options, check_int
 from .paths import course_root
@@ -258,8 +259,13 @@ def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limi
 
 def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[str | BenchPrompt] | None = None,
               *, n_runs: int = 5, max_tokens: int = 64, warmup: int = 1, cold: bool = True,
-              stream: bool = True, options: Options | dict | None = None, progress: bool = True) -> pd.DataFrame:
+              stream: bool = True, options: Options | dict | None = None, progress: bool = True,
+              concurrency: int = 1) -> pd.DataFrame:
     """Measure each model: an optional cold call, `warmup` untimed calls, then `n_runs` x the prompt set.
+
+    `concurrency` > 1 sends the measured calls that many at a time (helpers.concurrency), as a class
+    would: each row is then one call's view under that load (its TTFT includes waiting for a slot),
+    and `df.attrs["wall_s"]` with the rows' tokens gives the aggregate throughput.
 
     Returns tidy rows (one per measured call, columns as `BenchRow`); `summarise` turns them into
     median / p90 / min-max. A cold call needs a backend that can unload (Ollama, the kit's server,
@@ -276,6 +282,8 @@ def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[s
         if not backend.has_model(model):
             raise ModelNotFound(f"model '{model}' is not available at {backend.describe()}", pull_hint(model))
     rows: list[BenchRow] = []
+    wall = 0.0  # of the measured calls (not the cold and warm-up ones)
+    concurrency = check_int("concurrency", concurrency, 1, 64, "e.g. concurrency=4 (the server's slots)")
     per_model = n_runs * len(plist) + warmup + (1 if cold else 0)
     kw = dict(max_tokens=max_tokens, stream=stream, options=options)
     with tqdm(total=per_model * len(models), desc="bench", unit="call", disable=not progress) as bar:
@@ -290,13 +298,19 @@ def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[s
             for i in range(warmup):
                 measure_call(backend, model, plist[i % len(plist)], **kw)
                 bar.update(1)
-            for run in range(n_runs):
-                for p in plist:
-                    rows.append(measure_call(backend, model, p, run=run, **kw))
-                    bar.update(1)
+            jobs = [(run, p) for run in range(n_runs) for p in plist]
+
+            def one(job: tuple[int, BenchPrompt], model: str = model) -> BenchRow:
+                row = measure_call(backend, model, job[1], run=job[0], **kw)
+                bar.update(1)
+                return row
+
+            t0 = time.perf_counter()
+            rows += values(map_concurrent(one, jobs, concurrency=concurrency, progress=False))
+            wall += time.perf_counter() - t0
     df = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
     df.attrs.update(backend=backend.describe(), n_runs=n_runs, max_tokens=max_tokens,
-                    prompts=[p.id for p in plist], warmup=warmup,
+                    prompts=[p.id for p in plist], warmup=warmup, concurrency=concurrency, wall_s=wall,
                     measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return df
 
@@ -524,6 +538,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure memory bandwidth and show each model's decode ceiling")
     parser.add_argument("--csv", default=None, help="where to save the rows (default: runs/bench-<time>.csv)")
     parser.add_argument("--plot", default=None, help="save a plot of the calls to this PNG file")
+    parser.add_argument("--concurrency", "-c", type=int, default=1,
+                        help="measured calls sent at once (default 1: one at a time); the aggregate "
+                             "tokens/s is printed too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -537,11 +554,15 @@ def run(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts) if args.prompts else None
         df = run_bench(backend, models, prompts, n_runs=args.runs, max_tokens=args.max_tokens,
                        warmup=args.warmup, cold=not args.no_cold, stream=not args.no_stream,
-                       progress=not args.quiet)
+                       progress=not args.quiet, concurrency=args.concurrency)
         with pd.option_context("display.width", 120, "display.max_columns", 20):
             print(f"\n{backend.describe()}: {args.runs} runs x {len(df.attrs['prompts'])} prompts, "
                   f"up to {args.max_tokens} output tokens, temperature 0\n")
             print(summarise(df, stream=not args.no_stream).to_string())
+            if args.concurrency > 1 and df.attrs["wall_s"] > 0:
+                warm = df[df["phase"] != "cold"]
+                print(f"\n{args.concurrency} calls at a time: {warm['output_tokens'].sum() / df.attrs['wall_s']:.1f} "
+                      f"output tokens/s for all of them together ({len(models)} model(s) one after another)")
             if not args.no_cold and not args.no_stream and (df["phase"] == "cold").any():
                 print("\nCold start (model just loaded) against warm calls:")
                 print(cold_vs_warm(df).to_string())

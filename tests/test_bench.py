@@ -261,3 +261,13 @@ def test_command_line_prints_the_summary_and_saves_rows(tmp_path, capsys):
     assert len(rows) == 2 and set(rows["phase"]) == {"warm"}
     assert main(["bench", "-m", "no-such-model:1b", "--quiet"]) == 1
     assert "ollama pull no-such-model:1b" in capsys.readouterr().err
+
+
+def test_calls_can_be_measured_several_at_a_time(server):
+    """`slm-course bench --concurrency 4`: the same rows, sent four at a time (helpers.concurrency)."""
+    df = run_bench(server, [BUNDLED], [PROMPT, "Name a colour."], n_runs=2, max_tokens=8, cold=False,
+                   progress=False, concurrency=4)
+    assert len(df) == 4 and set(df["run"]) == {0, 1} and all(df["output_tokens"] > 0)
+    assert df.attrs["concurrency"] == 4 and df.attrs["wall_s"] > 0
+    with pytest.raises(BadInput, match="concurrency"):
+        run_bench(server, [BUNDLED], n_runs=1, concurrency=0, progress=False)
