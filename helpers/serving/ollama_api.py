@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import StrictBool, StrictStr
 
 from .. import __version__
 from ..errors import CourseError, ModelNotFound
@@ -24,6 +24,7 @@ from ..registry import card
 from .engine import Chunk, Embeddings, Engine, gguf_metadata, parse_tool_calls
 from .plumbing import (
     ApiError,
+    Body,
     Run,
     body_of,
     bridge,
@@ -45,11 +46,7 @@ router = APIRouter()
 
 
 # --------------------------------------------------------------------------- requests
-class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class GenerateBody(_Req):
+class GenerateBody(Body):
     model: StrictStr
     prompt: Optional[StrictStr] = None
     system: Optional[StrictStr] = None
@@ -63,7 +60,7 @@ class GenerateBody(_Req):
     images: Optional[list] = None
 
 
-class ChatMessage(_Req):
+class ChatMessage(Body):
     role: StrictStr
     content: Optional[StrictStr] = ""
     images: Optional[list] = None
@@ -71,7 +68,7 @@ class ChatMessage(_Req):
     tool_name: Optional[StrictStr] = None
 
 
-class ChatBody(_Req):
+class ChatBody(Body):
     model: StrictStr
     messages: Optional[list[ChatMessage]] = None
     stream: StrictBool = True
@@ -82,7 +79,7 @@ class ChatBody(_Req):
     think: Optional[Union[StrictBool, StrictStr]] = None
 
 
-class ModelBody(_Req):
+class ModelBody(Body):
     model: Optional[StrictStr] = None
     name: Optional[StrictStr] = None  # older clients send "name"
     stream: StrictBool = True
@@ -92,7 +89,7 @@ class ModelBody(_Req):
         return (self.model or self.name or "").strip()
 
 
-class EmbedBody(_Req):
+class EmbedBody(Body):
     model: StrictStr
     input: Union[StrictStr, list[StrictStr]]
     keep_alive: Optional[Union[StrictStr, int, float]] = None

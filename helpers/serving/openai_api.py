@@ -17,14 +17,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import StrictBool, StrictStr
 
 from .engine import Chunk, parse_tool_calls
-from .ollama_api import _Req, embeddings, refuse_unsupported
-from .plumbing import SSE_DONE, ApiError, Run, body_of, bridge, complete, error_text, prepare, sse_event, state_of
+from .ollama_api import embeddings, refuse_unsupported
+from .plumbing import SSE_DONE, ApiError, Body, Run, body_of, bridge, complete, error_text, prepare, sse_event, state_of
 
 router = APIRouter()
 
 
 # --------------------------------------------------------------------------- requests
-class OAMessage(_Req):
+class OAMessage(Body):
     """An OpenAI chat message: content may be text, a list of parts, or null (with tool_calls)."""
 
     role: StrictStr
@@ -58,7 +58,7 @@ class OAMessage(_Req):
         return out
 
 
-class OAChatBody(_Req):
+class OAChatBody(Body):
     model: StrictStr
     messages: list[OAMessage]
     stream: StrictBool = False
@@ -77,7 +77,7 @@ class OAChatBody(_Req):
     reasoning_effort: Optional[StrictStr] = None
 
 
-class OACompletionBody(_Req):
+class OACompletionBody(Body):
     model: StrictStr
     prompt: StrictStr
     stream: StrictBool = False
@@ -91,7 +91,7 @@ class OACompletionBody(_Req):
     logprobs: Optional[int] = None
 
 
-class OAEmbedBody(_Req):
+class OAEmbedBody(Body):
     model: StrictStr
     input: Union[StrictStr, list[StrictStr]]
 

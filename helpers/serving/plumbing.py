@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -201,6 +201,12 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 
 # --------------------------------------------------------------------------- request bodies
+class Body(BaseModel):
+    """A request body's model: fields it does not know are ignored, as Ollama ignores them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytearray:
     """The body, counted as it arrives (a chunked one declares no length) and on a clock."""
     raw = bytearray()

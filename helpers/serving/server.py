@@ -24,34 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BadInput
 from ..net import is_loopback_host, port_in_use
-from . import ollama_api, openai_api
+from . import ollama_api, openai_api, plumbing
 from .engine import Engine, get_engine
-from .ollama_api import (  # noqa: F401  (re-exported: imported from here by tests and older code)
-    MAX_EMBED_INPUTS,
-    OLLAMA_API_VERSION,
-    ChatBody,
-    ChatMessage,
-    EmbedBody,
-    GenerateBody,
-    ModelBody,
-    _metadata_value,
-)
-from .openai_api import OAChatBody, OACompletionBody, OAEmbedBody, OAMessage  # noqa: F401  (re-exported)
-from .plumbing import (  # noqa: F401  (re-exported)
+from .ollama_api import MAX_EMBED_INPUTS, OLLAMA_API_VERSION, _metadata_value  # noqa: F401  (re-exported)
+from .plumbing import (  # noqa: F401  (re-exported: tests and older code import them from here)
     DEFAULT_READ_TIMEOUT_S,
-    DRAIN_BODY_BYTES,
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
     MAX_JSON_VALUES,
-    MAX_KEEP_ALIVE_S,
     ApiError,
-    Inflight,
-    ServerState,
-    blank,
     check_json,
-    guard,
-    http_error,
-    lifespan,
     parse_keep_alive,
 )
 
@@ -64,15 +46,15 @@ def create_app(engine: Engine | None = None, *, api_key: str | None = None,
 
     A request body must arrive within `read_timeout_s` seconds and be at most `max_body_bytes`.
     """
-    if blank(api_key):  # never "require" an empty bearer: that is no key at all
+    if plumbing.blank(api_key):  # never "require" an empty bearer: that is no key at all
         raise BadInput("the API key is empty", "pass a real key (e.g. from `python -c \"import "
                        "secrets; print(secrets.token_urlsafe())\"`), or api_key=None for none")
-    app = FastAPI(title="slm-course serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="slm-course serve", version=__version__, lifespan=plumbing.lifespan,
                   description="An Ollama-compatible API over the kit's bundled models.")
-    app.state.server = ServerState(engine or get_engine(), api_key.strip() if api_key else None,
-                                   read_timeout_s, max_body_bytes)
-    app.middleware("http")(guard)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.state.server = plumbing.ServerState(engine or get_engine(), api_key=api_key.strip() if api_key else None,
+                                            read_timeout_s=read_timeout_s, max_body_bytes=max_body_bytes)
+    app.middleware("http")(plumbing.guard)
+    app.add_exception_handler(StarletteHTTPException, plumbing.http_error)
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
     return app
@@ -143,7 +125,7 @@ def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = N
 
     from ..settings import get_settings
 
-    is_blank = blank(api_key)  # `--api-key ""` or SLM_SERVE_API_KEY="  ": no key at all
+    is_blank = plumbing.blank(api_key)  # `--api-key ""` or SLM_SERVE_API_KEY="  ": no key at all
     api_key = None if is_blank else (api_key.strip() if api_key else None)
     if port_in_use(host, port):
         print(f"[FAIL] port {port} on {host} is already in use - is Ollama (or another "
