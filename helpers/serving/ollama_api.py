@@ -23,6 +23,7 @@ from ..errors import CourseError, ModelNotFound
 from ..registry import card
 from .engine import Chunk, Embeddings, Engine, gguf_metadata, parse_tool_calls
 from .plumbing import (
+    MAX_EMBED_INPUTS,
     ApiError,
     Body,
     Run,
@@ -40,7 +41,6 @@ from .plumbing import (
 from .weights import INSTALLABLE, sha256_file, verified_sha256
 
 OLLAMA_API_VERSION = "0.12.0"  # the Ollama release whose API this server follows
-MAX_EMBED_INPUTS = 256       # ~40 ms each for SmolLM2 on one core: 10 s at most per request
 
 router = APIRouter()
 

@@ -47,6 +47,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 DRAIN_BODY_BYTES = 4 * MAX_BODY_BYTES
 MAX_JSON_DEPTH = 64          # Ollama's own requests nest 5 deep; a JSON schema in `format` ~20
 MAX_JSON_VALUES = 1 << 18    # items in all arrays and objects: 256 inputs, 1,000s of messages
+MAX_EMBED_INPUTS = 256       # ~40 ms each for SmolLM2 on one core: 10 s at most per request
 DEFAULT_READ_TIMEOUT_S = 30.0
 MAX_KEEP_ALIVE_S = 365 * 86400.0  # "forever" (a negative keep_alive) is a year here
 

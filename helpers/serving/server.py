@@ -26,10 +26,11 @@ from ..errors import BadInput
 from ..net import is_loopback_host, port_in_use
 from . import ollama_api, openai_api, plumbing
 from .engine import Engine, get_engine
-from .ollama_api import MAX_EMBED_INPUTS, OLLAMA_API_VERSION, _metadata_value  # noqa: F401  (re-exported)
+from .ollama_api import OLLAMA_API_VERSION, _metadata_value  # noqa: F401  (re-exported)
 from .plumbing import (  # noqa: F401  (re-exported: tests and older code import them from here)
     DEFAULT_READ_TIMEOUT_S,
     MAX_BODY_BYTES,
+    MAX_EMBED_INPUTS,
     MAX_JSON_DEPTH,
     MAX_JSON_VALUES,
     ApiError,
