@@ -318,18 +318,19 @@ class Paired:
     only_small: int
     only_large: int
     both_wrong: int
-    p_value: float  # NaN when they never disagree: nothing to test
+    p_value: float  # 1.0 when they never disagree: no evidence of a difference
 
 
 def paired_counts(frame: pd.DataFrame) -> Paired:
     """Agreement counts over the prompts both tiers were scored on; the p-value is the exact
-    two-sided binomial test on the disagreements (McNemar 1947): is one tier really better?"""
+    two-sided binomial test on the disagreements (McNemar 1947): is one tier really better?
+    With no disagreement at all the exact p-value is 1 (the most likely split of nothing)."""
     from scipy.stats import binomtest
 
     d = frame[frame["small_correct"].notna() & frame["large_correct"].notna()]
     s, g = d["small_correct"].astype(bool), d["large_correct"].astype(bool)
     only_s, only_g = int((s & ~g).sum()), int((~s & g).sum())
-    p = binomtest(only_s, only_s + only_g, 0.5).pvalue if only_s + only_g else math.nan
+    p = binomtest(only_s, only_s + only_g, 0.5).pvalue if only_s + only_g else 1.0
     return Paired(int((s & g).sum()), only_s, only_g, int((~s & ~g).sum()), float(p))
 
 

@@ -98,7 +98,7 @@ def test_paired_counts_and_mcnemar():
     assert (p.both_right, p.only_small, p.only_large, p.both_wrong) == (2, 0, 2, 1)
     assert p.p_value == pytest.approx(0.5)  # 2 of 2 disagreements one way: 2 * 0.5**2
     same = paired_counts(paired_frame(SMALL, SMALL, "toy"))
-    assert same.only_small == same.only_large == 0 and math.isnan(same.p_value)
+    assert same.only_small == same.only_large == 0 and same.p_value == 1.0  # exact p, never NaN
 
 
 def test_code_failure_names_what_went_wrong():
@@ -298,11 +298,15 @@ def test_a_real_judge_grades_open_prompts_on_the_session_server():
     tier = LargeChoice(backend, BUNDLED, True, True, None, "")
     judge = ModelJudge(backend, BUNDLED, {"temperature": 0, "seed": 42, "num_predict": 64})
     df = run_paired(backend, BUNDLED, tier, {"open": open_tasks},
-                    options={"num_predict": 32}, progress=False, judge=judge)
+                    options={"num_predict": 160}, progress=False, judge=judge)
     assert len(df) == 2
     scores = df["small_judge_score"].tolist()
     assert any(s is not None and not math.isnan(s) for s in scores), f"the judge gave no rating: {scores}"
-    for score_, verdict, correct in zip(scores, df["small_judge_text"], df["small_correct"]):
+    for score_, verdict, correct, reason in zip(scores, df["small_judge_text"], df["small_correct"],
+                                                df["small_done_reason"]):
+        if reason == "length":  # a cut-off answer is left unscored, not judged
+            assert correct is None and not isinstance(verdict, str)
+            continue
         assert isinstance(verdict, str) and verdict.strip(), "the judge's raw verdict is kept"
         if score_ is None or math.isnan(score_):
             assert correct is None
