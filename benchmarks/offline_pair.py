@@ -5,6 +5,7 @@ Each model gets its own `slm-course serve` (so its peak memory is its own): the 
 single-client decode speed. Prints one row per model and saves every answer to runs/offline_pair/.
 
     SLM_THREADS=1 python benchmarks/offline_pair.py smollm2:135m qwen2.5-coder:0.5b qwen2.5-coder:1.5b
+    python benchmarks/offline_pair.py --rescore   # score the saved answers again with today's checks
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from helpers.backends import OllamaBackend
-from helpers.evals import run_eval, shared_eval
+from helpers.evals import EvalRecord, run_eval, score, shared_eval
 
 OUT = Path("runs") / "offline_pair"
 
@@ -74,6 +75,39 @@ def measure(model: str) -> dict:
         server.wait(timeout=30)
 
 
+def rescore() -> None:
+    """The saved answers scored again with the current checks (the answers do not change), paired with
+    McNemar's test between each two models."""
+    from helpers.quality import paired_counts, paired_frame
+
+    tasks = {t.id: t for t in shared_eval()}
+    runs = {}
+    for path in sorted(OUT.glob("*.jsonl")):
+        records = [EvalRecord(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
+        for r in records:
+            r.correct = None if r.cut_off else score(tasks[r.task_id], r.text)
+        runs[records[0].model] = records
+        row = {"model": records[0].model}
+        for level in ("routine", "hard"):
+            mine = [r for r in records if tasks[r.task_id].meta["level"] == level]
+            row[level] = f"{sum(bool(r.correct) for r in mine)}/{sum(r.correct is not None for r in mine)}"
+            row[f"{level}_cut_off"] = [r.task_id for r in mine if r.cut_off]
+        print(json.dumps(row))
+    names = list(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for level in ("routine", "hard"):
+                keep = [t for t in tasks if tasks[t].meta["level"] == level]
+                pa = [r for r in runs[a] if r.task_id in keep]
+                pb = [r for r in runs[b] if r.task_id in keep]
+                pc = paired_counts(paired_frame(pa, pb, level))
+                print(f"{level:>7}: {a} vs {b}: only {a} right {pc.only_small}, only {b} right "
+                      f"{pc.only_large}, McNemar p = {pc.p_value:.4f}")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--rescore"]:
+        rescore()
+        sys.exit()
     for name in sys.argv[1:] or ["smollm2:135m", "qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"]:
         print(json.dumps(measure(name)), flush=True)

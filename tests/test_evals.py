@@ -342,8 +342,8 @@ def test_every_shared_item_scores_its_written_reference_right():
 @pytest.mark.parametrize("task_id, answer", [
     ("fact-01", "The capital of Australia is Sydney."),
     ("fact-09", "A leap year has 365 days."),
-    ("extract-03", "Boston to Denver"),
-    ("extract-05", "It moved from 2 pm to 4 pm."),
+    ("extract-03", "From Denver to Boston"),
+    ("extract-05", "It is at 2 pm."),
     ("classify-01", "Positive and negative."),
     ("classify-05", "technical"),
     ("format-01", "The Quick Brown Fox"),
