@@ -110,6 +110,43 @@ def choose_large(backend: Backend, small: str, large_model: str = "", *, probe: 
     return LargeChoice(large_backend, model, local, same, price, note)
 
 
+#: The offline pairs, best first (docs/offline-pair.md has the measurement that chose them): the
+#: 0.5B is small and the 1.5B large where both are installed; else the bundled SmolLM2 and the 0.5B.
+OFFLINE_PAIRS: tuple[tuple[str, str], ...] = (("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"),
+                                              ("smollm2:135m", "qwen2.5-coder:0.5b"))
+
+
+def offline_pair(backend: Backend) -> tuple[str, str] | None:
+    """The best of OFFLINE_PAIRS whose two models `backend` has, or None."""
+    return next(((s, g) for s, g in OFFLINE_PAIRS if backend.has_model(s) and backend.has_model(g)), None)
+
+
+def choose_pair(backend: Backend, small_model: str = "", large_model: str = "", *, probe: bool = True,
+                verbose: bool = True) -> tuple[str, LargeChoice]:
+    """The two tiers of a comparison: (small model name, LargeChoice).
+
+    Asked-for models win (`small_model`, `large_model`, SLM_SMALL_MODEL, an API key for the large
+    tier). Otherwise, when this server's best course model is one of the kit's offline models, the
+    tiers are the best offline pair it has (OFFLINE_PAIRS, chosen by measurement); else the best
+    course model (`pick_model`) against `choose_large`. Prints which pair it took and why.
+    """
+    from .connection import pick_model
+    from .registry import BUNDLED_MODEL, OFFLINE_MODELS
+    from .settings import get_settings
+
+    settings = get_settings()
+    pair = None if small_model or settings.small_model else offline_pair(backend)
+    if pair is not None and not (large_model and large_model != pair[1]) and not settings.has_key:
+        best = pick_model(backend, verbose=False)
+        if best in (BUNDLED_MODEL, *OFFLINE_MODELS):
+            if verbose:
+                print(f"The offline pair: small = {pair[0]}, large = {pair[1]} (chosen by measurement: "
+                      "docs/offline-pair.md).")
+            return pair[0], choose_large(backend, pair[0], pair[1], probe=probe, verbose=verbose)
+    small = pick_model(backend, small_model, verbose=verbose)
+    return small, choose_large(backend, small, large_model, probe=probe, verbose=verbose)
+
+
 # ---------------------------------------------------------------------------- the judge
 
 JUDGE_HINT = ("set SLM_JUDGE_MODEL (in .env, or JUDGE_MODEL in the lesson) to a model your Ollama has - "

@@ -219,6 +219,28 @@ def test_a_large_tier_that_does_not_answer_falls_back_to_the_small_model(monkeyp
     assert "does not answer: no answer from the test server" in out and "-> start it" in out
 
 
+def test_choose_pair_takes_the_measured_offline_pair_unless_asked_otherwise(monkeypatch, capsys):
+    from helpers.quality import choose_pair
+
+    for var in ("OPENAI_API_KEY", "SLM_SMALL_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLM_LARGE_BASE_URL", "https://api.openai.com/v1")
+    three = _Server(["smollm2:135m", "qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"])
+    small, large = choose_pair(three, probe=False)
+    assert (small, large.model) == ("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b")
+    assert "offline pair" in capsys.readouterr().out
+    small, large = choose_pair(_Server(["smollm2:135m", "qwen2.5-coder:0.5b"]), probe=False, verbose=False)
+    assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:0.5b")   # where the 1.5B does not fit
+    small, large = choose_pair(three, "smollm2:135m", probe=False, verbose=False)   # asked for: kept
+    assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:1.5b")
+    with_llama = _Server(three.models + ["llama3.2:3b"])   # a better course model than the offline ones
+    small, large = choose_pair(with_llama, probe=False, verbose=False)
+    assert small == "llama3.2:3b"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")   # a key: the large tier is the API model
+    small, large = choose_pair(three, probe=False, verbose=False)
+    assert not large.local_stand_in and large.model != "qwen2.5-coder:1.5b"
+
+
 def test_share_for_quality_and_latest_run(tmp_path):
     df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
     shares = share_for_quality(df, 0.9)
