@@ -344,6 +344,7 @@ def test_every_shared_item_scores_its_written_reference_right():
     ("fact-09", "A leap year has 365 days."),
     ("extract-03", "From Denver to Boston"),
     ("extract-05", "It is at 2 pm."),
+    ("extract-01", "For refunds, write to Dana Lee at dana.lee@example.com before Friday."),  # an echo
     ("classify-01", "Positive and negative."),
     ("classify-05", "technical"),
     ("format-01", "The Quick Brown Fox"),
