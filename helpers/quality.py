@@ -243,7 +243,9 @@ def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_
 def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
                *, options: Options | dict | None = None, progress: bool = True,
                judge: Callable[[str], Any] | None = None) -> pd.DataFrame:
-    """Ask both tiers every task of every set (`run_eval`) and return the paired frame.
+    """Ask both tiers every task of every set (`run_eval`) and return the paired frame. The two
+    tiers run at the same time (each `run_eval` a few calls at a time), so a machine with a core per
+    model, or a local and a remote tier, answers both in about the time of the slower one.
 
     With a `judge` (e.g. from `choose_judge`) open tasks are graded too: each tier's rating
     and the judge's raw verdict land in `<tier>_judge_score` / `<tier>_judge_text`, and a
@@ -251,16 +253,22 @@ def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapp
     answers are the small run's (deterministic decoding would repeat them): asking again
     would only double the wait.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     frames = []
     for name, tasks in task_sets.items():
         if not tasks:
             continue
-        small_records = run_eval(backend, small, tasks, options=options, progress=progress, judge=judge)
         if large.same_as_small:
-            large_records = small_records
-        else:
-            large_records = run_eval(large.backend, large.model, tasks, options=options, progress=progress,
-                                     judge=judge)
+            small_records = large_records = run_eval(backend, small, tasks, options=options, progress=progress,
+                                                     judge=judge)
+        else:  # both tiers at once: two models on two cores (or two servers) answer side by side
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                small_run = pool.submit(run_eval, backend, small, tasks, options=options, progress=progress,
+                                        judge=judge)
+                large_run = pool.submit(run_eval, large.backend, large.model, tasks, options=options,
+                                        progress=progress, judge=judge)
+                small_records, large_records = small_run.result(), large_run.result()
         frames.append(paired_frame(small_records, large_records, name))
     if not frames:
         raise BadInput("no tasks to run", "pass at least one non-empty task list")
