@@ -188,7 +188,7 @@ def complex_reasoning(large_model: str, only_small: int, only_large: int, p_valu
     False
     """
     measured = (f"{n} hard tasks: only small right {only_small}, only large ({large_model}) right {only_large}, "
-                f"McNemar exact p = {p_value:.3f}")
+                f"McNemar exact p = {p_value:.3g}")
     article = _article_model(large_model, ARTICLE_LARGE_NAMES)
     if n <= 0:
         return Finding(measured, None, "no hard task was scored")
