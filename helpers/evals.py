@@ -1,4 +1,5 @@
-"""Quality evals with checkable answers: arithmetic, HumanEval code, and the kit's prompt set.
+"""Quality evals with checkable answers: the shared routine/hard set, arithmetic, HumanEval code,
+and the kit's prompt set.
 
 Every task carries what is needed to score an answer without a judge model where possible
 (an exact number, unit tests, a keyword list). `run_eval` asks a backend, scores each
@@ -27,7 +28,14 @@ PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
 CATEGORIES = ("greeting", "definition", "rewrite", "summary", "extraction", "arithmetic", "code",
               "multi-step reasoning", "long-document analysis", "creative")
 DIFFICULTIES = ("easy", "medium", "hard")
-KINDS = ("number", "keywords", "code", "open")
+KINDS = ("number", "keywords", "code", "open", "label", "constraints")
+SHARED_EVAL_FILE = DATA_DIR / "shared_eval.jsonl"
+LEVELS = ("routine", "hard")
+#: Longest answer per task type, in tokens: room for a correct answer with its working, so a cut-off
+#: answer is a model that rambled, never a correct one that was truncated (docs/offline-pair.md).
+TYPE_BUDGETS: dict[str, int] = {
+    "factual": 96, "extraction": 96, "classification": 64, "formatting": 96, "summary": 128,
+    "arithmetic": 96, "word problem": 512, "code": 512, "instructions": 192}
 
 # Deterministic decoding for evals (lesson 05 explains why): override with `options=`.
 DEFAULT_EVAL_OPTIONS: dict[str, Any] = {"temperature": 0.0, "seed": 42}
@@ -71,6 +79,7 @@ class EvalRecord:
     done_reason: str | None = None
     judge_score: int | None = None
     judge_text: str | None = None     # the judge's raw verdict, kept so a score can be checked
+    cut_off: bool = False             # the answer hit its token budget: left unscored (correct is None)
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -335,6 +344,149 @@ def open_prompts(path: str | Path | None = None) -> list[Task]:
     return tasks
 
 
+# ---------------------------------------------------------------------------- the shared set
+
+_FENCED_RE = re.compile(r"^```[\w+-]*\s*\n?(.*?)\n?```$", re.S)
+
+
+def _plain(text: str) -> str:
+    """An answer without surrounding space, one code fence, quotes or bold marks."""
+    text = (text or "").strip()
+    fenced = _FENCED_RE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    return text.strip("*_`\"' \n")
+
+
+def score_label(text: str, label: str, labels: Sequence[str]) -> bool:
+    """True when the answer names `label` and none of the other `labels` (whole words, any case).
+
+    >>> score_label("Negative.", "negative", ["positive", "negative"])
+    True
+    >>> score_label("Positive or negative", "negative", ["positive", "negative"])
+    False
+    """
+    low = (text or "").lower()
+
+    def named(word: str) -> bool:
+        return re.search(rf"\b{re.escape(word.lower())}\b", low) is not None
+
+    return named(label) and not any(named(other) for other in labels if other.lower() != label.lower())
+
+
+def _json_object(text: str) -> dict | None:
+    """The JSON object an answer consists of (one code fence allowed), else None."""
+    plain = _plain(text)
+    start, end = plain.find("{"), plain.rfind("}")
+    if start < 0 or end < start or plain[:start].strip() or plain[end + 1:].strip():
+        return None
+    try:
+        value = json.loads(plain[start:end + 1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _lines(text: str) -> list[str]:
+    return [ln.strip() for ln in _plain(text).splitlines() if ln.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w'\u2019-]+(?:[.,]\w+)*", text)
+
+
+def constraint_failures(text: str, checks: dict[str, Any]) -> list[str]:
+    """The checks an answer breaks (empty: it meets them all). Checks, all optional:
+    equals (list of exact answers), contains / absent (keywords, "a|b" for either, any case),
+    min_words / max_words, n_lines, n_sentences, line_regex (every line matches),
+    max_words_per_line, sorted_lines, uppercase, regex (the whole answer matches), and json
+    (the answer is one JSON object with exactly these keys and values; strings in any case).
+
+    >>> constraint_failures("HELLO, 5", {"equals": ["HELLO, 5"]})
+    []
+    >>> constraint_failures("Paris is lovely", {"contains": ["paris"], "max_words": 2})
+    ['max_words']
+    """
+    plain = _plain(text)
+    failed = []
+    for name, want in checks.items():
+        if name == "equals":
+            ok = plain.rstrip(".") in [w.rstrip(".") for w in want]
+        elif name == "contains":
+            ok = score_keywords(plain, want)
+        elif name == "absent":
+            ok = not any(alt.strip().lower() in plain.lower() for kw in want for alt in kw.split("|"))
+        elif name == "min_words":
+            ok = len(_words(plain)) >= want
+        elif name == "max_words":
+            ok = len(_words(plain)) <= want
+        elif name == "n_lines":
+            ok = len(_lines(plain)) == want
+        elif name == "n_sentences":
+            ok = len([s for s in re.split(r"[.!?]+", plain) if s.strip()]) == want
+        elif name == "line_regex":
+            ok = bool(_lines(plain)) and all(re.search(want, ln) for ln in _lines(plain))
+        elif name == "max_words_per_line":
+            ok = all(len(_words(ln)) <= want for ln in _lines(plain))
+        elif name == "sorted_lines":
+            ok = _lines(plain) == sorted(_lines(plain), key=str.lower)
+        elif name == "uppercase":
+            ok = any(c.isalpha() for c in plain) and plain == plain.upper()
+        elif name == "regex":
+            ok = re.search(want, plain) is not None
+        elif name == "json":
+            got = _json_object(text)
+            ok = got is not None and set(got) == set(want) and all(
+                (str(got[k]).strip().lower() == v.lower()) if isinstance(v, str) else got[k] == v
+                for k, v in want.items())
+        else:
+            raise BadInput(f"unknown check {name!r}", "see constraint_failures' docstring for the checks")
+        if not ok:
+            failed.append(name)
+    return failed
+
+
+def score_constraints(text: str, checks: dict[str, Any]) -> bool:
+    """True when the answer meets every check (`constraint_failures` lists the ones it breaks)."""
+    return not constraint_failures(text, checks)
+
+
+def shared_eval(path: str | Path | None = None, *, level: str | None = None) -> list[Task]:
+    """The course's shared eval set (`helpers/data/shared_eval.jsonl`, written for this course):
+    routine tasks (short factual Q&A, extraction, classification, formatting, short summaries,
+    simple arithmetic) and hard ones (multi-step word problems, code with unit tests,
+    multi-constraint instructions), every answer checkable by a program.
+
+    Each Task's `category` is its type, `difficulty` "easy" (routine) or "hard", and
+    `meta["num_predict"]` its token budget (TYPE_BUDGETS), which `run_eval` uses unless the
+    options set one. `level` picks "routine" or "hard" only."""
+    path = Path(path) if path else SHARED_EVAL_FILE
+    if level is not None and level not in LEVELS:
+        raise BadInput(f"level must be one of {LEVELS}, got {level!r}", "e.g. shared_eval(level='hard')")
+    if not path.is_file():
+        raise BadInput(f"no eval file at {path}", "call shared_eval() with no argument for the course's set")
+    tasks = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            meta = {"level": row["level"], "num_predict": TYPE_BUDGETS[row["type"]]}
+            meta.update({k: row[k] for k in ("labels", "entry_point", "test") if k in row})
+            task = Task(id=row["id"], prompt=row["prompt"], answer=row["answer"], category=row["type"],
+                        difficulty="easy" if row["level"] == "routine" else "hard", kind=row["kind"], meta=meta)
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise BadInput(f"{path}:{lineno} is not a valid eval line ({exc})",
+                           "each line needs id, level, type (one of TYPE_BUDGETS), prompt, kind, answer") from exc
+        if task.kind not in KINDS or row["level"] not in LEVELS:
+            raise BadInput(f"{path}:{lineno} has an unknown kind or level", f"use one of {KINDS} and {LEVELS}")
+        if task.kind == "code":
+            task.meta.setdefault("code_prompt", "")
+        if level is None or row["level"] == level:
+            tasks.append(task)
+    return tasks
+
+
 def score(task: Task, text: str, *, timeout_s: float = 10.0) -> bool | None:
     """Score an answer by the task's kind; None for open tasks (they need a judge)."""
     if task.kind == "number":
@@ -343,6 +495,10 @@ def score(task: Task, text: str, *, timeout_s: float = 10.0) -> bool | None:
         return score_keywords(text, task.answer)
     if task.kind == "code":
         return score_code(text, task, timeout_s=timeout_s)
+    if task.kind == "label":
+        return score_label(text, task.answer, task.meta.get("labels", [task.answer]))
+    if task.kind == "constraints":
+        return score_constraints(text, task.answer)
     return None
 
 
@@ -431,7 +587,10 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
              judge_pass: int = 7, concurrency: int | None = None) -> list[EvalRecord]:
     """Ask `model` every task through `backend.chat`, score each answer, time each call.
 
-    `options` are merged over DEFAULT_EVAL_OPTIONS (temperature 0, fixed seed). Open tasks are
+    `options` are merged over DEFAULT_EVAL_OPTIONS (temperature 0, fixed seed); a task's own budget
+    (`meta["num_predict"]`, the shared set's TYPE_BUDGETS) applies unless `options` set one. An
+    answer that hits its budget is marked `cut_off` and left unscored (`correct` None), never
+    counted wrong: raise the budget to score it. Open tasks are
     scored only when `judge` is given: a function from a judge prompt to the judge's reply
     (text or Result), such as a `ModelJudge`; a rating >= `judge_pass` counts as correct, and
     the rating and the raw reply are kept in the record (`judge_score`, `judge_text`). Backend
@@ -448,8 +607,11 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
     backend_name = getattr(backend, "name", type(backend).__name__)
 
     def ask(task: Task) -> tuple[Any, float]:
+        task_opts = opts
+        if opts.num_predict is None and task.meta.get("num_predict"):
+            task_opts = Options.merge(opts, {"num_predict": task.meta["num_predict"]})
         t0 = time.perf_counter()
-        result = backend.chat(model, [{"role": "user", "content": task.prompt}], options=opts)
+        result = backend.chat(model, [{"role": "user", "content": task.prompt}], options=task_opts)
         return result, time.perf_counter() - t0
 
     # the calls run `concurrency` at a time (a server with slots answers them together)
@@ -458,9 +620,10 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
     records: list[EvalRecord] = []
     for task, (result, latency) in zip(tasks, answers):
         text = getattr(result, "text", str(result))
-        correct = score(task, text)
+        cut_off = getattr(result, "done_reason", None) == "length"
+        correct = None if cut_off else score(task, text)
         rating = verdict = None
-        if task.kind == "open" and judge is not None:
+        if task.kind == "open" and judge is not None and not cut_off:
             reply = judge(judge_prompt(task, text))
             verdict = getattr(reply, "text", str(reply))
             rating = parse_judge(verdict)
@@ -472,7 +635,8 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
             latency_s=latency,
             prompt_tokens=int(getattr(metrics, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(metrics, "output_tokens", 0) or 0),
-            done_reason=getattr(result, "done_reason", None), judge_score=rating, judge_text=verdict))
+            done_reason=getattr(result, "done_reason", None), judge_score=rating, judge_text=verdict,
+            cut_off=cut_off))
     return records
 
 

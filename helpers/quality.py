@@ -110,6 +110,43 @@ def choose_large(backend: Backend, small: str, large_model: str = "", *, probe: 
     return LargeChoice(large_backend, model, local, same, price, note)
 
 
+#: The offline pairs, best first (docs/offline-pair.md has the measurement that chose them): the
+#: 0.5B is small and the 1.5B large where both are installed; else the bundled SmolLM2 and the 0.5B.
+OFFLINE_PAIRS: tuple[tuple[str, str], ...] = (("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"),
+                                              ("smollm2:135m", "qwen2.5-coder:0.5b"))
+
+
+def offline_pair(backend: Backend) -> tuple[str, str] | None:
+    """The best of OFFLINE_PAIRS whose two models `backend` has, or None."""
+    return next(((s, g) for s, g in OFFLINE_PAIRS if backend.has_model(s) and backend.has_model(g)), None)
+
+
+def choose_pair(backend: Backend, small_model: str = "", large_model: str = "", *, probe: bool = True,
+                verbose: bool = True) -> tuple[str, LargeChoice]:
+    """The two tiers of a comparison: (small model name, LargeChoice).
+
+    Asked-for models win (`small_model`, `large_model`, SLM_SMALL_MODEL, an API key for the large
+    tier). Otherwise, when this server's best course model is one of the kit's offline models, the
+    tiers are the best offline pair it has (OFFLINE_PAIRS, chosen by measurement); else the best
+    course model (`pick_model`) against `choose_large`. Prints which pair it took and why.
+    """
+    from .connection import pick_model
+    from .registry import BUNDLED_MODEL, OFFLINE_MODELS
+    from .settings import get_settings
+
+    settings = get_settings()
+    pair = None if small_model or settings.small_model else offline_pair(backend)
+    if pair is not None and not (large_model and large_model != pair[1]) and not settings.has_key:
+        best = pick_model(backend, verbose=False)
+        if best in (BUNDLED_MODEL, *OFFLINE_MODELS):
+            if verbose:
+                print(f"The offline pair: small = {pair[0]}, large = {pair[1]} (chosen by measurement: "
+                      "docs/offline-pair.md).")
+            return pair[0], choose_large(backend, pair[0], pair[1], probe=probe, verbose=verbose)
+    small = pick_model(backend, small_model, verbose=verbose)
+    return small, choose_large(backend, small, large_model, probe=probe, verbose=verbose)
+
+
 # ---------------------------------------------------------------------------- the judge
 
 JUDGE_HINT = ("set SLM_JUDGE_MODEL (in .env, or JUDGE_MODEL in the lesson) to a model your Ollama has - "
@@ -206,7 +243,9 @@ def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_
 def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
                *, options: Options | dict | None = None, progress: bool = True,
                judge: Callable[[str], Any] | None = None) -> pd.DataFrame:
-    """Ask both tiers every task of every set (`run_eval`) and return the paired frame.
+    """Ask both tiers every task of every set (`run_eval`) and return the paired frame. The two
+    tiers run at the same time (each `run_eval` a few calls at a time), so a machine with a core per
+    model, or a local and a remote tier, answers both in about the time of the slower one.
 
     With a `judge` (e.g. from `choose_judge`) open tasks are graded too: each tier's rating
     and the judge's raw verdict land in `<tier>_judge_score` / `<tier>_judge_text`, and a
@@ -214,16 +253,22 @@ def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapp
     answers are the small run's (deterministic decoding would repeat them): asking again
     would only double the wait.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     frames = []
     for name, tasks in task_sets.items():
         if not tasks:
             continue
-        small_records = run_eval(backend, small, tasks, options=options, progress=progress, judge=judge)
         if large.same_as_small:
-            large_records = small_records
-        else:
-            large_records = run_eval(large.backend, large.model, tasks, options=options, progress=progress,
-                                     judge=judge)
+            small_records = large_records = run_eval(backend, small, tasks, options=options, progress=progress,
+                                                     judge=judge)
+        else:  # both tiers at once: two models on two cores (or two servers) answer side by side
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                small_run = pool.submit(run_eval, backend, small, tasks, options=options, progress=progress,
+                                        judge=judge)
+                large_run = pool.submit(run_eval, large.backend, large.model, tasks, options=options,
+                                        progress=progress, judge=judge)
+                small_records, large_records = small_run.result(), large_run.result()
         frames.append(paired_frame(small_records, large_records, name))
     if not frames:
         raise BadInput("no tasks to run", "pass at least one non-empty task list")
@@ -318,18 +363,19 @@ class Paired:
     only_small: int
     only_large: int
     both_wrong: int
-    p_value: float  # NaN when they never disagree: nothing to test
+    p_value: float  # 1.0 when they never disagree: no evidence of a difference
 
 
 def paired_counts(frame: pd.DataFrame) -> Paired:
     """Agreement counts over the prompts both tiers were scored on; the p-value is the exact
-    two-sided binomial test on the disagreements (McNemar 1947): is one tier really better?"""
+    two-sided binomial test on the disagreements (McNemar 1947): is one tier really better?
+    With no disagreement at all the exact p-value is 1 (the most likely split of nothing)."""
     from scipy.stats import binomtest
 
     d = frame[frame["small_correct"].notna() & frame["large_correct"].notna()]
     s, g = d["small_correct"].astype(bool), d["large_correct"].astype(bool)
     only_s, only_g = int((s & ~g).sum()), int((~s & g).sum())
-    p = binomtest(only_s, only_s + only_g, 0.5).pvalue if only_s + only_g else math.nan
+    p = binomtest(only_s, only_s + only_g, 0.5).pvalue if only_s + only_g else 1.0
     return Paired(int((s & g).sum()), only_s, only_g, int((~s & ~g).sum()), float(p))
 
 

@@ -131,6 +131,79 @@ def routine_share(shares: Mapping[str, float], threshold: float = 0.80,
                     f"judged on {', '.join(routine)}") + note)
 
 
+#: The small models the article names (its "Top Small Language Models"): a verdict that the small
+#: tier falls short judges the claim only when one of these ran; below it, the claim is about bigger
+#: models than this pair's.
+ARTICLE_SMALL_MODELS = ("phi3:mini", "gemma:2b", "mistral:7b", "llama2:7b")
+#: The large models the article names ("175B+ (GPT-3/4)"): the same rule for the large tier.
+ARTICLE_LARGE_NAMES = ("gpt-4", "gpt-3.5-turbo", "gpt-4-turbo", "gpt-4o")
+NOT_SUPPORTED = "not supported on this pair"
+
+
+def _article_model(model: str, names: Sequence[str]) -> bool:
+    base = model.split("/")[-1].lower().removesuffix(":latest")
+    return any(base == n or base.startswith(n + "-") for n in names)
+
+
+def simple_tasks(small_model: str, right: int, n: int, large_right: int | None = None,
+                 good_enough: float = 0.80) -> Finding:
+    """"Choose SLMs when: simple, focused tasks": confirmed when the small tier gets at least
+    `good_enough` of the routine tasks right. Falling short refutes the claim only when the small
+    tier is one of the article's SLMs (ARTICLE_SMALL_MODELS); with a smaller model the verdict is
+    "not supported on this pair", a statement about this pair, not about the article's models.
+
+    >>> simple_tasks("phi3:mini", 34, 40).ok, simple_tasks("phi3:mini", 20, 40).ok
+    (True, False)
+    >>> f = simple_tasks("smollm2:135m", 15, 40)
+    >>> f.ok is None and f.why.startswith("not supported on this pair")
+    True
+    """
+    if n <= 0:
+        return Finding(f"no routine task of {small_model} was scored", None, "no routine task was scored")
+    share = right / n
+    measured = f"{right}/{n} routine tasks right ({share:.0%}) with small {small_model}"
+    if large_right is not None:
+        measured += f"; the large tier {large_right}/{n} ({large_right / n:.0%})"
+    if share >= good_enough:
+        return Finding(measured, True, f"the small model gets at least {good_enough:.0%} right")
+    if _article_model(small_model, ARTICLE_SMALL_MODELS):
+        return Finding(measured, False, f"the article's SLM gets fewer than {good_enough:.0%} right")
+    return Finding(measured, None, f"{NOT_SUPPORTED}: {small_model} gets fewer than {good_enough:.0%} right, "
+                                   "but it is smaller than the article's SLMs (Phi-3 Mini, Gemma 2B)")
+
+
+def complex_reasoning(large_model: str, only_small: int, only_large: int, p_value: float, n: int,
+                      tasks_needed: int | None = None) -> Finding:
+    """"Choose large LMs when: complex reasoning tasks": on the hard tasks, the large tier must be
+    right where the small one is not, more often than the reverse, by McNemar's exact test (p <
+    0.05). A win on a stand-in large model confirms it on this pair (the why says so); a loss or a
+    tie refutes it only when the large tier is one of the article's (ARTICLE_LARGE_NAMES). Too few
+    disagreements: cannot tell.
+
+    >>> complex_reasoning("qwen2.5-coder:1.5b", 1, 12, 0.003, 28).ok
+    True
+    >>> complex_reasoning("qwen2.5-coder:1.5b", 3, 4, 1.0, 28).ok is None
+    True
+    >>> complex_reasoning("gpt-4", 9, 1, 0.02, 28).ok
+    False
+    """
+    measured = (f"{n} hard tasks: only small right {only_small}, only large ({large_model}) right {only_large}, "
+                f"McNemar exact p = {p_value:.3g}")
+    article = _article_model(large_model, ARTICLE_LARGE_NAMES)
+    if n <= 0:
+        return Finding(measured, None, "no hard task was scored")
+    if not p_value < 0.05:
+        return Finding(measured, None, "this run cannot tell the tiers apart on them"
+                       + (f": about {tasks_needed:,} hard tasks per model would" if tasks_needed else ""))
+    if only_large > only_small:
+        return Finding(measured, True, "the large model is right where the small one is not"
+                       + ("" if article else f" (on this pair: {large_model} stands in for the article's GPT-4)"))
+    if article:
+        return Finding(measured, False, "the small model did better on the hard tasks")
+    return Finding(measured, None, f"{NOT_SUPPORTED}: the small model did better than {large_model}, "
+                                   "which is not one of the article's large models")
+
+
 def small_answers_two_plus_two(answer: str, routed_to: str, small_model: str) -> Finding:
     """`smart_routing("What's 2+2?") # Uses Phi-3`: the claim is that the small model serves this
     prompt. Confirmed when the small model's own answer is 4 (whatever this page's router chose).

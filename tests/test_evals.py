@@ -347,3 +347,87 @@ def test_model_judge_asks_again_for_a_missing_rating_and_keeps_both_replies():
     decisive = RuleBackend(lambda messages: "Good. Rating: [[8]]")
     assert ModelJudge(decisive, "judge")("grade this") == "Good. Rating: [[8]]"
     assert len(decisive.calls) == 1   # a rating on the first reply: no second question
+
+
+# ---------------------------------------------------------------------------- the shared set
+
+def _shared_rows():
+    import json
+
+    from helpers.evals import SHARED_EVAL_FILE
+    return {row["id"]: row for row in map(json.loads, SHARED_EVAL_FILE.read_text(encoding="utf-8").splitlines())}
+
+
+def test_the_shared_set_has_routine_and_hard_items_of_every_type_with_a_budget():
+    from helpers.evals import TYPE_BUDGETS, shared_eval
+
+    tasks = shared_eval()
+    routine, hard = shared_eval(level="routine"), shared_eval(level="hard")
+    assert len(tasks) >= 60 and len(routine) + len(hard) == len(tasks) and len(hard) >= 25
+    assert {t.category for t in routine} == {"factual", "extraction", "classification", "formatting", "summary",
+                                             "arithmetic"}
+    assert {t.category for t in hard} == {"word problem", "code", "instructions"}
+    assert all(t.difficulty == ("easy" if t in routine else "hard") for t in tasks)
+    assert all(t.meta["num_predict"] == TYPE_BUDGETS[t.category] for t in tasks)
+    assert len({t.id for t in tasks}) == len(tasks)
+    with pytest.raises(BadInput, match="level"):
+        shared_eval(level="medium")
+
+
+def test_every_shared_item_scores_its_written_reference_right():
+    from helpers.evals import shared_eval
+
+    rows = _shared_rows()
+    wrong = [t.id for t in shared_eval() if score(t, rows[t.id]["reference"]) is not True]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("task_id, answer", [
+    ("fact-01", "The capital of Australia is Sydney."),
+    ("fact-09", "A leap year has 365 days."),
+    ("extract-03", "From Denver to Boston"),
+    ("extract-05", "It is at 2 pm."),
+    ("extract-01", "For refunds, write to Dana Lee at dana.lee@example.com before Friday."),  # an echo
+    ("classify-01", "Positive and negative."),
+    ("classify-05", "technical"),
+    ("format-01", "The Quick Brown Fox"),
+    ("format-04", 'Here it is: {"name": "Alice", "age": 30}'),
+    ("format-06", "Ahmed, Ben, Maria, Lucy"),
+    ("summary-02", "Because her alarm did not ring, Maria missed her bus and walked to work in the rain late."),
+    ("word-04", "Tom is 3 times 12. Answer: 24"),
+    ("code-04", "```python\ndef roman_to_int(s):\n    return len(s)\n```"),
+    ("code-07", "```python\ndef fizzbuzz(n):\n    return [str(i) for i in range(1, n + 1)]\n```"),
+    ("instr-01", "Moon: one.\nMoon: two."),
+    ("instr-02", "apple\ncherry\nbanana\nmango\norange"),
+    ("instr-03", '{"city": "Paris", "country": "France", "height": 330}'),
+    ("instr-04", "The ocean is a blaze of blue."),
+    ("instr-07", "SUNLIGHT SCATTERS. Blue light scatters most."),
+    ("instr-08", "How to Save Money!"),
+])
+def test_shared_items_fail_a_wrong_answer(task_id, answer):
+    from helpers.evals import shared_eval
+
+    task = next(t for t in shared_eval() if t.id == task_id)
+    assert score(task, answer) is False
+
+
+def test_run_eval_uses_each_tasks_budget_and_leaves_a_cut_off_answer_unscored():
+    from helpers.evals import TYPE_BUDGETS, shared_eval
+
+    class Truncating(RuleBackend):  # stops at 5 words, as num_predict would, and says so
+        def _stream_chat(self, model, messages, options):
+            self.calls.append((messages, options.to_dict()))
+            words = ("The answer is 12 " + "and more " * 10).split()
+            cut = len(words) > 5
+            yield Result(text=" ".join(words[:5]), model=model, backend=self.name, done=True,
+                         done_reason="length" if cut else "stop", metrics=Metrics(output_tokens=5))
+
+    tasks = [t for t in shared_eval() if t.id in ("arith-01", "word-01")]
+    backend = Truncating(None)
+    records = run_eval(backend, "m", tasks, progress=False, concurrency=1)
+    assert [opts["num_predict"] for _, opts in backend.calls] == [TYPE_BUDGETS[t.category] for t in tasks]
+    assert all(r.cut_off and r.correct is None and r.done_reason == "length" for r in records)
+    run_eval(backend, "m", tasks[:1], progress=False, options={"num_predict": 7})
+    assert backend.calls[-1][1]["num_predict"] == 7  # the caller's budget wins
+    table = accuracy_table(records).set_index("category")
+    assert table.loc["(all)", "n"] == 0 and table.loc["(all)", "unscored"] == 2

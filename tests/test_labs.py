@@ -481,9 +481,7 @@ WRONG = [
               s = sum(1 for a, b in zip(small_correct, large_correct) if a and not b)
               g = sum(1 for a, b in zip(small_correct, large_correct) if b and not a)
               d = s + g
-              if d == 0:
-                  return s, g, math.nan
-              return s, g, sum(math.comb(d, i) for i in range(min(s, g) + 1)) / 2 ** d
+              return s, g, min(1.0, sum(math.comb(d, i) for i in range(min(s, g) + 1)) / 2 ** d)
           """),
     # ---- lab 06 ----
     Wrong("06_routing", "my_is_simple_task", "wraps the kit's is_simple_task (another rule) with a 60-word limit",

@@ -17,11 +17,10 @@ from test_lessons_routing import LESSON_07, page_cells, run_page
 
 from helpers import OpenAIBackend
 from helpers.backends import OllamaBackend
-from helpers.connection import pick_model
 from helpers.cost import api_price, query_cost_api
 from helpers.dashboard import HybridApp, silent_endpoint
 from helpers.net import free_loopback_port
-from helpers.quality import choose_large
+from helpers.quality import choose_pair
 from helpers.routing import FallbackWarning, smart_routing
 
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 12}
@@ -34,10 +33,9 @@ COMPLEX = "Explain why ice floats on water."
 def pair(ollama_host):
     """(backend, small model, LargeChoice) exactly as the lessons choose them with default parameters."""
     backend = OllamaBackend(ollama_host)
-    small = pick_model(backend, "", verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no OPENAI_API_KEY: the large tier is local"
-        large = choose_large(backend, small, "", verbose=False)
+        small, large = choose_pair(backend, "", "", verbose=False)
     return backend, small, large
 
 

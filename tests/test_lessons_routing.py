@@ -22,7 +22,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from helpers.evals import arithmetic_tasks, humaneval_tasks, open_prompts, two_digit_sums
+from helpers.evals import arithmetic_tasks, humaneval_tasks, open_prompts, shared_eval, two_digit_sums
 from helpers.recorded import load_routellm
 from helpers.routing import is_simple_task as kit_is_simple_task
 from helpers.routing import task_features
@@ -84,7 +84,8 @@ def corpus() -> list[str]:
     prompts = [t.prompt for t in open_prompts()]
     prompts += [t.prompt for t in arithmetic_tasks(40, seed=0)]
     prompts += [t.prompt for t in humaneval_tasks()]
-    prompts += [t.prompt for t in two_digit_sums(20)]  # lesson 06's second set
+    prompts += [t.prompt for t in two_digit_sums(20)]  # lesson 05's one-skill illustration
+    prompts += [t.prompt for t in shared_eval()]  # the shared set lessons 05-07 route on
     prompts += load_routellm("gsm8k")["prompt"].tolist()
     prompts += load_routellm("mmlu")["prompt"].sample(2000, random_state=0).tolist()  # 57 subjects, seeded
     prompts += ["What's 2+2?", "Analyze this legal document...", "How can I improve my essay?",

@@ -98,7 +98,7 @@ def test_paired_counts_and_mcnemar():
     assert (p.both_right, p.only_small, p.only_large, p.both_wrong) == (2, 0, 2, 1)
     assert p.p_value == pytest.approx(0.5)  # 2 of 2 disagreements one way: 2 * 0.5**2
     same = paired_counts(paired_frame(SMALL, SMALL, "toy"))
-    assert same.only_small == same.only_large == 0 and math.isnan(same.p_value)
+    assert same.only_small == same.only_large == 0 and same.p_value == 1.0  # exact p, never NaN
 
 
 def test_code_failure_names_what_went_wrong():
@@ -219,6 +219,28 @@ def test_a_large_tier_that_does_not_answer_falls_back_to_the_small_model(monkeyp
     assert "does not answer: no answer from the test server" in out and "-> start it" in out
 
 
+def test_choose_pair_takes_the_measured_offline_pair_unless_asked_otherwise(monkeypatch, capsys):
+    from helpers.quality import choose_pair
+
+    for var in ("OPENAI_API_KEY", "SLM_SMALL_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLM_LARGE_BASE_URL", "https://api.openai.com/v1")
+    three = _Server(["smollm2:135m", "qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"])
+    small, large = choose_pair(three, probe=False)
+    assert (small, large.model) == ("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b")
+    assert "offline pair" in capsys.readouterr().out
+    small, large = choose_pair(_Server(["smollm2:135m", "qwen2.5-coder:0.5b"]), probe=False, verbose=False)
+    assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:0.5b")   # where the 1.5B does not fit
+    small, large = choose_pair(three, "smollm2:135m", probe=False, verbose=False)   # asked for: kept
+    assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:1.5b")
+    with_llama = _Server(three.models + ["llama3.2:3b"])   # a better course model than the offline ones
+    small, large = choose_pair(with_llama, probe=False, verbose=False)
+    assert small == "llama3.2:3b"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")   # a key: the large tier is the API model
+    small, large = choose_pair(three, probe=False, verbose=False)
+    assert not large.local_stand_in and large.model != "qwen2.5-coder:1.5b"
+
+
 def test_share_for_quality_and_latest_run(tmp_path):
     df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
     shares = share_for_quality(df, 0.9)
@@ -298,11 +320,15 @@ def test_a_real_judge_grades_open_prompts_on_the_session_server():
     tier = LargeChoice(backend, BUNDLED, True, True, None, "")
     judge = ModelJudge(backend, BUNDLED, {"temperature": 0, "seed": 42, "num_predict": 64})
     df = run_paired(backend, BUNDLED, tier, {"open": open_tasks},
-                    options={"num_predict": 32}, progress=False, judge=judge)
+                    options={"num_predict": 160}, progress=False, judge=judge)
     assert len(df) == 2
     scores = df["small_judge_score"].tolist()
     assert any(s is not None and not math.isnan(s) for s in scores), f"the judge gave no rating: {scores}"
-    for score_, verdict, correct in zip(scores, df["small_judge_text"], df["small_correct"]):
+    for score_, verdict, correct, reason in zip(scores, df["small_judge_text"], df["small_correct"],
+                                                df["small_done_reason"]):
+        if reason == "length":  # a cut-off answer is left unscored, not judged
+            assert correct is None and not isinstance(verdict, str)
+            continue
         assert isinstance(verdict, str) and verdict.strip(), "the judge's raw verdict is kept"
         if score_ is None or math.isnan(score_):
             assert correct is None

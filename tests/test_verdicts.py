@@ -175,3 +175,22 @@ def test_lesson_07_reprices_the_large_answers_as_gpt4():
     assert app.mean_costs()[2] == pytest.approx(query_cost_api(mini, 6, 100))
     assert v.hybrid_saving(*app.mean_costs(gpt4), "gpt-4").ok != v.hybrid_saving(
         small * 400, simple_large, complex_large, "gpt-4").ok   # a dearer small call turns it
+
+
+def test_simple_tasks_refutes_only_the_articles_slms_and_turns_with_the_count():
+    assert v.simple_tasks("qwen2.5-coder:0.5b", 33, 40).ok is True
+    assert v.simple_tasks("gemma:2b", 31, 40).ok is False
+    below = v.simple_tasks("qwen2.5-coder:0.5b", 20, 40, large_right=30)
+    assert below.ok is None and below.why.startswith(v.NOT_SUPPORTED) and "30/40" in below.measured
+    assert v.simple_tasks("smollm2:135m", 0, 0).ok is None
+
+
+def test_complex_reasoning_needs_a_significant_win_and_spares_stand_ins_a_refutation():
+    assert v.complex_reasoning("qwen2.5-coder:1.5b", 2, 12, 0.01, 28).ok is True
+    assert "stands in" in v.complex_reasoning("qwen2.5-coder:1.5b", 2, 12, 0.01, 28).why
+    assert v.complex_reasoning("gpt-4", 2, 12, 0.01, 28).ok is True
+    assert v.complex_reasoning("gpt-4", 12, 2, 0.01, 28).ok is False
+    stand_in_loses = v.complex_reasoning("qwen2.5-coder:1.5b", 12, 2, 0.01, 28)
+    assert stand_in_loses.ok is None and stand_in_loses.why.startswith(v.NOT_SUPPORTED)
+    assert v.complex_reasoning("gpt-4", 0, 0, 1.0, 28).ok is None   # no disagreement: p is 1, not NaN
+    assert "120" in v.complex_reasoning("gpt-4", 3, 5, 0.73, 28, tasks_needed=120).why
