@@ -63,19 +63,9 @@ def pytest_addoption(parser) -> None:
                      help="run the tests of the built course site (make test: after `slm-course book`)")
 
 
-#: files that must run on one pytest-xdist worker, in this order: lesson 06 reuses the answers lesson 05
-#: saved for the same pair, and asks all 70 items again (minutes) when 05 runs beside it instead
-RUN_TOGETHER = {"notebooks/06_routing.ipynb": "notebooks/05_quality.ipynb"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (make test: --dist loadgroup)
 def pytest_collection_modifyitems(config, items) -> None:
-    """Each file is one xdist group (a notebook's cells stay together, as with --dist loadfile), with
-    RUN_TOGETHER's files sharing one. The course site exists only once `slm-course book` has built it
-    from this run's lessons, so its tests are deselected unless --site asks for them."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(RUN_TOGETHER.get(path, path)))
+    """The course site exists only once `slm-course book` has built it from this run's lessons, so
+    its tests are deselected unless --site asks for them (make test's last step)."""
     if config.getoption("--site"):
         return
     site = [item for item in items if item.get_closest_marker("site") is not None]
