@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .backends import Backend
 from .errors import BadInput, CourseError
@@ -318,25 +318,36 @@ def score_keywords(text: str, keywords: Sequence[str]) -> bool:
     return all(any(alt.strip().lower() in low for alt in kw.split("|")) for kw in keywords)
 
 
-def open_prompts(path: str | Path | None = None) -> list[Task]:
-    """The kit's labelled prompt set (`helpers/data/prompts.jsonl`, written for this course)."""
-    path = Path(path) if path else PROMPTS_FILE
-    if not path.is_file():
-        raise BadInput(f"no prompt file at {path}", "check the path, or call open_prompts() with no argument")
-    tasks = []
+def _read_tasks(path: Path, make: Callable[[dict], Task], what: str,
+                needs: str) -> Iterator[tuple[int, dict, Task]]:
+    """(line number, row, Task) for each non-blank JSON line of a task file; a line that is not JSON
+    or lacks a field `make` reads is a BadInput naming the line. Code tasks get a `code_prompt`."""
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            task = Task(id=row["id"], prompt=row["prompt"], answer=row.get("answer"),
-                        category=row["category"], difficulty=row["difficulty"], kind=row["kind"],
-                        meta={k: row[k] for k in ("entry_point", "test") if k in row})
+            task = make(row)
         except (json.JSONDecodeError, KeyError) as exc:
-            raise BadInput(f"{path}:{lineno} is not a valid prompt line ({exc})",
-                           "each line needs id, prompt, category, difficulty, kind") from exc
+            raise BadInput(f"{path}:{lineno} is not a valid {what} line ({exc})", needs) from exc
         if task.kind == "code":
             task.meta.setdefault("code_prompt", "")
+        yield lineno, row, task
+
+
+def open_prompts(path: str | Path | None = None) -> list[Task]:
+    """The kit's labelled prompt set (`helpers/data/prompts.jsonl`, written for this course)."""
+    path = Path(path) if path else PROMPTS_FILE
+    if not path.is_file():
+        raise BadInput(f"no prompt file at {path}", "check the path, or call open_prompts() with no argument")
+    def make(row: dict) -> Task:
+        return Task(id=row["id"], prompt=row["prompt"], answer=row.get("answer"), category=row["category"],
+                    difficulty=row["difficulty"], kind=row["kind"],
+                    meta={k: row[k] for k in ("entry_point", "test") if k in row})
+
+    tasks = []
+    for lineno, _row, task in _read_tasks(path, make, "prompt",
+                                          "each line needs id, prompt, category, difficulty, kind"):
         if task.category not in CATEGORIES or task.difficulty not in DIFFICULTIES or task.kind not in KINDS:
             raise BadInput(f"{path}:{lineno} has an unknown category/difficulty/kind",
                            f"use one of {CATEGORIES}, {DIFFICULTIES}, {KINDS}")
@@ -465,23 +476,17 @@ def shared_eval(path: str | Path | None = None, *, level: str | None = None) -> 
         raise BadInput(f"level must be one of {LEVELS}, got {level!r}", "e.g. shared_eval(level='hard')")
     if not path.is_file():
         raise BadInput(f"no eval file at {path}", "call shared_eval() with no argument for the course's set")
+    def make(row: dict) -> Task:
+        meta = {"level": row["level"], "num_predict": TYPE_BUDGETS[row["type"]]}
+        meta.update({k: row[k] for k in ("labels", "entry_point", "test") if k in row})
+        return Task(id=row["id"], prompt=row["prompt"], answer=row["answer"], category=row["type"],
+                    difficulty="easy" if row["level"] == "routine" else "hard", kind=row["kind"], meta=meta)
+
     tasks = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            meta = {"level": row["level"], "num_predict": TYPE_BUDGETS[row["type"]]}
-            meta.update({k: row[k] for k in ("labels", "entry_point", "test") if k in row})
-            task = Task(id=row["id"], prompt=row["prompt"], answer=row["answer"], category=row["type"],
-                        difficulty="easy" if row["level"] == "routine" else "hard", kind=row["kind"], meta=meta)
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise BadInput(f"{path}:{lineno} is not a valid eval line ({exc})",
-                           "each line needs id, level, type (one of TYPE_BUDGETS), prompt, kind, answer") from exc
+    for lineno, row, task in _read_tasks(
+            path, make, "eval", "each line needs id, level, type (one of TYPE_BUDGETS), prompt, kind, answer"):
         if task.kind not in KINDS or row["level"] not in LEVELS:
             raise BadInput(f"{path}:{lineno} has an unknown kind or level", f"use one of {KINDS} and {LEVELS}")
-        if task.kind == "code":
-            task.meta.setdefault("code_prompt", "")
         if level is None or row["level"] == level:
             tasks.append(task)
     return tasks
