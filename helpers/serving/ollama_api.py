@@ -253,12 +253,18 @@ async def ps(request: Request):
     return {"models": out}
 
 
-@router.post("/api/show")
-async def show(request: Request):
+async def named_model(request: Request) -> tuple[Any, ModelBody]:
+    """The server's state and a /api/show or /api/pull body, which must name a model (`model` or `name`)."""
     st = state_of(request)
     body = await body_of(request, ModelBody)
     if not body.target:
         raise ApiError(400, "model is required")
+    return st, body
+
+
+@router.post("/api/show")
+async def show(request: Request):
+    st, body = await named_model(request)
     base, path = st.engine.resolve(body.target)
 
     meta = await run_in(st.light_pool, gguf_metadata, path)
@@ -279,10 +285,7 @@ async def show(request: Request):
 
 @router.post("/api/pull")
 async def pull(request: Request):
-    st = state_of(request)
-    body = await body_of(request, ModelBody)
-    if not body.target:
-        raise ApiError(400, "model is required")
+    st, body = await named_model(request)
     try:
         base, path = st.engine.resolve(body.target)
     except ModelNotFound:
