@@ -57,6 +57,7 @@ start: install
 # not executed again - and opened in chromium (tests/test_site.py).
 test: prereqs install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 $(XDIST) $(PYTEST_ARGS)
 ifeq ($(SITE),1)
@@ -73,6 +74,7 @@ book: install
 # none of the few marked slow (make test runs them all).
 check: prereqs install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q \
 		--durations=10 $(XDIST) $(PYTEST_ARGS)
 

@@ -4,6 +4,7 @@ started before the first test or notebook that needs it (a run of `no_server` te
 Tests, papermill runs and nbval kernels all reach it through OLLAMA_HOST (kernels inherit the
 environment of this process). Set SLM_TEST_OLLAMA_HOST to run everything against a real Ollama.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from helpers.serving.launcher import start_server  # noqa: F401  (tests import i
 from helpers.serving.launcher import stop as stop_server  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent
-_RECORDERS: dict = {}   # lesson path -> helpers.authoring.book.Recorder (the course site's records)
+_RECORDERS: dict = {}  # lesson path -> helpers.authoring.book.Recorder (the course site's records)
 
 
 _SESSION: dict = {}
@@ -59,8 +60,11 @@ def pytest_configure(config) -> None:
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--site", action="store_true",
-                     help="run the tests of the built course site (make test: after `slm-course book`)")
+    parser.addoption(
+        "--site",
+        action="store_true",
+        help="run the tests of the built course site (make test: after `slm-course book`)",
+    )
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -117,8 +121,9 @@ def pytest_runtest_makereport(item, call):
     if call.when == "call":
         rec = _lesson_recorder(item)
         if rec is not None:
-            rec.add(item.cell_num, getattr(item, "test_outputs", None) or [], outcome.get_result().outcome,
-                    call.duration)
+            rec.add(
+                item.cell_num, getattr(item, "test_outputs", None) or [], outcome.get_result().outcome, call.duration
+            )
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -13,6 +13,7 @@ article's 100-500 ms.
     python benchmarks/bench_models.py --runs 5 --max-tokens 64
     python benchmarks/bench_models.py --host http://127.0.0.1:11434 -m phi3:mini -m mistral:7b
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,7 @@ def speed_report(host: str, models: list[str], runs: int, max_tokens: int) -> No
     """Section 1: the benchmark through an Ollama API."""
     backend = OllamaBackend(host)
     df = run_bench(backend, models, n_runs=runs, max_tokens=max_tokens)
-    print(f"\n== speed via {backend.describe()}: {runs} runs x {len(df.attrs['prompts'])} prompts, "
-          f"{max_tokens} tokens")
+    print(f"\n== speed via {backend.describe()}: {runs} runs x {len(df.attrs['prompts'])} prompts, {max_tokens} tokens")
     print(summarise(df).to_string())
     print(cold_vs_warm(df).to_string())
     bw = measure_memory_bandwidth()

@@ -7,6 +7,7 @@ single-client decode speed. Prints one row per model and saves every answer to r
     SLM_THREADS=1 python benchmarks/offline_pair.py smollm2:135m qwen2.5-coder:0.5b qwen2.5-coder:1.5b
     python benchmarks/offline_pair.py --rescore   # score the saved answers again with today's checks
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,12 @@ def peak_rss_gb(pid: int) -> float:
 def measure(model: str) -> dict:
     port = free_port()
     host = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "helpers.cli", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
     try:
         backend = OllamaBackend(host)
         for _ in range(120):
@@ -55,12 +60,18 @@ def measure(model: str) -> dict:
         t0 = time.perf_counter()
         records = run_eval(backend, model, tasks, progress=False, concurrency=4)
         wall = time.perf_counter() - t0
-        single = backend.chat(model, [{"role": "user", "content": "Describe the water cycle in a paragraph."}],
-                              options={"temperature": 0, "seed": 42, "num_predict": 128})
-        row = {"model": model, "wall_s": round(wall, 1),
-               "aggregate_tps": round(sum(r.output_tokens for r in records) / wall, 1),
-               "single_tps": round(single.metrics.decode_tps or float("nan"), 1),
-               "peak_rss_gb": round(peak_rss_gb(server.pid), 2)}
+        single = backend.chat(
+            model,
+            [{"role": "user", "content": "Describe the water cycle in a paragraph."}],
+            options={"temperature": 0, "seed": 42, "num_predict": 128},
+        )
+        row = {
+            "model": model,
+            "wall_s": round(wall, 1),
+            "aggregate_tps": round(sum(r.output_tokens for r in records) / wall, 1),
+            "single_tps": round(single.metrics.decode_tps or float("nan"), 1),
+            "peak_rss_gb": round(peak_rss_gb(server.pid), 2),
+        }
         for level in ("routine", "hard"):
             mine = [r for r, t in zip(records, tasks) if t.meta["level"] == level]
             scored = [r for r in mine if r.correct is not None]
@@ -68,7 +79,8 @@ def measure(model: str) -> dict:
             row[f"{level}_cut_off"] = sum(r.cut_off for r in mine)
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f"{model.replace(':', '_')}.jsonl").write_text(
-            "".join(json.dumps(asdict(r)) + "\n" for r in records), encoding="utf-8")
+            "".join(json.dumps(asdict(r)) + "\n" for r in records), encoding="utf-8"
+        )
         return row
     finally:
         server.terminate()
@@ -95,14 +107,16 @@ def rescore() -> None:
         print(json.dumps(row))
     names = list(runs)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             for level in ("routine", "hard"):
                 keep = [t for t in tasks if tasks[t].meta["level"] == level]
                 pa = [r for r in runs[a] if r.task_id in keep]
                 pb = [r for r in runs[b] if r.task_id in keep]
                 pc = paired_counts(paired_frame(pa, pb, level))
-                print(f"{level:>7}: {a} vs {b}: only {a} right {pc.only_small}, only {b} right "
-                      f"{pc.only_large}, McNemar p = {pc.p_value:.4f}")
+                print(
+                    f"{level:>7}: {a} vs {b}: only {a} right {pc.only_small}, only {b} right "
+                    f"{pc.only_large}, McNemar p = {pc.p_value:.4f}"
+                )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Targets (issue 3): the server keeps >= 95% of in-process decode speed and adds <
 
 Writes benchmarks/results/server_overhead.csv (one row per run) and server_overhead.json (summary).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,15 @@ PROMPT = "Write a short paragraph about the history of the bicycle."
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _row(where: str, run: int, t0: float, first: float, done: float, eval_count: int,
-         eval_duration_ns: int) -> dict:
-    return {"where": where, "run": run, "eval_count": eval_count,
-            "ttft_ms": (first - t0) * 1000,
-            "decode_tps_wall": eval_count / (done - first),
-            "decode_tps_engine_timer": eval_count / eval_duration_ns * 1e9}
+def _row(where: str, run: int, t0: float, first: float, done: float, eval_count: int, eval_duration_ns: int) -> dict:
+    return {
+        "where": where,
+        "run": run,
+        "eval_count": eval_count,
+        "ttft_ms": (first - t0) * 1000,
+        "decode_tps_wall": eval_count / (done - first),
+        "decode_tps_engine_timer": eval_count / eval_duration_ns * 1e9,
+    }
 
 
 def in_process(runs: int, options: dict) -> list[dict]:
@@ -83,8 +87,7 @@ def over_http(host: str, runs: int, options: dict) -> list[dict]:
                     if chunk.get("response") and first is None:
                         first = now
                     if chunk["done"]:
-                        rows.append(_row("http", run, t0, first, now, chunk["eval_count"],
-                                         chunk["eval_duration"]))
+                        rows.append(_row("http", run, t0, first, now, chunk["eval_count"], chunk["eval_duration"]))
     return rows
 
 
@@ -108,17 +111,21 @@ def main() -> int:
     finally:
         stop_server(proc)
 
-    s = {where: {k: summary(rows, k) for k in ("ttft_ms", "decode_tps_wall", "decode_tps_engine_timer",
-                                              "eval_count")}
-         for where, rows in (("in-process", local), ("http", remote))}
+    s = {
+        where: {k: summary(rows, k) for k in ("ttft_ms", "decode_tps_wall", "decode_tps_engine_timer", "eval_count")}
+        for where, rows in (("in-process", local), ("http", remote))
+    }
     ratio = s["http"]["decode_tps_wall"]["median"] / s["in-process"]["decode_tps_wall"]["median"]
     added_ms = s["http"]["ttft_ms"]["median"] - s["in-process"]["ttft_ms"]["median"]
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": MODEL, "prompt": PROMPT, "options": options, "runs": args.runs,
-        "threads": get_engine().n_threads, "SLM_THREADS": os.environ.get("SLM_THREADS"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "model": MODEL,
+        "prompt": PROMPT,
+        "options": options,
+        "runs": args.runs,
+        "threads": get_engine().n_threads,
+        "SLM_THREADS": os.environ.get("SLM_THREADS"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "summary": s,
         "decode_speed_ratio_http_over_in_process": ratio,
         "ttft_added_ms": added_ms,
@@ -133,11 +140,15 @@ def main() -> int:
 
     def line(label: str, key: str, unit: str) -> str:
         a, b = s["in-process"][key], s["http"][key]
-        return (f"{label:<28} in-process {a['median']:7.1f} {unit} ({a['min']:.1f}-{a['max']:.1f})   "
-                f"HTTP {b['median']:7.1f} {unit} ({b['min']:.1f}-{b['max']:.1f})")
+        return (
+            f"{label:<28} in-process {a['median']:7.1f} {unit} ({a['min']:.1f}-{a['max']:.1f})   "
+            f"HTTP {b['median']:7.1f} {unit} ({b['min']:.1f}-{b['max']:.1f})"
+        )
 
-    print(f"model {MODEL}, num_predict {args.num_predict}, {result['threads']} thread(s), "
-          f"median (min-max) of {args.runs} runs after a warm-up")
+    print(
+        f"model {MODEL}, num_predict {args.num_predict}, {result['threads']} thread(s), "
+        f"median (min-max) of {args.runs} runs after a warm-up"
+    )
     print(line("TTFT (wall clock)", "ttft_ms", "ms"))
     print(line("decode tokens/s (wall clock)", "decode_tps_wall", "tok/s"))
     print(line("decode tokens/s (engine)", "decode_tps_engine_timer", "tok/s"))

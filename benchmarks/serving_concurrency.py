@@ -13,6 +13,7 @@ child process (`slm-course serve`, OLLAMA_NUM_PARALLEL=--slots) reached over HTT
 
 Writes benchmarks/results/serving_concurrency.json. Numbers, not pass/fail (README: Performance).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,24 @@ from helpers.net import free_loopback_port as free_port  # noqa: E402
 from helpers.serving import start_server, stop_server  # noqa: E402
 from helpers.serving.engine import Engine, default_threads, engine_build  # noqa: E402
 
-TOPICS = ["the sea", "a lighthouse", "bread", "a violin", "the moon", "rain", "a library", "bees",
-          "trains", "snow", "a garden", "clocks", "the desert", "owls", "a bridge", "tea"]
+TOPICS = [
+    "the sea",
+    "a lighthouse",
+    "bread",
+    "a violin",
+    "the moon",
+    "rain",
+    "a library",
+    "bees",
+    "trains",
+    "snow",
+    "a garden",
+    "clocks",
+    "the desert",
+    "owls",
+    "a bridge",
+    "tea",
+]
 
 
 def prompt(client: int, rnd: int) -> str:
@@ -62,9 +79,15 @@ def run_level(one_request, clients: int, rounds: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     q = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else [ttfts[0]] * 9
-    return {"clients": clients, "requests": len(ttfts), "tokens": tokens[0], "wall_s": round(wall, 3),
-            "agg_tok_s": round(tokens[0] / wall, 1), "ttft_p50_ms": round(statistics.median(ttfts) * 1000, 1),
-            "ttft_p90_ms": round(q[8] * 1000, 1)}
+    return {
+        "clients": clients,
+        "requests": len(ttfts),
+        "tokens": tokens[0],
+        "wall_s": round(wall, 3),
+        "agg_tok_s": round(tokens[0] / wall, 1),
+        "ttft_p50_ms": round(statistics.median(ttfts) * 1000, 1),
+        "ttft_p90_ms": round(q[8] * 1000, 1),
+    }
 
 
 def raw_side(model: str, slots: int, threads: int, n_tokens: int):
@@ -93,9 +116,16 @@ def raw_side(model: str, slots: int, threads: int, n_tokens: int):
                 final[0] = chunk["timings"]["predicted_n"]
             return False
 
-        server.handle_chat_completions({"messages": [{"role": "user", "content": prompt(c, r)}], "stream": True,
-                                        "max_tokens": n_tokens, "temperature": 0, "cache_prompt": False},
-                                       on_chunk)
+        server.handle_chat_completions(
+            {
+                "messages": [{"role": "user", "content": prompt(c, r)}],
+                "stream": True,
+                "max_tokens": n_tokens,
+                "temperature": 0,
+                "cache_prompt": False,
+            },
+            on_chunk,
+        )
         return first[0] or 0.0, final[0] or 0
 
     return server, one
@@ -106,8 +136,11 @@ def kit_side(model: str, host: str, n_tokens: int):
 
     def one(c: int, r: int) -> tuple[float, int]:
         t0, ttft, n = time.perf_counter(), None, 0
-        body = {"model": model, "messages": [{"role": "user", "content": prompt(c, r)}],
-                "options": {"temperature": 0, "num_predict": n_tokens}}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt(c, r)}],
+            "options": {"temperature": 0, "num_predict": n_tokens},
+        }
         with http.stream("POST", f"{host}/api/chat", json=body) as resp:
             for line in resp.iter_lines():
                 if not line:
@@ -152,14 +185,27 @@ def main() -> int:
             stop_server(proc)
     print(f"\n{'model':20} {'side':18} {'clients':>7} {'agg tok/s':>9} {'p50 TTFT ms':>11} {'p90 TTFT ms':>11}")
     for r in rows:
-        print(f"{r['model']:20} {r['side']:18} {r['clients']:>7} {r['agg_tok_s']:>9} {r['ttft_p50_ms']:>11} "
-              f"{r['ttft_p90_ms']:>11}")
+        print(
+            f"{r['model']:20} {r['side']:18} {r['clients']:>7} {r['agg_tok_s']:>9} {r['ttft_p50_ms']:>11} "
+            f"{r['ttft_p90_ms']:>11}"
+        )
     out = ROOT / "benchmarks" / "results" / "serving_concurrency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "engine": engine_build(),
-                               "threads": threads, "slots": args.slots, "tokens": args.tokens,
-                               "rounds": args.rounds, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "engine": engine_build(),
+                "threads": threads,
+                "slots": args.slots,
+                "tokens": args.tokens,
+                "rounds": args.rounds,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

@@ -13,6 +13,7 @@ Streams yield `Result` pieces; the last one has `done=True` and the metrics.
 top_k, stop, num_ctx), checked once here. `backend.capabilities` says which optional calls a
 backend has ("pull", "show", "ps"), so no caller needs to ask which class it is.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,10 +46,10 @@ class ModelInfo:
     """What a server says about one of its models (Ollama's /api/tags); empty when it does not say."""
 
     name: str
-    size_bytes: int | None = None      # the weights on disk
-    family: str = ""                   # details.family, e.g. "llama", "nomic-bert"
+    size_bytes: int | None = None  # the weights on disk
+    family: str = ""  # details.family, e.g. "llama", "nomic-bert"
     families: tuple[str, ...] = ()
-    parameter_size: str = ""           # details.parameter_size, e.g. "3.8B", "135M"
+    parameter_size: str = ""  # details.parameter_size, e.g. "3.8B", "135M"
 
 
 def model_infos(backend: Any) -> list[ModelInfo]:
@@ -61,8 +62,10 @@ def model_infos(backend: Any) -> list[ModelInfo]:
 
 def _check_prompt(prompt: Any) -> str:
     if not isinstance(prompt, str):
-        raise BadInput(f"prompt must be a string, not {type(prompt).__name__}",
-                       'pass the prompt as text, e.g. "Why is the sky blue?"')
+        raise BadInput(
+            f"prompt must be a string, not {type(prompt).__name__}",
+            'pass the prompt as text, e.g. "Why is the sky blue?"',
+        )
     if not prompt.strip():
         raise BadInput("the prompt is empty", "type a question or an instruction for the model")
     return prompt
@@ -70,13 +73,13 @@ def _check_prompt(prompt: Any) -> str:
 
 def _check_messages(messages: Any) -> Messages:
     if not isinstance(messages, list) or not messages:
-        raise BadInput("messages must be a non-empty list",
-                       'pass e.g. [{"role": "user", "content": "Hello"}]')
+        raise BadInput("messages must be a non-empty list", 'pass e.g. [{"role": "user", "content": "Hello"}]')
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-                m.get("content"), str):
-            raise BadInput(f"message {i} must be a dict with string 'role' and 'content'",
-                           'each message looks like {"role": "user", "content": "..."}')
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise BadInput(
+                f"message {i} must be a dict with string 'role' and 'content'",
+                'each message looks like {"role": "user", "content": "..."}',
+            )
     if not any(m["content"].strip() for m in messages if m["role"] == "user"):
         raise BadInput("no user message has any text", "add a user message with a question")
     return messages
@@ -84,16 +87,17 @@ def _check_messages(messages: Any) -> Messages:
 
 def _check_model(model: Any) -> str:
     if not isinstance(model, str) or not model.strip():
-        raise BadInput("no model name given", "pass a model name such as 'smollm2:135m' "
-                       "(see `backend.list_models()`)")
+        raise BadInput("no model name given", "pass a model name such as 'smollm2:135m' (see `backend.list_models()`)")
     return model.strip()
 
 
 def _check_format(format: Any) -> Format:
     if format is None or format == "json" or isinstance(format, dict):
         return format
-    raise BadInput(f"format must be \"json\" or a JSON schema (a dict), got {format!r}",
-                   'pass format="json", or a schema such as {"type": "object", "properties": {...}}')
+    raise BadInput(
+        f'format must be "json" or a JSON schema (a dict), got {format!r}',
+        'pass format="json", or a schema such as {"type": "object", "properties": {...}}',
+    )
 
 
 OptionsIn = Union[Options, Mapping[str, Any], None]
@@ -117,48 +121,46 @@ class Backend(ABC):
         """Names of the models this backend can answer with now."""
 
     @abstractmethod
-    def _stream_chat(self, model: str, messages: Messages, options: Options | None) -> Iterator[Result]:
-        ...
+    def _stream_chat(self, model: str, messages: Messages, options: Options | None) -> Iterator[Result]: ...
 
     def _complete(self, model: str, messages: Messages, options: Options | None, format: Format) -> Result:
         """One non-streaming request; by default the stream, collected (`format` is not enforced)."""
         return _all_at_once(collect(self._stream_chat(model, messages, options)))
 
-    def _stream_generate(self, model: str, prompt: str, system: str | None,
-                         options: Options | None) -> Iterator[Result]:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
+    def _stream_generate(
+        self, model: str, prompt: str, system: str | None, options: Options | None
+    ) -> Iterator[Result]:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self._stream_chat(model, messages, options)
 
     def stream_chat(self, model: str, messages: Messages, *, options: OptionsIn = None) -> Iterator[Result]:
         """Chat with a list of messages, yielding the answer piece by piece."""
         return self._stream_chat(_check_model(model), _check_messages(messages), Options.parse(options))
 
-    def stream_generate(self, model: str, prompt: str, *, system: str | None = None,
-                        options: OptionsIn = None) -> Iterator[Result]:
+    def stream_generate(
+        self, model: str, prompt: str, *, system: str | None = None, options: OptionsIn = None
+    ) -> Iterator[Result]:
         """Complete one prompt (with an optional system prompt), yielding pieces."""
-        return self._stream_generate(_check_model(model), _check_prompt(prompt), system,
-                                     Options.parse(options))
+        return self._stream_generate(_check_model(model), _check_prompt(prompt), system, Options.parse(options))
 
     def chat(self, model: str, messages: Messages, *, options: OptionsIn = None) -> Result:
         """Chat with a list of messages; the whole answer with its metrics."""
         return collect(self.stream_chat(model, messages, options=options))
 
-    def generate(self, model: str, prompt: str, *, system: str | None = None,
-                 options: OptionsIn = None) -> Result:
+    def generate(self, model: str, prompt: str, *, system: str | None = None, options: OptionsIn = None) -> Result:
         """Complete one prompt; the whole answer with its metrics."""
         return collect(self.stream_generate(model, prompt, system=system, options=options))
 
-    def complete(self, model: str, messages: Messages, *, options: OptionsIn = None,
-                 format: Format = None) -> Result:
+    def complete(self, model: str, messages: Messages, *, options: OptionsIn = None, format: Format = None) -> Result:
         """One chat request without streaming (`"stream": false`): the whole answer with its metrics.
 
         `format` ("json" or a JSON schema) constrains the answer where the backend can enforce it
         (Ollama, OpenAI-compatible APIs, the embedded engine). Without streaming no client sees a
         first token, so `metrics.ttft_s` is the whole request's time.
         """
-        return self._complete(_check_model(model), _check_messages(messages), Options.parse(options),
-                              _check_format(format))
+        return self._complete(
+            _check_model(model), _check_messages(messages), Options.parse(options), _check_format(format)
+        )
 
     def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
         """Evict `model` from memory so that the next call is a cold start; True once it is gone
@@ -188,8 +190,9 @@ class OllamaBackend(Backend):
     name = "ollama"
     capabilities = frozenset({"pull", "show", "ps"})
 
-    def __init__(self, host: str | None = None, *, timeout: float | None = None,
-                 keep_alive: str | float | None = None) -> None:
+    def __init__(
+        self, host: str | None = None, *, timeout: float | None = None, keep_alive: str | float | None = None
+    ) -> None:
         import httpx
         import ollama
 
@@ -198,10 +201,8 @@ class OllamaBackend(Backend):
         self.timeout = timeout or settings.timeout
         self.keep_alive = keep_alive
         # the key of a shared `slm-course serve --api-key`, from settings (never printed)
-        headers = ({"authorization": f"Bearer {settings.ollama_api_key}"}
-                   if settings.ollama_api_key else None)
-        self.client = ollama.Client(host=self.host, headers=headers,
-                                    timeout=httpx.Timeout(self.timeout, connect=5.0))
+        headers = {"authorization": f"Bearer {settings.ollama_api_key}"} if settings.ollama_api_key else None
+        self.client = ollama.Client(host=self.host, headers=headers, timeout=httpx.Timeout(self.timeout, connect=5.0))
 
     @property
     def shown_host(self) -> str:
@@ -217,25 +218,30 @@ class OllamaBackend(Backend):
 
         if isinstance(exc, ollama.ResponseError):
             if exc.status_code == 404 and model:
-                return ModelNotFound(f"model '{model}' is not available at {self.shown_host}: {exc.error}",
-                                     pull_hint(model))
+                return ModelNotFound(
+                    f"model '{model}' is not available at {self.shown_host}: {exc.error}", pull_hint(model)
+                )
             if exc.status_code == 400:
-                return BadInput(f"the server refused the request: {exc.error}",
-                                "check the prompt, messages and options")
+                return BadInput(
+                    f"the server refused the request: {exc.error}", "check the prompt, messages and options"
+                )
             if exc.status_code in (401, 403):
-                return MissingKey(f"the server at {self.shown_host} needs an API key: {exc.error}",
-                                  "set OLLAMA_API_KEY to the key the server was started with")
-            return BackendUnavailable(f"the server at {self.shown_host} answered {exc.status_code}: "
-                                      f"{exc.error}",
-                                      "look at the server's log; restart `ollama serve` if needed")
+                return MissingKey(
+                    f"the server at {self.shown_host} needs an API key: {exc.error}",
+                    "set OLLAMA_API_KEY to the key the server was started with",
+                )
+            return BackendUnavailable(
+                f"the server at {self.shown_host} answered {exc.status_code}: {exc.error}",
+                "look at the server's log; restart `ollama serve` if needed",
+            )
         if isinstance(exc, httpx.TimeoutException):
-            return BackendUnavailable(f"no answer from {self.shown_host} within {self.timeout:.0f} s",
-                                      "the model may still be loading: try again, use a smaller model, "
-                                      "or raise SLM_TIMEOUT")
+            return BackendUnavailable(
+                f"no answer from {self.shown_host} within {self.timeout:.0f} s",
+                "the model may still be loading: try again, use a smaller model, or raise SLM_TIMEOUT",
+            )
         if isinstance(exc, (ConnectionError, httpx.TransportError)):
             return BackendUnavailable(f"Ollama is not answering at {self.shown_host}", INSTALL_OLLAMA)
-        return CourseError(f"unexpected error from {self.shown_host}: {redact_url(str(exc))}",
-                           "see the message above")
+        return CourseError(f"unexpected error from {self.shown_host}: {redact_url(str(exc))}", "see the message above")
 
     def _call(self, fn, *args, for_model: str | None = None, **kwargs):
         try:
@@ -267,9 +273,15 @@ class OllamaBackend(Backend):
             if not m.model:
                 continue
             d = m.details
-            infos.append(ModelInfo(m.model, int(m.size) if m.size else None,
-                                   (d.family or "") if d else "", tuple((d.families or ()) if d else ()),
-                                   (d.parameter_size or "") if d else ""))
+            infos.append(
+                ModelInfo(
+                    m.model,
+                    int(m.size) if m.size else None,
+                    (d.family or "") if d else "",
+                    tuple((d.families or ()) if d else ()),
+                    (d.parameter_size or "") if d else "",
+                )
+            )
         return infos
 
     def show(self, model: str) -> Any:
@@ -313,36 +325,63 @@ class OllamaBackend(Backend):
                     if text:
                         yield Result(text, model, self.name, done=False)
                     metrics = Metrics.from_ollama(part, ttft_s=ttft, total_s=time.perf_counter() - t0)
-                    yield Result("", model, self.name, done=True, done_reason=part.done_reason,
-                                 metrics=metrics)
+                    yield Result("", model, self.name, done=True, done_reason=part.done_reason, metrics=metrics)
                     return
                 yield Result(text, model, self.name, done=False)
         except CourseError:
             raise
         except Exception as exc:
             raise self._translate(exc, model) from exc
-        raise BackendUnavailable(f"the stream from {self.shown_host} ended before the final chunk",
-                                 "try again; if it repeats, look at the server's log")
+        raise BackendUnavailable(
+            f"the stream from {self.shown_host} ended before the final chunk",
+            "try again; if it repeats, look at the server's log",
+        )
 
     def _stream_chat(self, model, messages, options):
         t0 = time.perf_counter()
-        stream = self._call(self.client.chat, model=model, messages=messages, options=_ollama(options),
-                            stream=True, keep_alive=self.keep_alive)
+        stream = self._call(
+            self.client.chat,
+            model=model,
+            messages=messages,
+            options=_ollama(options),
+            stream=True,
+            keep_alive=self.keep_alive,
+        )
         return self._consume(model, stream, t0, "chat")
 
     def _stream_generate(self, model, prompt, system, options):
         t0 = time.perf_counter()
-        stream = self._call(self.client.generate, model=model, prompt=prompt, system=system,
-                            options=_ollama(options), stream=True, keep_alive=self.keep_alive)
+        stream = self._call(
+            self.client.generate,
+            model=model,
+            prompt=prompt,
+            system=system,
+            options=_ollama(options),
+            stream=True,
+            keep_alive=self.keep_alive,
+        )
         return self._consume(model, stream, t0, "generate")
 
     def _complete(self, model, messages, options, format):
         t0 = time.perf_counter()
-        resp = self._call(self.client.chat, model=model, messages=messages, options=_ollama(options),
-                          format=format, stream=False, keep_alive=self.keep_alive)
+        resp = self._call(
+            self.client.chat,
+            model=model,
+            messages=messages,
+            options=_ollama(options),
+            format=format,
+            stream=False,
+            keep_alive=self.keep_alive,
+        )
         e2e = time.perf_counter() - t0
-        return Result(resp.message.content or "", model, self.name, done=True, done_reason=resp.done_reason,
-                      metrics=Metrics.from_ollama(resp, ttft_s=e2e, total_s=e2e))
+        return Result(
+            resp.message.content or "",
+            model,
+            self.name,
+            done=True,
+            done_reason=resp.done_reason,
+            metrics=Metrics.from_ollama(resp, ttft_s=e2e, total_s=e2e),
+        )
 
     def _loaded(self) -> set[str]:
         """Names of the models in memory now (/api/ps), with and without `:latest`."""
@@ -370,8 +409,7 @@ class OllamaBackend(Backend):
     def model_size(self, model: str) -> int | None:
         """The size /api/tags reports for the model."""
         base = model.removesuffix(":latest")
-        return next((i.size_bytes for i in self.list_model_info() if i.name.removesuffix(":latest") == base),
-                    None)
+        return next((i.size_bytes for i in self.list_model_info() if i.name.removesuffix(":latest") == base), None)
 
 
 def _ollama(options: Options | None) -> dict[str, Any] | None:
@@ -389,8 +427,14 @@ class OpenAIBackend(Backend):
 
     name = "openai"
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float | None = None, max_retries: int = 1) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | None = None,
+        max_retries: int = 1,
+    ) -> None:
         import openai
 
         settings = get_settings()
@@ -398,13 +442,13 @@ class OpenAIBackend(Backend):
         key = api_key or settings.openai_api_key
         if not key:
             if "api.openai.com" in self.base_url:
-                raise MissingKey("no OpenAI API key is set",
-                                 "set OPENAI_API_KEY in your environment or in a .env file "
-                                 "(never in a notebook)")
+                raise MissingKey(
+                    "no OpenAI API key is set",
+                    "set OPENAI_API_KEY in your environment or in a .env file (never in a notebook)",
+                )
             key = "ollama"  # local OpenAI-compatible servers accept any key
         self.timeout = timeout or settings.timeout
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
-                                    max_retries=max_retries)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout, max_retries=max_retries)
 
     @property
     def shown_url(self) -> str:
@@ -420,22 +464,29 @@ class OpenAIBackend(Backend):
         if isinstance(exc, openai.AuthenticationError):
             return MissingKey(f"{self.shown_url} refused the API key", "check OPENAI_API_KEY")
         if isinstance(exc, openai.NotFoundError):
-            return ModelNotFound(f"model '{model}' is not available at {self.shown_url}",
-                                 "list the models with `backend.list_models()`" if "openai.com" in
-                                 self.base_url else pull_hint(model or "<model>"))
+            return ModelNotFound(
+                f"model '{model}' is not available at {self.shown_url}",
+                "list the models with `backend.list_models()`"
+                if "openai.com" in self.base_url
+                else pull_hint(model or "<model>"),
+            )
         if isinstance(exc, openai.APITimeoutError):
-            return BackendUnavailable(f"no answer from {self.shown_url} within {self.timeout:.0f} s",
-                                      "try again, or raise SLM_TIMEOUT")
+            return BackendUnavailable(
+                f"no answer from {self.shown_url} within {self.timeout:.0f} s", "try again, or raise SLM_TIMEOUT"
+            )
         if isinstance(exc, openai.APIConnectionError):
-            return BackendUnavailable(f"cannot reach {self.shown_url}",
-                                      "check the network and SLM_LARGE_BASE_URL (for Ollama: "
-                                      f"{INSTALL_OLLAMA})")
+            return BackendUnavailable(
+                f"cannot reach {self.shown_url}",
+                f"check the network and SLM_LARGE_BASE_URL (for Ollama: {INSTALL_OLLAMA})",
+            )
         if isinstance(exc, openai.BadRequestError):
-            return BadInput(f"{self.shown_url} refused the request: {redact_url(str(exc))}",
-                            "check the prompt and options")
+            return BadInput(
+                f"{self.shown_url} refused the request: {redact_url(str(exc))}", "check the prompt and options"
+            )
         if isinstance(exc, openai.RateLimitError):
-            return BackendUnavailable(f"{self.shown_url} rate-limited the request",
-                                      "wait a moment, or check your plan's limits")
+            return BackendUnavailable(
+                f"{self.shown_url} rate-limited the request", "wait a moment, or check your plan's limits"
+            )
         return BackendUnavailable(f"error from {self.shown_url}: {redact_url(str(exc))}", "try again later")
 
     def list_models(self) -> list[str]:
@@ -448,8 +499,12 @@ class OpenAIBackend(Backend):
         t0 = time.perf_counter()
         try:
             stream = self.client.chat.completions.create(
-                model=model, messages=messages, stream=True,
-                stream_options={"include_usage": True}, **(options.openai_params() if options else {}))
+                model=model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **(options.openai_params() if options else {}),
+            )
         except Exception as exc:
             raise self._translate(exc, model) from exc
         return self._consume(model, stream, t0)
@@ -459,8 +514,7 @@ class OpenAIBackend(Backend):
         if format == "json":
             params["response_format"] = {"type": "json_object"}
         elif format is not None:
-            params["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "answer", "schema": format}}
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": format}}
         t0 = time.perf_counter()
         try:
             resp = self.client.chat.completions.create(model=model, messages=messages, stream=False, **params)
@@ -468,12 +522,17 @@ class OpenAIBackend(Backend):
             raise self._translate(exc, model) from exc
         e2e = time.perf_counter() - t0
         usage = resp.usage
-        metrics = Metrics(ttft_s=e2e, prompt_tokens=usage.prompt_tokens if usage else 0,
-                          output_tokens=usage.completion_tokens if usage else 0, total_s=e2e,
-                          decode_source="wall")  # no stream: the client cannot time decoding
+        metrics = Metrics(
+            ttft_s=e2e,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+            total_s=e2e,
+            decode_source="wall",
+        )  # no stream: the client cannot time decoding
         choice = resp.choices[0]
-        return Result(choice.message.content or "", model, self.name, done=True,
-                      done_reason=choice.finish_reason, metrics=metrics)
+        return Result(
+            choice.message.content or "", model, self.name, done=True, done_reason=choice.finish_reason, metrics=metrics
+        )
 
     def _consume(self, model, stream, t0) -> Iterator[Result]:
         ttft = t_last = None
@@ -506,12 +565,14 @@ class OpenAIBackend(Backend):
             prompt_eval_s=ttft or 0.0,
             # the first token arrives at ttft; the remaining ones over (t_last - ttft)
             decode_s=((t_last - t0) - ttft) * out_tokens / max(out_tokens - 1, 1)
-            if ttft is not None and t_last is not None and out_tokens > 1 else 0.0,
+            if ttft is not None and t_last is not None and out_tokens > 1
+            else 0.0,
             total_s=total,
             decode_source="wall",
         )
-        yield Result("", model, self.name, done=True,
-                     done_reason={"length": "length"}.get(reason, "stop"), metrics=metrics)
+        yield Result(
+            "", model, self.name, done=True, done_reason={"length": "length"}.get(reason, "stop"), metrics=metrics
+        )
 
 
 # --------------------------------------------------------------------------- embedded
@@ -538,9 +599,15 @@ class EmbeddedBackend(Backend):
         infos = []
         for name in self.list_models():
             c = card(name)
-            infos.append(ModelInfo(name, self.engine.resolve(name)[1].stat().st_size,
-                                   c.family if c else "", (c.family,) if c else (),
-                                   c.parameter_size if c else ""))
+            infos.append(
+                ModelInfo(
+                    name,
+                    self.engine.resolve(name)[1].stat().st_size,
+                    c.family if c else "",
+                    (c.family,) if c else (),
+                    c.parameter_size if c else "",
+                )
+            )
         return infos
 
     def _wrap(self, model: str, chunks, t0: float) -> Iterator[Result]:
@@ -551,8 +618,14 @@ class EmbeddedBackend(Backend):
                 ttft = time.perf_counter() - t0
             if chunk.done:
                 d = chunk.timings()
-                yield Result("", model, self.name, done=True, done_reason=chunk.done_reason,
-                             metrics=Metrics.from_ollama(d, ttft_s=ttft, total_s=time.perf_counter() - t0))
+                yield Result(
+                    "",
+                    model,
+                    self.name,
+                    done=True,
+                    done_reason=chunk.done_reason,
+                    metrics=Metrics.from_ollama(d, ttft_s=ttft, total_s=time.perf_counter() - t0),
+                )
             else:
                 yield Result(chunk.text, model, self.name, done=False)
 
@@ -571,8 +644,9 @@ class EmbeddedBackend(Backend):
     def _complete(self, model, messages, options, format):
         t0 = time.perf_counter()
         # the engine compiles "json" or a schema into a grammar, as Ollama does
-        chunks = self.engine.stream(model, messages=messages, options=options,
-                                    json_format=True if format == "json" else (format or False))
+        chunks = self.engine.stream(
+            model, messages=messages, options=options, json_format=True if format == "json" else (format or False)
+        )
         return _all_at_once(collect(self._wrap(model, chunks, t0)))
 
     def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:

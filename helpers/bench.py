@@ -19,6 +19,7 @@ model was unloaded. Each call starts with a fresh system line, so the server can
 previous call's prompt from its cache (that would make prompt reading look far faster than it is);
 only the chat template's first few tokens can still match.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,9 @@ class BenchPrompt:
 BENCH_PROMPTS: tuple[BenchPrompt, ...] = (
     BenchPrompt("explain", "Explain how a refrigerator keeps food cold."),
     BenchPrompt("story", "Write a short story about a robot who learns to paint."),
-    BenchPrompt("list", "List ten practical uses of a small language model, one per line, "
-                        "with a short reason for each."),
+    BenchPrompt(
+        "list", "List ten practical uses of a small language model, one per line, with a short reason for each."
+    ),
     BenchPrompt("email", "Write a polite email asking a colleague to review a report by Friday."),
 )
 
@@ -71,14 +73,14 @@ class BenchRow:
 
     model: str
     backend: str
-    phase: str              # "cold" (just loaded) or "warm"
+    phase: str  # "cold" (just loaded) or "warm"
     stream: bool
-    run: int                # repetition number, 0-based (the cold call is run 0)
+    run: int  # repetition number, 0-based (the cold call is run 0)
     prompt_id: str
     ttft_s: float | None
     tpot_s: float | None
     decode_tps: float | None
-    decode_source: str      # "engine" counters or "wall" clock
+    decode_source: str  # "engine" counters or "wall" clock
     prompt_tps: float | None
     e2e_s: float
     load_s: float
@@ -103,10 +105,11 @@ METRICS: tuple[tuple[str, str, str, float], ...] = (
 def _check_models(models: Any) -> list[str]:
     if isinstance(models, str):
         models = [models]
-    if not isinstance(models, (list, tuple)) or not models or not all(
-            isinstance(m, str) and m.strip() for m in models):
-        raise BadInput(f"models must be a non-empty list of model names, got {models!r}",
-                       "pass e.g. ['smollm2:135m'] (see backend.list_models())")
+    if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, str) and m.strip() for m in models):
+        raise BadInput(
+            f"models must be a non-empty list of model names, got {models!r}",
+            "pass e.g. ['smollm2:135m'] (see backend.list_models())",
+        )
     return [m.strip() for m in models]
 
 
@@ -122,8 +125,10 @@ def _check_prompts(prompts: Any) -> list[BenchPrompt]:
         elif isinstance(p, BenchPrompt) and p.text.strip():
             out.append(p)
         else:
-            raise BadInput(f"prompt {i} must be non-empty text or a BenchPrompt, got {p!r}",
-                           "pass a list of strings, e.g. ['Explain DNS.', 'Write a haiku.']")
+            raise BadInput(
+                f"prompt {i} must be non-empty text or a BenchPrompt, got {p!r}",
+                "pass a list of strings, e.g. ['Explain DNS.', 'Write a haiku.']",
+            )
     if not out:
         raise BadInput("the prompt set is empty", "pass at least one prompt (or None for the built-in set)")
     return out
@@ -135,16 +140,20 @@ def load_prompts(path: str | Path) -> list[BenchPrompt]:
     try:
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except OSError as exc:
-        raise BadInput(f"cannot read prompts from {path}: {exc.strerror or exc}",
-                       "pass a text file with one prompt per line, or JSON lines with a 'prompt' field") from exc
+        raise BadInput(
+            f"cannot read prompts from {path}: {exc.strerror or exc}",
+            "pass a text file with one prompt per line, or JSON lines with a 'prompt' field",
+        ) from exc
     prompts = []
     for i, line in enumerate(lines):
         if line.lstrip().startswith("{"):
             try:
                 item = json.loads(line)
             except ValueError as exc:
-                raise BadInput(f"{path} line {i + 1} is not valid JSON: {exc}",
-                               'each line looks like {"id": "q1", "prompt": "..."}') from exc
+                raise BadInput(
+                    f"{path} line {i + 1} is not valid JSON: {exc}",
+                    'each line looks like {"id": "q1", "prompt": "..."}',
+                ) from exc
             if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
                 raise BadInput(f"{path} line {i + 1} has no 'prompt' text", 'add "prompt": "..."')
             prompts.append(BenchPrompt(str(item.get("id") or f"p{i}"), item["prompt"]))
@@ -163,8 +172,9 @@ def _fresh_messages(prompt: str, cache_bust: bool) -> list[dict[str, str]]:
     return messages
 
 
-def _call_once(backend: Backend, model: str, messages: list[dict[str, str]], options: Options,
-               stream: bool) -> tuple[float | None, float, Any]:
+def _call_once(
+    backend: Backend, model: str, messages: list[dict[str, str]], options: Options, stream: bool
+) -> tuple[float | None, float, Any]:
     """(ttft, e2e, final Result) of one chat call, timed on the client."""
     t0 = time.perf_counter()
     if not stream:  # a real `"stream": false` request: the text arrives all at once
@@ -180,14 +190,25 @@ def _call_once(backend: Backend, model: str, messages: list[dict[str, str]], opt
             final = piece
     e2e = time.perf_counter() - t0
     if final is None:
-        raise CourseError(f"the answer from {model} ended without its final metrics",
-                          "try again; if it repeats, look at the server's log")
+        raise CourseError(
+            f"the answer from {model} ended without its final metrics",
+            "try again; if it repeats, look at the server's log",
+        )
     return ttft, e2e, final
 
 
-def measure_call(backend: Backend, model: str, prompt: str | BenchPrompt, *, max_tokens: int = 64,
-                 stream: bool = True, phase: str = "warm", run: int = 0, options: Options | dict | None = None,
-                 cache_bust: bool = True) -> BenchRow:
+def measure_call(
+    backend: Backend,
+    model: str,
+    prompt: str | BenchPrompt,
+    *,
+    max_tokens: int = 64,
+    stream: bool = True,
+    phase: str = "warm",
+    run: int = 0,
+    options: Options | dict | None = None,
+    cache_bust: bool = True,
+) -> BenchRow:
     """Send one chat request and measure it (temperature 0, seed 42): one `BenchRow`."""
     [p] = _check_prompts([prompt])
     max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT, "e.g. max_tokens=64")
@@ -197,11 +218,22 @@ def measure_call(backend: Backend, model: str, prompt: str | BenchPrompt, *, max
     n = m.output_tokens
     tpot = (e2e - ttft) / (n - 1) if stream and ttft is not None and n > 1 else None
     return BenchRow(
-        model=model, backend=backend.name, phase=phase, stream=bool(stream), run=run, prompt_id=p.id,
-        ttft_s=ttft, tpot_s=tpot, decode_tps=m.decode_tps, decode_source=m.decode_source,
+        model=model,
+        backend=backend.name,
+        phase=phase,
+        stream=bool(stream),
+        run=run,
+        prompt_id=p.id,
+        ttft_s=ttft,
+        tpot_s=tpot,
+        decode_tps=m.decode_tps,
+        decode_source=m.decode_source,
         # only an engine's counters say how long reading the prompt took (a client sees network too)
         prompt_tps=m.prompt_tps if m.decode_source == "engine" else None,
-        e2e_s=e2e, load_s=m.load_s, prompt_tokens=m.prompt_tokens, output_tokens=n,
+        e2e_s=e2e,
+        load_s=m.load_s,
+        prompt_tokens=m.prompt_tokens,
+        output_tokens=n,
         done_reason=final.done_reason,
     )
 
@@ -215,8 +247,9 @@ def unload(backend: Backend, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------- the benchmark
-def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limit: int = 4,
-                  verbose: bool = True) -> list[str]:
+def choose_models(
+    backend: Backend, wanted: Sequence[str] | None = None, *, limit: int = 4, verbose: bool = True
+) -> list[str]:
     """The models to measure, under the backend's own names: those asked for that it has, else its
     models in course order.
 
@@ -247,20 +280,33 @@ def choose_models(backend: Backend, wanted: Sequence[str] | None = None, *, limi
         chosen = course_order(infos)[:limit]
     if not chosen:
         if wanted:
-            raise ModelNotFound(f"none of the models asked for is available at {backend.describe()}",
-                                pull_hint(wanted[0]))
-        raise ModelNotFound(f"{backend.describe()} has no chat model to measure"
-                            + (f" (only embedding models: {', '.join(i.name for i in infos)})" if infos else ""),
-                            pull_hint(PREFERENCE[0]))
+            raise ModelNotFound(
+                f"none of the models asked for is available at {backend.describe()}", pull_hint(wanted[0])
+            )
+        raise ModelNotFound(
+            f"{backend.describe()} has no chat model to measure"
+            + (f" (only embedding models: {', '.join(i.name for i in infos)})" if infos else ""),
+            pull_hint(PREFERENCE[0]),
+        )
     if verbose:
         print("Measuring:", ", ".join(chosen))
     return chosen
 
 
-def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[str | BenchPrompt] | None = None,
-              *, n_runs: int = 5, max_tokens: int = 64, warmup: int = 1, cold: bool = True,
-              stream: bool = True, options: Options | dict | None = None, progress: bool = True,
-              concurrency: int = 1) -> pd.DataFrame:
+def run_bench(
+    backend: Backend,
+    models: str | Sequence[str],
+    prompts: Sequence[str | BenchPrompt] | None = None,
+    *,
+    n_runs: int = 5,
+    max_tokens: int = 64,
+    warmup: int = 1,
+    cold: bool = True,
+    stream: bool = True,
+    options: Options | dict | None = None,
+    progress: bool = True,
+    concurrency: int = 1,
+) -> pd.DataFrame:
     """Measure each model: an optional cold call, `warmup` untimed calls, then `n_runs` x the prompt set.
 
     `concurrency` > 1 sends the measured calls that many at a time (helpers.concurrency), as a class
@@ -309,17 +355,26 @@ def run_bench(backend: Backend, models: str | Sequence[str], prompts: Sequence[s
             rows += values(map_concurrent(one, jobs, concurrency=concurrency, progress=False))
             wall += time.perf_counter() - t0
     df = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
-    df.attrs.update(backend=backend.describe(), n_runs=n_runs, max_tokens=max_tokens,
-                    prompts=[p.id for p in plist], warmup=warmup, concurrency=concurrency, wall_s=wall,
-                    measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    df.attrs.update(
+        backend=backend.describe(),
+        n_runs=n_runs,
+        max_tokens=max_tokens,
+        prompts=[p.id for p in plist],
+        warmup=warmup,
+        concurrency=concurrency,
+        wall_s=wall,
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     return df
 
 
 # --------------------------------------------------------------------------- summaries
 def _check_rows(df: Any) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame) or not set(COLUMNS) <= set(df.columns):
-        raise BadInput("expected the rows returned by run_bench (or read back with read_csv)",
-                       "pass the DataFrame from run_bench(...) or read_csv(path)")
+        raise BadInput(
+            "expected the rows returned by run_bench (or read back with read_csv)",
+            "pass the DataFrame from run_bench(...) or read_csv(path)",
+        )
     return df
 
 
@@ -339,10 +394,18 @@ def summarise(df: pd.DataFrame, *, phase: str = "warm", stream: bool | None = Tr
             values = [v * factor for v in group[col] if v is not None and not pd.isna(v)]
             if not values:
                 continue
-            out.append({"model": model, "metric": label, "unit": unit,
-                        "median": round(float(np.median(values)), 1),
-                        "p90": round(percentile(values, 90), 1),
-                        "min": round(min(values), 1), "max": round(max(values), 1), "n": len(values)})
+            out.append(
+                {
+                    "model": model,
+                    "metric": label,
+                    "unit": unit,
+                    "median": round(float(np.median(values)), 1),
+                    "p90": round(percentile(values, 90), 1),
+                    "min": round(min(values), 1),
+                    "max": round(max(values), 1),
+                    "n": len(values),
+                }
+            )
     if not out:
         raise BadInput(f"no {phase} rows to summarise", "run run_bench(...) first (with n_runs >= 1)")
     return pd.DataFrame(out).set_index(["model", "metric"])
@@ -357,14 +420,21 @@ def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
         if cold.empty or warm.empty:
             continue
         c = cold.iloc[0]
-        out.append({"model": model, "cold load (ms)": round(c["load_s"] * 1000, 1),
-                    "cold TTFT (ms)": round(c["ttft_s"] * 1000, 1),
-                    "warm TTFT, median (ms)": round(float(warm["ttft_s"].median()) * 1000, 1),
-                    "cold end-to-end (ms)": round(c["e2e_s"] * 1000, 1),
-                    "warm end-to-end, median (ms)": round(float(warm["e2e_s"].median()) * 1000, 1)})
+        out.append(
+            {
+                "model": model,
+                "cold load (ms)": round(c["load_s"] * 1000, 1),
+                "cold TTFT (ms)": round(c["ttft_s"] * 1000, 1),
+                "warm TTFT, median (ms)": round(float(warm["ttft_s"].median()) * 1000, 1),
+                "cold end-to-end (ms)": round(c["e2e_s"] * 1000, 1),
+                "warm end-to-end, median (ms)": round(float(warm["e2e_s"].median()) * 1000, 1),
+            }
+        )
     if not out:
-        raise BadInput("no model has both a cold and a warm row",
-                       "run run_bench(..., cold=True) against Ollama, `slm-course serve` or the embedded engine")
+        raise BadInput(
+            "no model has both a cold and a warm row",
+            "run run_bench(..., cold=True) against Ollama, `slm-course serve` or the embedded engine",
+        )
     return pd.DataFrame(out).set_index("model")
 
 
@@ -373,10 +443,15 @@ def latency_table(streamed: pd.DataFrame, not_streamed: pd.DataFrame) -> pd.Data
     out = []
     for label, df in (("streaming", _check_rows(streamed)), ("not streaming", _check_rows(not_streamed))):
         for model, group in df[df["phase"] == "warm"].groupby("model", sort=False):
-            out.append({"model": model, "mode": label,
-                        "first words visible (ms)": round(float(group["ttft_s"].median()) * 1000, 1),
-                        "answer complete (ms)": round(float(group["e2e_s"].median()) * 1000, 1),
-                        "calls": len(group)})
+            out.append(
+                {
+                    "model": model,
+                    "mode": label,
+                    "first words visible (ms)": round(float(group["ttft_s"].median()) * 1000, 1),
+                    "answer complete (ms)": round(float(group["e2e_s"].median()) * 1000, 1),
+                    "calls": len(group),
+                }
+            )
     return pd.DataFrame(out).set_index(["model", "mode"])
 
 
@@ -400,24 +475,33 @@ class ClaimCheck:
 
     def __str__(self) -> str:
         where = {"within": "inside", "faster": "below (faster than)", "slower": "above (slower than)"}
-        return (f"{self.model}: median {self.metric} {self.measured_s * 1000:.0f} ms over {self.n} calls - "
-                f"{where[self.verdict]} the claimed {self.low_s * 1000:.0f}-{self.high_s * 1000:.0f} ms")
+        return (
+            f"{self.model}: median {self.metric} {self.measured_s * 1000:.0f} ms over {self.n} calls - "
+            f"{where[self.verdict]} the claimed {self.low_s * 1000:.0f}-{self.high_s * 1000:.0f} ms"
+        )
 
 
-def check_latency_claim(df: pd.DataFrame, model: str, low_s: float, high_s: float, *,
-                        metric: str = "ttft_s") -> ClaimCheck:
+def check_latency_claim(
+    df: pd.DataFrame, model: str, low_s: float, high_s: float, *, metric: str = "ttft_s"
+) -> ClaimCheck:
     """Compare the warm median of `metric` ("ttft_s" or "e2e_s") for `model` with a claimed range."""
     df = _check_rows(df)
     if metric not in ("ttft_s", "e2e_s", "tpot_s"):
-        raise BadInput(f"metric must be 'ttft_s', 'e2e_s' or 'tpot_s', got {metric!r}",
-                       "a latency claim is about the first token (ttft_s) or the whole answer (e2e_s)")
+        raise BadInput(
+            f"metric must be 'ttft_s', 'e2e_s' or 'tpot_s', got {metric!r}",
+            "a latency claim is about the first token (ttft_s) or the whole answer (e2e_s)",
+        )
     if not (isinstance(low_s, (int, float)) and isinstance(high_s, (int, float)) and 0 <= low_s <= high_s):
-        raise BadInput(f"the claimed range must be 0 <= low <= high seconds, got {low_s!r}-{high_s!r}",
-                       "e.g. low_s=0.1, high_s=0.5 for '100-500 ms'")
+        raise BadInput(
+            f"the claimed range must be 0 <= low <= high seconds, got {low_s!r}-{high_s!r}",
+            "e.g. low_s=0.1, high_s=0.5 for '100-500 ms'",
+        )
     values = df[(df["model"] == model) & (df["phase"] == "warm")][metric].dropna()
     if values.empty:
-        raise BadInput(f"no warm measurements of {model} in these rows",
-                       f"measured models: {', '.join(df['model'].unique()) or 'none'}")
+        raise BadInput(
+            f"no warm measurements of {model} in these rows",
+            f"measured models: {', '.join(df['model'].unique()) or 'none'}",
+        )
     names = {"ttft_s": "time to first token", "e2e_s": "end-to-end latency", "tpot_s": "time per token"}
     return ClaimCheck(model, names[metric], float(values.median()), float(low_s), float(high_s), len(values))
 
@@ -441,12 +525,20 @@ def ceiling_table(df: pd.DataFrame, bandwidth_gbs: float, sizes: dict[str, int |
             continue
         ceiling = decode_ceiling_tps(size, bandwidth_gbs)
         measured = float(tps.median())
-        out.append({"model": model, "weights (MB)": round(size / 1e6, 1),
-                    "ceiling (tokens/s)": round(ceiling, 1), "measured median (tokens/s)": round(measured, 1),
-                    "share of ceiling": round(measured / ceiling, 3)})
+        out.append(
+            {
+                "model": model,
+                "weights (MB)": round(size / 1e6, 1),
+                "ceiling (tokens/s)": round(ceiling, 1),
+                "measured median (tokens/s)": round(measured, 1),
+                "share of ceiling": round(measured / ceiling, 3),
+            }
+        )
     if not out:
-        raise BadInput("no model with engine-measured decode speed and a known size",
-                       "measure a local model (Ollama or the kit's server) and pass its size in bytes")
+        raise BadInput(
+            "no model with engine-measured decode speed and a known size",
+            "measure a local model (Ollama or the kit's server) and pass its size in bytes",
+        )
     return pd.DataFrame(out).set_index("model")
 
 
@@ -486,8 +578,13 @@ def plot_ceiling(table: pd.DataFrame, ax=None):
     ax.bar(x - 0.2, table["ceiling (tokens/s)"], width=0.4, label="ceiling: bandwidth / weights", color="grey")
     ax.bar(x + 0.2, table["measured median (tokens/s)"], width=0.4, label="measured", color="C0")
     for i, share in enumerate(table["share of ceiling"]):
-        ax.annotate(f"{share:.0%}", (x[i] + 0.2, table["measured median (tokens/s)"].iloc[i]),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{share:.0%}",
+            (x[i] + 0.2, table["measured median (tokens/s)"].iloc[i]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xticks(x, table.index, fontsize=8)
     ax.set_ylabel("tokens/s")
     ax.set_title("Decode speed against the memory-bandwidth ceiling")
@@ -515,32 +612,45 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path)
     except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read benchmark rows from {path}: {exc}",
-                       "pass a CSV written by save_csv or `slm-course bench --csv`") from exc
+        raise BadInput(
+            f"cannot read benchmark rows from {path}: {exc}",
+            "pass a CSV written by save_csv or `slm-course bench --csv`",
+        ) from exc
     return _check_rows(df.astype(object).where(df.notna(), None))
 
 
 # --------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `slm-course bench`."""
-    parser.add_argument("--model", "-m", action="append", default=None,
-                        help="model to measure (repeat for several; default: up to 4 the server has)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        default=None,
+        help="model to measure (repeat for several; default: up to 4 the server has)",
+    )
     parser.add_argument("--runs", "-n", type=int, default=5, help="repetitions of the prompt set (default 5)")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per call (default 64)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per model (default 1)")
-    parser.add_argument("--prompts", default=None,
-                        help="file with one prompt per line, or JSON lines with a 'prompt' field")
+    parser.add_argument(
+        "--prompts", default=None, help="file with one prompt per line, or JSON lines with a 'prompt' field"
+    )
     parser.add_argument("--host", default=None, help="Ollama address (default: OLLAMA_HOST)")
     parser.add_argument("--embedded", action="store_true", help="use the in-process engine, not a server")
     parser.add_argument("--no-cold", action="store_true", help="do not unload the model to measure a cold start")
     parser.add_argument("--no-stream", action="store_true", help="send non-streaming requests")
-    parser.add_argument("--ceiling", action="store_true",
-                        help="also measure memory bandwidth and show each model's decode ceiling")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="also measure memory bandwidth and show each model's decode ceiling"
+    )
     parser.add_argument("--csv", default=None, help="where to save the rows (default: runs/bench-<time>.csv)")
     parser.add_argument("--plot", default=None, help="save a plot of the calls to this PNG file")
-    parser.add_argument("--concurrency", "-c", type=int, default=1,
-                        help="measured calls sent at once (default 1: one at a time); the aggregate "
-                             "tokens/s is printed too")
+    parser.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=1,
+        help="measured calls sent at once (default 1: one at a time); the aggregate tokens/s is printed too",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -552,17 +662,30 @@ def run(args: argparse.Namespace) -> int:
         backend = EmbeddedBackend() if args.embedded else connect(args.host)
         models = choose_models(backend, args.model)
         prompts = load_prompts(args.prompts) if args.prompts else None
-        df = run_bench(backend, models, prompts, n_runs=args.runs, max_tokens=args.max_tokens,
-                       warmup=args.warmup, cold=not args.no_cold, stream=not args.no_stream,
-                       progress=not args.quiet, concurrency=args.concurrency)
+        df = run_bench(
+            backend,
+            models,
+            prompts,
+            n_runs=args.runs,
+            max_tokens=args.max_tokens,
+            warmup=args.warmup,
+            cold=not args.no_cold,
+            stream=not args.no_stream,
+            progress=not args.quiet,
+            concurrency=args.concurrency,
+        )
         with pd.option_context("display.width", 120, "display.max_columns", 20):
-            print(f"\n{backend.describe()}: {args.runs} runs x {len(df.attrs['prompts'])} prompts, "
-                  f"up to {args.max_tokens} output tokens, temperature 0\n")
+            print(
+                f"\n{backend.describe()}: {args.runs} runs x {len(df.attrs['prompts'])} prompts, "
+                f"up to {args.max_tokens} output tokens, temperature 0\n"
+            )
             print(summarise(df, stream=not args.no_stream).to_string())
             if args.concurrency > 1 and df.attrs["wall_s"] > 0:
                 warm = df[df["phase"] != "cold"]
-                print(f"\n{args.concurrency} calls at a time: {warm['output_tokens'].sum() / df.attrs['wall_s']:.1f} "
-                      f"output tokens/s for all of them together ({len(models)} model(s) one after another)")
+                print(
+                    f"\n{args.concurrency} calls at a time: {warm['output_tokens'].sum() / df.attrs['wall_s']:.1f} "
+                    f"output tokens/s for all of them together ({len(models)} model(s) one after another)"
+                )
             if not args.no_cold and not args.no_stream and (df["phase"] == "cold").any():
                 print("\nCold start (model just loaded) against warm calls:")
                 print(cold_vs_warm(df).to_string())

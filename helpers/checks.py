@@ -6,6 +6,7 @@ lab (`slm-course grade run`: it sets NBGRADER_EXECUTION to "autograde" or "valid
 call prints the same line and then raises `CheckFailed`, so the check cell fails and the
 exercise scores zero: nbgrader counts a test cell as passed when it raises nothing.
 """
+
 from __future__ import annotations
 
 import os

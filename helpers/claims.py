@@ -13,6 +13,7 @@ the table::
 
 `ok=True` gives "confirmed", `ok=False` "refuted", `ok=None` "cannot check here: <why>".
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def load_claims() -> dict[str, Claim]:
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
-            claims[row["id"]] = Claim(row["id"], row["quote"], tuple(row["lessons"]), row["source"],
-                                      row.get("differs", ""))
+            claims[row["id"]] = Claim(
+                row["id"], row["quote"], tuple(row["lessons"]), row["source"], row.get("differs", "")
+            )
     return claims
 
 
@@ -59,8 +61,10 @@ def claim(claim_id: str) -> Claim:
     """The claim with this id (BadInput naming the known ids when there is none)."""
     claims = load_claims()
     if claim_id not in claims:
-        raise BadInput(f"no claim {claim_id!r} in helpers/data/claims.jsonl",
-                       f"known ids: {', '.join(sorted(claims))}; add a verbatim quote there first")
+        raise BadInput(
+            f"no claim {claim_id!r} in helpers/data/claims.jsonl",
+            f"known ids: {', '.join(sorted(claims))}; add a verbatim quote there first",
+        )
     return claims[claim_id]
 
 
@@ -85,7 +89,7 @@ def quoted_in(quote: str, article: str) -> bool:
 
 
 def verdict(ok: bool | None, why: str = "") -> str:
-    """"confirmed" (ok), "refuted" (not ok), or "cannot check here: why" (ok is None).
+    """ "confirmed" (ok), "refuted" (not ok), or "cannot check here: why" (ok is None).
 
     >>> verdict(True), verdict(False, "2x off")
     ('confirmed', 'refuted: 2x off')
@@ -94,8 +98,9 @@ def verdict(ok: bool | None, why: str = "") -> str:
     """
     if ok is None:
         if not why.strip():
-            raise BadInput("a claim that cannot be checked needs the reason why",
-                           'pass why="..." (e.g. "needs an API key")')
+            raise BadInput(
+                "a claim that cannot be checked needs the reason why", 'pass why="..." (e.g. "needs an API key")'
+            )
         return f"{CANNOT}: {why}"
     if not isinstance(ok, bool):
         ok = bool(ok)  # numpy.bool_ from a pandas comparison
@@ -132,10 +137,18 @@ class Ledger:
         """One row: the article's words (by id), the value measured in this run, the verdict."""
         c = claim(claim_id)
         if self.lesson not in c.lessons:
-            raise BadInput(f"claim {claim_id!r} is not listed for lesson {self.lesson}",
-                           f"add {self.lesson!r} to its `lessons` in helpers/data/claims.jsonl")
-        self.rows.append({"claim": claim_id, "the article says": c.quote,
-                          "measured in this run": str(measured), "verdict": verdict(ok, why)})
+            raise BadInput(
+                f"claim {claim_id!r} is not listed for lesson {self.lesson}",
+                f"add {self.lesson!r} to its `lessons` in helpers/data/claims.jsonl",
+            )
+        self.rows.append(
+            {
+                "claim": claim_id,
+                "the article says": c.quote,
+                "measured in this run": str(measured),
+                "verdict": verdict(ok, why),
+            }
+        )
         return self
 
     def judge(self, claim_id: str, finding) -> Ledger:
@@ -179,9 +192,12 @@ class Ledger:
                 display(self.table(), metadata={LEDGER_KEY: self.record()})
 
 
-def model_seconds(output_tokens: float, bandwidth_gbs: float,
-                  models: tuple[str, ...] = ("llama3.2:3b", "mistral:7b"),
-                  quant: str = "Q4_K_M") -> dict[str, float]:
+def model_seconds(
+    output_tokens: float,
+    bandwidth_gbs: float,
+    models: tuple[str, ...] = ("llama3.2:3b", "mistral:7b"),
+    quant: str = "Q4_K_M",
+) -> dict[str, float]:
     """A lower bound on the generating time of `output_tokens` with larger models on this CPU.
 
     Each token reads every weight once, so decode speed is at most bandwidth / weight bytes
@@ -193,19 +209,25 @@ def model_seconds(output_tokens: float, bandwidth_gbs: float,
 
     if output_tokens < 0:
         raise BadInput(f"output_tokens must be >= 0, got {output_tokens!r}", "count the tokens generated")
-    return {m: output_tokens / decode_ceiling_tps(weights_bytes(MODEL_SHAPES[m].n_params, quant), bandwidth_gbs)
-            for m in models}
+    return {
+        m: output_tokens / decode_ceiling_tps(weights_bytes(MODEL_SHAPES[m].n_params, quant), bandwidth_gbs)
+        for m in models
+    }
 
 
-def time_statement(output_tokens: float, bandwidth_gbs: float, measured_s: float | None = None,
-                   upper_bound: bool = False) -> str:
+def time_statement(
+    output_tokens: float, bandwidth_gbs: float, measured_s: float | None = None, upper_bound: bool = False
+) -> str:
     """One line for a lesson's end: the tokens it generated (or at most asked for, `upper_bound`),
     and the estimated time those tokens take with 3B/7B models on this CPU."""
     est = model_seconds(output_tokens, bandwidth_gbs)
-    parts = ", ".join(f"{m} at least {s / 60:.1f} min" if s >= 60 else f"{m} at least {s:.0f} s"
-                      for m, s in est.items())
+    parts = ", ".join(
+        f"{m} at least {s / 60:.1f} min" if s >= 60 else f"{m} at least {s:.0f} s" for m, s in est.items()
+    )
     here = f" (this run's model calls: {measured_s:.0f} s)" if measured_s is not None else ""
     verb = "asked for at most" if upper_bound else "generated"
-    return (f"This lesson {verb} {output_tokens:,.0f} tokens{here}. Estimate for this CPU "
-            f"({bandwidth_gbs:.1f} GB/s measured) with a Q4_K_M model, from the bandwidth ceiling: "
-            f"{parts}, plus loading and prompt reading.")
+    return (
+        f"This lesson {verb} {output_tokens:,.0f} tokens{here}. Estimate for this CPU "
+        f"({bandwidth_gbs:.1f} GB/s measured) with a Q4_K_M model, from the bandwidth ceiling: "
+        f"{parts}, plus loading and prompt reading."
+    )

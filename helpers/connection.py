@@ -6,6 +6,7 @@ course model under the name a server has it, `mistral:latest` for `mistral:7b`;
 `registry.course_order` ranks the rest): `pick_model` chooses the small model, and `rank_large`
 orders local models by their size on disk when the biggest one has to stand in for the large model.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -39,8 +40,10 @@ def connect(host: str | None = None, *, fallback: bool = True, verbose: bool = T
         if not fallback:
             raise
         if verbose:
-            print(f"Ollama is not answering at {backend.shown_host}: using the embedded llama.cpp engine "
-                  f"with the bundled model instead.\n  To use Ollama: {INSTALL_OLLAMA}.")
+            print(
+                f"Ollama is not answering at {backend.shown_host}: using the embedded llama.cpp engine "
+                f"with the bundled model instead.\n  To use Ollama: {INSTALL_OLLAMA}."
+            )
         return EmbeddedBackend()
     if verbose:
         print(f"Connected to the Ollama API at {backend.shown_host} (version {version}).")
@@ -51,8 +54,7 @@ def _as_infos(available: Sequence[str | ModelInfo]) -> list[ModelInfo]:
     return [a if isinstance(a, ModelInfo) else ModelInfo(a) for a in available]
 
 
-def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *,
-               verbose: bool = True) -> str:
+def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *, verbose: bool = True) -> str:
     """A model the backend has, under the backend's own name for it.
 
     `preferred` when available (empty: SLM_SMALL_MODEL from settings), else the best by the
@@ -68,8 +70,10 @@ def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *
     if not wanted and small_model:
         wanted, source = [small_model], "SLM_SMALL_MODEL"
     if not infos:
-        raise ModelNotFound(f"{backend.describe()} has no models",
-                            f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or run `slm-course serve`")
+        raise ModelNotFound(
+            f"{backend.describe()} has no models",
+            f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or run `slm-course serve`",
+        )
     missing = []
     for w, have, embedding in matches(wanted, infos):
         if have is None:
@@ -89,16 +93,17 @@ def pick_model(backend: Backend, preferred: str | Sequence[str] | None = None, *
     ranked = course_order(infos)
     if not ranked:
         embedders = [i.name for i in infos if is_embedding_model(i)]
-        raise ModelNotFound(f"{backend.describe()} has only embedding models ({', '.join(embedders)}), "
-                            "which cannot chat", f"pull a chat model, e.g. `ollama pull {PREFERENCE[0]}`")
+        raise ModelNotFound(
+            f"{backend.describe()} has only embedding models ({', '.join(embedders)}), which cannot chat",
+            f"pull a chat model, e.g. `ollama pull {PREFERENCE[0]}`",
+        )
     choice = ranked[0]
     if verbose:
         info = next(i for i in infos if i.name == choice)
         if any(match_model(p, [info]) for p in PREFERENCE):
             print(f"Using model {choice}: the first of the course's models that {backend.describe()} has.")
         else:
-            print(f"Using model {choice}: none of the course's models is available, so the first chat "
-                  "model listed.")
+            print(f"Using model {choice}: none of the course's models is available, so the first chat model listed.")
     return choice
 
 
@@ -109,6 +114,7 @@ def rank_large(available: Sequence[str | ModelInfo]) -> list[str]:
     (`qwen2.5:7b`), so a model the registry does not know still ranks. Embedding-only models
     are left out.
     """
+
     def key(info: ModelInfo):
         c = card(info.name)
         tag = info.name.rsplit(":", 1)[1] if ":" in info.name else ""
@@ -144,17 +150,21 @@ def connect_large(small_backend: Backend | None = None, *, verbose: bool = True)
         backend = small_backend or connect(verbose=False)
         ranked = rank_large(model_infos(backend))
         if not ranked:
-            raise ModelNotFound(f"no OPENAI_API_KEY, and {backend.describe()} has no chat model to "
-                                "stand in for the large model",
-                                f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or set OPENAI_API_KEY "
-                                f"(in .env) to use {s.large_model}")
+            raise ModelNotFound(
+                f"no OPENAI_API_KEY, and {backend.describe()} has no chat model to stand in for the large model",
+                f"pull one, e.g. `ollama pull {PREFERENCE[0]}`, or set OPENAI_API_KEY (in .env) to use {s.large_model}",
+            )
         biggest = ranked[0]
-        tier = LargeTier(backend, biggest, True,
-                         f"no OPENAI_API_KEY: the large tier is the biggest local model, {biggest}")
+        tier = LargeTier(
+            backend, biggest, True, f"no OPENAI_API_KEY: the large tier is the biggest local model, {biggest}"
+        )
     advice = " - set OPENAI_API_KEY (in .env) to compare with a real large model."
     if verbose:
-        print(("WARNING: " if tier.local_fallback else "Large model: ") + tier.reason +
-              (advice if tier.local_fallback else ""))
+        print(
+            ("WARNING: " if tier.local_fallback else "Large model: ")
+            + tier.reason
+            + (advice if tier.local_fallback else "")
+        )
     elif tier.local_fallback:  # quiet callers (code, not a lesson) still hear of it, once
         warnings.warn(tier.reason + advice, UserWarning, stacklevel=2)
     return tier

@@ -4,6 +4,7 @@ API prices come from the `genai-prices` package (dated, per provider, offline); 
 computed from assumptions the learner states (watts, electricity price, hardware price,
 lifetime, utilisation). Nothing here is a hand-written price.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -27,6 +28,7 @@ TABLE_MODELS = ("gpt-4-turbo", "gpt-4o", "gpt-4o-mini", "claude-haiku-4-5", "gem
 
 
 # --------------------------------------------------------------------------- API prices
+
 
 @dataclass(frozen=True)
 class ApiPrice:
@@ -61,8 +63,7 @@ def _genai_prices_version() -> str:
 
 def _all_model_ids(provider_id: str | None = None) -> list[str]:
     """Every model id genai-prices knows (for one provider, or all)."""
-    return sorted({m.id for p in _snapshot().providers
-                   if provider_id is None or p.id == provider_id for m in p.models})
+    return sorted({m.id for p in _snapshot().providers if provider_id is None or p.id == provider_id for m in p.models})
 
 
 def _close_names(name: str, provider_id: str | None = None, n: int = 5) -> list[str]:
@@ -101,8 +102,7 @@ def api_price(model: str, provider: str | None = None, when: datetime | None = N
     reproducible tables. `provider` is a genai-prices provider id ("openai", "anthropic", ...).
     """
     if not isinstance(model, str) or not model.strip():
-        raise BadInput(f"model must be a non-empty string, got {model!r}",
-                       f"try one of: {', '.join(TABLE_MODELS)}")
+        raise BadInput(f"model must be a non-empty string, got {model!r}", f"try one of: {', '.join(TABLE_MODELS)}")
     when = when or datetime.now(timezone.utc)
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
@@ -112,31 +112,46 @@ def api_price(model: str, provider: str | None = None, when: datetime | None = N
     except LookupError as exc:
         if provider is not None and not any(p.id == provider for p in snap.providers):
             close = difflib.get_close_matches(provider.lower(), [p.id for p in snap.providers], n=5)
-            raise BadInput(f"genai-prices knows no provider {provider!r}",
-                           f"use one of: {', '.join(close or ['openai', 'anthropic', 'google'])}"
-                           " - or provider=None to guess it from the model name") from exc
+            raise BadInput(
+                f"genai-prices knows no provider {provider!r}",
+                f"use one of: {', '.join(close or ['openai', 'anthropic', 'google'])}"
+                " - or provider=None to guess it from the model name",
+            ) from exc
         close = _close_names(model, provider)
-        raise BadInput(f"genai-prices {_genai_prices_version()} has no price for model {model!r}"
-                       + (f" at provider {provider!r}" if provider else ""),
-                       f"close names: {', '.join(close) or '(none)'}; "
-                       "check the spelling, or pass provider='openai' / 'anthropic' / 'google'") from exc
+        raise BadInput(
+            f"genai-prices {_genai_prices_version()} has no price for model {model!r}"
+            + (f" at provider {provider!r}" if provider else ""),
+            f"close names: {', '.join(close) or '(none)'}; "
+            "check the spelling, or pass provider='openai' / 'anthropic' / 'google'",
+        ) from exc
     prices = info.get_prices(when)
     if prices.input_mtok is None or prices.output_mtok is None:
-        raise BadInput(f"{prov.id}/{info.id} is not priced per input and output token in genai-prices",
-                       "pick a text model (e.g. gpt-4o-mini)")
+        raise BadInput(
+            f"{prov.id}/{info.id} is not priced per input and output token in genai-prices",
+            "pick a text model (e.g. gpt-4o-mini)",
+        )
     input_base, input_tiers = _split_tiers(prices.input_mtok)
     output_base, output_tiers = _split_tiers(prices.output_mtok)
     since = _active_start_date(info, when)
     ref = (prov.pricing_urls or [""])[0]
-    source = (f"genai-prices {_genai_prices_version()} (bundled data), {prov.id}/{info.id}: "
-              f"standard price in force on {when:%Y-%m-%d}"
-              + (f", valid since {since:%Y-%m-%d}" if since else ", no start date recorded")
-              + (", long-context tiers apply" if input_tiers or output_tiers else "")
-              + (", model marked deprecated" if info.deprecated else "")
-              + (f"; provider's pricing page {ref}" if ref else ""))
-    return ApiPrice(provider=prov.id, model=info.id, input_per_mtok=input_base,
-                    output_per_mtok=output_base, source=source, valid_from=since,
-                    input_tiers=input_tiers, output_tiers=output_tiers)
+    source = (
+        f"genai-prices {_genai_prices_version()} (bundled data), {prov.id}/{info.id}: "
+        f"standard price in force on {when:%Y-%m-%d}"
+        + (f", valid since {since:%Y-%m-%d}" if since else ", no start date recorded")
+        + (", long-context tiers apply" if input_tiers or output_tiers else "")
+        + (", model marked deprecated" if info.deprecated else "")
+        + (f"; provider's pricing page {ref}" if ref else "")
+    )
+    return ApiPrice(
+        provider=prov.id,
+        model=info.id,
+        input_per_mtok=input_base,
+        output_per_mtok=output_base,
+        source=source,
+        valid_from=since,
+        input_tiers=input_tiers,
+        output_tiers=output_tiers,
+    )
 
 
 def prices_data_info(when: datetime | None = None) -> str:
@@ -152,8 +167,10 @@ def prices_data_info(when: datetime | None = None) -> str:
                 if isinstance(item.constraint, StartDateConstraint) and item.constraint.active(when):
                     dates.append(item.constraint.start_date)
     newest = max(dates).isoformat() if dates else "none"
-    return (f"genai-prices {_genai_prices_version()}: {len(_snapshot().providers)} providers, "
-            f"newest dated price change on or before {when:%Y-%m-%d}: {newest}")
+    return (
+        f"genai-prices {_genai_prices_version()}: {len(_snapshot().providers)} providers, "
+        f"newest dated price change on or before {when:%Y-%m-%d}: {newest}"
+    )
 
 
 def _tiered(base: float, tiers: tuple[tuple[int, float], ...], input_tokens: int) -> float:
@@ -167,8 +184,10 @@ def _tiered(base: float, tiers: tuple[tuple[int, float], ...], input_tokens: int
 def _check_tokens(**counts: float) -> None:
     for name, value in counts.items():
         if value is None or value < 0 or not math.isfinite(value):
-            raise BadInput(f"{name} must be a finite number >= 0, got {value!r}",
-                           "pass token counts per query, e.g. input_tokens=500, output_tokens=300")
+            raise BadInput(
+                f"{name} must be a finite number >= 0, got {value!r}",
+                "pass token counts per query, e.g. input_tokens=500, output_tokens=300",
+            )
 
 
 def query_cost_api(price: ApiPrice, input_tokens: int, output_tokens: int) -> float:
@@ -180,6 +199,7 @@ def query_cost_api(price: ApiPrice, input_tokens: int, output_tokens: int) -> fl
 
 
 # --------------------------------------------------------------------------- local cost
+
 
 @dataclass(frozen=True)
 class LocalAssumptions:
@@ -200,12 +220,21 @@ class LocalAssumptions:
     idle_watts: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("watts", "price_per_kwh", "hardware_price", "lifetime_years", "utilisation",
-                     "hours_per_day", "idle_watts"):
+        for name in (
+            "watts",
+            "price_per_kwh",
+            "hardware_price",
+            "lifetime_years",
+            "utilisation",
+            "hours_per_day",
+            "idle_watts",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise BadInput(f"LocalAssumptions.{name} must be a finite number, got {value!r}",
-                               "state every assumption as a plain number (USD, watts, years, 0..1)")
+                raise BadInput(
+                    f"LocalAssumptions.{name} must be a finite number, got {value!r}",
+                    "state every assumption as a plain number (USD, watts, years, 0..1)",
+                )
         checks = {
             "watts": (self.watts >= 0, "the draw under load in watts, measured or from the spec sheet"),
             "price_per_kwh": (self.price_per_kwh >= 0, "your tariff in USD per kWh"),
@@ -254,10 +283,16 @@ def _per_busy_second(a: LocalAssumptions) -> tuple[float, float, float]:
 
 
 def _check_tps(tokens_per_s: float, what: str = "tokens_per_s") -> None:
-    if (not isinstance(tokens_per_s, (int, float)) or isinstance(tokens_per_s, bool)
-            or not math.isfinite(tokens_per_s) or tokens_per_s <= 0):
-        raise BadInput(f"{what} must be a positive number, got {tokens_per_s!r}",
-                       "measure it first (lesson 03): eval_count / eval_duration * 1e9")
+    if (
+        not isinstance(tokens_per_s, (int, float))
+        or isinstance(tokens_per_s, bool)
+        or not math.isfinite(tokens_per_s)
+        or tokens_per_s <= 0
+    ):
+        raise BadInput(
+            f"{what} must be a positive number, got {tokens_per_s!r}",
+            "measure it first (lesson 03): eval_count / eval_duration * 1e9",
+        )
 
 
 def local_cost_per_mtok(tokens_per_s: float, assumptions: LocalAssumptions) -> LocalCost:
@@ -269,9 +304,13 @@ def local_cost_per_mtok(tokens_per_s: float, assumptions: LocalAssumptions) -> L
     _check_tps(tokens_per_s)
     energy_s, hardware_s, kwh_s = _per_busy_second(assumptions)
     seconds = MTOK / tokens_per_s
-    return LocalCost(tokens_per_s=float(tokens_per_s), energy_per_mtok=energy_s * seconds,
-                     hardware_per_mtok=hardware_s * seconds, kwh_per_mtok=kwh_s * seconds,
-                     busy_hours_per_mtok=seconds / 3600)
+    return LocalCost(
+        tokens_per_s=float(tokens_per_s),
+        energy_per_mtok=energy_s * seconds,
+        hardware_per_mtok=hardware_s * seconds,
+        kwh_per_mtok=kwh_s * seconds,
+        busy_hours_per_mtok=seconds / 3600,
+    )
 
 
 @dataclass(frozen=True)
@@ -307,10 +346,15 @@ class LocalRun:
 
 # --------------------------------------------------------------------------- the 1M-query table
 
-def million_queries_table(models: Iterable[str | ApiPrice], input_tokens: int,
-                          output_tokens: int, n_queries: int = 1_000_000,
-                          local: Sequence[LocalRun] | None = None,
-                          when: datetime | None = None) -> pd.DataFrame:
+
+def million_queries_table(
+    models: Iterable[str | ApiPrice],
+    input_tokens: int,
+    output_tokens: int,
+    n_queries: int = 1_000_000,
+    local: Sequence[LocalRun] | None = None,
+    when: datetime | None = None,
+) -> pd.DataFrame:
     """Cost of `n_queries` queries of fixed size, per API model and per local run.
 
     Rebuilds the seed's "1M queries: GPT-4 Turbo $30,000 / cloud GPU $500 / self-hosted $0"
@@ -324,22 +368,37 @@ def million_queries_table(models: Iterable[str | ApiPrice], input_tokens: int,
     for item in models:
         price = item if isinstance(item, ApiPrice) else api_price(item, when=when)
         per_query = query_cost_api(price, input_tokens, output_tokens)
-        rows.append({
-            "option": price.model, "kind": "api", "provider": price.provider,
-            "input_usd_per_mtok": price.input_per_mtok, "output_usd_per_mtok": price.output_per_mtok,
-            "usd_per_query": per_query, "energy_usd": math.nan, "hardware_usd": math.nan,
-            "total_usd": per_query * n_queries, "machine_days": math.nan,
-        })
+        rows.append(
+            {
+                "option": price.model,
+                "kind": "api",
+                "provider": price.provider,
+                "input_usd_per_mtok": price.input_per_mtok,
+                "output_usd_per_mtok": price.output_per_mtok,
+                "usd_per_query": per_query,
+                "energy_usd": math.nan,
+                "hardware_usd": math.nan,
+                "total_usd": per_query * n_queries,
+                "machine_days": math.nan,
+            }
+        )
     for run in local or ():
         energy, hardware = run.cost_per_query(input_tokens, output_tokens)
         days = run.seconds_per_query(input_tokens, output_tokens) * n_queries / 86400
-        rows.append({
-            "option": run.name, "kind": "local", "provider": "local",
-            "input_usd_per_mtok": math.nan, "output_usd_per_mtok": math.nan,
-            "usd_per_query": energy + hardware, "energy_usd": energy * n_queries,
-            "hardware_usd": hardware * n_queries, "total_usd": (energy + hardware) * n_queries,
-            "machine_days": days,
-        })
+        rows.append(
+            {
+                "option": run.name,
+                "kind": "local",
+                "provider": "local",
+                "input_usd_per_mtok": math.nan,
+                "output_usd_per_mtok": math.nan,
+                "usd_per_query": energy + hardware,
+                "energy_usd": energy * n_queries,
+                "hardware_usd": hardware * n_queries,
+                "total_usd": (energy + hardware) * n_queries,
+                "machine_days": days,
+            }
+        )
     df = pd.DataFrame(rows).set_index("option")
     df["usd_per_query"] = df["usd_per_query"].round(6)
     for col in ("energy_usd", "hardware_usd", "total_usd"):
@@ -350,6 +409,7 @@ def million_queries_table(models: Iterable[str | ApiPrice], input_tokens: int,
 
 
 # --------------------------------------------------------------------------- break-even
+
 
 @dataclass(frozen=True)
 class BreakEven:
@@ -364,11 +424,15 @@ class BreakEven:
 
 def break_even_queries(api_usd_per_query: float, fixed_per_month: float, energy_per_query: float) -> float:
     """Solve fixed + energy x q = api x q for q: q = fixed / (api - energy); inf if never."""
-    for name, value in (("api_usd_per_query", api_usd_per_query), ("fixed_per_month", fixed_per_month),
-                        ("energy_per_query", energy_per_query)):
+    for name, value in (
+        ("api_usd_per_query", api_usd_per_query),
+        ("fixed_per_month", fixed_per_month),
+        ("energy_per_query", energy_per_query),
+    ):
         if value is None or not math.isfinite(value) or value < 0:
-            raise BadInput(f"{name} must be a finite number >= 0, got {value!r}",
-                           "costs are in USD and cannot be negative")
+            raise BadInput(
+                f"{name} must be a finite number >= 0, got {value!r}", "costs are in USD and cannot be negative"
+            )
     margin = api_usd_per_query - energy_per_query
     if margin <= 0:
         return math.inf  # each local query costs at least as much as the API: never pays off
@@ -388,14 +452,24 @@ def break_even(price: ApiPrice | float, run: LocalRun, input_tokens: int, output
     energy = (a.watts - a.idle_watts) / SECONDS_PER_KWH * seconds * a.price_per_kwh
     fixed = a.hardware_per_month + a.idle_watts / 1000 * a.hours_per_day * DAYS_PER_MONTH * a.price_per_kwh
     capacity = a.hours_per_day * 3600 * DAYS_PER_MONTH / seconds if seconds > 0 else math.inf
-    return BreakEven(queries_per_month=break_even_queries(float(api), fixed, energy),
-                     api_usd_per_query=float(api), local_fixed_per_month=fixed,
-                     local_energy_per_query=energy, capacity_per_month=capacity)
+    return BreakEven(
+        queries_per_month=break_even_queries(float(api), fixed, energy),
+        api_usd_per_query=float(api),
+        local_fixed_per_month=fixed,
+        local_energy_per_query=energy,
+        capacity_per_month=capacity,
+    )
 
 
-def monthly_cost_curves(prices: Iterable[str | ApiPrice], run: LocalRun, input_tokens: int,
-                        output_tokens: int, max_queries: float | None = None, points: int = 41,
-                        when: datetime | None = None) -> pd.DataFrame:
+def monthly_cost_curves(
+    prices: Iterable[str | ApiPrice],
+    run: LocalRun,
+    input_tokens: int,
+    output_tokens: int,
+    max_queries: float | None = None,
+    points: int = 41,
+    when: datetime | None = None,
+) -> pd.DataFrame:
     """Monthly USD against queries per month: one column per API model, one for the local run.
 
     The local column adds a machine (another fixed write-off) each time one machine's monthly
@@ -421,11 +495,16 @@ def monthly_cost_curves(prices: Iterable[str | ApiPrice], run: LocalRun, input_t
     for p in resolved:
         data[p.model] = [round(q * evens[p.model].api_usd_per_query, 2) for q in queries]
     cap = any_even.capacity_per_month
-    data[run.name] = [round(max(1, math.ceil(q / cap)) * any_even.local_fixed_per_month
-                            + q * any_even.local_energy_per_query, 2) for q in queries]
+    data[run.name] = [
+        round(max(1, math.ceil(q / cap)) * any_even.local_fixed_per_month + q * any_even.local_energy_per_query, 2)
+        for q in queries
+    ]
     df = pd.DataFrame(data).set_index("queries_per_month")
-    df.attrs.update(local=run.name, capacity_per_month=cap,
-                    break_even={k: (v.queries_per_month, v.api_usd_per_query) for k, v in evens.items()})
+    df.attrs.update(
+        local=run.name,
+        capacity_per_month=cap,
+        break_even={k: (v.queries_per_month, v.api_usd_per_query) for k, v in evens.items()},
+    )
     return df
 
 
@@ -444,8 +523,7 @@ def plot_break_even(df: pd.DataFrame, ax=None, log: bool = False):
     local = df.attrs.get("local")
     cap = df.attrs.get("capacity_per_month", math.inf)
     for col in df.columns:
-        ax.plot(df.index, df[col], label=col, lw=2.5 if col == local else 1.5,
-                ls="-" if col == local else "--")
+        ax.plot(df.index, df[col], label=col, lw=2.5 if col == local else 1.5, ls="-" if col == local else "--")
     if local in df.columns:
         for q, api in df.attrs.get("break_even", {}).values():
             if math.isfinite(q) and q <= min(df.index.max(), cap):  # past capacity the lines meet elsewhere
@@ -463,18 +541,27 @@ def plot_break_even(df: pd.DataFrame, ax=None, log: bool = False):
     return ax
 
 
-def sensitivity(tokens_per_s: float, assumptions: LocalAssumptions,
-                utilisations: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
-                prices_per_kwh: Sequence[float] = (0.10, 0.20, 0.30, 0.40)) -> pd.DataFrame:
+def sensitivity(
+    tokens_per_s: float,
+    assumptions: LocalAssumptions,
+    utilisations: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
+    prices_per_kwh: Sequence[float] = (0.10, 0.20, 0.30, 0.40),
+) -> pd.DataFrame:
     """Local USD per million tokens over a grid of utilisation (rows) x electricity price (columns).
 
     Everything else stays as in `assumptions`; it shows which assumption actually moves the cost.
     """
     grid = {}
     for kwh in prices_per_kwh:
-        grid[kwh] = [round(local_cost_per_mtok(
-            tokens_per_s, replace(assumptions, utilisation=u, price_per_kwh=kwh)).total_per_mtok, 4)
-            for u in utilisations]
+        grid[kwh] = [
+            round(
+                local_cost_per_mtok(
+                    tokens_per_s, replace(assumptions, utilisation=u, price_per_kwh=kwh)
+                ).total_per_mtok,
+                4,
+            )
+            for u in utilisations
+        ]
     df = pd.DataFrame(grid, index=pd.Index(list(utilisations), name="utilisation"))
     df.columns.name = "usd_per_kwh"
     return df

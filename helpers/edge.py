@@ -14,6 +14,7 @@ file's tensor table, so the arithmetic can be checked against the real file byte
 `measure_rss` checks it against the memory a fresh process really uses. `measure_speed`
 times the embedded engine over a small grid of thread counts and context sizes.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ from .registry import BUNDLED_MODEL
 
 MB = 1e6
 
-LLAMA_CPP_TABLE = ("llama.cpp tools/quantize/README.md, table for meta-llama/Llama-3.1-8B "
-                   "(github.com/ggml-org/llama.cpp, read 2026-11-27)")
+LLAMA_CPP_TABLE = (
+    "llama.cpp tools/quantize/README.md, table for meta-llama/Llama-3.1-8B "
+    "(github.com/ggml-org/llama.cpp, read 2026-11-27)"
+)
 HF_CONFIG = "the model's config.json on Hugging Face (read 2026-11)"
 
 
@@ -51,32 +54,32 @@ class QuantLevel:
 
 
 def _block(name: str, weights: int, nbytes: int, meaning: str) -> QuantLevel:
-    return QuantLevel(name, nbytes * 8 / weights,
-                      f"ggml block layout: {nbytes} bytes per {weights} weights", meaning)
+    return QuantLevel(name, nbytes * 8 / weights, f"ggml block layout: {nbytes} bytes per {weights} weights", meaning)
 
 
 # File-average bpw of llama.cpp's mixtures as measured on Llama-3.1-8B (LLAMA_CPP_TABLE), and
 # the exact block bpw of the single-type formats (ggml's block structs).
-QUANT_LEVELS: dict[str, QuantLevel] = {q.name: q for q in (
-    QuantLevel("F16", 16.0005, LLAMA_CPP_TABLE, "16-bit floats: the unquantised reference"),
-    QuantLevel("Q8_0", 8.5008, LLAMA_CPP_TABLE, "8-bit integers, one f16 scale per 32 weights"),
-    QuantLevel("Q6_K", 6.5633, LLAMA_CPP_TABLE, "6-bit k-quant, super-blocks of 256 weights"),
-    QuantLevel("Q5_K_M", 5.7036, LLAMA_CPP_TABLE, "mostly 5-bit k-quants, some tensors 6-bit"),
-    QuantLevel("Q4_K_M", 4.8944, LLAMA_CPP_TABLE, "mostly 4-bit k-quants, some tensors 6-bit: "
-               "the usual default"),
-    QuantLevel("Q4_K_S", 4.6672, LLAMA_CPP_TABLE, "4-bit k-quants throughout"),
-    QuantLevel("Q3_K_S", 3.6429, LLAMA_CPP_TABLE, "3-bit k-quants: noticeably worse answers"),
-    QuantLevel("Q2_K", 3.1593, LLAMA_CPP_TABLE, "2-bit k-quants: last resort"),
-    _block("Q4_0", 32, 18, "4-bit integers, one f16 scale per 32 weights (Ollama's older default)"),
-    _block("Q4_1", 32, 20, "4-bit integers, f16 scale and offset per 32 weights (the bundled model)"),
-)}
+QUANT_LEVELS: dict[str, QuantLevel] = {
+    q.name: q
+    for q in (
+        QuantLevel("F16", 16.0005, LLAMA_CPP_TABLE, "16-bit floats: the unquantised reference"),
+        QuantLevel("Q8_0", 8.5008, LLAMA_CPP_TABLE, "8-bit integers, one f16 scale per 32 weights"),
+        QuantLevel("Q6_K", 6.5633, LLAMA_CPP_TABLE, "6-bit k-quant, super-blocks of 256 weights"),
+        QuantLevel("Q5_K_M", 5.7036, LLAMA_CPP_TABLE, "mostly 5-bit k-quants, some tensors 6-bit"),
+        QuantLevel("Q4_K_M", 4.8944, LLAMA_CPP_TABLE, "mostly 4-bit k-quants, some tensors 6-bit: the usual default"),
+        QuantLevel("Q4_K_S", 4.6672, LLAMA_CPP_TABLE, "4-bit k-quants throughout"),
+        QuantLevel("Q3_K_S", 3.6429, LLAMA_CPP_TABLE, "3-bit k-quants: noticeably worse answers"),
+        QuantLevel("Q2_K", 3.1593, LLAMA_CPP_TABLE, "2-bit k-quants: last resort"),
+        _block("Q4_0", 32, 18, "4-bit integers, one f16 scale per 32 weights (Ollama's older default)"),
+        _block("Q4_1", 32, 20, "4-bit integers, f16 scale and offset per 32 weights (the bundled model)"),
+    )
+}
 
 
 def bits_per_weight(quant: str) -> float:
     """Bits per weight of a quantisation level such as "Q4_K_M" (see QUANT_LEVELS)."""
     if not isinstance(quant, str) or quant.upper() not in QUANT_LEVELS:
-        raise BadInput(f"unknown quantisation level {quant!r}",
-                       f"use one of {', '.join(QUANT_LEVELS)}")
+        raise BadInput(f"unknown quantisation level {quant!r}", f"use one of {', '.join(QUANT_LEVELS)}")
     return QUANT_LEVELS[quant.upper()].bpw
 
 
@@ -84,36 +87,44 @@ def _bpw(quant: str | float) -> float:
     if isinstance(quant, str):
         return bits_per_weight(quant)
     if isinstance(quant, bool) or not isinstance(quant, (int, float)) or not 1 <= quant <= 32:
-        raise BadInput(f"bits per weight must be a number from 1 to 32, got {quant!r}",
-                       'pass a level name such as "Q4_K_M" or a number such as 4.89')
+        raise BadInput(
+            f"bits per weight must be a number from 1 to 32, got {quant!r}",
+            'pass a level name such as "Q4_K_M" or a number such as 4.89',
+        )
     return float(quant)
 
 
 def weights_bytes(n_params: float, quant: str | float) -> float:
     """Bytes of weights: parameters x bits per weight / 8 (`quant` is a level or a bpw)."""
     if isinstance(n_params, bool) or not isinstance(n_params, (int, float)) or n_params <= 0:
-        raise BadInput(f"n_params must be a positive number, got {n_params!r}",
-                       "pass the parameter count, e.g. 3.8e9 for a 3.8B model")
+        raise BadInput(
+            f"n_params must be a positive number, got {n_params!r}",
+            "pass the parameter count, e.g. 3.8e9 for a 3.8B model",
+        )
     return n_params * _bpw(quant) / 8
 
 
 # --------------------------------------------------------------------------- KV cache
-def kv_cache_bytes(n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int,
-                   bytes_per_element: float = 2.0) -> float:
+def kv_cache_bytes(n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int, bytes_per_element: float = 2.0) -> float:
     """Bytes of KV cache: 2 (K and V) x layers x context x KV heads x head size x bytes each.
 
     Every token in the context keeps one key and one value vector per KV head in every layer,
     so the cache grows linearly with the context. f16 (2 bytes) is llama.cpp's default.
     """
-    for name, value in (("n_layers", n_layers), ("n_ctx", n_ctx), ("n_kv_heads", n_kv_heads),
-                        ("head_dim", head_dim)):
+    for name, value in (("n_layers", n_layers), ("n_ctx", n_ctx), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise BadInput(f"{name} must be a positive integer, got {value!r}",
-                           "read it from the model's metadata (model_shape())")
-    if isinstance(bytes_per_element, bool) or not isinstance(bytes_per_element, (int, float)) \
-            or not 0 < bytes_per_element <= 4:
-        raise BadInput(f"bytes_per_element must be in (0, 4], got {bytes_per_element!r}",
-                       "2 for f16 (the default), about 1 for a q8_0 cache, 4 for f32")
+            raise BadInput(
+                f"{name} must be a positive integer, got {value!r}", "read it from the model's metadata (model_shape())"
+            )
+    if (
+        isinstance(bytes_per_element, bool)
+        or not isinstance(bytes_per_element, (int, float))
+        or not 0 < bytes_per_element <= 4
+    ):
+        raise BadInput(
+            f"bytes_per_element must be in (0, 4], got {bytes_per_element!r}",
+            "2 for f16 (the default), about 1 for a q8_0 cache, 4 for f32",
+        )
     return 2.0 * n_layers * n_ctx * n_kv_heads * head_dim * bytes_per_element
 
 
@@ -138,8 +149,9 @@ class ModelShape:
         return self.kv_bytes(1, bytes_per_element)
 
 
-def shape_from_metadata(metadata: Mapping[str, Any], *, n_params: int | None = None,
-                        name: str = "", source: str = "GGUF metadata") -> ModelShape:
+def shape_from_metadata(
+    metadata: Mapping[str, Any], *, n_params: int | None = None, name: str = "", source: str = "GGUF metadata"
+) -> ModelShape:
     """A ModelShape from GGUF metadata: `llm.metadata` (values are strings) or Ollama's
     `/api/show` model_info (numbers). Keys are prefixed by `general.architecture`."""
     if not isinstance(metadata, Mapping):
@@ -160,25 +172,36 @@ def shape_from_metadata(metadata: Mapping[str, Any], *, n_params: int | None = N
     params = n_params if n_params is not None else metadata.get("general.parameter_count")
     if params is None:
         raise BadInput("the parameter count is unknown", "pass n_params=...")
-    return ModelShape(name or str(metadata.get("general.name", arch)), int(params),
-                      num("block_count"), n_heads, n_kv, head_dim, num("context_length"), source)
+    return ModelShape(
+        name or str(metadata.get("general.name", arch)),
+        int(params),
+        num("block_count"),
+        n_heads,
+        n_kv,
+        head_dim,
+        num("context_length"),
+        source,
+    )
 
 
 # Shapes of course models that are not bundled, from each model's config.json on Hugging Face
 # (parameters from the course registry). Gemma 3 is left out: most of its layers use
 # sliding-window attention, so this formula would overstate its cache.
-MODEL_SHAPES: dict[str, ModelShape] = {s.name: s for s in (
-    ModelShape("qwen2.5:0.5b", 494_000_000, 24, 14, 2, 64, 32_768, HF_CONFIG),
-    ModelShape("smollm2:360m", 362_000_000, 32, 15, 5, 64, 8_192, HF_CONFIG),
-    ModelShape("llama3.2:1b", 1_236_000_000, 16, 32, 8, 64, 131_072, HF_CONFIG),
-    ModelShape("qwen2.5:1.5b", 1_544_000_000, 28, 12, 2, 128, 32_768, HF_CONFIG),
-    ModelShape("smollm2:1.7b", 1_711_000_000, 24, 32, 32, 64, 8_192, HF_CONFIG),
-    ModelShape("gemma:2b", 2_506_000_000, 18, 8, 1, 256, 8_192, HF_CONFIG),
-    ModelShape("llama3.2:3b", 3_213_000_000, 28, 24, 8, 128, 131_072, HF_CONFIG),
-    ModelShape("phi3:mini", 3_821_000_000, 32, 32, 32, 96, 4_096, HF_CONFIG),
-    ModelShape("llama2:7b", 6_738_000_000, 32, 32, 32, 128, 4_096, HF_CONFIG),
-    ModelShape("mistral:7b", 7_248_000_000, 32, 32, 8, 128, 32_768, HF_CONFIG),
-)}
+MODEL_SHAPES: dict[str, ModelShape] = {
+    s.name: s
+    for s in (
+        ModelShape("qwen2.5:0.5b", 494_000_000, 24, 14, 2, 64, 32_768, HF_CONFIG),
+        ModelShape("smollm2:360m", 362_000_000, 32, 15, 5, 64, 8_192, HF_CONFIG),
+        ModelShape("llama3.2:1b", 1_236_000_000, 16, 32, 8, 64, 131_072, HF_CONFIG),
+        ModelShape("qwen2.5:1.5b", 1_544_000_000, 28, 12, 2, 128, 32_768, HF_CONFIG),
+        ModelShape("smollm2:1.7b", 1_711_000_000, 24, 32, 32, 64, 8_192, HF_CONFIG),
+        ModelShape("gemma:2b", 2_506_000_000, 18, 8, 1, 256, 8_192, HF_CONFIG),
+        ModelShape("llama3.2:3b", 3_213_000_000, 28, 24, 8, 128, 131_072, HF_CONFIG),
+        ModelShape("phi3:mini", 3_821_000_000, 32, 32, 32, 96, 4_096, HF_CONFIG),
+        ModelShape("llama2:7b", 6_738_000_000, 32, 32, 32, 128, 4_096, HF_CONFIG),
+        ModelShape("mistral:7b", 7_248_000_000, 32, 32, 8, 128, 32_768, HF_CONFIG),
+    )
+}
 
 
 # --------------------------------------------------------------------------- GGUF files
@@ -197,11 +220,19 @@ class GGMLType:
 
 # ggml type ids (ggml.h) and block sizes (ggml-common.h's block structs).
 GGML_TYPES: dict[int, GGMLType] = {
-    0: GGMLType("F32", 1, 4), 1: GGMLType("F16", 1, 2), 2: GGMLType("Q4_0", 32, 18),
-    3: GGMLType("Q4_1", 32, 20), 6: GGMLType("Q5_0", 32, 22), 7: GGMLType("Q5_1", 32, 24),
-    8: GGMLType("Q8_0", 32, 34), 10: GGMLType("Q2_K", 256, 84), 11: GGMLType("Q3_K", 256, 110),
-    12: GGMLType("Q4_K", 256, 144), 13: GGMLType("Q5_K", 256, 176),
-    14: GGMLType("Q6_K", 256, 210), 30: GGMLType("BF16", 1, 2),
+    0: GGMLType("F32", 1, 4),
+    1: GGMLType("F16", 1, 2),
+    2: GGMLType("Q4_0", 32, 18),
+    3: GGMLType("Q4_1", 32, 20),
+    6: GGMLType("Q5_0", 32, 22),
+    7: GGMLType("Q5_1", 32, 24),
+    8: GGMLType("Q8_0", 32, 34),
+    10: GGMLType("Q2_K", 256, 84),
+    11: GGMLType("Q3_K", 256, 110),
+    12: GGMLType("Q4_K", 256, 144),
+    13: GGMLType("Q5_K", 256, 176),
+    14: GGMLType("Q6_K", 256, 210),
+    30: GGMLType("BF16", 1, 2),
 }
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _MAX_GGUF_COUNT = 10_000_000  # more tensors or keys than this: not a GGUF file we understand
@@ -245,8 +276,9 @@ class GGUFFile:
 
         rows: dict[str, dict[str, Any]] = {}
         for t in self.tensors:
-            row = rows.setdefault(t.type.name, {"type": t.type.name, "tensors": 0, "params": 0,
-                                                "MB": 0.0, "bpw": t.type.bpw})
+            row = rows.setdefault(
+                t.type.name, {"type": t.type.name, "tensors": 0, "params": 0, "MB": 0.0, "bpw": t.type.bpw}
+            )
             row["tensors"] += 1
             row["params"] += t.n_elements
             row["MB"] += t.nbytes / MB
@@ -261,6 +293,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
     if not path.is_file():
         raise BadInput(f"no such file: {path}", "pass the path of a .gguf model file")
     with open(path, "rb") as f:
+
         def read(fmt: str) -> tuple:
             fmt = "<" + fmt
             data = f.read(struct.calcsize(fmt))
@@ -307,8 +340,10 @@ def read_gguf(path: str | Path) -> GGUFFile:
             (kind,) = read("I")
             read("Q")  # offset of the data
             if kind not in GGML_TYPES:
-                raise BadInput(f"{path.name}: tensor {name} has ggml type {kind}, not in GGML_TYPES",
-                               "add its block size to helpers.edge.GGML_TYPES")
+                raise BadInput(
+                    f"{path.name}: tensor {name} has ggml type {kind}, not in GGML_TYPES",
+                    "add its block size to helpers.edge.GGML_TYPES",
+                )
             tensors.append(TensorInfo(name, tuple(dims), GGML_TYPES[kind]))
     return GGUFFile(path, path.stat().st_size, metadata, tensors)
 
@@ -324,8 +359,9 @@ def model_shape(model: str = BUNDLED_MODEL) -> ModelShape:
     """The shape of an installed model, read from its GGUF header (metadata and tensor table):
     the numbers llama.cpp itself reads when it loads the file."""
     gguf = read_gguf(model_path(model))
-    return shape_from_metadata(gguf.metadata, n_params=gguf.n_params, name=model,
-                               source=f"GGUF metadata of {gguf.path.name}")
+    return shape_from_metadata(
+        gguf.metadata, n_params=gguf.n_params, name=model, source=f"GGUF metadata of {gguf.path.name}"
+    )
 
 
 # --------------------------------------------------------------------------- estimates
@@ -348,38 +384,53 @@ class MemoryEstimate:
         return self.total_bytes / GB
 
 
-def estimate_memory(shape: ModelShape, quant: str | float, n_ctx: int,
-                    kv_bytes_per_element: float = 2.0) -> MemoryEstimate:
+def estimate_memory(
+    shape: ModelShape, quant: str | float, n_ctx: int, kv_bytes_per_element: float = 2.0
+) -> MemoryEstimate:
     """Weights at `quant` plus an f16 (by default) KV cache of `n_ctx` tokens."""
     label = quant if isinstance(quant, str) else f"{quant:g} bpw"
-    return MemoryEstimate(shape.name, label, n_ctx, weights_bytes(shape.n_params, quant),
-                          shape.kv_bytes(n_ctx, kv_bytes_per_element))
+    return MemoryEstimate(
+        shape.name, label, n_ctx, weights_bytes(shape.n_params, quant), shape.kv_bytes(n_ctx, kv_bytes_per_element)
+    )
 
 
-def quant_table(shape: ModelShape, levels: Sequence[str] = ("F16", "Q8_0", "Q6_K", "Q5_K_M",
-                                                             "Q4_K_M", "Q4_0", "Q3_K_S", "Q2_K")):
+def quant_table(
+    shape: ModelShape, levels: Sequence[str] = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_S", "Q2_K")
+):
     """Weights of one model at each quantisation level, with the bpw and its source."""
     import pandas as pd
 
-    rows = [{"level": lv, "bits/weight": round(bits_per_weight(lv), 3),
-             "weights (GB)": round(weights_bytes(shape.n_params, lv) / GB, 3),
-             "vs F16": f"{bits_per_weight(lv) / bits_per_weight('F16'):.0%}",
-             "what it is": QUANT_LEVELS[lv].meaning} for lv in levels]
+    rows = [
+        {
+            "level": lv,
+            "bits/weight": round(bits_per_weight(lv), 3),
+            "weights (GB)": round(weights_bytes(shape.n_params, lv) / GB, 3),
+            "vs F16": f"{bits_per_weight(lv) / bits_per_weight('F16'):.0%}",
+            "what it is": QUANT_LEVELS[lv].meaning,
+        }
+        for lv in levels
+    ]
     return pd.DataFrame(rows).set_index("level")
 
 
-def kv_table(shape: ModelShape, contexts: Sequence[int], quant: str | float = "Q4_K_M",
-             kv_bytes_per_element: float = 2.0):
+def kv_table(
+    shape: ModelShape, contexts: Sequence[int], quant: str | float = "Q4_K_M", kv_bytes_per_element: float = 2.0
+):
     """Weights, KV cache and their sum for each context length (MB)."""
     import pandas as pd
 
     rows = []
     for n in contexts:
         e = estimate_memory(shape, quant, n, kv_bytes_per_element)
-        rows.append({"context (tokens)": n, "weights (MB)": round(e.weights_bytes / MB, 1),
-                     "KV cache (MB)": round(e.kv_bytes / MB, 1),
-                     "total (MB)": round(e.total_bytes / MB, 1),
-                     "KV share": f"{e.kv_bytes / e.total_bytes:.0%}"})
+        rows.append(
+            {
+                "context (tokens)": n,
+                "weights (MB)": round(e.weights_bytes / MB, 1),
+                "KV cache (MB)": round(e.kv_bytes / MB, 1),
+                "total (MB)": round(e.total_bytes / MB, 1),
+                "KV share": f"{e.kv_bytes / e.total_bytes:.0%}",
+            }
+        )
     return pd.DataFrame(rows).set_index("context (tokens)")
 
 
@@ -395,16 +446,18 @@ class Device:
 
 
 DEVICES: tuple[Device, ...] = (
-    Device("phone, 4 GB", 4, 1.5, "the OS and the foreground app keep most of it; "
-           "mobile OSes stop apps that use too much"),
+    Device(
+        "phone, 4 GB", 4, 1.5, "the OS and the foreground app keep most of it; mobile OSes stop apps that use too much"
+    ),
     Device("phone, 8 GB", 8, 3.0, "same rule, more room"),
     Device("Raspberry Pi 5, 8 GB", 8, 5.0, "headless: little else runs"),
     Device("laptop, 16 GB", 16, 8.0, "a browser, an editor and Jupyter run beside it"),
 )
 
 
-def largest_context(shape: ModelShape, quant: str | float, budget_bytes: float, *,
-                    step: int = 256, kv_bytes_per_element: float = 2.0) -> int:
+def largest_context(
+    shape: ModelShape, quant: str | float, budget_bytes: float, *, step: int = 256, kv_bytes_per_element: float = 2.0
+) -> int:
     """The longest context (a multiple of `step`, at most the model's own limit) whose
     weights + KV cache fit in `budget_bytes`; 0 when not even the weights fit."""
     if not isinstance(budget_bytes, (int, float)) or isinstance(budget_bytes, bool) or budget_bytes <= 0:
@@ -416,8 +469,9 @@ def largest_context(shape: ModelShape, quant: str | float, budget_bytes: float, 
     return min(n, shape.context_length)
 
 
-def fit_table(shapes: Sequence[ModelShape], devices: Sequence[Device] = DEVICES,
-              quant: str | float = "Q4_K_M", n_ctx: int = 4096):
+def fit_table(
+    shapes: Sequence[ModelShape], devices: Sequence[Device] = DEVICES, quant: str | float = "Q4_K_M", n_ctx: int = 4096
+):
     """For each model and device: the GB it needs (weights + KV at `n_ctx`) if that fits the
     device's budget, else "no"; plus the longest context the budget would allow."""
     import pandas as pd
@@ -429,8 +483,11 @@ def fit_table(shapes: Sequence[ModelShape], devices: Sequence[Device] = DEVICES,
         for d in devices:
             ok = e.total_bytes <= d.budget_gb * GB
             longest = largest_context(s, quant, d.budget_gb * GB)
-            row[d.name] = (f"yes, up to {longest:,} tokens" if ok else
-                           (f"no ({longest:,} tokens would)" if longest >= 512 else "no"))
+            row[d.name] = (
+                f"yes, up to {longest:,} tokens"
+                if ok
+                else (f"no ({longest:,} tokens would)" if longest >= 512 else "no")
+            )
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
 
@@ -456,16 +513,21 @@ def _rss_probe(model: str, n_ctx: int, n_threads: int) -> dict[str, Any]:
     before = proc.memory_info().rss
     loaded, _ = engine.load(model, n_ctx)
     after_load = proc.memory_info().rss
-    for _ in engine.stream(model, prompt="Hi", raw=True,
-                           options={"num_ctx": n_ctx, "num_predict": 1, "temperature": 0}):
+    for _ in engine.stream(
+        model, prompt="Hi", raw=True, options={"num_ctx": n_ctx, "num_predict": 1, "temperature": 0}
+    ):
         pass
     after_token = proc.memory_info().rss
-    return {"n_ctx": n_ctx, "rss_before": before, "rss_loaded": after_load,
-            "rss_after_token": after_token, "n_ctx_real": loaded.num_ctx}
+    return {
+        "n_ctx": n_ctx,
+        "rss_before": before,
+        "rss_loaded": after_load,
+        "rss_after_token": after_token,
+        "n_ctx_real": loaded.num_ctx,
+    }
 
 
-def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048, 8192), *,
-                timeout_s: float = 120.0):
+def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048, 8192), *, timeout_s: float = 120.0):
     """Load `model` at each context size in a fresh Python process and record how much its
     resident memory (RSS) grew, next to the prediction weights (tensor bytes) + KV cache.
 
@@ -477,33 +539,45 @@ def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048
         raise BadInput("contexts must be a list of 1 to 8 sizes", "e.g. (512, 2048, 8192)")
     for n in contexts:
         if isinstance(n, bool) or not isinstance(n, int) or not 32 <= n <= 32_768:
-            raise BadInput(f"each context must be an integer from 32 to 32768, got {n!r}",
-                           "e.g. (512, 2048, 8192)")
+            raise BadInput(f"each context must be an integer from 32 to 32768, got {n!r}", "e.g. (512, 2048, 8192)")
     gguf = read_gguf(model_path(model))
     # the shape from the file's own header: no need to load the model into this process
     shape = shape_from_metadata(gguf.metadata, n_params=gguf.n_params)
     rows = []
     for n in contexts:
-        code = (f"import json; from helpers.edge import _rss_probe; "
-                f"print(json.dumps(_rss_probe({model!r}, {n}, 1)))")
+        code = f"import json; from helpers.edge import _rss_probe; print(json.dumps(_rss_probe({model!r}, {n}, 1)))"
         try:
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 timeout=timeout_s, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )
         except subprocess.TimeoutExpired as exc:
-            raise CourseError(f"measuring RSS at n_ctx={n} took over {timeout_s:g} s",
-                              "the machine is very busy: try again, or pass timeout_s") from exc
+            raise CourseError(
+                f"measuring RSS at n_ctx={n} took over {timeout_s:g} s",
+                "the machine is very busy: try again, or pass timeout_s",
+            ) from exc
         if out.returncode != 0:
-            raise CourseError(f"the RSS probe failed at n_ctx={n}: {out.stderr.strip()[-300:]}",
-                              "check that `slm-course doctor` reports the bundled model OK")
+            raise CourseError(
+                f"the RSS probe failed at n_ctx={n}: {out.stderr.strip()[-300:]}",
+                "check that `slm-course doctor` reports the bundled model OK",
+            )
         probe = json.loads(out.stdout.strip().splitlines()[-1])
         kv = shape.kv_bytes(probe["n_ctx_real"])
         predicted = gguf.tensor_bytes + kv
         grown = probe["rss_after_token"] - probe["rss_before"]
-        rows.append({"context (tokens)": n, "predicted (MB)": round(predicted / MB, 1),
-                     "of which KV (MB)": round(kv / MB, 1),
-                     "RSS after load (MB)": round((probe["rss_loaded"] - probe["rss_before"]) / MB, 1),
-                     "RSS after 1 token (MB)": round(grown / MB, 1),
-                     "measured / predicted": round(grown / predicted, 2)})
+        rows.append(
+            {
+                "context (tokens)": n,
+                "predicted (MB)": round(predicted / MB, 1),
+                "of which KV (MB)": round(kv / MB, 1),
+                "RSS after load (MB)": round((probe["rss_loaded"] - probe["rss_before"]) / MB, 1),
+                "RSS after 1 token (MB)": round(grown / MB, 1),
+                "measured / predicted": round(grown / predicted, 2),
+            }
+        )
     return pd.DataFrame(rows).set_index("context (tokens)")
 
 
@@ -515,10 +589,17 @@ def _filler(n_tokens: int, variant: int) -> str:
     return f"Note {variant}: {body}"
 
 
-def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
-                  contexts: Sequence[int] = (512, 2048), *, fill: float = 0.25,
-                  num_predict: int = 32, repeats: int = 1, max_duration_s: float = 120.0,
-                  progress: bool = True):
+def measure_speed(
+    model: str = BUNDLED_MODEL,
+    threads: Sequence[int] = (1, 2),
+    contexts: Sequence[int] = (512, 2048),
+    *,
+    fill: float = 0.25,
+    num_predict: int = 32,
+    repeats: int = 1,
+    max_duration_s: float = 120.0,
+    progress: bool = True,
+):
     """Prompt and decode speed of the embedded engine for each (threads, context size).
 
     At each context size the prompt fills `fill` of the context, so a bigger context also
@@ -536,8 +617,10 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
             raise BadInput(f"{name} must be a non-empty list", "e.g. threads=(1, 2), contexts=(512, 2048)")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-                raise BadInput(f"each of {name} must be an integer from 1 to {hi}, got {v!r}",
-                               "e.g. threads=(1, 2), contexts=(512, 2048)")
+                raise BadInput(
+                    f"each of {name} must be an integer from 1 to {hi}, got {v!r}",
+                    "e.g. threads=(1, 2), contexts=(512, 2048)",
+                )
     if min(contexts) < 64:
         raise BadInput("contexts must be at least 64 tokens", "e.g. contexts=(512, 2048)")
     if not isinstance(fill, (int, float)) or not 0 < fill <= 0.75:
@@ -568,27 +651,49 @@ def measure_speed(model: str = BUNDLED_MODEL, threads: Sequence[int] = (1, 2),
                         break
                     prompt = _filler(int(n_ctx * fill), r)
                     final, cancel = None, threading.Event()
-                    for chunk in engine.stream(model, prompt=prompt, raw=True, cancel=cancel, options={
-                            "num_ctx": n_ctx, "num_predict": num_predict, "temperature": 0,
-                            "seed": 42}):
+                    for chunk in engine.stream(
+                        model,
+                        prompt=prompt,
+                        raw=True,
+                        cancel=cancel,
+                        options={"num_ctx": n_ctx, "num_predict": num_predict, "temperature": 0, "seed": 42},
+                    ):
                         final = chunk
                         if time.monotonic() - t_start > max_duration_s:
                             cancel.set()  # stop decoding now; this run is not recorded
                     bar.update(1)
                     if final is None or final.done_reason == "cancelled":
                         break
-                    rows.append({"threads": t, "context": n_ctx, "run": r + 1,
-                                 "prompt tokens": final.prompt_eval_count,
-                                 "prompt tokens/s": final.prompt_eval_count / max(final.prompt_eval_duration, 1) * 1e9,
-                                 "output tokens": final.eval_count,
-                                 "decode tokens/s": (final.eval_count / final.eval_duration * 1e9
-                                                     if final.eval_duration else float("nan")),
-                                 "load (s)": load_ns / 1e9 if r == 0 else 0.0})
+                    rows.append(
+                        {
+                            "threads": t,
+                            "context": n_ctx,
+                            "run": r + 1,
+                            "prompt tokens": final.prompt_eval_count,
+                            "prompt tokens/s": final.prompt_eval_count / max(final.prompt_eval_duration, 1) * 1e9,
+                            "output tokens": final.eval_count,
+                            "decode tokens/s": (
+                                final.eval_count / final.eval_duration * 1e9 if final.eval_duration else float("nan")
+                            ),
+                            "load (s)": load_ns / 1e9 if r == 0 else 0.0,
+                        }
+                    )
             engine.unload(model)
     finally:
         bar.close()
-    df = pd.DataFrame(rows, columns=["threads", "context", "run", "prompt tokens", "prompt tokens/s",
-                                     "output tokens", "decode tokens/s", "load (s)"])
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "threads",
+            "context",
+            "run",
+            "prompt tokens",
+            "prompt tokens/s",
+            "output tokens",
+            "decode tokens/s",
+            "load (s)",
+        ],
+    )
     df.attrs["stopped_by_time"] = len(rows) < runs
     return df
 
@@ -604,9 +709,11 @@ SMART_HOME_COMMANDS = (
 #: The JSON a command becomes: the grammar keeps the answer to these choices, the model picks.
 SMART_HOME_SCHEMA = {
     "type": "object",
-    "properties": {"device": {"enum": ["light", "heater", "blinds", "door lock"]},
-                   "room": {"enum": ["kitchen", "bedroom", "living room", "hall"]},
-                   "action": {"enum": ["on", "off", "open", "close", "lock", "unlock"]}},
+    "properties": {
+        "device": {"enum": ["light", "heater", "blinds", "door lock"]},
+        "room": {"enum": ["kitchen", "bedroom", "living room", "hall"]},
+        "action": {"enum": ["on", "off", "open", "close", "lock", "unlock"]},
+    },
     "required": ["device", "room", "action"],
 }
 SMART_HOME_SYSTEM = "You control a smart home. Turn the user's command into JSON: device, room, action."
@@ -630,8 +737,10 @@ def network_cutter() -> tuple[list[str] | None, str]:
 
     exe = shutil.which("unshare")
     if exe is None:
-        return None, ("this system has no `unshare` (Linux only): the network cannot be cut from here, "
-                      "so the step runs with the network up")
+        return None, (
+            "this system has no `unshare` (Linux only): the network cannot be cut from here, "
+            "so the step runs with the network up"
+        )
     last = ""
     for flags in (["-rn"], ["-n"]):
         try:
@@ -640,11 +749,15 @@ def network_cutter() -> tuple[list[str] | None, str]:
             last = str(exc)
             continue
         if probe.returncode == 0:
-            return [exe, *flags], (f"`unshare {' '.join(flags)}`: a child process in a new network namespace, "
-                                   "where no interface is up (not even loopback)")
+            return [exe, *flags], (
+                f"`unshare {' '.join(flags)}`: a child process in a new network namespace, "
+                "where no interface is up (not even loopback)"
+            )
         last = probe.stderr.strip()
-    return None, (f"`unshare` cannot make a network namespace here ({last or 'not permitted'}): user "
-                  "namespaces are off, so the step runs with the network up")
+    return None, (
+        f"`unshare` cannot make a network namespace here ({last or 'not permitted'}): user "
+        "namespaces are off, so the step runs with the network up"
+    )
 
 
 def run_without_network(code: str, *, timeout_s: float = 180.0) -> OfflineRun:
@@ -655,11 +768,14 @@ def run_without_network(code: str, *, timeout_s: float = 180.0) -> OfflineRun:
     cmd = [*(prefix or []), sys.executable, "-c", code]
     t0 = time.perf_counter()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
     except subprocess.TimeoutExpired as exc:
-        raise CourseError(f"the offline step took over {timeout_s:g} s",
-                          "the machine is very busy: run the cell again, or pass timeout_s") from exc
+        raise CourseError(
+            f"the offline step took over {timeout_s:g} s",
+            "the machine is very busy: run the cell again, or pass timeout_s",
+        ) from exc
     lines = out.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1]) if out.returncode == 0 and lines else None
@@ -692,7 +808,7 @@ def _smart_home_child(model: str, host: str, options: dict) -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 req = struct.pack("16sH", name.encode()[:15], 0)
                 flags = struct.unpack("16sH", fcntl.ioctl(sock.fileno(), 0x8913, req)[:18])[1]  # SIOCGIFFLAGS
-            state = "up" if flags & 0x1 else "down"   # IFF_UP
+            state = "up" if flags & 0x1 else "down"  # IFF_UP
         except (OSError, ImportError):
             state = "?"
         up.append(f"{name} ({state})")
@@ -700,19 +816,35 @@ def _smart_home_child(model: str, host: str, options: dict) -> None:
     local = EmbeddedBackend()
     replies = []
     for command, _ in SMART_HOME_COMMANDS:
-        r = local.complete(model, [{"role": "system", "content": SMART_HOME_SYSTEM},
-                                   {"role": "user", "content": command}], options=options, format=SMART_HOME_SCHEMA)
+        r = local.complete(
+            model,
+            [{"role": "system", "content": SMART_HOME_SYSTEM}, {"role": "user", "content": command}],
+            options=options,
+            format=SMART_HOME_SCHEMA,
+        )
         try:
             replies.append(json.loads(r.text))
         except ValueError:
             replies.append(None)
-    print(json.dumps({"interfaces": up,
-                      "model server": reach(parts.hostname or "127.0.0.1", parts.port or 11434),
-                      "api.openai.com": reach("api.openai.com", 443), "replies": replies}))
+    print(
+        json.dumps(
+            {
+                "interfaces": up,
+                "model server": reach(parts.hostname or "127.0.0.1", parts.port or 11434),
+                "api.openai.com": reach("api.openai.com", 443),
+                "replies": replies,
+            }
+        )
+    )
 
 
-def smart_home_offline(model: str = BUNDLED_MODEL, host: str = "http://127.0.0.1:11434", *,
-                       options: Mapping[str, Any] | None = None, timeout_s: float = 180.0) -> OfflineRun:
+def smart_home_offline(
+    model: str = BUNDLED_MODEL,
+    host: str = "http://127.0.0.1:11434",
+    *,
+    options: Mapping[str, Any] | None = None,
+    timeout_s: float = 180.0,
+) -> OfflineRun:
     """The smart-home commands answered by `model` inside a child process whose network is cut
     (`run_without_network`): the child reports what it could reach, and the model's replies."""
     opts = dict(options or {"temperature": 0, "seed": 42, "num_predict": 40})

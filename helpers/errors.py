@@ -1,4 +1,5 @@
 """One error type for the whole course, always carrying the next step to take."""
+
 from __future__ import annotations
 
 
@@ -48,7 +49,8 @@ class Cancelled(CourseError):
 def error_for_status(status: int) -> type[CourseError]:
     """The error class for an HTTP status (the inverse of each class's ``status``)."""
     return {404: ModelNotFound, 401: MissingKey, 403: MissingKey, 503: BackendUnavailable}.get(
-        status, BadInput if 400 <= status < 500 else CourseError)
+        status, BadInput if 400 <= status < 500 else CourseError
+    )
 
 
 INSTALL_OLLAMA = (

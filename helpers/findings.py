@@ -15,6 +15,7 @@ Why a page the site builder makes and not a lesson notebook: it needs every less
 exists only once the run is over; a notebook run inside that run would depend on the order of the
 tests, and would itself need a ledger.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -28,18 +29,52 @@ WORDS = (CONFIRMED, REFUTED, CANNOT)
 
 #: The article's three questions, and the claims whose verdicts answer each (in reading order).
 QUESTIONS = (
-    ("Is a small model enough?",
-     "For which tasks the small model's answers were as good as needed, measured on checkable tasks.",
-     ("simple-tasks", "routine-80", "math-phi3", "math-gemma", "time-phi3-code", "instruction-following",
-      "fibonacci-prompt", "two-plus-two", "iot", "complex-reasoning")),
-    ("When should a request go to the large model?",
-     "Whether a rule or a learned router can tell the prompts apart, and what is lost when it cannot.",
-     ("complex-reasoning", "is-simple-task", "intelligent-routing", "maintain-quality", "routine-80",
-      "reliability-row", "openai-fallback")),
-    ("What does it save?",
-     "Money (dated API prices against measured local energy) and time (measured on this machine).",
-     ("price-per-1k", "cost-gpt4-turbo", "cost-gpt35-turbo", "cost-claude3", "cost-local", "cost-phi3",
-      "cost-gemma", "cost-60-80", "speed-small", "realtime", "speed-large")),
+    (
+        "Is a small model enough?",
+        "For which tasks the small model's answers were as good as needed, measured on checkable tasks.",
+        (
+            "simple-tasks",
+            "routine-80",
+            "math-phi3",
+            "math-gemma",
+            "time-phi3-code",
+            "instruction-following",
+            "fibonacci-prompt",
+            "two-plus-two",
+            "iot",
+            "complex-reasoning",
+        ),
+    ),
+    (
+        "When should a request go to the large model?",
+        "Whether a rule or a learned router can tell the prompts apart, and what is lost when it cannot.",
+        (
+            "complex-reasoning",
+            "is-simple-task",
+            "intelligent-routing",
+            "maintain-quality",
+            "routine-80",
+            "reliability-row",
+            "openai-fallback",
+        ),
+    ),
+    (
+        "What does it save?",
+        "Money (dated API prices against measured local energy) and time (measured on this machine).",
+        (
+            "price-per-1k",
+            "cost-gpt4-turbo",
+            "cost-gpt35-turbo",
+            "cost-claude3",
+            "cost-local",
+            "cost-phi3",
+            "cost-gemma",
+            "cost-60-80",
+            "speed-small",
+            "realtime",
+            "speed-large",
+        ),
+    ),
 )
 
 
@@ -59,7 +94,7 @@ class Row:
 
     @property
     def word(self) -> str:
-        """"confirmed", "refuted" or "cannot check here"."""
+        """ "confirmed", "refuted" or "cannot check here"."""
         return self.verdict.split(":")[0].strip()
 
     @property
@@ -73,8 +108,10 @@ def ledger_rows(nb) -> list[Row] | None:
         for out in cell.get("outputs", []):
             data = (out.get("metadata") or {}).get(LEDGER_KEY)
             if data:
-                return [Row(data["lesson"], r["claim"], r["the article says"], r["measured in this run"], r["verdict"])
-                        for r in data["rows"]]
+                return [
+                    Row(data["lesson"], r["claim"], r["the article says"], r["measured in this run"], r["verdict"])
+                    for r in data["rows"]
+                ]
     return None
 
 
@@ -90,8 +127,10 @@ def read_ledgers(records: Iterable[Path]) -> dict[str, list[Row]]:
         else:
             ledgers[path.name[:2]] = rows
     if missing:
-        raise FindingsError(f"no claims ledger in the executed {', '.join(missing)}",
-                            "each lesson's last cell must run ledger.show(); re-run the lesson (make test)")
+        raise FindingsError(
+            f"no claims ledger in the executed {', '.join(missing)}",
+            "each lesson's last cell must run ledger.show(); re-run the lesson (make test)",
+        )
     return ledgers
 
 
@@ -135,14 +174,16 @@ def _rows_table(rows: list[Row], titles: Mapping[str, tuple[str, str]], with_quo
         head = ["| lesson | measured in this run | verdict |", "|---|---|---|"]
     out = list(head)
     for r in rows:
-        cells = [_lesson_link(r.lesson, titles)] + ([_cell(r.quote)] if with_quote else []) + [
-            _cell(r.measured), f"**{r.word}**" + (f": {_cell(r.why)}" if r.why else "")]
+        cells = (
+            [_lesson_link(r.lesson, titles)]
+            + ([_cell(r.quote)] if with_quote else [])
+            + [_cell(r.measured), f"**{r.word}**" + (f": {_cell(r.why)}" if r.why else "")]
+        )
         out.append("| " + " | ".join(cells) + " |")
     return out
 
 
-def page(ledgers: Mapping[str, list[Row]], run_line: str,
-         titles: Mapping[str, tuple[str, str]] | None = None) -> str:
+def page(ledgers: Mapping[str, list[Row]], run_line: str, titles: Mapping[str, tuple[str, str]] | None = None) -> str:
     """The markdown of "What did we find?" (FindingsError when a contradiction has no reason).
 
     `titles` maps a lesson number to (file stem, title) for links; `run_line` says when and where
@@ -150,22 +191,35 @@ def page(ledgers: Mapping[str, list[Row]], run_line: str,
     titles = titles or {}
     missing = unexplained(ledgers)
     if missing:
-        raise FindingsError(f"lessons disagree on {', '.join(missing)} and nothing says why",
-                            "add a `differs` reason to those claims in helpers/data/claims.jsonl, "
-                            "or make the lessons judge the same thing")
+        raise FindingsError(
+            f"lessons disagree on {', '.join(missing)} and nothing says why",
+            "add a `differs` reason to those claims in helpers/data/claims.jsonl, "
+            "or make the lessons judge the same thing",
+        )
     claims = load_claims()
     all_rows = [r for rows in ledgers.values() for r in rows]
     total = counts(all_rows)
-    lines = ["# What did we find?", "",
-             "Every lesson ended with a claims ledger: the article's words, what the run measured, and a "
-             "verdict computed from the measurement. This page adds them up, from the same run as the "
-             "lessons on this site.", "",
-             "```{admonition} The run these findings come from", ":class: note", run_line, "```", "",
-             f"In all, **{len(all_rows)} verdicts**: {total[CONFIRMED]} confirmed, {total[REFUTED]} refuted, "
-             f"{total[CANNOT]} that this run could not check (a model, a device or a key it did not have). "
-             "A verdict holds for the models, prices and machine it names - change them and measure again.",
-             "", "## The verdicts, lesson by lesson", "",
-             "| lesson | confirmed | refuted | cannot check here |", "|---|---|---|---|"]
+    lines = [
+        "# What did we find?",
+        "",
+        "Every lesson ended with a claims ledger: the article's words, what the run measured, and a "
+        "verdict computed from the measurement. This page adds them up, from the same run as the "
+        "lessons on this site.",
+        "",
+        "```{admonition} The run these findings come from",
+        ":class: note",
+        run_line,
+        "```",
+        "",
+        f"In all, **{len(all_rows)} verdicts**: {total[CONFIRMED]} confirmed, {total[REFUTED]} refuted, "
+        f"{total[CANNOT]} that this run could not check (a model, a device or a key it did not have). "
+        "A verdict holds for the models, prices and machine it names - change them and measure again.",
+        "",
+        "## The verdicts, lesson by lesson",
+        "",
+        "| lesson | confirmed | refuted | cannot check here |",
+        "|---|---|---|---|",
+    ]
     for lesson, rows in ledgers.items():
         c = counts(rows)
         title = titles.get(lesson, (None, lesson))[1]
@@ -174,21 +228,37 @@ def page(ledgers: Mapping[str, list[Row]], run_line: str,
         lines.append(f"| {name} | {c[CONFIRMED]} | {c[REFUTED]} | {c[CANNOT]} |")
     lines.append(f"| **all lessons** | **{total[CONFIRMED]}** | **{total[REFUTED]}** | **{total[CANNOT]}** |")
 
-    lines += ["", "## The article's three questions", "",
-              "Each answer is the run's own verdicts on the claims that bear on the question, with the number "
-              "measured and the condition it holds under.", ""]
+    lines += [
+        "",
+        "## The article's three questions",
+        "",
+        "Each answer is the run's own verdicts on the claims that bear on the question, with the number "
+        "measured and the condition it holds under.",
+        "",
+    ]
     for question, scope, ids in QUESTIONS:
         rows = [r for cid in ids for r in all_rows if r.claim == cid]
         c = counts(rows)
-        lines += [f"### {question}", "", f"{scope} {len(rows)} verdicts bear on it: {c[CONFIRMED]} confirmed, "
-                  f"{c[REFUTED]} refuted, {c[CANNOT]} not checkable here.", ""]
-        for word, heading in ((CONFIRMED, "Holds in this run"), (REFUTED, "Does not hold in this run"),
-                              (CANNOT, "Not checked here")):
+        lines += [
+            f"### {question}",
+            "",
+            f"{scope} {len(rows)} verdicts bear on it: {c[CONFIRMED]} confirmed, "
+            f"{c[REFUTED]} refuted, {c[CANNOT]} not checkable here.",
+            "",
+        ]
+        for word, heading in (
+            (CONFIRMED, "Holds in this run"),
+            (REFUTED, "Does not hold in this run"),
+            (CANNOT, "Not checked here"),
+        ):
             group = [r for r in rows if r.word == word]
             if group:
                 lines += [f"**{heading}:**", ""]
-                lines += [f"- *{_cell(r.quote)}* ({_lesson_link(r.lesson, titles)}): {_cell(r.measured)}"
-                          + (f" - {_cell(r.why)}" if r.why else "") for r in group] + [""]
+                lines += [
+                    f"- *{_cell(r.quote)}* ({_lesson_link(r.lesson, titles)}): {_cell(r.measured)}"
+                    + (f" - {_cell(r.why)}" if r.why else "")
+                    for r in group
+                ] + [""]
 
     split = contradictions(ledgers)
     lines += ["## Same claim, two verdicts", ""]

@@ -4,6 +4,7 @@ Generating one token with a dense model reads every weight once, so on a CPU (an
 decode speed is bounded by memory bandwidth, not by arithmetic. Lesson 03 measures the
 bandwidth here and compares the ceiling with the tokens/s the model really reaches.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,10 @@ class Bandwidth:
     repeats: int
 
     def __str__(self) -> str:
-        return (f"{self.gbs_median:.1f} GB/s (min {self.gbs_min:.1f}, max {self.gbs_max:.1f}, "
-                f"{self.repeats} runs) - {self.method}")
+        return (
+            f"{self.gbs_median:.1f} GB/s (min {self.gbs_min:.1f}, max {self.gbs_max:.1f}, "
+            f"{self.repeats} runs) - {self.method}"
+        )
 
 
 def measure_memory_bandwidth(size_mb: float = 256, repeats: int = 5) -> Bandwidth:
@@ -45,8 +48,10 @@ def measure_memory_bandwidth(size_mb: float = 256, repeats: int = 5) -> Bandwidt
     be much larger than the CPU caches (tens of MB), or you measure the cache instead of RAM.
     """
     if not size_mb or size_mb <= 0:
-        raise BadInput(f"size_mb must be positive, got {size_mb!r}",
-                       "use 64-512 MB: far larger than the CPU cache, small enough to fit in RAM")
+        raise BadInput(
+            f"size_mb must be positive, got {size_mb!r}",
+            "use 64-512 MB: far larger than the CPU cache, small enough to fit in RAM",
+        )
     if int(repeats) < 1:
         raise BadInput(f"repeats must be at least 1, got {repeats!r}", "use repeats=5 for a median")
     n = int(size_mb * 1e6) // 8
@@ -63,10 +68,13 @@ def measure_memory_bandwidth(size_mb: float = 256, repeats: int = 5) -> Bandwidt
         elapsed = time.perf_counter() - start
         rates.append(moved / elapsed / GB)
     return Bandwidth(
-        gbs_median=statistics.median(rates), gbs_min=min(rates), gbs_max=max(rates),
+        gbs_median=statistics.median(rates),
+        gbs_min=min(rates),
+        gbs_max=max(rates),
         method=f"numpy copy of {src.nbytes / 1e6:.0f} MB float64 arrays, read+write bytes counted "
-               "(STREAM-copy-like, single thread)",
-        size_mb=src.nbytes / 1e6, repeats=int(repeats),
+        "(STREAM-copy-like, single thread)",
+        size_mb=src.nbytes / 1e6,
+        repeats=int(repeats),
     )
 
 
@@ -79,11 +87,15 @@ def decode_ceiling_tps(model_bytes: float, bandwidth_gbs: float) -> float:
     speed is lower (KV-cache reads, compute, threads); batching several requests shares one read.
     """
     if not model_bytes or model_bytes <= 0:
-        raise BadInput(f"model_bytes must be positive, got {model_bytes!r}",
-                       "pass the size of the weights file in bytes, e.g. os.path.getsize(path)")
+        raise BadInput(
+            f"model_bytes must be positive, got {model_bytes!r}",
+            "pass the size of the weights file in bytes, e.g. os.path.getsize(path)",
+        )
     if not bandwidth_gbs or bandwidth_gbs <= 0:
-        raise BadInput(f"bandwidth_gbs must be positive, got {bandwidth_gbs!r}",
-                       "measure it with measure_memory_bandwidth().gbs_median")
+        raise BadInput(
+            f"bandwidth_gbs must be positive, got {bandwidth_gbs!r}",
+            "measure it with measure_memory_bandwidth().gbs_median",
+        )
     return bandwidth_gbs * GB / model_bytes
 
 
@@ -96,9 +108,11 @@ def _cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     if platform.system() == "Darwin":
         import subprocess
+
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
-                                 capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            )
             if out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.TimeoutExpired):

@@ -13,6 +13,7 @@ about (a chat that sends only the last message still returns text). These helper
 
 Each restores what it replaced when its `with` block ends, also after an error.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,8 @@ class Call:
     args: tuple
     kwargs: dict
     result: Any = None
-    started: float = 0.0                                   # time.perf_counter() at the call
-    pieces: list[tuple[float, Any]] = field(default_factory=list)   # (perf_counter, piece) per piece
+    started: float = 0.0  # time.perf_counter() at the call
+    pieces: list[tuple[float, Any]] = field(default_factory=list)  # (perf_counter, piece) per piece
 
     def get(self, name: str, position: int | None = None, default: Any = None) -> Any:
         """The argument `name`, whether it was passed by keyword or at `position`."""
@@ -143,9 +144,11 @@ def forbid(module: Any, *names: str, why: str = "write it yourself") -> Iterator
     >>> math.sqrt(4)
     2.0
     """
+
     def refuse(name: str) -> Callable[..., Any]:
         def refused(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError(f"your code called {module.__name__}.{name}: {why}")
+
         return refused
 
     saved = {name: getattr(module, name) for name in names}

@@ -5,6 +5,7 @@ the server says about the models it has (size on disk, parameters, context, quan
 `pull_what_fits` pulls what this machine can hold; `run_lineup` asks every model the source
 article's test prompts and records answers and speed from each `Result`'s metrics.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,36 +37,53 @@ class LineupPrompt:
 
     name: str
     prompt: str
-    expect: str | None = None   # case-insensitive regex; None = nothing simple to look for
+    expect: str | None = None  # case-insensitive regex; None = nothing simple to look for
     why: str = ""
 
 
 #: The source article's test prompts ("Write a REST API endpoint", "Solve a calculus equation"),
 #: made concrete, plus a summary and a factual question.
 SEED_PROMPTS: tuple[LineupPrompt, ...] = (
-    LineupPrompt("rest_api", "Write a REST API endpoint in Python with Flask that returns the list "
-                 "of users as JSON.", r"@app\.(route|get)|jsonify|def \w+\(",
-                 "the article's coding example: does it write a route?"),
-    LineupPrompt("calculus", "Solve this calculus problem: find the derivative of "
-                 "f(x) = 3x^2 + 2x - 5 and evaluate it at x = 2.", r"\b14\b",
-                 "the article's maths example: f'(x) = 6x + 2, so f'(2) = 14"),
-    LineupPrompt("summary", "Summarise in one sentence: 'From next Monday the city library will "
-                 "stay open until 9 pm on weekdays instead of 6 pm, so that students and people "
-                 "who work during the day can visit in the evening. Weekend hours do not change.'",
-                 r"\b9\b|nine", "a routine task: keeps the key fact (9 pm)?"),
-    LineupPrompt("fact", "What is the capital of Australia? Answer in one word.", r"canberra",
-                 "a factual question with one right answer (Canberra)"),
+    LineupPrompt(
+        "rest_api",
+        "Write a REST API endpoint in Python with Flask that returns the list of users as JSON.",
+        r"@app\.(route|get)|jsonify|def \w+\(",
+        "the article's coding example: does it write a route?",
+    ),
+    LineupPrompt(
+        "calculus",
+        "Solve this calculus problem: find the derivative of f(x) = 3x^2 + 2x - 5 and evaluate it at x = 2.",
+        r"\b14\b",
+        "the article's maths example: f'(x) = 6x + 2, so f'(2) = 14",
+    ),
+    LineupPrompt(
+        "summary",
+        "Summarise in one sentence: 'From next Monday the city library will "
+        "stay open until 9 pm on weekdays instead of 6 pm, so that students and people "
+        "who work during the day can visit in the evening. Weekend hours do not change.'",
+        r"\b9\b|nine",
+        "a routine task: keeps the key fact (9 pm)?",
+    ),
+    LineupPrompt(
+        "fact",
+        "What is the capital of Australia? Answer in one word.",
+        r"canberra",
+        "a factual question with one right answer (Canberra)",
+    ),
 )
 
 
 def _check_names(models: Any, what: str = "models") -> list[str]:
     if isinstance(models, str) or not isinstance(models, (list, tuple)):
-        raise BadInput(f"{what} must be a list of model names, not {type(models).__name__}",
-                       'pass e.g. ["phi3:mini", "smollm2:135m"]')
+        raise BadInput(
+            f"{what} must be a list of model names, not {type(models).__name__}",
+            'pass e.g. ["phi3:mini", "smollm2:135m"]',
+        )
     names = [m.strip() for m in models if isinstance(m, str) and m.strip()]
     if len(names) != len(models):
-        raise BadInput(f"every entry of {what} must be a non-empty model name",
-                       'pass e.g. ["phi3:mini", "smollm2:135m"]')
+        raise BadInput(
+            f"every entry of {what} must be a non-empty model name", 'pass e.g. ["phi3:mini", "smollm2:135m"]'
+        )
     return list(dict.fromkeys(names))
 
 
@@ -117,16 +135,19 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
     for name in names:
         c = card(name)
         have = resolve(name, available)
-        row = {"model": name, "article": "yes" if c and c.seed else "",
-               "on server": have or "",
-               "params (B)": c.params_b if c else None,
-               "size (GB)": c.download_gb if c else None,
-               "context": c.context if c else None,
-               "quantization": c.quantization if c else "",
-               "licence": c.license if c else "",
-               "commercial use": c.commercial_use if c else "",
-               "strengths": c.strengths if c else "",
-               "source": "registry" if c else "unknown to the registry"}
+        row = {
+            "model": name,
+            "article": "yes" if c and c.seed else "",
+            "on server": have or "",
+            "params (B)": c.params_b if c else None,
+            "size (GB)": c.download_gb if c else None,
+            "context": c.context if c else None,
+            "quantization": c.quantization if c else "",
+            "licence": c.license if c else "",
+            "commercial use": c.commercial_use if c else "",
+            "strengths": c.strengths if c else "",
+            "source": "registry" if c else "unknown to the registry",
+        }
         if have and "show" in backend.capabilities:
             show = backend.show(have)
             row["params (B)"] = _params_b(show) or row["params (B)"]
@@ -146,13 +167,26 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
                 row["source"] = "bundled file + registry"
         row["RAM est. (GB)"] = ram_estimate_gb(row["size (GB)"]) if row["size (GB)"] else None
         rows.append(row)
-    cols = ["model", "article", "on server", "params (B)", "size (GB)", "RAM est. (GB)", "context",
-            "quantization", "licence", "commercial use", "strengths", "source"]
+    cols = [
+        "model",
+        "article",
+        "on server",
+        "params (B)",
+        "size (GB)",
+        "RAM est. (GB)",
+        "context",
+        "quantization",
+        "licence",
+        "commercial use",
+        "strengths",
+        "source",
+    ]
     return pd.DataFrame(rows, columns=cols).set_index("model")
 
 
-def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_gb: float,
-                   pull: bool = True, progress: bool = True) -> pd.DataFrame:
+def pull_what_fits(
+    backend: Backend, models: Sequence[str], ram_gb: float, disk_gb: float, pull: bool = True, progress: bool = True
+) -> pd.DataFrame:
     """Pull the models that fit this machine, in order; skip the rest with the reason.
 
     RAM is checked per model (Ollama runs one at a time when memory is short); disk is a budget
@@ -162,8 +196,10 @@ def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_
     names = _check_names(models)
     for value, what in ((ram_gb, "ram_gb"), (disk_gb, "disk_gb")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise BadInput(f"{what} must be a positive number of GB, got {value!r}",
-                           "use helpers.hardware.machine_summary()['ram_available_gb'] / ['disk_free_gb']")
+            raise BadInput(
+                f"{what} must be a positive number of GB, got {value!r}",
+                "use helpers.hardware.machine_summary()['ram_available_gb'] / ['disk_free_gb']",
+            )
     available = backend.list_models()
     can_pull = "pull" in backend.capabilities
     disk_left = float(disk_gb)
@@ -171,10 +207,14 @@ def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_
     for name in names:
         c = card(name)
         have = resolve(name, available)
-        row = {"model": name, "action": "skipped", "reason": "",
-               "download (GB)": c.download_gb if c else None,
-               "RAM est. (GB)": c.ram_gb if c else None,
-               "command": f"ollama pull {name}"}
+        row = {
+            "model": name,
+            "action": "skipped",
+            "reason": "",
+            "download (GB)": c.download_gb if c else None,
+            "RAM est. (GB)": c.ram_gb if c else None,
+            "command": f"ollama pull {name}",
+        }
         if have:
             row.update(action="have it", reason=f"already available as {have}", command="")
         elif c is None:
@@ -202,8 +242,10 @@ def pull_what_fits(backend: Backend, models: Sequence[str], ram_gb: float, disk_
 
 def _check_prompts(prompts: Any) -> list[LineupPrompt]:
     if isinstance(prompts, (str, LineupPrompt)) or not isinstance(prompts, (list, tuple)) or not prompts:
-        raise BadInput("prompts must be a non-empty list of LineupPrompt (or of strings)",
-                       "pass SEED_PROMPTS, or e.g. ['Why is the sky blue?']")
+        raise BadInput(
+            "prompts must be a non-empty list of LineupPrompt (or of strings)",
+            "pass SEED_PROMPTS, or e.g. ['Why is the sky blue?']",
+        )
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, str) and p.strip():
@@ -215,9 +257,14 @@ def _check_prompts(prompts: Any) -> list[LineupPrompt]:
     return out
 
 
-def run_lineup(backend: Backend, models: Sequence[str], prompts: Sequence[LineupPrompt | str],
-               options: Options | dict | None = None, progress: bool = True,
-               warmup: bool = True) -> pd.DataFrame:
+def run_lineup(
+    backend: Backend,
+    models: Sequence[str],
+    prompts: Sequence[LineupPrompt | str],
+    options: Options | dict | None = None,
+    progress: bool = True,
+    warmup: bool = True,
+) -> pd.DataFrame:
     """Ask every model every prompt; one row per (model, prompt) with the answer and its speed.
 
     A model the server lacks gets rows with status "skipped" and the pull command; a failed call
@@ -235,8 +282,14 @@ def run_lineup(backend: Backend, models: Sequence[str], prompts: Sequence[Lineup
         have = resolve(name, available)
         if have is None:
             for p in items:
-                rows.append({"model": name, "prompt": p.name, "status": "skipped",
-                             "note": f"not on this server: {pull_hint(name)}"})
+                rows.append(
+                    {
+                        "model": name,
+                        "prompt": p.name,
+                        "status": "skipped",
+                        "note": f"not on this server: {pull_hint(name)}",
+                    }
+                )
             bar.update(len(items))
             continue
         cold = None
@@ -250,21 +303,45 @@ def run_lineup(backend: Backend, models: Sequence[str], prompts: Sequence[Lineup
             try:
                 r = backend.generate(have, p.prompt, options=options)
             except CourseError as err:
-                rows.append({"model": have, "prompt": p.name, "status": "error",
-                             "note": f"{err.message} -> {err.hint}"})
+                rows.append(
+                    {"model": have, "prompt": p.name, "status": "error", "note": f"{err.message} -> {err.hint}"}
+                )
             else:
                 m = r.metrics
-                rows.append({
-                    "model": have, "prompt": p.name, "status": "ok", "note": "",
-                    "answer": r.text.strip(), "done_reason": r.done_reason,
-                    "expected found": bool(re.search(p.expect, r.text, re.I)) if p.expect else None,
-                    "output_tokens": m.output_tokens, "latency_s": m.total_s, "ttft_s": m.ttft_s,
-                    "tokens_per_s": m.decode_tps, "load_s": m.load_s, "cold_start_s": cold,
-                })
+                rows.append(
+                    {
+                        "model": have,
+                        "prompt": p.name,
+                        "status": "ok",
+                        "note": "",
+                        "answer": r.text.strip(),
+                        "done_reason": r.done_reason,
+                        "expected found": bool(re.search(p.expect, r.text, re.I)) if p.expect else None,
+                        "output_tokens": m.output_tokens,
+                        "latency_s": m.total_s,
+                        "ttft_s": m.ttft_s,
+                        "tokens_per_s": m.decode_tps,
+                        "load_s": m.load_s,
+                        "cold_start_s": cold,
+                    }
+                )
             bar.update(1)
     bar.close()
-    cols = ["model", "prompt", "status", "note", "answer", "done_reason", "expected found",
-            "output_tokens", "latency_s", "ttft_s", "tokens_per_s", "load_s", "cold_start_s"]
+    cols = [
+        "model",
+        "prompt",
+        "status",
+        "note",
+        "answer",
+        "done_reason",
+        "expected found",
+        "output_tokens",
+        "latency_s",
+        "ttft_s",
+        "tokens_per_s",
+        "load_s",
+        "cold_start_s",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -276,8 +353,11 @@ def side_by_side(runs: pd.DataFrame, width: int | None = 400) -> pd.DataFrame:
     text = ok["answer"].astype(str)
     if width:
         text = text.where(text.str.len() <= width, text.str[: width - 1] + "…")
-    table = (ok.assign(answer=text).drop_duplicates(["prompt", "model"])
-             .pivot(index="prompt", columns="model", values="answer"))
+    table = (
+        ok.assign(answer=text)
+        .drop_duplicates(["prompt", "model"])
+        .pivot(index="prompt", columns="model", values="answer")
+    )
     order = list(dict.fromkeys(ok["prompt"]))
     return table.reindex(order)[list(dict.fromkeys(ok["model"]))]
 
@@ -305,18 +385,23 @@ def speed_summary(runs: pd.DataFrame, info: pd.DataFrame | None = None) -> pd.Da
     for model, g in ok.groupby("model", sort=False):
         tps = [t for t in g["tokens_per_s"] if t is not None and t == t]
         ttft = [t for t in g["ttft_s"] if t is not None and t == t]
-        row = {"model": model, "prompts": len(g),
-               "median latency (s)": statistics.median(g["latency_s"]),
-               "median TTFT (ms)": statistics.median(ttft) * 1000 if ttft else None,
-               "median tokens/s": statistics.median(tps) if tps else None,
-               "min-max tokens/s": f"{min(tps):.0f}-{max(tps):.0f}" if tps else "",
-               "output tokens": int(g["output_tokens"].sum()),
-               "cold start (s)": g["cold_start_s"].iloc[0],
-               "expected found": f"{int(g['expected found'].eq(True).sum())}/"
-                                 f"{int(g['expected found'].notna().sum())}"}
+        row = {
+            "model": model,
+            "prompts": len(g),
+            "median latency (s)": statistics.median(g["latency_s"]),
+            "median TTFT (ms)": statistics.median(ttft) * 1000 if ttft else None,
+            "median tokens/s": statistics.median(tps) if tps else None,
+            "min-max tokens/s": f"{min(tps):.0f}-{max(tps):.0f}" if tps else "",
+            "output tokens": int(g["output_tokens"].sum()),
+            "cold start (s)": g["cold_start_s"].iloc[0],
+            "expected found": f"{int(g['expected found'].eq(True).sum())}/{int(g['expected found'].notna().sum())}",
+        }
         if info is not None:
-            key = model if model in info.index else next(
-                (i for i in info.index if info.loc[i, "on server"] == model), None)
+            key = (
+                model
+                if model in info.index
+                else next((i for i in info.index if info.loc[i, "on server"] == model), None)
+            )
             row["size (GB)"] = info.loc[key, "size (GB)"] if key is not None else None
             row["params (B)"] = info.loc[key, "params (B)"] if key is not None else None
         rows.append(row)
@@ -333,15 +418,15 @@ def plot_size_vs_speed(summary: pd.DataFrame, ax=None):
 
     for col in ("size (GB)", "median tokens/s"):
         if col not in summary.columns:
-            raise BadInput(f"the summary has no '{col}' column",
-                           "pass speed_summary(runs, info) with info = enrich_from_show(...)")
+            raise BadInput(
+                f"the summary has no '{col}' column", "pass speed_summary(runs, info) with info = enrich_from_show(...)"
+            )
     data = summary.dropna(subset=["size (GB)", "median tokens/s"])
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(data["size (GB)"], data["median tokens/s"], s=60, color="#5b8e7d", zorder=3)
     for name, r in data.iterrows():
-        ax.annotate(name, (r["size (GB)"], r["median tokens/s"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=9)
+        ax.annotate(name, (r["size (GB)"], r["median tokens/s"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
     if len(data) >= 2:
         import numpy as np
 
@@ -354,8 +439,15 @@ def plot_size_vs_speed(summary: pd.DataFrame, ax=None):
     else:
         ax.set_xlim(0, max(1.0, 1.5 * float(data["size (GB)"].max() if len(data) else 1.0)))
         ax.set_ylim(0, 1.3 * float(data["median tokens/s"].max() if len(data) else 1.0))
-        ax.text(0.98, 0.04, "one model: pull more to see how speed falls with size",
-                transform=ax.transAxes, ha="right", fontsize=9, color="grey")
+        ax.text(
+            0.98,
+            0.04,
+            "one model: pull more to see how speed falls with size",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize=9,
+            color="grey",
+        )
     ax.set_xlabel("size of the weights (GB)")
     ax.set_ylabel("decode speed (tokens/s, median)")
     ax.set_title("Size against measured decode speed on this machine")
@@ -366,12 +458,24 @@ def plot_size_vs_speed(summary: pd.DataFrame, ax=None):
 
 #: The source article's comparison table (large cloud LLMs vs small local models), as it states it.
 SOURCE_TABLE = pd.DataFrame(
-    {"Large LLMs (GPT-4, Claude)": ["175B+ (GPT-3/4)", "$10-$60", "1-3 s", "data sent to the cloud",
-                                    "depends on the API"],
-     "Small models (Phi-3, Gemma)": ["1B-13B (Phi-3, Gemma)", "$0 (local)", "100-500 ms", "data stays local",
-                                     "works offline"]},
-    index=pd.Index(["parameters", "cost per 1M tokens", "speed", "privacy", "reliability"],
-                   name="aspect"))
+    {
+        "Large LLMs (GPT-4, Claude)": [
+            "175B+ (GPT-3/4)",
+            "$10-$60",
+            "1-3 s",
+            "data sent to the cloud",
+            "depends on the API",
+        ],
+        "Small models (Phi-3, Gemma)": [
+            "1B-13B (Phi-3, Gemma)",
+            "$0 (local)",
+            "100-500 ms",
+            "data stays local",
+            "works offline",
+        ],
+    },
+    index=pd.Index(["parameters", "cost per 1M tokens", "speed", "privacy", "reliability"], name="aspect"),
+)
 
 
 def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
@@ -380,8 +484,10 @@ def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
     `host` is the server the answers came from (None: the embedded engine, in this process).
     """
     if summary is None or summary.empty:
-        raise BadInput("no model answered in this run, so there is nothing to compare",
-                       "pull a model (`ollama pull phi3:mini`) or start `slm-course serve`")
+        raise BadInput(
+            "no model answered in this run, so there is nothing to compare",
+            "pull a model (`ollama pull phi3:mini`) or start `slm-course serve`",
+        )
     params = summary["params (B)"].dropna() if "params (B)" in summary else pd.Series(dtype=float)
     ttft_ms = summary["median TTFT (ms)"].dropna()
     latency = summary["median latency (s)"].dropna()
@@ -398,30 +504,57 @@ def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
         below = ", ".join(f"{p:g}B" for p in sorted(params) if p < 1)
         above = ", ".join(f"{p:g}B" for p in sorted(params) if p > 13)
         outside = ([f"{below} smaller: small models have shrunk since"] if below else []) + (
-            [f"{above} larger than the article's 'small' range"] if above else [])
-        rows.append(("parameters", f"{span} (from the server / registry)",
-                     "outside 1B-13B: " + "; ".join(outside) if outside else "within 1B-13B",
-                     "the article's range is an example, not a limit"))
-    rows.append(("cost per 1M tokens", "no bill: nothing was sent to a paid API",
-                 "cannot check here", "$0 per token, but electricity and hardware cost: lesson 04"))
+            [f"{above} larger than the article's 'small' range"] if above else []
+        )
+        rows.append(
+            (
+                "parameters",
+                f"{span} (from the server / registry)",
+                "outside 1B-13B: " + "; ".join(outside) if outside else "within 1B-13B",
+                "the article's range is an example, not a limit",
+            )
+        )
+    rows.append(
+        (
+            "cost per 1M tokens",
+            "no bill: nothing was sent to a paid API",
+            "cannot check here",
+            "$0 per token, but electricity and hardware cost: lesson 04",
+        )
+    )
     if ttft_ms.empty:
         rows.append(("speed", "no first-token time measured", "cannot check here", "lesson 03"))
     else:
         fast = ttft_ms.max() <= 500
         ms = f"{ttft_ms.min():.0f}-{ttft_ms.max():.0f}" if len(ttft_ms) > 1 else f"{ttft_ms.iloc[0]:.0f}"
         secs = f"{latency.min():.1f}-{latency.max():.1f}" if len(latency) > 1 else f"{latency.iloc[0]:.1f}"
-        rows.append(("speed", f"first token after {ms} ms, whole answer in {secs} s "
-                     "(median per model)",
-                     ("confirmed for the first token" if fast else "not confirmed: first token > 500 ms")
-                     + ("" if latency.max() <= 0.5 else "; whole answers take longer"),
-                     "cloud latency needs an API key: lesson 03"))
-    rows.append(("privacy", f"answers came from {where}",
-                 "confirmed: the server is this machine" if local else
-                 "not on this machine: the prompts went to that server",
-                 "" if local else "run Ollama locally to keep data here"))
-    rows.append(("reliability", f"the server is {'local' if local else 'remote'}; no API key used",
-                 "confirmed: these answers needed no internet" if local else "depends on that server",
-                 "answer quality is a separate question: lesson 05"))
+        rows.append(
+            (
+                "speed",
+                f"first token after {ms} ms, whole answer in {secs} s (median per model)",
+                ("confirmed for the first token" if fast else "not confirmed: first token > 500 ms")
+                + ("" if latency.max() <= 0.5 else "; whole answers take longer"),
+                "cloud latency needs an API key: lesson 03",
+            )
+        )
+    rows.append(
+        (
+            "privacy",
+            f"answers came from {where}",
+            "confirmed: the server is this machine"
+            if local
+            else "not on this machine: the prompts went to that server",
+            "" if local else "run Ollama locally to keep data here",
+        )
+    )
+    rows.append(
+        (
+            "reliability",
+            f"the server is {'local' if local else 'remote'}; no API key used",
+            "confirmed: these answers needed no internet" if local else "depends on that server",
+            "answer quality is a separate question: lesson 05",
+        )
+    )
     out = pd.DataFrame(rows, columns=["aspect", "measured here", "verdict", "more"]).set_index("aspect")
     return SOURCE_TABLE.join(out)
 
@@ -431,10 +564,16 @@ def revisit_claims(summary: pd.DataFrame, host: str | None) -> pd.DataFrame:
 SEED_CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("phi3:mini", "strong reasoning and maths for its size (3.8B)", "calculus prompt: expected answer found?"),
     ("gemma:2b", "compact; trained with safety filters", "cannot check with these prompts (needs a safety eval)"),
-    ("llama2:7b", "the largest community and fine-tune ecosystem",
-     "cannot measure here: community is not in the weights"),
-    ("mistral:7b", "fast and efficient for a 7B, open Apache-2.0 licence",
-     "tokens/s against the other 7B; licence from /api/show"),
+    (
+        "llama2:7b",
+        "the largest community and fine-tune ecosystem",
+        "cannot measure here: community is not in the weights",
+    ),
+    (
+        "mistral:7b",
+        "fast and efficient for a 7B, open Apache-2.0 licence",
+        "tokens/s against the other 7B; licence from /api/show",
+    ),
 )
 
 
@@ -451,6 +590,7 @@ def seed_claims_table(runs: pd.DataFrame) -> pd.DataFrame:
             tps = [t for t in g["tokens_per_s"] if t == t and t is not None]
             calc = g[g["prompt"] == "calculus"]["expected found"]
             measured = (f"{statistics.median(tps):.1f} tokens/s" if tps else "no speed") + (
-                f"; calculus answer right: {'yes' if bool(calc.iloc[0]) else 'no'}" if len(calc) else "")
+                f"; calculus answer right: {'yes' if bool(calc.iloc[0]) else 'no'}" if len(calc) else ""
+            )
         rows.append({"model": name, "the article says": claim, "how to check": how, "this run": measured})
     return pd.DataFrame(rows).set_index("model")

@@ -14,6 +14,7 @@ server): a load generator pointed at someone else's machine is a denial-of-servi
 Works in scripts and inside Jupyter (whose event loop is already running): the sync
 functions run the coroutine in a helper thread with its own event loop when needed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,9 +41,21 @@ DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 OK, ERROR, CANCELLED, NOT_STARTED = "ok", "error", "cancelled", "not_started"
 
 SWEEP_COLUMNS = [
-    "concurrency", "requests", "completed", "errors", "cancelled", "not_started", "wall_s",
-    "throughput_rps", "output_tps", "latency_p50_s", "latency_p90_s", "latency_p99_s",
-    "ttft_p50_s", "ttft_p90_s", "stopped_by_time",
+    "concurrency",
+    "requests",
+    "completed",
+    "errors",
+    "cancelled",
+    "not_started",
+    "wall_s",
+    "throughput_rps",
+    "output_tps",
+    "latency_p50_s",
+    "latency_p90_s",
+    "latency_p99_s",
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "stopped_by_time",
 ]
 
 
@@ -167,25 +180,31 @@ class LoadResult:
         """The per-request rows as a pandas DataFrame (one row per planned request)."""
         import pandas as pd
 
-        return pd.DataFrame([asdict(r) for r in self.rows],
-                            columns=[f for f in RequestRow.__dataclass_fields__])
+        return pd.DataFrame([asdict(r) for r in self.rows], columns=[f for f in RequestRow.__dataclass_fields__])
 
     def __str__(self) -> str:
         def s(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.2f} s"
 
-        return (f"{self.concurrency} students x {self.requests_per_client} requests on {self.model}: "
-                f"{self.completed}/{len(self.rows)} completed in {self.wall_s:.1f} s, "
-                f"{self.output_tps:.1f} tokens/s, latency p50 {s(self.latency_p50)} "
-                f"p90 {s(self.latency_p90)}, first token p50 {s(self.ttft_p50)}, "
-                f"{len(self.errors)} errors, {self.cancelled} cancelled"
-                + (" (stopped by the time limit)" if self.stopped_by_time else ""))
+        return (
+            f"{self.concurrency} students x {self.requests_per_client} requests on {self.model}: "
+            f"{self.completed}/{len(self.rows)} completed in {self.wall_s:.1f} s, "
+            f"{self.output_tps:.1f} tokens/s, latency p50 {s(self.latency_p50)} "
+            f"p90 {s(self.latency_p90)}, first token p50 {s(self.ttft_p50)}, "
+            f"{len(self.errors)} errors, {self.cancelled} cancelled"
+            + (" (stopped by the time limit)" if self.stopped_by_time else "")
+        )
 
 
 # --------------------------------------------------------------------------- checks
 def _check_seconds(name: str, value: Any, hint: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or value != value or value == float("inf"):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or value != value
+        or value == float("inf")
+    ):
         raise BadInput(f"{name} must be a positive number of seconds, got {value!r}", hint)
     return float(value)
 
@@ -195,8 +214,10 @@ def check_target(host: str | None, *, allow_remote: bool = False) -> str:
     by `allow_remote=True`, or by naming it in SLM_LOADTEST_HOSTS (comma-separated hosts or
     URLs, e.g. `lab-server:11434`), so an instructor's configured lab server works unchanged."""
     if host is not None and not isinstance(host, str):
-        raise BadInput(f"host must be a string like 'http://127.0.0.1:11434', got {host!r}",
-                       "pass the server's address, or leave it out to use OLLAMA_HOST")
+        raise BadInput(
+            f"host must be a string like 'http://127.0.0.1:11434', got {host!r}",
+            "pass the server's address, or leave it out to use OLLAMA_HOST",
+        )
     settings = get_settings()
     url = normalise_host(host) if host else settings.ollama_host
     configured = {normalise_host(h) for h in settings.loadtest_hosts}
@@ -218,8 +239,9 @@ def _auth_headers() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- one request
-async def _one_request(client, url: str, payload: dict[str, Any], row: RequestRow,
-                       t_run: float, timeout_s: float) -> None:
+async def _one_request(
+    client, url: str, payload: dict[str, Any], row: RequestRow, t_run: float, timeout_s: float
+) -> None:
     """Stream one generate call into `row`. Errors are recorded, never raised; a
     cancellation marks the row cancelled and propagates."""
     import httpx
@@ -283,55 +305,81 @@ async def _preflight(host: str, timeout_s: float) -> None:
             resp = await client.get(f"{host}/api/version")
             resp.raise_for_status()
     except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"no Ollama-compatible server answered at {host} ({exc})",
-                                 INSTALL_OLLAMA) from None
+        raise BackendUnavailable(f"no Ollama-compatible server answered at {host} ({exc})", INSTALL_OLLAMA) from None
 
 
 # --------------------------------------------------------------------------- the run
-def _validate(model: Any, concurrency: Any, requests_per_client: Any, prompt: Any,
-              num_predict: Any, timeout_s: Any, max_duration_s: Any) -> None:
+def _validate(
+    model: Any,
+    concurrency: Any,
+    requests_per_client: Any,
+    prompt: Any,
+    num_predict: Any,
+    timeout_s: Any,
+    max_duration_s: Any,
+) -> None:
     if not isinstance(model, str) or not model.strip():
-        raise BadInput(f"model must be a model name like 'smollm2:135m', got {model!r}",
-                       "list the server's models with `ollama list`")
-    check_int("concurrency", concurrency, 1, MAX_CONCURRENCY,
-               "concurrency is the number of students asking at the same time, e.g. 1, 2, 4, 8")
-    check_int("requests_per_client", requests_per_client, 1, MAX_REQUESTS_PER_CLIENT,
-               "a few requests per student (2-5) are enough for stable percentiles")
+        raise BadInput(
+            f"model must be a model name like 'smollm2:135m', got {model!r}",
+            "list the server's models with `ollama list`",
+        )
+    check_int(
+        "concurrency",
+        concurrency,
+        1,
+        MAX_CONCURRENCY,
+        "concurrency is the number of students asking at the same time, e.g. 1, 2, 4, 8",
+    )
+    check_int(
+        "requests_per_client",
+        requests_per_client,
+        1,
+        MAX_REQUESTS_PER_CLIENT,
+        "a few requests per student (2-5) are enough for stable percentiles",
+    )
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadInput("prompt must be a non-empty string", "pass the question each student sends")
-    check_int("num_predict", num_predict, 1, MAX_NUM_PREDICT,
-               "num_predict caps the answer length in tokens, e.g. 64")
+    check_int("num_predict", num_predict, 1, MAX_NUM_PREDICT, "num_predict caps the answer length in tokens, e.g. 64")
     _check_seconds("timeout_s", timeout_s, "the longest one request may take, e.g. 120")
     _check_seconds("max_duration_s", max_duration_s, "the longest the whole run may take, e.g. 300")
 
 
-async def run_load_async(host: str | None, model: str, *, concurrency: int = 4,
-                         requests_per_client: int = 4, prompt: str = DEFAULT_PROMPT,
-                         num_predict: int = 64, timeout_s: float | None = None,
-                         max_duration_s: float = 300.0, allow_remote: bool = False,
-                         progress: bool = False) -> LoadResult:
+async def run_load_async(
+    host: str | None,
+    model: str,
+    *,
+    concurrency: int = 4,
+    requests_per_client: int = 4,
+    prompt: str = DEFAULT_PROMPT,
+    num_predict: int = 64,
+    timeout_s: float | None = None,
+    max_duration_s: float = 300.0,
+    allow_remote: bool = False,
+    progress: bool = False,
+) -> LoadResult:
     """The coroutine behind `run_load` (use it directly from async code)."""
     import httpx
 
     if timeout_s is None:
         timeout_s = get_settings().timeout
-    _validate(model, concurrency, requests_per_client, prompt, num_predict, timeout_s,
-              max_duration_s)
+    _validate(model, concurrency, requests_per_client, prompt, num_predict, timeout_s, max_duration_s)
     url = check_target(host, allow_remote=allow_remote)
     await _preflight(url, timeout_s)
 
     # Same prompt, temperature 0 and a fixed seed: every request asks for the same work,
     # so levels differ only in how many students share the server.
-    payload = {"model": model, "prompt": prompt, "stream": True,
-               "options": {"num_predict": num_predict, "temperature": 0, "seed": 42}}
-    rows = [[RequestRow(client=c, index=i) for i in range(requests_per_client)]
-            for c in range(concurrency)]
+    payload = {
+        "model": model,
+        "prompt": prompt,
+        "stream": True,
+        "options": {"num_predict": num_predict, "temperature": 0, "seed": 42},
+    }
+    rows = [[RequestRow(client=c, index=i) for i in range(requests_per_client)] for c in range(concurrency)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=concurrency * requests_per_client, desc=f"{concurrency} students",
-                   unit="req", leave=False)
+        bar = tqdm(total=concurrency * requests_per_client, desc=f"{concurrency} students", unit="req", leave=False)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s)
@@ -360,13 +408,19 @@ async def run_load_async(host: str | None, model: str, *, concurrency: int = 4,
         wall_s = time.perf_counter() - t_run
 
     flat = [r for per_client in rows for r in per_client]
-    result = LoadResult(host=url, model=model, concurrency=concurrency,
-                        requests_per_client=requests_per_client, num_predict=num_predict,
-                        wall_s=wall_s, stopped_by_time=bool(pending), rows=flat)
+    result = LoadResult(
+        host=url,
+        model=model,
+        concurrency=concurrency,
+        requests_per_client=requests_per_client,
+        num_predict=num_predict,
+        wall_s=wall_s,
+        stopped_by_time=bool(pending),
+        rows=flat,
+    )
     failed = [r for r in flat if r.status == ERROR]
     if flat and len(failed) == len(flat) and all(r.error.startswith("HTTP 404") for r in failed):
-        raise ModelNotFound(f"the server at {url} does not have model {model!r}: "
-                            f"{failed[0].error}", pull_hint(model))
+        raise ModelNotFound(f"the server at {url} does not have model {model!r}: {failed[0].error}", pull_hint(model))
     return result
 
 
@@ -409,10 +463,19 @@ def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
     return box["value"]
 
 
-def run_load(host: str | None, model: str, *, concurrency: int = 4, requests_per_client: int = 4,
-             prompt: str = DEFAULT_PROMPT, num_predict: int = 64, timeout_s: float | None = None,
-             max_duration_s: float = 300.0, allow_remote: bool = False,
-             progress: bool = False) -> LoadResult:
+def run_load(
+    host: str | None,
+    model: str,
+    *,
+    concurrency: int = 4,
+    requests_per_client: int = 4,
+    prompt: str = DEFAULT_PROMPT,
+    num_predict: int = 64,
+    timeout_s: float | None = None,
+    max_duration_s: float = 300.0,
+    allow_remote: bool = False,
+    progress: bool = False,
+) -> LoadResult:
     """Simulate `concurrency` students, each sending `requests_per_client` streamed
     generate calls one after another, and measure how the server copes.
 
@@ -421,33 +484,55 @@ def run_load(host: str | None, model: str, *, concurrency: int = 4, requests_per
     request (default SLM_TIMEOUT). `host=None` uses OLLAMA_HOST; only loopback unless
     `allow_remote=True`.
     """
-    return _run_sync(lambda: run_load_async(
-        host, model, concurrency=concurrency, requests_per_client=requests_per_client,
-        prompt=prompt, num_predict=num_predict, timeout_s=timeout_s,
-        max_duration_s=max_duration_s, allow_remote=allow_remote, progress=progress))
+    return _run_sync(
+        lambda: run_load_async(
+            host,
+            model,
+            concurrency=concurrency,
+            requests_per_client=requests_per_client,
+            prompt=prompt,
+            num_predict=num_predict,
+            timeout_s=timeout_s,
+            max_duration_s=max_duration_s,
+            allow_remote=allow_remote,
+            progress=progress,
+        )
+    )
 
 
 async def _warm_up(host: str, model: str, prompt: str, timeout_s: float) -> None:
     """One unrecorded request so that loading the model is not counted as latency."""
     import httpx
 
-    payload = {"model": model, "prompt": prompt, "stream": False,
-               "options": {"num_predict": 1, "temperature": 0, "seed": 42}}
+    payload = {
+        "model": model,
+        "prompt": prompt,
+        "stream": False,
+        "options": {"num_predict": 1, "temperature": 0, "seed": 42},
+    }
     try:
         async with httpx.AsyncClient(timeout=timeout_s, headers=_auth_headers()) as client:
             resp = await client.post(f"{host}/api/generate", json=payload)
     except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"the warm-up request to {host} failed ({exc})",
-                                 INSTALL_OLLAMA) from None
+        raise BackendUnavailable(f"the warm-up request to {host} failed ({exc})", INSTALL_OLLAMA) from None
     if resp.status_code == 404:
         raise ModelNotFound(f"the server at {host} does not have model {model!r}", pull_hint(model))
 
 
 # --------------------------------------------------------------------------- sweep and advice
-def sweep(host: str | None, model: str, levels: Sequence[int] = (1, 2, 4, 8), *,
-          requests_per_client: int = 3, prompt: str = DEFAULT_PROMPT, num_predict: int = 64,
-          timeout_s: float | None = None, max_duration_s: float = 300.0,
-          allow_remote: bool = False, warm_up: bool = True):
+def sweep(
+    host: str | None,
+    model: str,
+    levels: Sequence[int] = (1, 2, 4, 8),
+    *,
+    requests_per_client: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    num_predict: int = 64,
+    timeout_s: float | None = None,
+    max_duration_s: float = 300.0,
+    allow_remote: bool = False,
+    warm_up: bool = True,
+):
     """Run `run_load` at each concurrency level and return one summary row per level
     (columns: SWEEP_COLUMNS). `max_duration_s` bounds each level. With `warm_up`, one
     unrecorded request loads the model first, so level 1 does not pay the cold start."""
@@ -455,8 +540,9 @@ def sweep(host: str | None, model: str, levels: Sequence[int] = (1, 2, 4, 8), *,
     from tqdm.auto import tqdm
 
     if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
-        raise BadInput(f"levels must be a list of student counts like (1, 2, 4, 8), got {levels!r}",
-                       "pass levels=(1, 2, 4, 8)")
+        raise BadInput(
+            f"levels must be a list of student counts like (1, 2, 4, 8), got {levels!r}", "pass levels=(1, 2, 4, 8)"
+        )
     for n in levels:
         check_int("each level", n, 1, MAX_CONCURRENCY, "levels are numbers of students, e.g. 1, 2, 4, 8")
     levels = sorted(set(levels))
@@ -471,14 +557,21 @@ def sweep(host: str | None, model: str, levels: Sequence[int] = (1, 2, 4, 8), *,
     bar = tqdm(levels, desc="load sweep", unit="level")
     for n in bar:
         bar.set_postfix_str(f"{n} students")
-        result = run_load(url, model, concurrency=n, requests_per_client=requests_per_client,
-                          prompt=prompt, num_predict=num_predict, timeout_s=timeout_s,
-                          max_duration_s=max_duration_s, allow_remote=allow_remote)
+        result = run_load(
+            url,
+            model,
+            concurrency=n,
+            requests_per_client=requests_per_client,
+            prompt=prompt,
+            num_predict=num_predict,
+            timeout_s=timeout_s,
+            max_duration_s=max_duration_s,
+            allow_remote=allow_remote,
+        )
         rows.append(result.summary())
     bar.close()
     df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
-    df.attrs.update(host=url, model=model, num_predict=num_predict,
-                    requests_per_client=requests_per_client)
+    df.attrs.update(host=url, model=model, num_predict=num_predict, requests_per_client=requests_per_client)
     return df
 
 
@@ -486,8 +579,7 @@ def _check_sweep_df(df: Any) -> None:
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame) or df.empty:
-        raise BadInput("expected the non-empty DataFrame returned by sweep()",
-                       "run df = sweep(host, model) first")
+        raise BadInput("expected the non-empty DataFrame returned by sweep()", "run df = sweep(host, model) first")
     missing = {"concurrency", "latency_p90_s", "output_tps"} - set(df.columns)
     if missing:
         raise BadInput(f"the table lacks columns {sorted(missing)}", "pass the DataFrame from sweep()")
@@ -513,8 +605,7 @@ def plot_sweep(df, ax=None, *, target_p90_s: float | None = None):
     ax2 = ax.twinx()
     ax2.plot(d["concurrency"], d["latency_p90_s"], "s--", color="tab:red", label="p90 latency")
     if target_p90_s is not None:
-        ax2.axhline(target_p90_s, color="tab:red", alpha=0.4, linestyle=":",
-                    label=f"target {target_p90_s:g} s")
+        ax2.axhline(target_p90_s, color="tab:red", alpha=0.4, linestyle=":", label=f"target {target_p90_s:g} s")
     ax2.set_ylabel("p90 latency per request (s)", color="tab:red")
     ax2.set_ylim(bottom=0)
     title = "Serving a class"
@@ -522,8 +613,14 @@ def plot_sweep(df, ax=None, *, target_p90_s: float | None = None):
         title += f": {df.attrs['model']}"
     ax.set_title(title)
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper center",
-              bbox_to_anchor=(0.5, -0.15), ncol=len(lines), frameon=False)
+    ax.legend(
+        lines,
+        [ln.get_label() for ln in lines],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.15),
+        ncol=len(lines),
+        frameon=False,
+    )
     if own_figure:
         ax.figure.tight_layout()
     return ax
@@ -551,20 +648,22 @@ def sizing_advice(df, target_p90_s: float) -> str:
     measured = ", ".join(str(int(c)) for c in d["concurrency"])
     if not passing:
         first = d.iloc[0]
-        why = (f"p90 {first['latency_p90_s']:.1f} s" if clean(first)
-               else "requests failed or were cut off")
-        return (f"No measured level met a p90 of {target:g} s (at {int(first['concurrency'])} "
-                f"student(s): {why}). Ask for shorter answers (num_predict), use a smaller model "
-                f"or faster hardware, or relax the target.")
+        why = f"p90 {first['latency_p90_s']:.1f} s" if clean(first) else "requests failed or were cut off"
+        return (
+            f"No measured level met a p90 of {target:g} s (at {int(first['concurrency'])} "
+            f"student(s): {why}). Ask for shorter answers (num_predict), use a smaller model "
+            f"or faster hardware, or relax the target."
+        )
     best = passing[-1]
     n = int(best["concurrency"])
-    text = (f"With a p90 latency target of {target:g} s, this server handled up to {n} concurrent "
-            f"student(s): p90 {best['latency_p90_s']:.1f} s, {best['output_tps']:.1f} output "
-            f"tokens/s for the whole class (levels measured: {measured}).")
+    text = (
+        f"With a p90 latency target of {target:g} s, this server handled up to {n} concurrent "
+        f"student(s): p90 {best['latency_p90_s']:.1f} s, {best['output_tps']:.1f} output "
+        f"tokens/s for the whole class (levels measured: {measured})."
+    )
     above = d[d["concurrency"] > n]
     if above.empty:
-        text += (f" Every measured level met the target, so the limit lies above {n}: "
-                 f"measure higher levels to find it.")
+        text += f" Every measured level met the target, so the limit lies above {n}: measure higher levels to find it."
     else:
         nxt = above.iloc[0]
         if clean(nxt):

@@ -1,4 +1,5 @@
 """Small network facts shared by the server, the load generator, the launcher and the tests."""
+
 from __future__ import annotations
 
 import ipaddress

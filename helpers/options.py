@@ -16,6 +16,7 @@ settings (mirostat, ...) pass through unchecked, as Ollama ignores what it does 
     helpers.errors.BadInput: option 'seed' must be a whole number, not bool
       -> e.g. {"temperature": 0, "seed": 42}
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,7 @@ class Options(BaseModel):
     @classmethod
     def _whole(cls, value: Any, info) -> Any:
         if value is not None and not is_int(value):
-            raise BadInput(f"option {info.field_name!r} must be a whole number, not {type(value).__name__}",
-                           _HINT)
+            raise BadInput(f"option {info.field_name!r} must be a whole number, not {type(value).__name__}", _HINT)
         return None if value is None else int(value)
 
     @field_validator(*_NUMBER, mode="before")
@@ -96,16 +96,21 @@ class Options(BaseModel):
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             raise BadInput("option 'stop' must be a string or a list of strings", 'e.g. {"stop": ["\\n\\n"]}')
         if len(value) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in value):
-            raise BadInput(f"option 'stop' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} "
-                           f"characters (got {len(value)})", 'e.g. {"stop": ["\\n\\n", "User:"]}')
+            raise BadInput(
+                f"option 'stop' takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} "
+                f"characters (got {len(value)})",
+                'e.g. {"stop": ["\\n\\n", "User:"]}',
+            )
         return [s for s in value if s]
 
     @field_validator("num_predict")
     @classmethod
     def _num_predict(cls, value: int | None) -> int | None:
         if value is not None and (value == 0 or not -2 <= value <= MAX_NUM_PREDICT):
-            raise BadInput(f"num_predict={value} is out of range",
-                           f"use a value from 1 to {MAX_NUM_PREDICT} (-1 = until the context is full)")
+            raise BadInput(
+                f"num_predict={value} is out of range",
+                f"use a value from 1 to {MAX_NUM_PREDICT} (-1 = until the context is full)",
+            )
         return value
 
     @field_validator("temperature")
@@ -133,8 +138,9 @@ class Options(BaseModel):
     @classmethod
     def _num_ctx(cls, value: int | None) -> int | None:
         if value is not None and not MIN_NUM_CTX <= value <= MAX_NUM_CTX:
-            raise BadInput(f"num_ctx={value} is out of range",
-                           f"use a context from {MIN_NUM_CTX} to {MAX_NUM_CTX} tokens")
+            raise BadInput(
+                f"num_ctx={value} is out of range", f"use a context from {MIN_NUM_CTX} to {MAX_NUM_CTX} tokens"
+            )
         return value
 
     @classmethod
@@ -157,8 +163,7 @@ class Options(BaseModel):
             raise BadInput(f"invalid options: {exc.errors()[0]['msg']}", _HINT) from None
 
     @classmethod
-    def merge(cls, base: Options | Mapping[str, Any] | None,
-              override: Options | Mapping[str, Any] | None) -> Options:
+    def merge(cls, base: Options | Mapping[str, Any] | None, override: Options | Mapping[str, Any] | None) -> Options:
         """`base` with every setting `override` gives replacing its own."""
         a, b = cls.parse(base), cls.parse(override)
         return cls(**{**(a.to_dict() if a else {}), **(b.to_dict() if b else {})})
@@ -170,8 +175,13 @@ class Options(BaseModel):
     def openai_params(self) -> dict[str, Any]:
         """The settings an OpenAI-compatible API takes, under its names (num_predict -> max_tokens)."""
         params: dict[str, Any] = {}
-        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
-                             ("num_predict", "max_tokens"), ("stop", "stop")):
+        for ours, theirs in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("seed", "seed"),
+            ("num_predict", "max_tokens"),
+            ("stop", "stop"),
+        ):
             value = getattr(self, ours)
             if value is not None:
                 params[theirs] = value

@@ -1,4 +1,5 @@
 """Where the course lives on disk: one answer for every module that needs the course folder."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ the cost-quality point of a router on measured data (lesson 06's curve, one poin
 Both work headless too: `Playground.send()` returns the `Result`, `ThresholdExplorer.point()`
 returns the numbers, so tests and papermill runs check the same logic the widgets show.
 """
+
 from __future__ import annotations
 
 import html
@@ -38,8 +39,10 @@ def _usd(value: float) -> str:
 def cost_line(price: ApiPrice, metrics: Metrics) -> str:
     """What this call would cost at `price` (and per million such calls); local has no fee."""
     usd = query_cost_api(price, metrics.prompt_tokens, metrics.output_tokens)
-    return (f"at {price.model} API prices: {_usd(usd)} per call, {_usd(usd * 1e6)} per million calls "
-            f"({metrics.prompt_tokens} in + {metrics.output_tokens} out tokens); here: no per-call fee")
+    return (
+        f"at {price.model} API prices: {_usd(usd)} per call, {_usd(usd * 1e6)} per million calls "
+        f"({metrics.prompt_tokens} in + {metrics.output_tokens} out tokens); here: no per-call fee"
+    )
 
 
 class Playground:
@@ -49,8 +52,16 @@ class Playground:
     temperature/seed from the sliders and `num_predict` = the max-tokens slider.
     """
 
-    def __init__(self, backend: Backend, *, model: str | None = None, prompt: str = START_PROMPT,
-                 max_tokens: int = 120, price_as: str | None = None, seed: int = 42) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        model: str | None = None,
+        prompt: str = START_PROMPT,
+        max_tokens: int = 120,
+        price_as: str | None = None,
+        seed: int = 42,
+    ) -> None:
         import ipywidgets as widgets
 
         from .connection import pick_model
@@ -66,17 +77,22 @@ class Playground:
 
         self.model = widgets.Dropdown(options=sorted(models), value=chosen, description="model")
         self.model.add_class("slm-model")
-        self.prompt = widgets.Textarea(value=prompt, placeholder="Ask the model something",
-                                       layout=widgets.Layout(width="100%", height="70px"))
+        self.prompt = widgets.Textarea(
+            value=prompt, placeholder="Ask the model something", layout=widgets.Layout(width="100%", height="70px")
+        )
         self.prompt.add_class("slm-prompt")
         wide = {"description_width": "initial"}
-        self.max_tokens = widgets.IntSlider(value=max_tokens, min=8, max=1024, step=8,
-                                            description="max tokens", style=wide)
-        self.temperature = widgets.FloatSlider(value=0.0, min=0.0, max=1.5, step=0.1,
-                                               description="temperature", style=wide)
+        self.max_tokens = widgets.IntSlider(
+            value=max_tokens, min=8, max=1024, step=8, description="max tokens", style=wide
+        )
+        self.temperature = widgets.FloatSlider(
+            value=0.0, min=0.0, max=1.5, step=0.1, description="temperature", style=wide
+        )
         self.price_model = widgets.Dropdown(
-            options=list(dict.fromkeys([self.price.model, *TABLE_MODELS])), value=self.price.model,
-            description="price as")
+            options=list(dict.fromkeys([self.price.model, *TABLE_MODELS])),
+            value=self.price.model,
+            description="price as",
+        )
         self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
         self.send_button.add_class("slm-send")
         self.output = widgets.HTML(layout=widgets.Layout(width="100%"))
@@ -88,19 +104,26 @@ class Playground:
 
         self.send_button.on_click(self._on_click)
         self.price_model.observe(self._on_price, names="value")
-        self.widget = widgets.VBox([
-            widgets.HBox([self.model, self.price_model]),
-            widgets.HBox([self.max_tokens, self.temperature]),
-            self.prompt, self.send_button, self.output, self.stats, self.cost,
-        ])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.model, self.price_model]),
+                widgets.HBox([self.max_tokens, self.temperature]),
+                self.prompt,
+                self.send_button,
+                self.output,
+                self.stats,
+                self.cost,
+            ]
+        )
         self.widget.add_class("slm-playground")
         self._render()
 
     # ---------------------------------------------------------------- drawing
     def _render(self, note: str = "") -> None:
         body = html.escape(self.answer) if self.answer else f"<i>{html.escape(note or 'Press Send.')}</i>"
-        self.output.value = (f'<div style="white-space: pre-wrap; border: 1px solid #ccc; padding: 6px; '
-                             f'min-height: 3em">{body}</div>')
+        self.output.value = (
+            f'<div style="white-space: pre-wrap; border: 1px solid #ccc; padding: 6px; min-height: 3em">{body}</div>'
+        )
 
     def _live(self, ttft: float | None, pieces: int, elapsed_since_first: float) -> str:
         rate = (pieces - 1) / elapsed_since_first if pieces > 1 and elapsed_since_first > 0 else None
@@ -111,9 +134,11 @@ class Playground:
         m = result.metrics
         tps = f"{m.decode_tps:.1f} tokens/s" if m.decode_tps else "- tokens/s"
         source = "engine's counters" if m.decode_source == "engine" else "client clock"
-        return (f"<b>{result.model}</b>: first token {_ms(m.ttft_s)} &nbsp;|&nbsp; <b>{tps}</b> "
-                f"({source}) &nbsp;|&nbsp; {m.output_tokens} tokens in {m.total_s:.2f} s"
-                f" &nbsp;|&nbsp; stopped: {result.done_reason}")
+        return (
+            f"<b>{result.model}</b>: first token {_ms(m.ttft_s)} &nbsp;|&nbsp; <b>{tps}</b> "
+            f"({source}) &nbsp;|&nbsp; {m.output_tokens} tokens in {m.total_s:.2f} s"
+            f" &nbsp;|&nbsp; stopped: {result.done_reason}"
+        )
 
     def _on_price(self, change: dict) -> None:
         self.price = api_price(change["new"])
@@ -123,8 +148,11 @@ class Playground:
     # ---------------------------------------------------------------- actions
     def options(self) -> dict[str, Any]:
         """The options the next call sends (Ollama names)."""
-        return {"temperature": float(self.temperature.value), "seed": self.seed,
-                "num_predict": int(self.max_tokens.value)}
+        return {
+            "temperature": float(self.temperature.value),
+            "seed": self.seed,
+            "num_predict": int(self.max_tokens.value),
+        }
 
     def send(self, prompt: str | None = None) -> Result:
         """Stream one answer into the widget and return it (what the Send button does)."""
@@ -135,7 +163,7 @@ class Playground:
         self.answer, self.last = "", None
         self.cost.value = ""
         self.stats.value = "waiting for the first token..."  # before the answer: a reader that sees
-        self._render("waiting for the first token...")       # a new answer never sees old stats
+        self._render("waiting for the first token...")  # a new answer never sees old stats
         t0 = time.perf_counter()
         ttft = t_first = None
         pieces = 0
@@ -156,8 +184,9 @@ class Playground:
             self.send_button.disabled = False
         if final is None:
             raise CourseError("the stream ended without its final piece", "press Send again")
-        self.last = Result(self.answer, final.model, final.backend, done=True,
-                           done_reason=final.done_reason, metrics=final.metrics)
+        self.last = Result(
+            self.answer, final.model, final.backend, done=True, done_reason=final.done_reason, metrics=final.metrics
+        )
         self._render("(the model returned no text)")
         self.stats.value = self._final(self.last)
         self.cost.value = cost_line(self.price, self.last.metrics)
@@ -168,8 +197,9 @@ class Playground:
         try:
             self.send()
         except CourseError as exc:
-            self.stats.value = (f'<span style="color: #bc4b51"><b>{html.escape(exc.message)}</b></span>'
-                                + (f"<br>-> {html.escape(exc.hint)}" if exc.hint else ""))
+            self.stats.value = f'<span style="color: #bc4b51"><b>{html.escape(exc.message)}</b></span>' + (
+                f"<br>-> {html.escape(exc.hint)}" if exc.hint else ""
+            )
             self._render("no answer")
 
     def _ipython_display_(self) -> None:
@@ -180,20 +210,26 @@ class Playground:
 
 # --------------------------------------------------------------------------- threshold explorer
 
+
 @dataclass(frozen=True)
 class TradeoffPoint:
     """Where a router with one threshold lands: share of large calls, quality, cost."""
 
     threshold: float
-    share_large: float   # 0..1 of the prompts sent to the large model
-    quality: float       # mean quality of the answers actually returned
-    cost_usd: float      # what those calls cost together
+    share_large: float  # 0..1 of the prompts sent to the large model
+    quality: float  # mean quality of the answers actually returned
+    cost_usd: float  # what those calls cost together
     cost_vs_large: float  # cost / the cost of sending everything to the large model
 
 
-def tradeoff_point(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
-                   cost_small: Sequence[float], cost_large: Sequence[float],
-                   threshold: float) -> TradeoffPoint:
+def tradeoff_point(
+    q_small: Sequence[float],
+    q_large: Sequence[float],
+    scores: Sequence[float],
+    cost_small: Sequence[float],
+    cost_large: Sequence[float],
+    threshold: float,
+) -> TradeoffPoint:
     """Send a prompt to the large model when its score >= threshold; what that gives.
 
     Scores mean "how much this prompt needs the large model" (lesson 06's convention).
@@ -201,14 +237,17 @@ def tradeoff_point(q_small: Sequence[float], q_large: Sequence[float], scores: S
     arrays = [np.asarray(a, dtype=float) for a in (q_small, q_large, scores, cost_small, cost_large)]
     qs, ql, sc, cs, cl = arrays
     if qs.ndim != 1 or len(qs) == 0 or any(a.shape != qs.shape for a in arrays):
-        raise BadInput(f"need five equal-length non-empty lists, got shapes {[a.shape for a in arrays]}",
-                       "one small quality, large quality, score, small cost and large cost per prompt")
+        raise BadInput(
+            f"need five equal-length non-empty lists, got shapes {[a.shape for a in arrays]}",
+            "one small quality, large quality, score, small cost and large cost per prompt",
+        )
     if cl.sum() <= 0:
         raise BadInput("the large model's costs add up to 0", "price the large calls first (genai-prices)")
     large = sc >= threshold
     cost = float(np.where(large, cl, cs).sum())
-    return TradeoffPoint(float(threshold), float(large.mean()), float(np.where(large, ql, qs).mean()),
-                         cost, cost / float(cl.sum()))
+    return TradeoffPoint(
+        float(threshold), float(large.mean()), float(np.where(large, ql, qs).mean()), cost, cost / float(cl.sum())
+    )
 
 
 class ThresholdExplorer:
@@ -218,9 +257,17 @@ class ThresholdExplorer:
     router between all-small and all-large; the big dot the slider's threshold.
     """
 
-    def __init__(self, q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
-                 cost_small: Sequence[float], cost_large: Sequence[float], *,
-                 score_name: str = "router score", threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        q_small: Sequence[float],
+        q_large: Sequence[float],
+        scores: Sequence[float],
+        cost_small: Sequence[float],
+        cost_large: Sequence[float],
+        *,
+        score_name: str = "router score",
+        threshold: float | None = None,
+    ) -> None:
         import ipywidgets as widgets
 
         self.data = tuple(np.asarray(a, dtype=float) for a in (q_small, q_large, scores, cost_small, cost_large))
@@ -233,11 +280,23 @@ class ThresholdExplorer:
         self.score_name = score_name
         start = self.thresholds[len(self.thresholds) // 2] if threshold is None else threshold
         if self.integer:
-            self.slider = widgets.IntSlider(value=int(start), min=int(sc.min()), max=int(top), step=1,
-                                            description="threshold", continuous_update=False)
+            self.slider = widgets.IntSlider(
+                value=int(start),
+                min=int(sc.min()),
+                max=int(top),
+                step=1,
+                description="threshold",
+                continuous_update=False,
+            )
         else:
-            self.slider = widgets.FloatSlider(value=float(start), min=float(sc.min()), max=top, step=step,
-                                              description="threshold", continuous_update=False)
+            self.slider = widgets.FloatSlider(
+                value=float(start),
+                min=float(sc.min()),
+                max=top,
+                step=step,
+                description="threshold",
+                continuous_update=False,
+            )
         self.slider.add_class("slm-threshold")
         self.image = widgets.Image(format="png")
         self.caption = widgets.HTML()
@@ -262,14 +321,32 @@ class ThresholdExplorer:
         fig = Figure(figsize=(5.5, 3.4), dpi=80)
         ax = fig.subplots()
         pts = self.curve()
-        ax.plot([p.cost_vs_large * 100 for p in pts], [p.quality for p in pts], "o-", color="#999999",
-                ms=4, label=f"router ({self.score_name})")
+        ax.plot(
+            [p.cost_vs_large * 100 for p in pts],
+            [p.quality for p in pts],
+            "o-",
+            color="#999999",
+            ms=4,
+            label=f"router ({self.score_name})",
+        )
         ends = [pts[-1], pts[0]]  # all small, all large
-        ax.plot([p.cost_vs_large * 100 for p in ends], [p.quality for p in ends], "--", color="grey",
-                lw=1, label="random router")
+        ax.plot(
+            [p.cost_vs_large * 100 for p in ends],
+            [p.quality for p in ends],
+            "--",
+            color="grey",
+            lw=1,
+            label="random router",
+        )
         here = self.point()
-        ax.plot([here.cost_vs_large * 100], [here.quality], "o", color="#bc4b51", ms=11,
-                label=f"threshold {self.slider.value:g}")
+        ax.plot(
+            [here.cost_vs_large * 100],
+            [here.quality],
+            "o",
+            color="#bc4b51",
+            ms=11,
+            label=f"threshold {self.slider.value:g}",
+        )
         ax.set_xlabel("cost (% of sending everything to the large model)")
         ax.set_ylabel("quality (share correct)")
         ax.set_xlim(-5, 105)
@@ -288,8 +365,13 @@ class ThresholdExplorer:
             f"threshold <b>{self.slider.value:g}</b>: {round(p.share_large * n)} of {n} prompts to the "
             f"large model ({p.share_large:.0%}) &nbsp;|&nbsp; quality <b>{p.quality:.2f}</b> &nbsp;|&nbsp; "
             f"cost <b>{p.cost_vs_large:.0%}</b> of always-large"
-            + ("<br><i>Both tiers gave the same answers here, so quality cannot move: set "
-               "OPENAI_API_KEY or pull a bigger model to see the trade-off.</i>" if same else ""))
+            + (
+                "<br><i>Both tiers gave the same answers here, so quality cannot move: set "
+                "OPENAI_API_KEY or pull a bigger model to see the trade-off.</i>"
+                if same
+                else ""
+            )
+        )
         self.image.value = figure_png(self.figure())
 
     def _ipython_display_(self) -> None:
@@ -298,8 +380,9 @@ class ThresholdExplorer:
         display(self.widget)
 
 
-def explorer_from_records(small_records: Sequence[Any], large_records: Sequence[Any], price: ApiPrice,
-                          *, small_usd_per_mtok: float = 0.0) -> ThresholdExplorer:
+def explorer_from_records(
+    small_records: Sequence[Any], large_records: Sequence[Any], price: ApiPrice, *, small_usd_per_mtok: float = 0.0
+) -> ThresholdExplorer:
     """A ThresholdExplorer on two eval runs (helpers.evals.run_eval) of the same tasks.
 
     Scores are the heuristic's complexity counts (threshold 1 = the article's is_simple_task);
@@ -309,13 +392,15 @@ def explorer_from_records(small_records: Sequence[Any], large_records: Sequence[
     from .routing import heuristic_scores
 
     large_by_id = {r.task_id: r for r in large_records if r.correct is not None}
-    pairs = [(s, large_by_id[s.task_id]) for s in small_records
-             if s.correct is not None and s.task_id in large_by_id]
+    pairs = [(s, large_by_id[s.task_id]) for s in small_records if s.correct is not None and s.task_id in large_by_id]
     if not pairs:
         raise BadInput("no task was scored in both runs", "run both tiers on the same checkable tasks")
     return ThresholdExplorer(
-        [float(s.correct) for s, _ in pairs], [float(big.correct) for _, big in pairs],
+        [float(s.correct) for s, _ in pairs],
+        [float(big.correct) for _, big in pairs],
         heuristic_scores([s.prompt for s, _ in pairs]),
         [(s.prompt_tokens + s.output_tokens) * small_usd_per_mtok / 1e6 for s, _ in pairs],
         [query_cost_api(price, big.prompt_tokens, big.output_tokens) for _, big in pairs],
-        score_name="complexity signals", threshold=1)
+        score_name="complexity signals",
+        threshold=1,
+    )

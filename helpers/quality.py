@@ -6,6 +6,7 @@ saves it under `runs/`; lesson 06 reloads it to draw RouteLLM-style cost-quality
 Everything copes with the case CI always has: both tiers are the same model, so the quality
 gap is zero and PGR is undefined (NaN here, never a crash).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,16 @@ EXPLAIN_MIN_WORDS = 6  # an answer with fewer words (numbers aside) gives no exp
 
 # ---------------------------------------------------------------------------- the two tiers
 
+
 @dataclass
 class LargeChoice:
     """The large tier of a comparison: where it runs, what it is, what its calls would cost."""
 
     backend: Backend
     model: str
-    local_stand_in: bool        # a local model standing in for an API model
-    same_as_small: bool         # the very model the small tier uses: no quality gap possible
-    price: ApiPrice | None      # API price used for its calls (of the model it stands in for)
+    local_stand_in: bool  # a local model standing in for an API model
+    same_as_small: bool  # the very model the small tier uses: no quality gap possible
+    price: ApiPrice | None  # API price used for its calls (of the model it stands in for)
     price_note: str
 
 
@@ -63,8 +65,9 @@ def _price(model: str) -> tuple[ApiPrice | None, str]:
     return price, f"{price.provider}/{price.model} from {price.source}"
 
 
-def choose_large(backend: Backend, small: str, large_model: str = "", *, probe: bool = True,
-                 verbose: bool = True) -> LargeChoice:
+def choose_large(
+    backend: Backend, small: str, large_model: str = "", *, probe: bool = True, verbose: bool = True
+) -> LargeChoice:
     """The large tier: `large_model` from the small tier's server when it has it, else
     `connect_large` (the API model when a key is set, else the biggest local model).
 
@@ -94,8 +97,10 @@ def choose_large(backend: Backend, small: str, large_model: str = "", *, probe: 
             large_backend.generate(model, "Say OK.", options={"num_predict": 4, "temperature": 0})
         except CourseError as exc:
             if verbose:
-                print(f"The large tier does not answer: {exc.message}\n  -> {exc.hint}\n"
-                      f"Using {small} for both tiers instead.")
+                print(
+                    f"The large tier does not answer: {exc.message}\n  -> {exc.hint}\n"
+                    f"Using {small} for both tiers instead."
+                )
             return choose_large(backend, small, small, probe=False, verbose=verbose)
     price, note = _price(api_model if local else model)
     if local:
@@ -103,17 +108,21 @@ def choose_large(backend: Backend, small: str, large_model: str = "", *, probe: 
     if verbose:
         print("Large calls: " + note)
         if same:
-            print(f"NOTE: the large tier is the small model itself ({small}). Both tiers give the same "
-                  "answers, so no router can gain quality here; the curves below stay flat.\n"
-                  "  For a real comparison set OPENAI_API_KEY (in .env), or pull a bigger model "
-                  "(e.g. `ollama pull llama3.2:3b`) and set LARGE_MODEL to it.")
+            print(
+                f"NOTE: the large tier is the small model itself ({small}). Both tiers give the same "
+                "answers, so no router can gain quality here; the curves below stay flat.\n"
+                "  For a real comparison set OPENAI_API_KEY (in .env), or pull a bigger model "
+                "(e.g. `ollama pull llama3.2:3b`) and set LARGE_MODEL to it."
+            )
     return LargeChoice(large_backend, model, local, same, price, note)
 
 
 #: The offline pairs, best first (docs/offline-pair.md has the measurement that chose them): the
 #: 0.5B is small and the 1.5B large where both are installed; else the bundled SmolLM2 and the 0.5B.
-OFFLINE_PAIRS: tuple[tuple[str, str], ...] = (("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"),
-                                              ("smollm2:135m", "qwen2.5-coder:0.5b"))
+OFFLINE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b"),
+    ("smollm2:135m", "qwen2.5-coder:0.5b"),
+)
 
 
 def offline_pair(backend: Backend) -> tuple[str, str] | None:
@@ -121,8 +130,9 @@ def offline_pair(backend: Backend) -> tuple[str, str] | None:
     return next(((s, g) for s, g in OFFLINE_PAIRS if backend.has_model(s) and backend.has_model(g)), None)
 
 
-def choose_pair(backend: Backend, small_model: str = "", large_model: str = "", *, probe: bool = True,
-                verbose: bool = True) -> tuple[str, LargeChoice]:
+def choose_pair(
+    backend: Backend, small_model: str = "", large_model: str = "", *, probe: bool = True, verbose: bool = True
+) -> tuple[str, LargeChoice]:
     """The two tiers of a comparison: (small model name, LargeChoice).
 
     Asked-for models win (`small_model`, `large_model`, SLM_SMALL_MODEL, an API key for the large
@@ -140,8 +150,10 @@ def choose_pair(backend: Backend, small_model: str = "", large_model: str = "", 
         best = pick_model(backend, verbose=False)
         if best in (BUNDLED_MODEL, *OFFLINE_MODELS):
             if verbose:
-                print(f"The offline pair: small = {pair[0]}, large = {pair[1]} (chosen by measurement: "
-                      "docs/offline-pair.md).")
+                print(
+                    f"The offline pair: small = {pair[0]}, large = {pair[1]} (chosen by measurement: "
+                    "docs/offline-pair.md)."
+                )
             return pair[0], choose_large(backend, pair[0], pair[1], probe=probe, verbose=verbose)
     small = pick_model(backend, small_model, verbose=verbose)
     return small, choose_large(backend, small, large_model, probe=probe, verbose=verbose)
@@ -149,14 +161,17 @@ def choose_pair(backend: Backend, small_model: str = "", large_model: str = "", 
 
 # ---------------------------------------------------------------------------- the judge
 
-JUDGE_HINT = ("set SLM_JUDGE_MODEL (in .env, or JUDGE_MODEL in the lesson) to a model your Ollama has - "
-              "ideally bigger than the models it judges, e.g. `ollama pull llama3.2:3b` and "
-              "SLM_JUDGE_MODEL=llama3.2:3b - or to the large API model (e.g. gpt-4o-mini, with "
-              "OPENAI_API_KEY set)")
+JUDGE_HINT = (
+    "set SLM_JUDGE_MODEL (in .env, or JUDGE_MODEL in the lesson) to a model your Ollama has - "
+    "ideally bigger than the models it judges, e.g. `ollama pull llama3.2:3b` and "
+    "SLM_JUDGE_MODEL=llama3.2:3b - or to the large API model (e.g. gpt-4o-mini, with "
+    "OPENAI_API_KEY set)"
+)
 
 
-def choose_judge(backend: Backend, judge_model: str = "", *, small: str = "", large: LargeChoice | None = None,
-                 verbose: bool = True) -> ModelJudge | None:
+def choose_judge(
+    backend: Backend, judge_model: str = "", *, small: str = "", large: LargeChoice | None = None, verbose: bool = True
+) -> ModelJudge | None:
     """The judge for open prompts: `judge_model`, else SLM_JUDGE_MODEL; None when neither is set.
 
     It runs on `backend` (the small tier's server) when that has the model, else on the large
@@ -178,25 +193,31 @@ def choose_judge(backend: Backend, judge_model: str = "", *, small: str = "", la
         try:
             large.backend.generate(name, "Say OK.", options={"num_predict": 4, "temperature": 0})
         except CourseError as exc:
-            raise ModelNotFound(f"the judge model {name} is not on {backend.describe()}, and "
-                                f"{large.backend.describe()} did not answer for it: {exc.message}",
-                                f"{pull_hint(name)}; or {JUDGE_HINT}") from exc
+            raise ModelNotFound(
+                f"the judge model {name} is not on {backend.describe()}, and "
+                f"{large.backend.describe()} did not answer for it: {exc.message}",
+                f"{pull_hint(name)}; or {JUDGE_HINT}",
+            ) from exc
         where = large.backend
     else:
-        raise ModelNotFound(f"the judge model {name} is not on {backend.describe()}",
-                            f"{pull_hint(name)}; or {JUDGE_HINT}")
+        raise ModelNotFound(
+            f"the judge model {name} is not on {backend.describe()}", f"{pull_hint(name)}; or {JUDGE_HINT}"
+        )
     if verbose:
         print(f"Judge: {name} ({where.describe()}).")
         graded = (("small", small), ("large", large.model if large is not None else ""))
         own = [tier for tier, model in graded if model and _base(model) == _base(name)]
         if own:
-            print(f"NOTE: the judge is also the {' and '.join(own)} model, so it grades its own answers; "
-                  "judges tend to favour their own (self-enhancement bias, Zheng et al. 2023, "
-                  "arXiv 2306.05685).")
+            print(
+                f"NOTE: the judge is also the {' and '.join(own)} model, so it grades its own answers; "
+                "judges tend to favour their own (self-enhancement bias, Zheng et al. 2023, "
+                "arXiv 2306.05685)."
+            )
     return ModelJudge(where, name)
 
 
 # ---------------------------------------------------------------------------- tasks
+
 
 def sample_by_category(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Task]:
     """`n` tasks spread evenly over categories (round-robin in a seeded order), so a small
@@ -218,31 +239,55 @@ def sample_by_category(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Tas
 
 # ---------------------------------------------------------------------------- paired runs
 
+
 def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_set: str) -> pd.DataFrame:
     """One row per task with both tiers' answers side by side (`small_*` and `large_*` columns)."""
     by_id = {r.task_id: r for r in large}
     missing = [r.task_id for r in small if r.task_id not in by_id]
     if missing:
-        raise BadInput(f"{len(missing)} tasks have no large-tier answer (e.g. {missing[0]})",
-                       "run both tiers on the same task list")
+        raise BadInput(
+            f"{len(missing)} tasks have no large-tier answer (e.g. {missing[0]})",
+            "run both tiers on the same task list",
+        )
     rows = []
     for s in small:
         g = by_id[s.task_id]
-        row = {"task_id": s.task_id, "eval_set": eval_set, "category": s.category,
-               "difficulty": s.difficulty, "kind": s.kind, "prompt": s.prompt}
+        row = {
+            "task_id": s.task_id,
+            "eval_set": eval_set,
+            "category": s.category,
+            "difficulty": s.difficulty,
+            "kind": s.kind,
+            "prompt": s.prompt,
+        }
         for tier, r in (("small", s), ("large", g)):
-            row.update({f"{tier}_model": r.model, f"{tier}_correct": r.correct,
-                        f"{tier}_latency_s": r.latency_s, f"{tier}_prompt_tokens": r.prompt_tokens,
-                        f"{tier}_output_tokens": r.output_tokens, f"{tier}_done_reason": r.done_reason,
-                        f"{tier}_text": r.text, f"{tier}_judge_score": r.judge_score,
-                        f"{tier}_judge_text": r.judge_text})
+            row.update(
+                {
+                    f"{tier}_model": r.model,
+                    f"{tier}_correct": r.correct,
+                    f"{tier}_latency_s": r.latency_s,
+                    f"{tier}_prompt_tokens": r.prompt_tokens,
+                    f"{tier}_output_tokens": r.output_tokens,
+                    f"{tier}_done_reason": r.done_reason,
+                    f"{tier}_text": r.text,
+                    f"{tier}_judge_score": r.judge_score,
+                    f"{tier}_judge_text": r.judge_text,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapping[str, Sequence[Task]],
-               *, options: Options | dict | None = None, progress: bool = True,
-               judge: Callable[[str], Any] | None = None) -> pd.DataFrame:
+def run_paired(
+    backend: Backend,
+    small: str,
+    large: LargeChoice,
+    task_sets: Mapping[str, Sequence[Task]],
+    *,
+    options: Options | dict | None = None,
+    progress: bool = True,
+    judge: Callable[[str], Any] | None = None,
+) -> pd.DataFrame:
     """Ask both tiers every task of every set (`run_eval`) and return the paired frame. The two
     tiers run at the same time (each `run_eval` a few calls at a time), so a machine with a core per
     model, or a local and a remote tier, answers both in about the time of the slower one.
@@ -260,14 +305,17 @@ def run_paired(backend: Backend, small: str, large: LargeChoice, task_sets: Mapp
         if not tasks:
             continue
         if large.same_as_small:
-            small_records = large_records = run_eval(backend, small, tasks, options=options, progress=progress,
-                                                     judge=judge)
+            small_records = large_records = run_eval(
+                backend, small, tasks, options=options, progress=progress, judge=judge
+            )
         else:  # both tiers at once: two models on two cores (or two servers) answer side by side
             with ThreadPoolExecutor(max_workers=2) as pool:
-                small_run = pool.submit(run_eval, backend, small, tasks, options=options, progress=progress,
-                                        judge=judge)
-                large_run = pool.submit(run_eval, large.backend, large.model, tasks, options=options,
-                                        progress=progress, judge=judge)
+                small_run = pool.submit(
+                    run_eval, backend, small, tasks, options=options, progress=progress, judge=judge
+                )
+                large_run = pool.submit(
+                    run_eval, large.backend, large.model, tasks, options=options, progress=progress, judge=judge
+                )
                 small_records, large_records = small_run.result(), large_run.result()
         frames.append(paired_frame(small_records, large_records, name))
     if not frames:
@@ -289,8 +337,13 @@ def save_run(frame: pd.DataFrame, folder: str | Path, small: str, large: str, **
     path = run_file(folder, small, large)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
-    info = {"small": small, "large": large, "rows": len(frame),
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
+    info = {
+        "small": small,
+        "large": large,
+        "rows": len(frame),
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+    }
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     return path
 
@@ -315,6 +368,7 @@ def _read_run(path: Path) -> tuple[pd.DataFrame, dict]:
 
 # ---------------------------------------------------------------------------- accuracy
 
+
 def tier_accuracy(frame: pd.DataFrame, by: str = "category") -> pd.DataFrame:
     """Accuracy of each tier per group (plus "(all)") with Wilson 95% intervals; unscored
     answers are left out of n. The tiers are told apart by column, so this also works when
@@ -329,8 +383,14 @@ def tier_accuracy(frame: pd.DataFrame, by: str = "category") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_tier_accuracy(table: pd.DataFrame, by: str = "category", *, labels: Mapping[str, str] | None = None,
-                       ax=None, title: str = "Accuracy per category (95% Wilson intervals)"):
+def plot_tier_accuracy(
+    table: pd.DataFrame,
+    by: str = "category",
+    *,
+    labels: Mapping[str, str] | None = None,
+    ax=None,
+    title: str = "Accuracy per category (95% Wilson intervals)",
+):
     """Bars of accuracy per group for both tiers, with the confidence intervals as error bars."""
     import matplotlib.pyplot as plt
 
@@ -342,12 +402,17 @@ def plot_tier_accuracy(table: pd.DataFrame, by: str = "category", *, labels: Map
         x = np.arange(len(groups)) + (i - 0.5) * width
         acc = t["accuracy"].fillna(0).to_numpy()
         err = np.vstack([(t["accuracy"] - t["ci_low"]).fillna(0), (t["ci_high"] - t["accuracy"]).fillna(0)])
-        ax.bar(x, acc, width, color=colour, label=(labels or {}).get(tier, tier),
-               yerr=np.clip(err, 0, None), capsize=3)
+        ax.bar(x, acc, width, color=colour, label=(labels or {}).get(tier, tier), yerr=np.clip(err, 0, None), capsize=3)
     ax.set_xticks(np.arange(len(groups)))
-    ax.set_xticklabels([f"{g}\n(n={int(n)})" for g, n in
-                        zip(groups, table[table["tier"] == "small"].set_index(by).reindex(groups)["n"])],
-                       rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [
+            f"{g}\n(n={int(n)})"
+            for g, n in zip(groups, table[table["tier"] == "small"].set_index(by).reindex(groups)["n"])
+        ],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share correct")
     ax.set_title(title)
@@ -380,6 +445,7 @@ def paired_counts(frame: pd.DataFrame) -> Paired:
 
 
 # ---------------------------------------------------------------------------- the seed's two claims
+
 
 def code_failure(text: str, task: Task, done_reason: str | None = None, *, timeout_s: float = 10.0) -> str:
     """Why a code answer fails its unit tests, in one word or phrase: "passed", "no code",
@@ -415,14 +481,23 @@ def is_bare_answer(text: str, min_words: int = EXPLAIN_MIN_WORDS) -> bool:
 
 # ---------------------------------------------------------------------------- routing curves
 
+
 def quality_gap(q_small: Sequence[float], q_large: Sequence[float]) -> float:
     """Mean large-tier quality minus mean small-tier quality: what a router can recover."""
     return float(np.mean(np.asarray(q_large, dtype=float)) - np.mean(np.asarray(q_small, dtype=float)))
 
 
-def plot_quality_curves(curves: pd.DataFrame, *, q_small: float, q_large: float,
-                        cost_small: float | None = None, cost_large: float | None = None,
-                        mark_share: float | None = 0.2, ax=None, title: str = "Quality against large-model calls"):
+def plot_quality_curves(
+    curves: pd.DataFrame,
+    *,
+    q_small: float,
+    q_large: float,
+    cost_small: float | None = None,
+    cost_large: float | None = None,
+    mark_share: float | None = 0.2,
+    ax=None,
+    title: str = "Quality against large-model calls",
+):
     """Quality vs % of calls to the large model for every router in `curves`; random dashed,
     oracle dotted; a top axis in USD per 1,000 queries when costs are given."""
     import matplotlib.pyplot as plt
@@ -430,9 +505,14 @@ def plot_quality_curves(curves: pd.DataFrame, *, q_small: float, q_large: float,
     ax = ax or plt.subplots(figsize=(7, 4.2))[1]
     styles = {"random": dict(ls="--", color="grey"), "oracle": dict(ls=":", color="green")}
     for name, d in curves.groupby("router", sort=False):
-        ax.plot(d["share"] * 100, d["quality"], marker="" if name in styles else "o", ms=4,
-                label=name if name not in styles else f"{name} (baseline)" if name == "random"
-                else "oracle (upper bound)", **styles.get(name, {}))
+        ax.plot(
+            d["share"] * 100,
+            d["quality"],
+            marker="" if name in styles else "o",
+            ms=4,
+            label=name if name not in styles else f"{name} (baseline)" if name == "random" else "oracle (upper bound)",
+            **styles.get(name, {}),
+        )
     ax.axhline(q_small, color="#5b8e7d", lw=0.8, alpha=0.6)
     ax.axhline(q_large, color="#f4a259", lw=0.8, alpha=0.6)
     if mark_share is not None:
@@ -444,16 +524,22 @@ def plot_quality_curves(curves: pd.DataFrame, *, q_small: float, q_large: float,
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     if cost_small is not None and cost_large:
-        top = ax.secondary_xaxis("top", functions=(
-            lambda pct: 1000 * (pct / 100 * cost_large + (1 - pct / 100) * cost_small),
-            lambda usd: 100 * (usd / 1000 - cost_small) / (cost_large - cost_small)
-            if cost_large != cost_small else usd * 0))
+        top = ax.secondary_xaxis(
+            "top",
+            functions=(
+                lambda pct: 1000 * (pct / 100 * cost_large + (1 - pct / 100) * cost_small),
+                lambda usd: (
+                    100 * (usd / 1000 - cost_small) / (cost_large - cost_small) if cost_large != cost_small else usd * 0
+                ),
+            ),
+        )
         top.set_xlabel("USD per 1,000 queries (what it would cost)")
     return ax
 
 
-def operating_point(q_small: Sequence[float], q_large: Sequence[float],
-                    to_large: Sequence[bool]) -> tuple[float, float]:
+def operating_point(
+    q_small: Sequence[float], q_large: Sequence[float], to_large: Sequence[bool]
+) -> tuple[float, float]:
     """(share sent large, mean quality) of a yes/no router such as `not is_simple_task`."""
     qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
     big = np.asarray(to_large, dtype=bool)
@@ -462,8 +548,14 @@ def operating_point(q_small: Sequence[float], q_large: Sequence[float],
     return float(big.mean()), float(np.where(big, ql, qs).mean())
 
 
-def out_of_fold_scores(prompts: Sequence[str], small_correct: Sequence[float], large_correct: Sequence[float],
-                       *, folds: int = 5, seed: int = 0) -> np.ndarray:
+def out_of_fold_scores(
+    prompts: Sequence[str],
+    small_correct: Sequence[float],
+    large_correct: Sequence[float],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
     """Large-model scores of a `LearnedRouter`, each prompt scored by a router that never saw it
     (stratified k-fold), so the curve is not the training data read back.
 
@@ -474,10 +566,12 @@ def out_of_fold_scores(prompts: Sequence[str], small_correct: Sequence[float], l
     y = (qs >= ql).astype(int)
     minority = int(min(y.sum(), len(y) - y.sum()))
     if minority < 2:
-        raise BadInput(f"only {minority} of {len(y)} prompts are in the rarer class "
-                       f"({int(y.sum())} 'small enough', {len(y) - int(y.sum())} 'needs large')",
-                       "a router needs both kinds of prompt to learn from: compare two different models "
-                       "on more, and harder, prompts")
+        raise BadInput(
+            f"only {minority} of {len(y)} prompts are in the rarer class "
+            f"({int(y.sum())} 'small enough', {len(y) - int(y.sum())} 'needs large')",
+            "a router needs both kinds of prompt to learn from: compare two different models "
+            "on more, and harder, prompts",
+        )
     out = np.zeros(len(y))
     splitter = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
     for train, test in splitter.split(np.zeros(len(y)), y):
@@ -486,8 +580,7 @@ def out_of_fold_scores(prompts: Sequence[str], small_correct: Sequence[float], l
     return out
 
 
-def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None,
-                    local: LocalAssumptions) -> tuple[float, float]:
+def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None, local: LocalAssumptions) -> tuple[float, float]:
     """(small, large) USD per query, averaged over the run: the small tier's local energy and
     hardware for the measured seconds, the large tier's API price of its measured tokens."""
     seconds = frame["small_latency_s"].sum()
@@ -496,8 +589,14 @@ def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None,
     small = float(np.mean([sum(run.cost_per_query(0, int(t))) for t in frame["small_output_tokens"]]))
     if price is None:
         return small, math.nan
-    large = float(np.mean([query_cost_api(price, int(i), int(o)) for i, o in
-                           zip(frame["large_prompt_tokens"], frame["large_output_tokens"])]))
+    large = float(
+        np.mean(
+            [
+                query_cost_api(price, int(i), int(o))
+                for i, o in zip(frame["large_prompt_tokens"], frame["large_output_tokens"])
+            ]
+        )
+    )
     return small, large
 
 

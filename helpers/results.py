@@ -1,4 +1,5 @@
 """Typed results shared by every backend: the text plus normalised speed metrics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

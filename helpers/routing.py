@@ -17,6 +17,7 @@ All of them read one curve, `quality_curves` (quality and PGR per router and sha
 Convention: router *scores* passed to the metrics mean "how much this prompt needs the
 large model" (higher -> large), like RouteLLM's strong-model win rate.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -39,23 +40,49 @@ LONG_PROMPT_WORDS = 120
 
 # Phrases that signal reasoning, as the article's sketch suggests (matched as whole words).
 COMPLEX_KEYWORDS = (
-    "explain why", "why does", "why do", "why is", "prove", "proof", "step by step",
-    "analyze", "analyse", "analysis", "compare", "derive", "justify", "evaluate", "critique",
-    "design", "debug", "optimize", "optimise", "trade-off", "trade-offs", "tradeoff",
-    "implement", "algorithm", "strategy",
+    "explain why",
+    "why does",
+    "why do",
+    "why is",
+    "prove",
+    "proof",
+    "step by step",
+    "analyze",
+    "analyse",
+    "analysis",
+    "compare",
+    "derive",
+    "justify",
+    "evaluate",
+    "critique",
+    "design",
+    "debug",
+    "optimize",
+    "optimise",
+    "trade-off",
+    "trade-offs",
+    "tradeoff",
+    "implement",
+    "algorithm",
+    "strategy",
 )
 _KEYWORD_RES = [(k, re.compile(rf"\b{re.escape(k)}\b")) for k in COMPLEX_KEYWORDS]  # once, not per prompt
 _CODE_RE = re.compile(
     r"```|(?-i:^\s*(?:def|class|import|from)\s+\w)|\bfunction\s*\w*\s*\(|[{};]\s*$|"
     r"\b(?:python|javascript|typescript|java|c\+\+|rust|sql|regex|code|function|script|"
-    r"program|bug|compile|stack trace)\b", re.I | re.M)
+    r"program|bug|compile|stack trace)\b",
+    re.I | re.M,
+)
 _MATH_RE = re.compile(
     r"\d\s*(?:[-+*/x×÷^%]|times|plus|minus|divided by)\s*\(?\d|\d\s*%|\b(?:calculate|compute|solve|equation|integral|"
-    r"derivative|how many|how much|sum of|product of|percent|average)\b", re.I)
+    r"derivative|how many|how much|sum of|product of|percent|average)\b",
+    re.I,
+)
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)?")
 
 
 # ---------------------------------------------------------------------------- heuristic router
+
 
 def task_features(prompt: str, *, max_words: int = LONG_PROMPT_WORDS) -> dict[str, Any]:
     """What the heuristic router looks at, and `reasons` it would call the prompt complex."""
@@ -76,10 +103,17 @@ def task_features(prompt: str, *, max_words: int = LONG_PROMPT_WORDS) -> dict[st
     if math_:
         reasons.append("maths")
     return {
-        "words": words, "chars": len(prompt), "lines": prompt.count("\n") + 1,
-        "numbers": len(_NUMBER_RE.findall(prompt)), "questions": prompt.count("?"),
-        "keywords": keywords, "code": code, "math": math_, "long": words > max_words,
-        "reasons": reasons, "complexity": len(reasons),
+        "words": words,
+        "chars": len(prompt),
+        "lines": prompt.count("\n") + 1,
+        "numbers": len(_NUMBER_RE.findall(prompt)),
+        "questions": prompt.count("?"),
+        "keywords": keywords,
+        "code": code,
+        "math": math_,
+        "long": words > max_words,
+        "reasons": reasons,
+        "complexity": len(reasons),
     }
 
 
@@ -101,6 +135,7 @@ def heuristic_scores(prompts: Iterable[str]) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- learned router
 
+
 @dataclass
 class RoutingExample:
     """A prompt with the quality each model reached on it (0/1, or a float such as a rating)."""
@@ -115,8 +150,7 @@ def _as_example(item: Any) -> RoutingExample:
     if isinstance(item, RoutingExample):
         return item
     if isinstance(item, dict):
-        return RoutingExample(item["prompt"], item["small_correct"], item["large_correct"],
-                              item.get("category", ""))
+        return RoutingExample(item["prompt"], item["small_correct"], item["large_correct"], item.get("category", ""))
     prompt, small, large = item[:3]
     return RoutingExample(prompt, small, large)
 
@@ -134,8 +168,7 @@ class LearnedRouter:
     (both right, both wrong, or only the small one right). Train on recorded evals.
     """
 
-    def __init__(self, *, C: float = 1.0, ngram_range: tuple[int, int] = (1, 2),
-                 threshold: float = 0.5) -> None:
+    def __init__(self, *, C: float = 1.0, ngram_range: tuple[int, int] = (1, 2), threshold: float = 0.5) -> None:
         self.C = C
         self.ngram_range = ngram_range
         self.threshold = threshold  # route() sends a prompt small when P(small enough) >= this
@@ -153,10 +186,15 @@ class LearnedRouter:
             raise BadInput(
                 f"need prompts where the small model was enough and prompts where it was not "
                 f"(got {len(data)} examples, {int(y.sum())} 'small enough')",
-                "record both models on a mixed prompt set (easy and hard) with run_eval first")
+                "record both models on a mixed prompt set (easy and hard) with run_eval first",
+            )
         self.pipeline = make_pipeline(
-            TfidfVectorizer(preprocessor=_normalise_text, ngram_range=self.ngram_range,
-                            token_pattern=r"(?u)\b\w+\b|[^\w\s]", sublinear_tf=True),
+            TfidfVectorizer(
+                preprocessor=_normalise_text,
+                ngram_range=self.ngram_range,
+                token_pattern=r"(?u)\b\w+\b|[^\w\s]",
+                sublinear_tf=True,
+            ),
             LogisticRegression(C=self.C, max_iter=2000),
         )
         self.pipeline.fit([e.prompt for e in data], y)
@@ -177,7 +215,7 @@ class LearnedRouter:
         return 1.0 - self.scores(prompts)
 
     def route(self, prompt: str, threshold: float | None = None) -> str:
-        """"small" when P(small enough) >= threshold (default: self.threshold), else "large"."""
+        """ "small" when P(small enough) >= threshold (default: self.threshold), else "large"."""
         limit = self.threshold if threshold is None else threshold
         return "small" if self.score(prompt) >= limit else "large"
 
@@ -203,19 +241,23 @@ def oracle_router(q_small: Sequence[float], q_large: Sequence[float]) -> np.ndar
 
 # ---------------------------------------------------------------------------- metrics
 
+
 def _arrays(q_small, q_large, scores=None):
     qs, ql = np.asarray(q_small, dtype=float), np.asarray(q_large, dtype=float)
     arrays = [qs, ql] + ([np.asarray(scores, dtype=float)] if scores is not None else [])
     if qs.ndim != 1 or len(qs) == 0 or any(a.shape != qs.shape for a in arrays):
-        raise BadInput(f"need equal-length, non-empty 1-D arrays, got shapes {[a.shape for a in arrays]}",
-                       "pass one small quality, one large quality and one score per prompt")
+        raise BadInput(
+            f"need equal-length, non-empty 1-D arrays, got shapes {[a.shape for a in arrays]}",
+            "pass one small quality, one large quality and one score per prompt",
+        )
     if any(np.isnan(a).any() for a in arrays):
         raise BadInput("the qualities or scores contain NaN", "drop unscored prompts first")
     return arrays
 
 
-def quality_at_share(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
-                     share: float) -> float:
+def quality_at_share(
+    q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float], share: float
+) -> float:
     """Mean quality when the `share` of prompts with the highest scores go to the large model.
 
     Ties in the scores are broken at random *in expectation* (a constant-score router is the
@@ -238,8 +280,10 @@ def quality_at_share(q_small: Sequence[float], q_large: Sequence[float], scores:
 def pgr(q_router: float, q_small: float, q_large: float) -> float:
     """Performance gap recovered: (q_router - q_small) / (q_large - q_small)."""
     if math.isclose(q_large, q_small, abs_tol=1e-12):
-        raise BadInput(f"PGR is undefined: both models score {q_small:.4g}",
-                       "routing cannot help when the models are equally good on these prompts")
+        raise BadInput(
+            f"PGR is undefined: both models score {q_small:.4g}",
+            "routing cannot help when the models are equally good on these prompts",
+        )
     return (q_router - q_small) / (q_large - q_small)
 
 
@@ -268,8 +312,14 @@ def first_crossing(x: Sequence[float], y: Sequence[float], target: float) -> flo
     return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1]))
 
 
-def quality_curves(q_small: Sequence[float], q_large: Sequence[float], scores: Mapping[str, Sequence[float]],
-                   shares: Sequence[float] = SHARES, *, baselines: bool = True):
+def quality_curves(
+    q_small: Sequence[float],
+    q_large: Sequence[float],
+    scores: Mapping[str, Sequence[float]],
+    shares: Sequence[float] = SHARES,
+    *,
+    baselines: bool = True,
+):
     """Quality and PGR against the share of large-model calls for each router in `scores`
     (higher score -> large), plus "random" (its expectation: all scores tied) and "oracle"
     unless baselines=False. Long format: router, share, quality, pgr. PGR is NaN when the
@@ -286,8 +336,14 @@ def quality_curves(q_small: Sequence[float], q_large: Sequence[float], scores: M
         sc = _arrays(qs, ql, sc)[2]
         for s in shares:
             q = quality_at_share(qs, ql, sc, float(s))
-            rows.append({"router": name, "share": float(s), "quality": q,
-                         "pgr": math.nan if no_gap else pgr(q, qs.mean(), ql.mean())})
+            rows.append(
+                {
+                    "router": name,
+                    "share": float(s),
+                    "quality": q,
+                    "pgr": math.nan if no_gap else pgr(q, qs.mean(), ql.mean()),
+                }
+            )
     return pd.DataFrame(rows, columns=["router", "share", "quality", "pgr"])
 
 
@@ -303,21 +359,26 @@ def _pgr_curve(q_small, q_large, scores, shares) -> tuple[np.ndarray, np.ndarray
     return shares, p
 
 
-def apgr(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
-         shares: Sequence[float] = SHARES) -> float:
+def apgr(
+    q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float], shares: Sequence[float] = SHARES
+) -> float:
     """Average PGR over large-model shares 0..100% (trapezoid rule). Random = 0.5, oracle > it."""
     return area_under(*_pgr_curve(q_small, q_large, scores, shares))
 
 
-def cpt(q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float],
-        target: float = 0.5, shares: Sequence[float] = SHARES) -> float:
+def cpt(
+    q_small: Sequence[float],
+    q_large: Sequence[float],
+    scores: Sequence[float],
+    target: float = 0.5,
+    shares: Sequence[float] = SHARES,
+) -> float:
     """Call-performance threshold: the smallest share of large-model calls whose PGR reaches
     `target` (0.5 for CPT(50%)), interpolated linearly between grid points; NaN if never."""
     return first_crossing(*_pgr_curve(q_small, q_large, scores, shares), target)
 
 
-def router_table(curves, *, share: float = 0.2, cost_small: float | None = None,
-                 cost_large: float | None = None):
+def router_table(curves, *, share: float = 0.2, cost_small: float | None = None, cost_large: float | None = None):
     """Per router of `quality_curves`: APGR, CPT(50%), CPT(80%) and quality / PGR at one share of
     large calls (the seed's 20%), with the cost saved against always-large when costs are given.
     Metrics that need a quality gap are NaN when there is none."""
@@ -326,10 +387,14 @@ def router_table(curves, *, share: float = 0.2, cost_small: float | None = None,
     rows = []
     for name, d in curves.groupby("router", sort=False):
         x, p = d["share"].to_numpy(), d["pgr"].to_numpy()
-        row = {"router": name, "APGR": area_under(x, p),
-               "CPT(50%)": first_crossing(x, p, 0.5), "CPT(80%)": first_crossing(x, p, 0.8),
-               f"quality@{share:.0%}": float(np.interp(share, x, d["quality"].to_numpy())),
-               f"PGR@{share:.0%}": float(np.interp(share, x, p))}
+        row = {
+            "router": name,
+            "APGR": area_under(x, p),
+            "CPT(50%)": first_crossing(x, p, 0.5),
+            "CPT(80%)": first_crossing(x, p, 0.8),
+            f"quality@{share:.0%}": float(np.interp(share, x, d["quality"].to_numpy())),
+            f"PGR@{share:.0%}": float(np.interp(share, x, p)),
+        }
         if cost_small is not None and cost_large:
             row[f"cost saved@{share:.0%}"] = cost_saved(share, cost_small, cost_large)
         rows.append(row)
@@ -341,8 +406,10 @@ def share_for_quality(curves, target: float):
     reaches `target` (interpolated between grid points); NaN when it never does."""
     import pandas as pd
 
-    out = {name: first_crossing(d["share"].to_numpy(), d["quality"].to_numpy(), target)
-           for name, d in curves.groupby("router", sort=False)}
+    out = {
+        name: first_crossing(d["share"].to_numpy(), d["quality"].to_numpy(), target)
+        for name, d in curves.groupby("router", sort=False)
+    }
     return pd.Series(out, name=f"share for quality {target:.3f}")
 
 
@@ -351,35 +418,44 @@ def cost_saved(share: float, cost_small: float, cost_large: float, *, small_alwa
 
     With `small_always` (a cascade) every prompt also pays for the small model."""
     if cost_large <= 0 or cost_small < 0 or not 0.0 <= share <= 1.0:
-        raise BadInput(f"need cost_large > 0, cost_small >= 0 and 0 <= share <= 1 "
-                       f"(got {cost_large}, {cost_small}, {share})", "pass costs per query in USD")
+        raise BadInput(
+            f"need cost_large > 0, cost_small >= 0 and 0 <= share <= 1 (got {cost_large}, {cost_small}, {share})",
+            "pass costs per query in USD",
+        )
     routed = share * cost_large + (1.0 if small_always else 1.0 - share) * cost_small
     return 1.0 - routed / cost_large
 
 
 # ---------------------------------------------------------------------------- serving
 
+
 class FallbackWarning(UserWarning):
     """The large model failed and the small model answered instead."""
 
 
-FALLBACK_ERRORS = (BackendUnavailable, MissingKey, ModelNotFound, TimeoutError,
-                   concurrent.futures.TimeoutError, ConnectionError)
+FALLBACK_ERRORS = (
+    BackendUnavailable,
+    MissingKey,
+    ModelNotFound,
+    TimeoutError,
+    concurrent.futures.TimeoutError,
+    ConnectionError,
+)
 
 
 @dataclass
 class Decision:
     """One routed request: where it went, why, how long it took, what it cost, the answer."""
 
-    route: str                  # "small" or "large": the model whose answer is returned
+    route: str  # "small" or "large": the model whose answer is returned
     reason: str
     latency_s: float
-    cost_usd: float | None      # None when no cost function was given
+    cost_usd: float | None  # None when no cost function was given
     fell_back: bool
     text: str
     prompt: str = ""
     model: str = ""
-    error: str | None = None    # what went wrong with the large model, when it did
+    error: str | None = None  # what went wrong with the large model, when it did
 
 
 def _text(result: Any) -> str:
@@ -402,8 +478,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def _record(decision: Decision, log: list | Callable[[Decision], Any] | None) -> Decision:
-    logger.info("route=%s fell_back=%s latency=%.3fs reason=%s", decision.route,
-                decision.fell_back, decision.latency_s, decision.reason)
+    logger.info(
+        "route=%s fell_back=%s latency=%.3fs reason=%s",
+        decision.route,
+        decision.fell_back,
+        decision.latency_s,
+        decision.reason,
+    )
     if isinstance(log, list):
         log.append(decision)
     elif callable(log):
@@ -418,6 +499,7 @@ def _cost(cost_fn, route: str, result: Any) -> float | None:
 def _timeout(timeout_s: float | None) -> float:
     if timeout_s is None:
         from .settings import get_settings
+
         return get_settings().timeout
     if timeout_s <= 0:
         raise BadInput(f"timeout_s must be > 0, got {timeout_s}", "e.g. timeout_s=30")
@@ -441,10 +523,16 @@ def _ask_router(router: Callable[[str], Any], prompt: str) -> tuple[str, str]:
     return route, f"{getattr(router, '__name__', type(router).__name__)} chose {route}"
 
 
-def smart_routing(prompt: str, *, small: Callable[[str], Any], large: Callable[[str], Any],
-                  router: Callable[[str], Any] = is_simple_task, timeout_s: float | None = None,
-                  log: list | Callable[[Decision], Any] | None = None,
-                  cost_fn: Callable[[str, Any], float] | None = None) -> Decision:
+def smart_routing(
+    prompt: str,
+    *,
+    small: Callable[[str], Any],
+    large: Callable[[str], Any],
+    router: Callable[[str], Any] = is_simple_task,
+    timeout_s: float | None = None,
+    log: list | Callable[[Decision], Any] | None = None,
+    cost_fn: Callable[[str, Any], float] | None = None,
+) -> Decision:
     """The article's `smart_routing`, made robust: route with `router`, and when the large
     model fails (unreachable, no key, model missing, slower than `timeout_s`) answer with the
     small model and warn. Every decision is appended to `log` (a list or a callback).
@@ -456,25 +544,65 @@ def smart_routing(prompt: str, *, small: Callable[[str], Any], large: Callable[[
     if route == "large":
         try:
             result = _call_with_timeout(large, prompt, _timeout(timeout_s))
-            return _record(Decision("large", reason, time.perf_counter() - t0, _cost(cost_fn, "large", result),
-                                    False, _text(result), prompt, getattr(result, "model", "")), log)
+            return _record(
+                Decision(
+                    "large",
+                    reason,
+                    time.perf_counter() - t0,
+                    _cost(cost_fn, "large", result),
+                    False,
+                    _text(result),
+                    prompt,
+                    getattr(result, "model", ""),
+                ),
+                log,
+            )
         except FALLBACK_ERRORS as exc:
             error = _describe(exc)
-            warnings.warn(f"the large model failed ({error}); answering with the small model",
-                          FallbackWarning, stacklevel=2)
+            warnings.warn(
+                f"the large model failed ({error}); answering with the small model", FallbackWarning, stacklevel=2
+            )
             result = small(prompt)
-            return _record(Decision("small", reason + "; large failed -> small", time.perf_counter() - t0,
-                                    _cost(cost_fn, "small", result), True, _text(result), prompt,
-                                    getattr(result, "model", ""), error), log)
+            return _record(
+                Decision(
+                    "small",
+                    reason + "; large failed -> small",
+                    time.perf_counter() - t0,
+                    _cost(cost_fn, "small", result),
+                    True,
+                    _text(result),
+                    prompt,
+                    getattr(result, "model", ""),
+                    error,
+                ),
+                log,
+            )
     result = small(prompt)
-    return _record(Decision("small", reason, time.perf_counter() - t0, _cost(cost_fn, "small", result),
-                            False, _text(result), prompt, getattr(result, "model", "")), log)
+    return _record(
+        Decision(
+            "small",
+            reason,
+            time.perf_counter() - t0,
+            _cost(cost_fn, "small", result),
+            False,
+            _text(result),
+            prompt,
+            getattr(result, "model", ""),
+        ),
+        log,
+    )
 
 
-def cascade(prompt: str, small_fn: Callable[[str], Any], large_fn: Callable[[str], Any],
-            check_fn: Callable[[str, str], bool], *, timeout_s: float | None = None,
-            log: list | Callable[[Decision], Any] | None = None,
-            cost_fn: Callable[[str, Any], float] | None = None) -> Decision:
+def cascade(
+    prompt: str,
+    small_fn: Callable[[str], Any],
+    large_fn: Callable[[str], Any],
+    check_fn: Callable[[str, str], bool],
+    *,
+    timeout_s: float | None = None,
+    log: list | Callable[[Decision], Any] | None = None,
+    cost_fn: Callable[[str, Any], float] | None = None,
+) -> Decision:
     """Answer with the small model; escalate to the large one when `check_fn(prompt, answer)`
     is False. Costs add up (the small call is always paid); a failing large model falls back."""
     t0 = time.perf_counter()
@@ -482,21 +610,55 @@ def cascade(prompt: str, small_fn: Callable[[str], Any], large_fn: Callable[[str
     small_text = _text(small_result)
     small_cost = _cost(cost_fn, "small", small_result)
     if check_fn(prompt, small_text):
-        return _record(Decision("small", "small answer passed the check", time.perf_counter() - t0,
-                                small_cost, False, small_text, prompt, getattr(small_result, "model", "")), log)
+        return _record(
+            Decision(
+                "small",
+                "small answer passed the check",
+                time.perf_counter() - t0,
+                small_cost,
+                False,
+                small_text,
+                prompt,
+                getattr(small_result, "model", ""),
+            ),
+            log,
+        )
     try:
         result = _call_with_timeout(large_fn, prompt, _timeout(timeout_s))
     except FALLBACK_ERRORS as exc:
         error = _describe(exc)
-        warnings.warn(f"the large model failed ({error}); keeping the small model's answer",
-                      FallbackWarning, stacklevel=2)
-        return _record(Decision("small", "check failed; large failed -> kept small answer",
-                                time.perf_counter() - t0, small_cost, True, small_text, prompt,
-                                getattr(small_result, "model", ""), error), log)
+        warnings.warn(
+            f"the large model failed ({error}); keeping the small model's answer", FallbackWarning, stacklevel=2
+        )
+        return _record(
+            Decision(
+                "small",
+                "check failed; large failed -> kept small answer",
+                time.perf_counter() - t0,
+                small_cost,
+                True,
+                small_text,
+                prompt,
+                getattr(small_result, "model", ""),
+                error,
+            ),
+            log,
+        )
     large_cost = _cost(cost_fn, "large", result)
     total = None if cost_fn is None else small_cost + large_cost
-    return _record(Decision("large", "small answer failed the check -> escalated", time.perf_counter() - t0,
-                            total, False, _text(result), prompt, getattr(result, "model", "")), log)
+    return _record(
+        Decision(
+            "large",
+            "small answer failed the check -> escalated",
+            time.perf_counter() - t0,
+            total,
+            False,
+            _text(result),
+            prompt,
+            getattr(result, "model", ""),
+        ),
+        log,
+    )
 
 
 _REFUSAL_RE = re.compile(r"^\s*(?:i'?m sorry|sorry, |i cannot|i can'?t|as an ai)", re.I)

@@ -51,6 +51,7 @@ and writes the verdict, with a random token, on a pipe only it holds, after `che
 answer cannot reach the test's interpreter: replacing `sys.exit`, exiting with status 0, or
 returning an object whose `__eq__` always says True all fail the test.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -104,14 +105,14 @@ class SandboxResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Isolation:
-    name: str    # BUBBLEWRAP or GUARD_ONLY
-    note: str    # one plain sentence for learners
-    bwrap: str | None = None          # path of bwrap when name == BUBBLEWRAP
-    python: str | None = None         # the base interpreter run inside
-    binds: tuple[str, ...] = ()       # read-only directories it needs (besides /usr)
+    name: str  # BUBBLEWRAP or GUARD_ONLY
+    note: str  # one plain sentence for learners
+    bwrap: str | None = None  # path of bwrap when name == BUBBLEWRAP
+    python: str | None = None  # the base interpreter run inside
+    binds: tuple[str, ...] = ()  # read-only directories it needs (besides /usr)
     options: frozenset[str] = frozenset()  # optional bwrap options this bwrap knows
-    hidden: tuple[str, ...] = ()      # directories covered by an empty one (site-packages)
-    as_root: bool = False             # bwrap runs as root: no user namespace, the box drops root
+    hidden: tuple[str, ...] = ()  # directories covered by an empty one (site-packages)
+    as_root: bool = False  # bwrap runs as root: no user namespace, the box drops root
 
 
 # --------------------------------------------------------------------------- seccomp
@@ -125,23 +126,57 @@ _CLONE3 = 435
 _CLONE_THREAD = 0x00010000
 # name: (x86-64 number, arm64 number or None); from the kernel's unistd headers
 _DENIED: dict[str, tuple[int, int | None]] = {
-    "fork": (57, None), "vfork": (58, None),
-    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
-    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
-    "userfaultfd": (323, 282), "perf_event_open": (298, 241), "bpf": (321, 280),
-    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "fork": (57, None),
+    "vfork": (58, None),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    "userfaultfd": (323, 282),
+    "perf_event_open": (298, 241),
+    "bpf": (321, 280),
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
     "pidfd_getfd": (438, 438),
-    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
-    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
-    "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442),
-    "unshare": (272, 97), "setns": (308, 268),
-    "memfd_create": (319, 279), "memfd_secret": (447, 447),
-    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195),
-    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
-    "semget": (64, 190), "semop": (65, 193), "semctl": (66, 191), "semtimedop": (220, 192),
-    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
-    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "swapon": (167, 224),
-    "swapoff": (168, 225), "syslog": (103, 116), "acct": (163, 89), "open_by_handle_at": (304, 265),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "open_tree": (428, 428),
+    "move_mount": (429, 429),
+    "fsopen": (430, 430),
+    "fsconfig": (431, 431),
+    "fsmount": (432, 432),
+    "fspick": (433, 433),
+    "mount_setattr": (442, 442),
+    "unshare": (272, 97),
+    "setns": (308, 268),
+    "memfd_create": (319, 279),
+    "memfd_secret": (447, 447),
+    "shmget": (29, 194),
+    "shmat": (30, 196),
+    "shmctl": (31, 195),
+    "msgget": (68, 186),
+    "msgsnd": (69, 189),
+    "msgrcv": (70, 188),
+    "msgctl": (71, 187),
+    "semget": (64, 190),
+    "semop": (65, 193),
+    "semctl": (66, 191),
+    "semtimedop": (220, 192),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "syslog": (103, 116),
+    "acct": (163, 89),
+    "open_by_handle_at": (304, 265),
 }
 DENIED_SYSCALLS = tuple(sorted(_DENIED))
 
@@ -157,21 +192,20 @@ def _seccomp_program(machine: str) -> bytes | None:
     results = {"allow": 0x7FFF0000, "eperm": 0x00050000 | 1, "enosys": 0x00050000 | 38}
     # (opcode, k, jump-if-true, jump-if-false): a jump names a result, None = next instruction
     code: list[tuple[int, int, str | None, str | None]] = [
-        (ld, 4, None, None),                           # A = arch
-        (jeq, arch, None, "eperm"),                    # another ABI (e.g. 32-bit): refuse all
-        (ld, 0, None, None),                           # A = syscall number
-        (jge, 0x40000000, "eperm", None),              # x32 ABI numbers: refuse
+        (ld, 4, None, None),  # A = arch
+        (jeq, arch, None, "eperm"),  # another ABI (e.g. 32-bit): refuse all
+        (ld, 0, None, None),  # A = syscall number
+        (jge, 0x40000000, "eperm", None),  # x32 ABI numbers: refuse
         *[(jeq, nr, "eperm", None) for nr in denied],
-        (jeq, _CLONE3, "enosys", None),                # C libraries then fall back to clone
+        (jeq, _CLONE3, "enosys", None),  # C libraries then fall back to clone
         (jeq, _CLONE[machine], None, "allow"),
-        (ld, 16, None, None),                          # A = low 32 bits of clone's flags
-        (jset, _CLONE_THREAD, "allow", "eperm"),       # a thread is fine, a process is not
+        (ld, 16, None, None),  # A = low 32 bits of clone's flags
+        (jset, _CLONE_THREAD, "allow", "eperm"),  # a thread is fine, a process is not
     ]
     labels = {name: len(code) + i for i, name in enumerate(results)}
     out = []
     for pc, (op, k, jt, jf) in enumerate(code):
-        out.append(struct.pack("<HBBI", op, labels[jt] - pc - 1 if jt else 0,
-                               labels[jf] - pc - 1 if jf else 0, k))
+        out.append(struct.pack("<HBBI", op, labels[jt] - pc - 1 if jt else 0, labels[jf] - pc - 1 if jf else 0, k))
     out += [struct.pack("<HBBI", ret, 0, 0, value) for value in results.values()]
     return b"".join(out)
 
@@ -187,23 +221,38 @@ def _base_python() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
     sites = {os.path.realpath(sysconfig.get_paths(vars=base)[key]) for key in ("purelib", "platlib")}
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    sites |= {"/usr/lib/python3/dist-packages", f"/usr/local/lib/{version}/dist-packages",
-              f"/usr/lib/{version}/site-packages", f"/usr/local/lib/{version}/site-packages"}
+    sites |= {
+        "/usr/lib/python3/dist-packages",
+        f"/usr/local/lib/{version}/dist-packages",
+        f"/usr/lib/{version}/site-packages",
+        f"/usr/local/lib/{version}/site-packages",
+    }
     shown = ["/usr", *binds]
-    hidden = sorted(d for d in sites if os.path.isdir(d)
-                    and any(d.startswith(top.rstrip("/") + "/") for top in shown))
+    hidden = sorted(d for d in sites if os.path.isdir(d) and any(d.startswith(top.rstrip("/") + "/") for top in shown))
     return exe, tuple(binds), tuple(hidden)
 
 
-def _bwrap_argv(iso: _Isolation, host_box: str, host_tmp: str, file_mb: int, info_fd: int,
-                seccomp_fd: int | None) -> list[str]:
+def _bwrap_argv(
+    iso: _Isolation, host_box: str, host_tmp: str, file_mb: int, info_fd: int, seccomp_fd: int | None
+) -> list[str]:
     """bwrap's options: a read-only system, the box's directory BOX_ROOT writable (a tmpfs of
     `file_mb` where bwrap can size one, else `host_box`), new namespaces; bwrap writes the host pid
     of the namespace's init to `info_fd`."""
     argv = [iso.bwrap or "bwrap"]
     if iso.as_root:  # a user namespace would map the box's uid 0 to the host's root
-        argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                 "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        argv += [
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "CAP_SETUID",
+            "--cap-add",
+            "CAP_SETGID",
+        ]
     else:
         argv += ["--unshare-all", "--unshare-user", "--cap-drop", "ALL"]
         if "--disable-userns" in iso.options:  # bubblewrap >= 0.8
@@ -225,16 +274,41 @@ def _bwrap_argv(iso: _Isolation, host_box: str, host_tmp: str, file_mb: int, inf
         argv += ["--ro-bind", d, d]
     for d in iso.hidden:
         argv += ["--tmpfs", d, "--remount-ro", d]
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-             "--proc", "/proc", "--tmpfs", "/proc/sys", "--remount-ro", "/proc/sys"]
+    argv += [
+        "--ro-bind-try",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.cache",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/proc/sys",
+        "--remount-ro",
+        "/proc/sys",
+    ]
     for name in ("/proc/keys", "/proc/key-users"):
         if os.path.exists(name):
             argv += ["--ro-bind", "/dev/null", name]
     argv += ["--dev", "/dev"]
     if "--size" in iso.options and "--perms" in iso.options:  # every writable place is a small tmpfs
-        argv += ["--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-                 "--perms", "1777", "--size", str(file_mb * 1024 * 1024), "--tmpfs", BOX_ROOT,
-                 "--symlink", BOX_ROOT, "/tmp"]
+        argv += [
+            "--perms",
+            "1777",
+            "--size",
+            str(SHM_BYTES),
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
+            "--perms",
+            "1777",
+            "--size",
+            str(file_mb * 1024 * 1024),
+            "--tmpfs",
+            BOX_ROOT,
+            "--symlink",
+            BOX_ROOT,
+            "/tmp",
+        ]
     else:  # older bubblewrap: host directories, each file capped by RLIMIT_FSIZE
         argv += ["--remount-ro", "/dev", "--bind", host_box, BOX_ROOT, "--bind", host_tmp, "/tmp"]
     argv += ["--chdir", BOX_ROOT]
@@ -244,27 +318,32 @@ def _bwrap_argv(iso: _Isolation, host_box: str, host_tmp: str, file_mb: int, inf
 
 
 def _guard_only(why: str) -> _Isolation:
-    return _Isolation(GUARD_ONLY, f"{GUARD_ONLY}: {why} Model-written code runs with the Python "
-                      "guard alone, which stops accidents, not code written to escape; grade "
-                      "untrusted code in a container or VM with no network.")
+    return _Isolation(
+        GUARD_ONLY,
+        f"{GUARD_ONLY}: {why} Model-written code runs with the Python "
+        "guard alone, which stops accidents, not code written to escape; grade "
+        "untrusted code in a container or VM with no network.",
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def _isolation() -> _Isolation:
     """Find out once whether bubblewrap can isolate a run here, by trying it."""
     if not sys.platform.startswith("linux"):
-        return _guard_only(f"this system ({platform.system() or sys.platform}) has no "
-                           "isolation the kit can use.")
+        return _guard_only(f"this system ({platform.system() or sys.platform}) has no isolation the kit can use.")
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        return _guard_only("bubblewrap is not installed (Debian/Ubuntu: `sudo apt install "
-                           "bubblewrap`, then restart the kernel).")
+        return _guard_only(
+            "bubblewrap is not installed (Debian/Ubuntu: `sudo apt install bubblewrap`, then restart the kernel)."
+        )
     python, binds, hidden = _base_python()
     home = os.path.realpath(os.path.expanduser("~"))
     for d in binds:
         if d == "/" or home == d or home.startswith(d.rstrip("/") + "/"):
-            return _guard_only(f"Python's prefix {d} contains your home directory, which the "
-                               "box must not show (use a Python installed outside it).")
+            return _guard_only(
+                f"Python's prefix {d} contains your home directory, which the "
+                "box must not show (use a Python installed outside it)."
+            )
     try:
         usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
@@ -272,24 +351,35 @@ def _isolation() -> _Isolation:
     options = frozenset(o for o in ("--disable-userns", "--size", "--perms") if o in usage)
     as_root = os.geteuid() == 0
     iso = _Isolation(BUBBLEWRAP, "", bwrap, python, binds, options, hidden, as_root)
-    probe = _run("import os\nprint(os.readlink('/proc/self/ns/pid'), os.getuid())", iso, guard=False,
-                 timeout_s=20, memory_mb=256, max_file_mb=16)
+    probe = _run(
+        "import os\nprint(os.readlink('/proc/self/ns/pid'), os.getuid())",
+        iso,
+        guard=False,
+        timeout_s=20,
+        memory_mb=256,
+        max_file_mb=16,
+    )
     seen = probe.stdout.split()
     if not probe.ok or not seen or seen[0] == os.readlink("/proc/self/ns/pid") or (as_root and seen[1:] == ["0"]):
         lines = [ln for ln in probe.stderr.splitlines() if ln.strip()]
         detail = lines[-1] if lines else f"exit code {probe.returncode}"
         if as_root:
-            return _guard_only(f"bubblewrap cannot build an unprivileged box as root here ({detail}); "
-                               "in a container, run the course as a normal user.")
-        return _guard_only(f"bubblewrap cannot start a sandbox here ({detail}); where user "
-                           "namespaces are disabled, enable them (sysctl "
-                           "kernel.unprivileged_userns_clone=1, or on Ubuntu "
-                           "kernel.apparmor_restrict_unprivileged_userns=0).")
+            return _guard_only(
+                f"bubblewrap cannot build an unprivileged box as root here ({detail}); "
+                "in a container, run the course as a normal user."
+            )
+        return _guard_only(
+            f"bubblewrap cannot start a sandbox here ({detail}); where user "
+            "namespaces are disabled, enable them (sysctl "
+            "kernel.unprivileged_userns_clone=1, or on Ubuntu "
+            "kernel.apparmor_restrict_unprivileged_userns=0)."
+        )
     machine = platform.machine().lower()
-    processes = ("no new processes" if _seccomp_program(machine)
-                 else "at most a few processes")
-    note = (f"{BUBBLEWRAP}: each run gets a private /tmp, no network, its own PID namespace, "
-            f"{processes}, an unprivileged user, and sees neither the project nor your home directory.")
+    processes = "no new processes" if _seccomp_program(machine) else "at most a few processes"
+    note = (
+        f"{BUBBLEWRAP}: each run gets a private /tmp, no network, its own PID namespace, "
+        f"{processes}, an unprivileged user, and sees neither the project nor your home directory."
+    )
     return dataclasses.replace(iso, note=note)
 
 
@@ -344,7 +434,8 @@ def _limits(memory_mb: int, cpu_s: int, fsize_mb: int):
 # bidirectional overrides that make text display in another order than it runs
 _TERMINAL_RE = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
-    r"|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    r"|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]?|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def clean_output(text: str) -> str:
@@ -466,9 +557,20 @@ def _nproc(boxed: bool, as_root: bool, seccomp: bool) -> int:
 class _Box:
     """One run of the inner program (helpers/sandbox_box.py) in its own directory under `work`."""
 
-    def __init__(self, iso: _Isolation, work: Path, role: str, job: dict, *, guard: bool,
-                 memory_mb: int, timeout_s: float, max_file_mb: int, config: dict | None = None,
-                 pass_fds: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        iso: _Isolation,
+        work: Path,
+        role: str,
+        job: dict,
+        *,
+        guard: bool,
+        memory_mb: int,
+        timeout_s: float,
+        max_file_mb: int,
+        config: dict | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ):
         self.iso, self.dir, self.timeout_s = iso, work / role, timeout_s
         self.boxed = iso.name == BUBBLEWRAP
         self.dir.mkdir()
@@ -480,12 +582,24 @@ class _Box:
             host_tmp.chmod(0o1777)
         root = BOX_ROOT if self.boxed else os.path.realpath(host_box)
         program = _seccomp_program(platform.machine().lower()) if self.boxed else None
-        inner = {"role": role, "root": root, "guard": guard,
-                 "nproc": _nproc(self.boxed, iso.as_root, program is not None),
-                 "drop": list(UNPRIVILEGED) if self.boxed and iso.as_root else None, **(config or {})}
+        inner = {
+            "role": role,
+            "root": root,
+            "guard": guard,
+            "nproc": _nproc(self.boxed, iso.as_root, program is not None),
+            "drop": list(UNPRIVILEGED) if self.boxed and iso.as_root else None,
+            **(config or {}),
+        }
         (self.dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        env = {"PATH": os.defpath, "HOME": root, "TMPDIR": root, "TEMP": root, "TMP": root,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = {
+            "PATH": os.defpath,
+            "HOME": root,
+            "TMPDIR": root,
+            "TEMP": root,
+            "TMP": root,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+        }
         if os.name != "posix" and "SYSTEMROOT" in os.environ:  # Windows needs it to start
             env["SYSTEMROOT"] = os.environ["SYSTEMROOT"]
         python = (iso.python or sys.executable) if self.boxed else sys.executable
@@ -502,8 +616,12 @@ class _Box:
                     fds += (seccomp.fileno(),)
                 self.info_r, info_w = os.pipe()
                 fds += (info_w,)
-                command = _bwrap_argv(iso, str(host_box), str(host_tmp), max_file_mb, info_w,
-                                      seccomp.fileno() if seccomp else None) + command
+                command = (
+                    _bwrap_argv(
+                        iso, str(host_box), str(host_tmp), max_file_mb, info_w, seccomp.fileno() if seccomp else None
+                    )
+                    + command
+                )
             posix = os.name == "posix"
             cpu_s = int(math.ceil(timeout_s)) + 1
             startup = None
@@ -511,13 +629,24 @@ class _Box:
                 startup = subprocess.STARTUPINFO()
                 startup.lpAttributeList = {"handle_list": [_child_fd(fd) for fd in fds]}
                 fds = ()
-            with open(self.dir / "job.json", "rb") as stdin, open(self.dir / "stdout", "wb") as out, \
-                    open(self.dir / "stderr", "wb") as err:
+            with (
+                open(self.dir / "job.json", "rb") as stdin,
+                open(self.dir / "stdout", "wb") as out,
+                open(self.dir / "stderr", "wb") as err,
+            ):
                 self.t0 = time.perf_counter()
                 self.proc = subprocess.Popen(
-                    command, cwd=host_box, env=env, stdin=stdin, stdout=out, stderr=err,
-                    start_new_session=posix, pass_fds=fds, startupinfo=startup,
-                    preexec_fn=_limits(memory_mb, cpu_s, max_file_mb) if posix else None)
+                    command,
+                    cwd=host_box,
+                    env=env,
+                    stdin=stdin,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=posix,
+                    pass_fds=fds,
+                    startupinfo=startup,
+                    preexec_fn=_limits(memory_mb, cpu_s, max_file_mb) if posix else None,
+                )
         except BaseException:
             if self.info_r is not None:
                 os.close(self.info_r)
@@ -563,21 +692,27 @@ class _Box:
         if timed_out:
             stderr += f"\n[sandbox: killed after {self.timeout_s:g} s]"
         passed = (rc == 0) if ok is None else ok
-        return SandboxResult(ok=passed and not timed_out, stdout=_read(self.dir / "stdout"), stderr=stderr,
-                             returncode=rc, timed_out=timed_out, duration_s=self.duration,
-                             isolation=self.iso.name)
+        return SandboxResult(
+            ok=passed and not timed_out,
+            stdout=_read(self.dir / "stdout"),
+            stderr=stderr,
+            returncode=rc,
+            timed_out=timed_out,
+            duration_s=self.duration,
+            isolation=self.iso.name,
+        )
 
 
 def _check_limits(timeout_s: float, memory_mb: int) -> None:
     if not timeout_s or timeout_s <= 0:
         raise BadInput(f"timeout_s must be > 0, got {timeout_s!r}", "use a few seconds, e.g. timeout_s=5")
     if memory_mb < 64:
-        raise BadInput(f"memory_mb={memory_mb} is too small to start Python",
-                       "use at least 64 (the default 256 suits HumanEval)")
+        raise BadInput(
+            f"memory_mb={memory_mb} is too small to start Python", "use at least 64 (the default 256 suits HumanEval)"
+        )
 
 
-def run_python(code: str, *, timeout_s: float = 5, memory_mb: int = 256,
-               max_file_mb: int = 16) -> SandboxResult:
+def run_python(code: str, *, timeout_s: float = 5, memory_mb: int = 256, max_file_mb: int = 16) -> SandboxResult:
     """Run `code` with `python -I -S` in a fresh temporary directory, isolated where the OS
     allows it, with limits (see the module doc; `isolation_note()` says which applies).
 
@@ -588,21 +723,31 @@ def run_python(code: str, *, timeout_s: float = 5, memory_mb: int = 256,
     `run_check`, whose verdict the code cannot forge.
     """
     if not isinstance(code, str):
-        raise BadInput(f"code must be a string, got {type(code).__name__}",
-                       "pass the program's source text, e.g. run_python('print(1 + 1)')")
+        raise BadInput(
+            f"code must be a string, got {type(code).__name__}",
+            "pass the program's source text, e.g. run_python('print(1 + 1)')",
+        )
     _check_limits(timeout_s, memory_mb)
-    return _run(code, _isolation(), guard=True, timeout_s=timeout_s, memory_mb=memory_mb,
-                max_file_mb=max_file_mb)
+    return _run(code, _isolation(), guard=True, timeout_s=timeout_s, memory_mb=memory_mb, max_file_mb=max_file_mb)
 
 
-def _run(code: str, iso: _Isolation, *, guard: bool, timeout_s: float, memory_mb: int,
-         max_file_mb: int) -> SandboxResult:
+def _run(
+    code: str, iso: _Isolation, *, guard: bool, timeout_s: float, memory_mb: int, max_file_mb: int
+) -> SandboxResult:
     """run_python with the layers chosen: the probe, and tests that check each layer alone."""
     work = Path(tempfile.mkdtemp(prefix="slm-sandbox-"))
     box = None
     try:
-        box = _Box(iso, work, "run", {"code": code}, guard=guard, memory_mb=memory_mb,
-                   timeout_s=timeout_s, max_file_mb=max_file_mb)
+        box = _Box(
+            iso,
+            work,
+            "run",
+            {"code": code},
+            guard=guard,
+            memory_mb=memory_mb,
+            timeout_s=timeout_s,
+            max_file_mb=max_file_mb,
+        )
         box.wait(time.perf_counter() + timeout_s)
         return box.result()
     finally:
@@ -611,8 +756,16 @@ def _run(code: str, iso: _Isolation, *, guard: bool, timeout_s: float, memory_mb
         _remove_tree(work)
 
 
-def run_check(code: str, test: str, entry_point: str, *, setup: str = "", timeout_s: float = 10,
-              memory_mb: int = 256, max_file_mb: int = 16) -> SandboxResult:
+def run_check(
+    code: str,
+    test: str,
+    entry_point: str,
+    *,
+    setup: str = "",
+    timeout_s: float = 10,
+    memory_mb: int = 256,
+    max_file_mb: int = 16,
+) -> SandboxResult:
     """Grade `code` (a model's answer defining `entry_point`) with `test` (which defines
     `check(candidate)`, as HumanEval's tests do), so that the answer cannot forge the verdict.
 
@@ -626,13 +779,24 @@ def run_check(code: str, test: str, entry_point: str, *, setup: str = "", timeou
     """
     for name, value in (("code", code), ("test", test), ("entry_point", entry_point), ("setup", setup)):
         if not isinstance(value, str):
-            raise BadInput(f"{name} must be a string, got {type(value).__name__}",
-                           "pass source text, e.g. run_check(answer, task_test, 'add')")
+            raise BadInput(
+                f"{name} must be a string, got {type(value).__name__}",
+                "pass source text, e.g. run_check(answer, task_test, 'add')",
+            )
     if not entry_point.isidentifier():
         raise BadInput(f"entry_point must be a function name, got {entry_point!r}", "e.g. 'has_close_elements'")
     _check_limits(timeout_s, memory_mb)
-    return _check(code, test, entry_point, setup, _isolation(), guard=True, timeout_s=timeout_s,
-                  memory_mb=memory_mb, max_file_mb=max_file_mb)
+    return _check(
+        code,
+        test,
+        entry_point,
+        setup,
+        _isolation(),
+        guard=True,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_file_mb=max_file_mb,
+    )
 
 
 def _child_fd(fd: int) -> int:
@@ -647,12 +811,22 @@ def _child_fd(fd: int) -> int:
     return handle
 
 
-def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, *, guard: bool,
-           timeout_s: float, memory_mb: int, max_file_mb: int) -> SandboxResult:
+def _check(
+    code: str,
+    test: str,
+    entry_point: str,
+    setup: str,
+    iso: _Isolation,
+    *,
+    guard: bool,
+    timeout_s: float,
+    memory_mb: int,
+    max_file_mb: int,
+) -> SandboxResult:
     """run_check with the layers chosen (tests check each layer alone)."""
     work = Path(tempfile.mkdtemp(prefix="slm-sandbox-"))
     token = secrets.token_hex(16)
-    calls_r, calls_w = os.pipe()      # test -> answer: arguments
+    calls_r, calls_w = os.pipe()  # test -> answer: arguments
     replies_r, replies_w = os.pipe()  # answer -> test: return values
     verdict_r, verdict_w = os.pipe()  # test -> grader: the verdict
     ends = {calls_r, calls_w, replies_r, replies_w, verdict_w}
@@ -661,14 +835,30 @@ def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, 
     try:
         deadline = time.perf_counter() + timeout_s
         common = {"entry": entry_point, "limit": MESSAGE_LIMIT}
-        answer = _Box(iso, work, "candidate", {"code": code}, **limits,
-                      config={**common, "calls_in": _child_fd(calls_r), "calls_out": _child_fd(replies_w)},
-                      pass_fds=(calls_r, replies_w))
+        answer = _Box(
+            iso,
+            work,
+            "candidate",
+            {"code": code},
+            **limits,
+            config={**common, "calls_in": _child_fd(calls_r), "calls_out": _child_fd(replies_w)},
+            pass_fds=(calls_r, replies_w),
+        )
         boxes.append(answer)
-        tester = _Box(iso, work, "harness", {"setup": setup, "test": test, "token": token}, **limits,
-                      config={**common, "calls_in": _child_fd(replies_r), "calls_out": _child_fd(calls_w),
-                              "verdict": _child_fd(verdict_w)},
-                      pass_fds=(replies_r, calls_w, verdict_w))
+        tester = _Box(
+            iso,
+            work,
+            "harness",
+            {"setup": setup, "test": test, "token": token},
+            **limits,
+            config={
+                **common,
+                "calls_in": _child_fd(replies_r),
+                "calls_out": _child_fd(calls_w),
+                "verdict": _child_fd(verdict_w),
+            },
+            pass_fds=(replies_r, calls_w, verdict_w),
+        )
         boxes.append(tester)
         for fd in ends:  # only the boxes hold them now: a box that ends closes its side
             os.close(fd)
@@ -678,11 +868,23 @@ def _check(code: str, test: str, entry_point: str, setup: str, iso: _Isolation, 
         answer.wait(min(deadline, time.perf_counter() + 1.0))  # it ends when the test's side closes
         answer.timed_out = tester.timed_out  # the answer's process is only stopped, not failed
         first, second = answer.result(), tester.result(passed)
-        stderr = "\n".join(part for part in (
-            first.stderr and f"[the answer's process]\n{first.stderr.rstrip()}",
-            second.stderr and f"[the test's process]\n{second.stderr.rstrip()}") if part)
-        return SandboxResult(ok=second.ok, stdout=first.stdout, stderr=stderr, returncode=second.returncode,
-                             timed_out=second.timed_out, duration_s=second.duration_s, isolation=iso.name)
+        stderr = "\n".join(
+            part
+            for part in (
+                first.stderr and f"[the answer's process]\n{first.stderr.rstrip()}",
+                second.stderr and f"[the test's process]\n{second.stderr.rstrip()}",
+            )
+            if part
+        )
+        return SandboxResult(
+            ok=second.ok,
+            stdout=first.stdout,
+            stderr=stderr,
+            returncode=second.returncode,
+            timed_out=second.timed_out,
+            duration_s=second.duration_s,
+            isolation=iso.name,
+        )
     finally:
         for box in boxes:
             if box.proc.poll() is None:
@@ -709,5 +911,8 @@ def _verdict(fd: int, token: str) -> bool:
         message = json.loads(data[8:].decode("utf-8"))
     except ValueError:
         return False
-    return (isinstance(message, dict) and message.get("passed") is True
-            and secrets.compare_digest(str(message.get("token")), token))
+    return (
+        isinstance(message, dict)
+        and message.get("passed") is True
+        and secrets.compare_digest(str(message.get("token")), token)
+    )

@@ -21,6 +21,7 @@ closures, which refuses writing outside the sandbox directory, starting processe
 network, native code (ctypes, cffi and other C-level modules), tracing and changing limits. The
 guard sees only what Python reports: it stops accidents, not code written to escape.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,27 @@ import os
 import sys
 
 # C-level modules that hand Python code raw memory or native calls: never imported in the box
-NATIVE_MODULES = frozenset((
-    "_ctypes", "ctypes", "_cffi_backend", "cffi", "_ctypes_test", "_testcapi", "_testinternalcapi",
-    "_testbuffer", "_testmultiphase", "_testsinglephase", "_testimportmultiple", "_testclinic",
-    "_xxtestfuzz", "_xxsubinterpreters", "_xxinterpchannels", "xxlimited", "xxsubtype",
-))
+NATIVE_MODULES = frozenset(
+    (
+        "_ctypes",
+        "ctypes",
+        "_cffi_backend",
+        "cffi",
+        "_ctypes_test",
+        "_testcapi",
+        "_testinternalcapi",
+        "_testbuffer",
+        "_testmultiphase",
+        "_testsinglephase",
+        "_testimportmultiple",
+        "_testclinic",
+        "_xxtestfuzz",
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "xxlimited",
+        "xxsubtype",
+    )
+)
 MAX_DEPTH = 200  # nesting of a plain value that crosses between the processes
 MAX_ITEMS = 100_000  # items taken from an iterator (a generator may never end)
 
@@ -40,8 +57,11 @@ MAX_ITEMS = 100_000  # items taken from an iterator (a generator may never end)
 # --------------------------------------------------------------------------- the guard
 def _refused(what):
     def call(*args, **kwargs):
-        raise PermissionError(f"sandbox: {what} is refused (model-written code may not start "
-                              "processes, send signals, load native code or hold memory outside its limit)")
+        raise PermissionError(
+            f"sandbox: {what} is refused (model-written code may not start "
+            "processes, send signals, load native code or hold memory outside its limit)"
+        )
+
     return call
 
 
@@ -51,11 +71,13 @@ def _replace_c_functions():
     it must share no closure cell with the hook."""
     try:
         import _posixsubprocess
+
         _posixsubprocess.fork_exec = _refused("creating a process")
     except ImportError:  # Windows
         pass
     import _signal
     import signal
+
     for module in (_signal, signal):
         if hasattr(module, "pidfd_send_signal"):
             module.pidfd_send_signal = _refused("sending a signal")
@@ -63,14 +85,18 @@ def _replace_c_functions():
         os.memfd_create = sys.modules[os.name].memfd_create = _refused("memfd_create")
     # audited here, then checked by the hook like os.mkdir
     if hasattr(os, "mkfifo"):
+
         def mkfifo(path, mode=0o666, *, dir_fd=None, _original=os.mkfifo):
             sys.audit("os.mkfifo", path, mode, dir_fd)
             return _original(path, mode, dir_fd=dir_fd)
+
         os.mkfifo = sys.modules[os.name].mkfifo = mkfifo
     if hasattr(os, "mknod"):
+
         def mknod(path, mode=0o600, device=0, *, dir_fd=None, _original=os.mknod):
             sys.audit("os.mknod", path, mode, device, dir_fd)
             return _original(path, mode, device, dir_fd=dir_fd)
+
         os.mknod = sys.modules[os.name].mknod = mknod
     import _imp  # an extension module loaded by hand raises no "import" event
 
@@ -78,6 +104,7 @@ def _replace_c_functions():
         if str(getattr(spec, "name", "")).rpartition(".")[2] in NATIVE_MODULES:
             raise PermissionError(f"sandbox: loading {spec.name} is refused (native code)")
         return _original(spec, *args)
+
     _imp.create_dynamic = create_dynamic
 
 
@@ -87,26 +114,65 @@ def _guard(root):
     own_pid = str(os.getpid())
     # event -> (positions of paths that must stay inside, positions of dir_fd arguments)
     path_events = {
-        "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)),
-        "os.rename": ((0, 1), (2, 3)), "os.link": ((0, 1), (2, 3)),
-        "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.utime": ((0,), (3,)),
-        "os.truncate": ((0,), ()), "os.chflags": ((0,), ()), "os.lchflags": ((0,), ()),
-        "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()),
-        "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,)),
-        "shutil.rmtree": ((0,), (1,)), "shutil.copyfile": ((1,), ()),
-        "shutil.copymode": ((1,), ()), "shutil.copystat": ((1,), ()),
-        "shutil.copytree": ((1,), ()), "shutil.move": ((0, 1), ()), "shutil.chown": ((0,), ()),
-        "shutil.make_archive": ((0,), ()), "shutil.unpack_archive": ((1,), ()),
+        "os.remove": ((0,), (1,)),
+        "os.rmdir": ((0,), (1,)),
+        "os.mkdir": ((0,), (2,)),
+        "os.rename": ((0, 1), (2, 3)),
+        "os.link": ((0, 1), (2, 3)),
+        "os.chmod": ((0,), (2,)),
+        "os.chown": ((0,), (3,)),
+        "os.utime": ((0,), (3,)),
+        "os.truncate": ((0,), ()),
+        "os.chflags": ((0,), ()),
+        "os.lchflags": ((0,), ()),
+        "os.setxattr": ((0,), ()),
+        "os.removexattr": ((0,), ()),
+        "os.mkfifo": ((0,), (2,)),
+        "os.mknod": ((0,), (3,)),
+        "shutil.rmtree": ((0,), (1,)),
+        "shutil.copyfile": ((1,), ()),
+        "shutil.copymode": ((1,), ()),
+        "shutil.copystat": ((1,), ()),
+        "shutil.copytree": ((1,), ()),
+        "shutil.move": ((0, 1), ()),
+        "shutil.chown": ((0,), ()),
+        "shutil.make_archive": ((0,), ()),
+        "shutil.unpack_archive": ((1,), ()),
     }
-    refused = frozenset((
-        "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-        "os.forkpty", "os.startfile", "os.kill", "os.killpg", "pty.spawn", "signal.pthread_kill",
-        "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "os.symlink",
-        "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata",
-        "resource.setrlimit", "resource.prlimit", "sqlite3.connect",
-        "sqlite3.enable_load_extension", "gc.get_objects", "gc.get_referrers",
-        "gc.get_referents", "sys.setprofile", "sys.settrace",
-    ))
+    refused = frozenset(
+        (
+            "subprocess.Popen",
+            "os.system",
+            "os.exec",
+            "os.posix_spawn",
+            "os.spawn",
+            "os.fork",
+            "os.forkpty",
+            "os.startfile",
+            "os.kill",
+            "os.killpg",
+            "pty.spawn",
+            "signal.pthread_kill",
+            "socket.connect",
+            "socket.bind",
+            "socket.sendto",
+            "socket.sendmsg",
+            "os.symlink",
+            "ctypes.dlopen",
+            "ctypes.dlsym",
+            "ctypes.call_function",
+            "ctypes.cdata",
+            "resource.setrlimit",
+            "resource.prlimit",
+            "sqlite3.connect",
+            "sqlite3.enable_load_extension",
+            "gc.get_objects",
+            "gc.get_referrers",
+            "gc.get_referents",
+            "sys.setprofile",
+            "sys.settrace",
+        )
+    )
     # modules whose C functions are replaced above (a fresh copy would bring them back), and
     # the native-code modules
     refused_imports = frozenset((os.name, "os", "_posixsubprocess", "_signal", "signal", "_imp")) | NATIVE_MODULES
@@ -117,11 +183,14 @@ def _guard(root):
 
     def refuse(what, path=None):
         if path is None:
-            raise PermissionError(f"sandbox: {what} is refused (model-written code may not start "
-                                  "processes, send signals, use the network or databases, load "
-                                  "native code, trace or change its limits)")
-        raise PermissionError(f"sandbox: {what} {path!r} is refused: outside the sandbox "
-                              "directory (use a relative path inside it)")
+            raise PermissionError(
+                f"sandbox: {what} is refused (model-written code may not start "
+                "processes, send signals, use the network or databases, load "
+                "native code, trace or change its limits)"
+            )
+        raise PermissionError(
+            f"sandbox: {what} {path!r} is refused: outside the sandbox directory (use a relative path inside it)"
+        )
 
     def text(path):
         if isinstance(path, (str, bytes)):
@@ -175,8 +244,7 @@ def _guard(root):
                 name = text(path)
             except (TypeError, ValueError):
                 refuse("opening", path)
-            writing = (any(c in mode for c in "wax+") if isinstance(mode, str)
-                       else bool((flags or 0) & write_flags))
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & write_flags)
             if writing:
                 # os.open(..., dir_fd=) is not in the event: refuse climbing out with "..",
                 # and (below) descriptors of directories outside the box
@@ -250,8 +318,10 @@ def encode(value, depth=0):
                 raise NotPlain(f"an iterator of more than {MAX_ITEMS} items")
             items.append(encode(item, depth + 1))
         return ["it", items]
-    raise NotPlain(f"a {kind.__name__} object (only None, bool, int, float, complex, str, bytes and "
-                   "lists, tuples, sets and dicts of those cross between the answer and the test)")
+    raise NotPlain(
+        f"a {kind.__name__} object (only None, bool, int, float, complex, str, bytes and "
+        "lists, tuples, sets and dicts of those cross between the answer and the test)"
+    )
 
 
 def decode(data, depth=0):
@@ -278,8 +348,13 @@ def decode(data, depth=0):
         return _BUILD[tag](decode(v, depth + 1) for v in rest[0])
     if tag == "it" and len(rest) == 1 and isinstance(rest[0], list):  # consumed once, as the original
         return iter([decode(v, depth + 1) for v in rest[0]])
-    if tag == "r" and len(rest) == 1 and isinstance(rest[0], list) and len(rest[0]) == 3 \
-            and all(type(n) is int for n in rest[0]):
+    if (
+        tag == "r"
+        and len(rest) == 1
+        and isinstance(rest[0], list)
+        and len(rest[0]) == 3
+        and all(type(n) is int for n in rest[0])
+    ):
         return range(*rest[0])
     if tag == "d" and len(rest) == 1 and isinstance(rest[0], list):
         pairs = rest[0]
@@ -294,11 +369,12 @@ def send(fd, message):
     data = json.dumps(message).encode("utf-8")
     view = memoryview(len(data).to_bytes(8, "big") + data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def receive(fd, limit):
     """Read one message of at most `limit` bytes; EOFError when the other side has gone."""
+
     def exactly(n):
         parts, left = [], n
         while left:
@@ -381,12 +457,12 @@ class CandidateError(Exception):
 
 def _stand_in(entry, calls_out, calls_in, limit):
     """A function that calls the candidate's `entry` in its process and returns a plain copy."""
+
     def candidate(*args, **kwargs):
         try:
             send(calls_out, [encode(list(args)), encode(kwargs)])
         except NotPlain as exc:
-            raise TypeError(f"the test passes {exc} to {entry}: it cannot cross to the answer's "
-                            "process") from None
+            raise TypeError(f"the test passes {exc} to {entry}: it cannot cross to the answer's process") from None
         except OSError:
             raise CandidateError(f"the answer's process ended before {entry} was called") from None
         try:
@@ -436,6 +512,7 @@ def main(argv):
     config = json.loads(argv[1])
     if sys.platform == "win32":  # the pipes arrive as inherited handles
         import msvcrt
+
         for key, flags in (("calls_in", os.O_RDONLY), ("calls_out", os.O_WRONLY), ("verdict", os.O_WRONLY)):
             if key in config:
                 config[key] = msvcrt.open_osfhandle(config[key], flags)
@@ -443,6 +520,7 @@ def main(argv):
         _drop_root(config["drop"])
     if config.get("nproc"):
         import resource
+
         resource.setrlimit(resource.RLIMIT_NPROC, (config["nproc"], config["nproc"]))
     job = json.loads(sys.stdin.read())
     if config.get("guard"):

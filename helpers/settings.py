@@ -18,6 +18,7 @@
 | SLM_LOG_DIR         | ~/.cache/slm-course        | logs of servers `slm-course lab` starts          |
 | SLM_MODEL_DIR       | ~/.cache/slm-course/models | offline models installed by `slm-course pull`    |
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -48,9 +49,10 @@ def _load_dotenv() -> None:
 
 
 def _bad_host(host: str, why: str) -> BadInput:
-    return BadInput(f"{redact_url(host)!r} is not a server address: {why}",
-                    "write it like http://127.0.0.1:11434, https://host/path or host:port "
-                    "(check OLLAMA_HOST)")
+    return BadInput(
+        f"{redact_url(host)!r} is not a server address: {why}",
+        "write it like http://127.0.0.1:11434, https://host/path or host:port (check OLLAMA_HOST)",
+    )
 
 
 def normalise_host(host: str | None) -> str:
@@ -196,6 +198,7 @@ def redact_url(text: str) -> str:
     >>> redact_url('http://127.0.0.1:11434')
     'http://127.0.0.1:11434'
     """
+
     def hide(m: re.Match) -> str:
         user, colon, _ = m.group("userinfo").partition(":")
         return f"{m.group('scheme')}{user + ':***' if colon and user else '***'}@"
@@ -268,8 +271,6 @@ def get_settings() -> Settings:
         # a key of spaces is no key: a server must never "require" an empty bearer
         serve_api_key=(env.get("SLM_SERVE_API_KEY") or "").strip() or None,
         serve_read_timeout=read_timeout,
-        log_dir=env.get("SLM_LOG_DIR", "").strip()
-        or str(Path.home() / ".cache" / "slm-course"),
-        model_dir=env.get("SLM_MODEL_DIR", "").strip()
-        or str(Path.home() / ".cache" / "slm-course" / "models"),
+        log_dir=env.get("SLM_LOG_DIR", "").strip() or str(Path.home() / ".cache" / "slm-course"),
+        model_dir=env.get("SLM_MODEL_DIR", "").strip() or str(Path.home() / ".cache" / "slm-course" / "models"),
     )

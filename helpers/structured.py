@@ -10,6 +10,7 @@ model answers with the result.
 Everything goes through the official `ollama` client, so it runs unchanged on a real Ollama and on
 `slm-course serve`.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,15 +54,13 @@ def _rows() -> list[dict]:
 
 def extract_tasks(n: int | None = None) -> list[ExtractTask]:
     """The kit's extraction tasks (the first `n`, interleaving their schemas)."""
-    tasks = [ExtractTask(r["id"], r["text"], r["schema"], r["answer"]) for r in _rows()
-             if r["kind"] == "extract"]
+    tasks = [ExtractTask(r["id"], r["text"], r["schema"], r["answer"]) for r in _rows() if r["kind"] == "extract"]
     return tasks[:n] if n is not None else tasks
 
 
 def tool_tasks(n: int | None = None) -> list[ToolTask]:
     """The kit's tool-choice tasks (the first `n`)."""
-    tasks = [ToolTask(r["id"], r["prompt"], r["tool"], r["arguments"]) for r in _rows()
-             if r["kind"] == "tool"]
+    tasks = [ToolTask(r["id"], r["prompt"], r["tool"], r["arguments"]) for r in _rows() if r["kind"] == "tool"]
     return tasks[:n] if n is not None else tasks
 
 
@@ -129,8 +128,7 @@ def score(text: str, task: ExtractTask) -> Score:
 def extraction_prompt(task: ExtractTask) -> str:
     """The same request in every mode: the fields and their types, then the text."""
     fields = ", ".join(f'"{k}" ({v.get("type", "any")})' for k, v in task.schema["properties"].items())
-    return (f"Extract these fields from the text and reply with a JSON object only: {fields}.\n\n"
-            f"Text: {task.text}")
+    return f"Extract these fields from the text and reply with a JSON object only: {fields}.\n\nText: {task.text}"
 
 
 def format_for(mode: str, task: ExtractTask) -> Any:
@@ -155,15 +153,26 @@ class Record:
     reply: str
 
 
-def run_extraction(client: Any, model: str, tasks: Sequence[ExtractTask], mode: str, *,
-                   options: dict | None = None, progress: Any = None,
-                   concurrency: int | None = None) -> list[Record]:
+def run_extraction(
+    client: Any,
+    model: str,
+    tasks: Sequence[ExtractTask],
+    mode: str,
+    *,
+    options: dict | None = None,
+    progress: Any = None,
+    concurrency: int | None = None,
+) -> list[Record]:
     """Ask `model` every task in one mode (an `ollama.Client`), several at once; score each reply."""
     from .concurrency import map_concurrent, values
 
     def ask(task: ExtractTask) -> Any:
-        reply = client.chat(model=model, format=format_for(mode, task), options=options,
-                            messages=[{"role": "user", "content": extraction_prompt(task)}])
+        reply = client.chat(
+            model=model,
+            format=format_for(mode, task),
+            options=options,
+            messages=[{"role": "user", "content": extraction_prompt(task)}],
+        )
         if progress is not None:
             progress.update(1)
         return reply
@@ -172,8 +181,19 @@ def run_extraction(client: Any, model: str, tasks: Sequence[ExtractTask], mode: 
     for task, r in zip(tasks, values(map_concurrent(ask, tasks, concurrency=concurrency, progress=False))):
         s = score(r.message.content, task)
         speed = (r.eval_count / r.eval_duration * 1e9) if r.eval_duration else 0.0
-        out.append(Record(model, mode, task.id, s.valid_json, s.schema_valid, s.field_accuracy,
-                          r.eval_count or 0, speed, r.message.content))
+        out.append(
+            Record(
+                model,
+                mode,
+                task.id,
+                s.valid_json,
+                s.schema_valid,
+                s.field_accuracy,
+                r.eval_count or 0,
+                speed,
+                r.message.content,
+            )
+        )
     return out
 
 
@@ -183,8 +203,12 @@ def summary(records: Sequence[Record]):
 
     frame = pd.DataFrame([asdict(r) for r in records])
     table = frame.groupby(["model", "mode"], sort=False).agg(
-        n=("task", "size"), valid_json=("valid_json", "mean"), schema_valid=("schema_valid", "mean"),
-        field_accuracy=("field_accuracy", "mean"), tokens_per_s=("tokens_per_s", "median"))
+        n=("task", "size"),
+        valid_json=("valid_json", "mean"),
+        schema_valid=("schema_valid", "mean"),
+        field_accuracy=("field_accuracy", "mean"),
+        tokens_per_s=("tokens_per_s", "median"),
+    )
     return table.round(3)
 
 
@@ -244,7 +268,7 @@ class ToolRun:
     answer: str = ""
     used_result: bool = False  # the final answer quotes the tool's result
     error: str = ""
-    output_tokens: int = 0     # tokens the model generated over the loop's calls (eval_count)
+    output_tokens: int = 0  # tokens the model generated over the loop's calls (eval_count)
 
     @property
     def success(self) -> bool:
@@ -282,12 +306,12 @@ def tool_loop(client: Any, model: str, task: ToolTask, *, options: dict | None =
     run.called, run.arguments = call.name, dict(call.arguments or {})
     run.right_call = call.name == task.tool and _args_match(run.arguments, task.arguments)
     try:
-        run.result = TOOLS[call.name](**run.arguments) if call.name in TOOLS else {
-            "error": f"no tool named {call.name}"}
+        run.result = (
+            TOOLS[call.name](**run.arguments) if call.name in TOOLS else {"error": f"no tool named {call.name}"}
+        )
     except TypeError as exc:  # the model invented or left out an argument
         run.result = {"error": str(exc)}
-    messages += [first.message, {"role": "tool", "tool_name": call.name,
-                                 "content": json.dumps(run.result)}]
+    messages += [first.message, {"role": "tool", "tool_name": call.name, "content": json.dumps(run.result)}]
     second = client.chat(model=model, messages=messages, tools=list(TOOLS.values()), options=options)
     run.answer = second.message.content
     run.output_tokens += second.eval_count or 0
@@ -310,8 +334,9 @@ def pick_pair(backend: Any, small: str = "", large: str = "", *, verbose: bool =
     large_name = pick_model(backend, large, verbose=verbose) if large else (ranked[0] if ranked else "")
     small_name = pick_model(backend, small, verbose=verbose) if small else (ranked[-1] if ranked else "")
     if not large_name or not small_name:
-        raise BadInput(f"{backend.describe()} has no chat model",
-                       "pull one (`ollama pull qwen2.5:0.5b`) or run `slm-course serve`")
+        raise BadInput(
+            f"{backend.describe()} has no chat model", "pull one (`ollama pull qwen2.5:0.5b`) or run `slm-course serve`"
+        )
     if verbose:
         how = "asked for" if small and large else "smallest and biggest chat model on the server"
         same = " (the same model: pull a second one to compare two)" if small_name == large_name else ""

@@ -10,6 +10,7 @@ A lesson's ledger cell calls them and records the result::
 
     ledger.judge("cost-local", verdicts.cost_local(energy_usd=4.2, machine_days=31, n_queries=1_000_000))
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,10 @@ def _money(usd: float) -> str:
     return f"${usd:,.0f}" if usd >= 10 else f"${usd:,.2f}"
 
 
-def price_per_1k(prices: Mapping[str, tuple[float, float]], low: float = 0.01, high: float = 0.06,
-                 when: str = "") -> Finding:
-    """"$0.01-0.06 per 1K tokens" for the article's GPT-3/4 models: confirmed when every input and
+def price_per_1k(
+    prices: Mapping[str, tuple[float, float]], low: float = 0.01, high: float = 0.06, when: str = ""
+) -> Finding:
+    """ "$0.01-0.06 per 1K tokens" for the article's GPT-3/4 models: confirmed when every input and
     output price (USD per 1K tokens) of `prices` lies in [low, high].
 
     >>> price_per_1k({"gpt-4": (0.03, 0.06), "gpt-4-turbo": (0.01, 0.03)}).ok
@@ -57,13 +59,18 @@ def price_per_1k(prices: Mapping[str, tuple[float, float]], low: float = 0.01, h
     outside = [m for m, (i, o) in prices.items() if not (low <= i <= high and low <= o <= high)]
     measured = "; ".join(f"{m} ${i:g} in / ${o:g} out" for m, (i, o) in prices.items()) + " per 1K tokens"
     measured += f" (genai-prices, {when})" if when else ""
-    return Finding(measured, not outside,
-                   f"{', '.join(outside)} outside ${low:g}-{high:g}" if outside
-                   else f"the article's row is GPT-3/4: {', '.join(prices)}")
+    return Finding(
+        measured,
+        not outside,
+        f"{', '.join(outside)} outside ${low:g}-{high:g}"
+        if outside
+        else f"the article's row is GPT-3/4: {', '.join(prices)}",
+    )
 
 
-def cost_at_query_size(claimed_usd: float, usd: float, input_tokens: int, output_tokens: int, model: str,
-                       rel_tol: float = 0.25) -> Finding:
+def cost_at_query_size(
+    claimed_usd: float, usd: float, input_tokens: int, output_tokens: int, model: str, rel_tol: float = 0.25
+) -> Finding:
     """A "$X per 1 million queries" row at a stated query size: confirmed when this lesson's query
     size (`input_tokens` + `output_tokens`, costing `usd` for the million) comes within `rel_tol`.
 
@@ -76,19 +83,26 @@ def cost_at_query_size(claimed_usd: float, usd: float, input_tokens: int, output
     True
     """
     if claimed_usd <= 0 or usd < 0:
-        raise BadInput(f"costs must be positive, got claimed {claimed_usd!r}, measured {usd!r}",
-                       "pass the article's figure and the lesson's total in USD")
+        raise BadInput(
+            f"costs must be positive, got claimed {claimed_usd!r}, measured {usd!r}",
+            "pass the article's figure and the lesson's total in USD",
+        )
     factor = claimed_usd / usd if usd else math.inf
     ok = abs(usd - claimed_usd) <= rel_tol * claimed_usd
-    return Finding(f"{_money(usd)} for 1M queries of {input_tokens:,} + {output_tokens:,} tokens ({model})", ok,
-                   f"within {rel_tol:.0%} at this lesson's query size" if ok else
-                   f"{factor:.1f}x off at this lesson's query size; the article's figure needs "
-                   f"{'longer' if factor > 1 else 'shorter'} queries (it names no size)")
+    return Finding(
+        f"{_money(usd)} for 1M queries of {input_tokens:,} + {output_tokens:,} tokens ({model})",
+        ok,
+        f"within {rel_tol:.0%} at this lesson's query size"
+        if ok
+        else f"{factor:.1f}x off at this lesson's query size; the article's figure needs "
+        f"{'longer' if factor > 1 else 'shorter'} queries (it names no size)",
+    )
 
 
-def cost_local(energy_usd: float, machine_days: float, n_queries: int = 1_000_000,
-               precision_usd: float = 100.0) -> Finding:
-    """"Local deployment: $0 (after initial hardware)": after the hardware, the cost per query is the
+def cost_local(
+    energy_usd: float, machine_days: float, n_queries: int = 1_000_000, precision_usd: float = 100.0
+) -> Finding:
+    """ "Local deployment: $0 (after initial hardware)": after the hardware, the cost per query is the
     energy. Confirmed when the energy for `n_queries` rounds to $0 at the precision of the
     article's table (its other rows are whole hundreds: $300, $500), refuted otherwise.
 
@@ -99,15 +113,22 @@ def cost_local(energy_usd: float, machine_days: float, n_queries: int = 1_000_00
         raise BadInput("energy and machine-days cannot be negative", "pass the local row of the cost table")
     ok = energy_usd < precision_usd / 2
     days = f"; and one machine busy {machine_days:,.0f} days" if machine_days >= 1 else ""
-    return Finding(f"energy {_money(energy_usd)} for {n_queries:,} queries{days}", ok,
-                   (f"rounds to $0 at the table's ${precision_usd:,.0f} steps" if ok else
-                    f"the energy alone is {_money(energy_usd)}, not $0")
-                   + " (energy from the measured speed and the stated watts and tariff)")
+    return Finding(
+        f"energy {_money(energy_usd)} for {n_queries:,} queries{days}",
+        ok,
+        (
+            f"rounds to $0 at the table's ${precision_usd:,.0f} steps"
+            if ok
+            else f"the energy alone is {_money(energy_usd)}, not $0"
+        )
+        + " (energy from the measured speed and the stated watts and tariff)",
+    )
 
 
-def routine_share(shares: Mapping[str, float], threshold: float = 0.80,
-                  reasoning: frozenset[str] | set[str] = REASONING_BENCHMARKS) -> Finding:
-    """"Use small models for 80% of routine tasks, escalate ... for complex reasoning": the share of
+def routine_share(
+    shares: Mapping[str, float], threshold: float = 0.80, reasoning: frozenset[str] | set[str] = REASONING_BENCHMARKS
+) -> Finding:
+    """ "Use small models for 80% of routine tasks, escalate ... for complex reasoning": the share of
     questions where the small model was enough (at least as good as the large one), judged on the
     routine benchmarks only; reasoning ones (GSM8K) are shown beside them as the escalated kind.
 
@@ -121,14 +142,17 @@ def routine_share(shares: Mapping[str, float], threshold: float = 0.80,
     routine = {b: s for b, s in shares.items() if b not in reasoning}
     escalated = {b: s for b, s in shares.items() if b in reasoning}
     measured = "small model enough on " + ", ".join(
-        f"{b} {s:.0%} ({'complex reasoning' if b in reasoning else 'routine'})" for b, s in shares.items())
+        f"{b} {s:.0%} ({'complex reasoning' if b in reasoning else 'routine'})" for b, s in shares.items()
+    )
     if not routine:
         return Finding(measured, None, "only reasoning benchmarks ran, which the article escalates")
     below = [b for b, s in routine.items() if s < threshold]
-    note = (f"; {', '.join(escalated)} is the reasoning the article escalates" if escalated else "")
-    return Finding(measured, not below,
-                   (f"below {threshold:.0%} on {', '.join(below)}" if below else
-                    f"judged on {', '.join(routine)}") + note)
+    note = f"; {', '.join(escalated)} is the reasoning the article escalates" if escalated else ""
+    return Finding(
+        measured,
+        not below,
+        (f"below {threshold:.0%} on {', '.join(below)}" if below else f"judged on {', '.join(routine)}") + note,
+    )
 
 
 #: The small models the article names (its "Top Small Language Models"): a verdict that the small
@@ -145,9 +169,10 @@ def _article_model(model: str, names: Sequence[str]) -> bool:
     return any(base == n or base.startswith(n + "-") for n in names)
 
 
-def simple_tasks(small_model: str, right: int, n: int, large_right: int | None = None,
-                 good_enough: float = 0.80) -> Finding:
-    """"Choose SLMs when: simple, focused tasks": confirmed when the small tier gets at least
+def simple_tasks(
+    small_model: str, right: int, n: int, large_right: int | None = None, good_enough: float = 0.80
+) -> Finding:
+    """ "Choose SLMs when: simple, focused tasks": confirmed when the small tier gets at least
     `good_enough` of the routine tasks right. Falling short refutes the claim only when the small
     tier is one of the article's SLMs (ARTICLE_SMALL_MODELS); with a smaller model the verdict is
     "not supported on this pair", a statement about this pair, not about the article's models.
@@ -168,13 +193,18 @@ def simple_tasks(small_model: str, right: int, n: int, large_right: int | None =
         return Finding(measured, True, f"the small model gets at least {good_enough:.0%} right")
     if _article_model(small_model, ARTICLE_SMALL_MODELS):
         return Finding(measured, False, f"the article's SLM gets fewer than {good_enough:.0%} right")
-    return Finding(measured, None, f"{NOT_SUPPORTED}: {small_model} gets fewer than {good_enough:.0%} right, "
-                                   "but it is smaller than the article's SLMs (Phi-3 Mini, Gemma 2B)")
+    return Finding(
+        measured,
+        None,
+        f"{NOT_SUPPORTED}: {small_model} gets fewer than {good_enough:.0%} right, "
+        "but it is smaller than the article's SLMs (Phi-3 Mini, Gemma 2B)",
+    )
 
 
-def complex_reasoning(large_model: str, only_small: int, only_large: int, p_value: float, n: int,
-                      tasks_needed: int | None = None) -> Finding:
-    """"Choose large LMs when: complex reasoning tasks": on the hard tasks, the large tier must be
+def complex_reasoning(
+    large_model: str, only_small: int, only_large: int, p_value: float, n: int, tasks_needed: int | None = None
+) -> Finding:
+    """ "Choose large LMs when: complex reasoning tasks": on the hard tasks, the large tier must be
     right where the small one is not, more often than the reverse, by McNemar's exact test (p <
     0.05). A win on a stand-in large model confirms it on this pair (the why says so); a loss or a
     tie refutes it only when the large tier is one of the article's (ARTICLE_LARGE_NAMES). Too few
@@ -187,21 +217,35 @@ def complex_reasoning(large_model: str, only_small: int, only_large: int, p_valu
     >>> complex_reasoning("gpt-4", 9, 1, 0.02, 28).ok
     False
     """
-    measured = (f"{n} hard tasks: only small right {only_small}, only large ({large_model}) right {only_large}, "
-                f"McNemar exact p = {p_value:.3g}")
+    measured = (
+        f"{n} hard tasks: only small right {only_small}, only large ({large_model}) right {only_large}, "
+        f"McNemar exact p = {p_value:.3g}"
+    )
     article = _article_model(large_model, ARTICLE_LARGE_NAMES)
     if n <= 0:
         return Finding(measured, None, "no hard task was scored")
     if not p_value < 0.05:
-        return Finding(measured, None, "this run cannot tell the tiers apart on them"
-                       + (f": about {tasks_needed:,} hard tasks per model would" if tasks_needed else ""))
+        return Finding(
+            measured,
+            None,
+            "this run cannot tell the tiers apart on them"
+            + (f": about {tasks_needed:,} hard tasks per model would" if tasks_needed else ""),
+        )
     if only_large > only_small:
-        return Finding(measured, True, "the large model is right where the small one is not"
-                       + ("" if article else f" (on this pair: {large_model} stands in for the article's GPT-4)"))
+        return Finding(
+            measured,
+            True,
+            "the large model is right where the small one is not"
+            + ("" if article else f" (on this pair: {large_model} stands in for the article's GPT-4)"),
+        )
     if article:
         return Finding(measured, False, "the small model did better on the hard tasks")
-    return Finding(measured, None, f"{NOT_SUPPORTED}: the small model did better than {large_model}, "
-                                   "which is not one of the article's large models")
+    return Finding(
+        measured,
+        None,
+        f"{NOT_SUPPORTED}: the small model did better than {large_model}, "
+        "which is not one of the article's large models",
+    )
 
 
 def small_answers_two_plus_two(answer: str, routed_to: str, small_model: str) -> Finding:
@@ -216,13 +260,15 @@ def small_answers_two_plus_two(answer: str, routed_to: str, small_model: str) ->
     from .evals import score_number
 
     right = score_number(answer, 4)
-    return Finding(f"{small_model} alone answered {answer.strip()[:40]!r}; this page's router sent it {routed_to}",
-                   right, ("the small model can serve it" if right else "the small model's answer is not 4")
-                   + ("" if routed_to == "small" else "; the course's is_simple_task routes maths large"))
+    return Finding(
+        f"{small_model} alone answered {answer.strip()[:40]!r}; this page's router sent it {routed_to}",
+        right,
+        ("the small model can serve it" if right else "the small model's answer is not 4")
+        + ("" if routed_to == "small" else "; the course's is_simple_task routes maths large"),
+    )
 
 
-def saving_at_mix(small_usd: float, simple_large_usd: float, complex_large_usd: float,
-                  routine: float = 0.8) -> float:
+def saving_at_mix(small_usd: float, simple_large_usd: float, complex_large_usd: float, routine: float = 0.8) -> float:
     """Share of the always-large bill saved when `routine` of the prompts (the simple ones) go to
     the small model: mean USD of a small answer, of a large answer to a simple prompt, of a large
     answer to a complex prompt (lesson 07's HybridApp.mean_costs).
@@ -236,9 +282,16 @@ def saving_at_mix(small_usd: float, simple_large_usd: float, complex_large_usd: 
     return 1.0 - (routine * small_usd + (1 - routine) * complex_large_usd) / always
 
 
-def hybrid_saving(small_usd: float, simple_large_usd: float, complex_large_usd: float, large_model: str,
-                  routine: float = 0.8, low: float = 0.60, high: float = 0.80) -> Finding:
-    """"This reduces costs by 60-80%": the saving at the article's routine share, with the large
+def hybrid_saving(
+    small_usd: float,
+    simple_large_usd: float,
+    complex_large_usd: float,
+    large_model: str,
+    routine: float = 0.8,
+    low: float = 0.60,
+    high: float = 0.80,
+) -> Finding:
+    """ "This reduces costs by 60-80%": the saving at the article's routine share, with the large
     answers priced as the article's large model (GPT-4). Confirmed when it lies in [low, high].
 
     >>> hybrid_saving(0.00001, 0.02, 0.03, "gpt-4").ok
@@ -248,10 +301,13 @@ def hybrid_saving(small_usd: float, simple_large_usd: float, complex_large_usd: 
     """
     saved = saving_at_mix(small_usd, simple_large_usd, complex_large_usd, routine)
     ok = low <= saved <= high
-    return Finding(f"{saved:.0%} saved at {routine:.0%} small calls, large answers priced as {large_model} "
-                   f"(${complex_large_usd:.5f} a complex one; a small answer ${small_usd:.6f})", ok,
-                   f"{'inside' if ok else 'outside'} {low:.0%}-{high:.0%}"
-                   + ("" if ok else f"; a small answer costs {small_usd / simple_large_usd:.0%} of a large one"))
+    return Finding(
+        f"{saved:.0%} saved at {routine:.0%} small calls, large answers priced as {large_model} "
+        f"(${complex_large_usd:.5f} a complex one; a small answer ${small_usd:.6f})",
+        ok,
+        f"{'inside' if ok else 'outside'} {low:.0%}-{high:.0%}"
+        + ("" if ok else f"; a small answer costs {small_usd / simple_large_usd:.0%} of a large one"),
+    )
 
 
 def rescues(outcomes: Sequence[bool | None]) -> tuple[int, int, int]:
@@ -265,7 +321,7 @@ def rescues(outcomes: Sequence[bool | None]) -> tuple[int, int, int]:
 
 
 def reliability(outcomes: Sequence[bool | None], small_here: bool, kinds: str = "") -> Finding:
-    """"Reliability | Internet dependent | Works offline": each large-tier failure the small model
+    """ "Reliability | Internet dependent | Works offline": each large-tier failure the small model
     answered counts as a rescue only when its answer passes the task's check. Confirmed when every
     checked fall-back was right (and at least one was checked) on a small tier on this machine.
 
@@ -277,19 +333,25 @@ def reliability(outcomes: Sequence[bool | None], small_here: bool, kinds: str = 
     True
     """
     checked, right, unchecked = rescues(outcomes)
-    measured = (f"{len(outcomes)} large-tier failures{f' ({kinds})' if kinds else ''}: the small model answered "
-                f"{right} of {checked} checkable ones right ({unchecked} open prompts not scored)")
+    measured = (
+        f"{len(outcomes)} large-tier failures{f' ({kinds})' if kinds else ''}: the small model answered "
+        f"{right} of {checked} checkable ones right ({unchecked} open prompts not scored)"
+    )
     if not small_here:
         return Finding(measured, None, "the small tier is not on this machine")
     if not checked:
         return Finding(measured, None, "no fall-back answer had a check")
-    return Finding(measured, right == checked,
-                   "a fall-back counts only with a right answer" if right == checked
-                   else f"{checked - right} fall-back answer(s) wrong: the app answered, but not well")
+    return Finding(
+        measured,
+        right == checked,
+        "a fall-back counts only with a right answer"
+        if right == checked
+        else f"{checked - right} fall-back answer(s) wrong: the app answered, but not well",
+    )
 
 
 def realtime(ttft_s: float, e2e_s: float, budget_s: float = 0.5, users: int = 1) -> Finding:
-    """"Building real-time applications" for one user (the article's setting): confirmed when the
+    """ "Building real-time applications" for one user (the article's setting): confirmed when the
     first token arrives within `budget_s` (the article's "100-500ms response").
 
     >>> realtime(0.2, 3.0).ok, realtime(0.9, 3.0).ok
@@ -298,9 +360,12 @@ def realtime(ttft_s: float, e2e_s: float, budget_s: float = 0.5, users: int = 1)
     if not math.isfinite(ttft_s):
         return Finding("no first-token time measured", None, "the load test did not run with one user")
     ok = ttft_s <= budget_s
-    return Finding(f"{users} user: first token after {ttft_s * 1000:.0f} ms (p90), whole answer {e2e_s:.2f} s", ok,
-                   f"{'within' if ok else 'over'} the article's {budget_s * 1000:.0f} ms for the first word; "
-                   "lesson 09's class load is a separate question")
+    return Finding(
+        f"{users} user: first token after {ttft_s * 1000:.0f} ms (p90), whole answer {e2e_s:.2f} s",
+        ok,
+        f"{'within' if ok else 'over'} the article's {budget_s * 1000:.0f} ms for the first word; "
+        "lesson 09's class load is a separate question",
+    )
 
 
 _DEF_RE = re.compile(r"^def\s+(\w+)\s*\(", re.M)
@@ -346,17 +411,19 @@ def fibonacci_program(code: str) -> str | None:
 
         tree = ast.parse(code)
         keep = (ast.FunctionDef, ast.Import, ast.ImportFrom, ast.ClassDef)
-        code = "\n\n".join(ast.get_source_segment(code, node) or "" for node in tree.body
-                           if isinstance(node, keep) or (isinstance(node, ast.Assign) and node is not tree.body[-1]
-                                                         and not _calls_input(node)))
+        code = "\n\n".join(
+            ast.get_source_segment(code, node) or ""
+            for node in tree.body
+            if isinstance(node, keep)
+            or (isinstance(node, ast.Assign) and node is not tree.body[-1] and not _calls_input(node))
+        )
     except SyntaxError:
         pass  # run as written: the syntax error is the finding
-    return (f"{code}\n\nimport sys\nsys.setrecursionlimit(200)\n"
-            f"print('FIB', [{m.group(1)}(n) for n in range(1, 11)])\n")
+    return f"{code}\n\nimport sys\nsys.setrecursionlimit(200)\nprint('FIB', [{m.group(1)}(n) for n in range(1, 11)])\n"
 
 
 def fibonacci_works(code: str, *, timeout_s: float = 5.0) -> Finding:
-    """"Write a Python function to calculate fibonacci": run the function the model wrote in the
+    """ "Write a Python function to calculate fibonacci": run the function the model wrote in the
     sandbox on n = 1..10, with a timeout; confirmed when it returns ten consecutive Fibonacci
     numbers, each the sum of the two before (any of the usual starts: 0, 1 / 1, 1 / 1, 2).
 
@@ -381,12 +448,13 @@ def fibonacci_works(code: str, *, timeout_s: float = 5.0) -> Finding:
     else:
         what = f"f(1..10) = {got[:60]}"
     ok = run.ok and is_fibonacci(got)
-    return Finding(f"ran the function in the sandbox: {what}", ok,
-                   "the Fibonacci numbers" if ok else "not the Fibonacci numbers")
+    return Finding(
+        f"ran the function in the sandbox: {what}", ok, "the Fibonacci numbers" if ok else "not the Fibonacci numbers"
+    )
 
 
 def smart_home(pairs: Sequence[tuple[Mapping | None, Mapping[str, str]]], offline: bool, how: str = "") -> Finding:
-    """"IoT Devices: Smart home automation without cloud": with the network cut (`offline`), the
+    """ "IoT Devices: Smart home automation without cloud": with the network cut (`offline`), the
     small model turned each spoken command into its device action (`pairs`: the model's parsed reply,
     or None, and the expected action; every field must match, case and spaces aside). Judged on
     content, not on whether some text came back; None when the network could not be cut.
@@ -397,6 +465,7 @@ def smart_home(pairs: Sequence[tuple[Mapping | None, Mapping[str, str]]], offlin
     >>> smart_home([(dict(want, action="on"), want)], offline=True).why
     "1 of 1 wrong: 'light kitchen on' for 'light kitchen off'"
     """
+
     def norm(v) -> str:
         return re.sub(r"[\s_-]+", " ", str(v)).strip().lower()
 
@@ -410,7 +479,11 @@ def smart_home(pairs: Sequence[tuple[Mapping | None, Mapping[str, str]]], offlin
         return Finding(measured, None, "no command was asked")
     if not offline:
         return Finding(measured, None, "the network could not be cut here, so 'without cloud' is not shown")
-    return Finding(measured, not wrong,
-                   "each command became the right device action on this machine" if not wrong else
-                   f"{len(wrong)} of {len(pairs)} wrong: "
-                   + "; ".join(f"{words(r, e)!r} for {words(e, e)!r}" for r, e in wrong))
+    return Finding(
+        measured,
+        not wrong,
+        "each command became the right device action on this machine"
+        if not wrong
+        else f"{len(wrong)} of {len(pairs)} wrong: "
+        + "; ".join(f"{words(r, e)!r} for {words(e, e)!r}" for r, e in wrong),
+    )

@@ -1,6 +1,7 @@
 """helpers.bench: metric definitions, summaries, cold starts, the CLI - and fidelity: the kit's
 tokens/s are the engine's own counters, checked through the server (Ollama's eval_count /
 eval_duration) and in-process against llama.cpp's perf counters, on the bundled model."""
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,24 @@ PROMPT = "Write a short story about a robot who learns to paint."
 
 
 def _row(**kw) -> BenchRow:
-    base = dict(model="m", backend="ollama", phase="warm", stream=True, run=0, prompt_id="p0",
-                ttft_s=0.1, tpot_s=0.01, decode_tps=100.0, decode_source="engine", prompt_tps=500.0,
-                e2e_s=1.0, load_s=0.0, prompt_tokens=20, output_tokens=64, done_reason="length")
+    base = dict(
+        model="m",
+        backend="ollama",
+        phase="warm",
+        stream=True,
+        run=0,
+        prompt_id="p0",
+        ttft_s=0.1,
+        tpot_s=0.01,
+        decode_tps=100.0,
+        decode_source="engine",
+        prompt_tps=500.0,
+        e2e_s=1.0,
+        load_s=0.0,
+        prompt_tokens=20,
+        output_tokens=64,
+        done_reason="length",
+    )
     return BenchRow(**{**base, **kw})
 
 
@@ -58,8 +74,10 @@ def server() -> OllamaBackend:
 def test_summary_is_median_p90_min_max_of_warm_streamed_rows_in_readable_units():
     ttfts = [0.100, 0.200, 0.300, 0.400, 1.000]
     rows = [_row(ttft_s=t, decode_tps=50.0 + i, run=i) for i, t in enumerate(ttfts)]
-    rows += [_row(phase="cold", ttft_s=9.0, decode_tps=1.0),      # the cold call is kept apart
-             _row(stream=False, ttft_s=7.0, decode_tps=2.0)]      # and so are non-streamed calls
+    rows += [
+        _row(phase="cold", ttft_s=9.0, decode_tps=1.0),  # the cold call is kept apart
+        _row(stream=False, ttft_s=7.0, decode_tps=2.0),
+    ]  # and so are non-streamed calls
     s = summarise(_df(rows))
     ttft = s.loc[("m", "time to first token")]
     assert ttft["unit"] == "ms" and ttft["n"] == 5
@@ -80,8 +98,11 @@ def test_summary_skips_metrics_nobody_reported():
 
 
 def test_cold_vs_warm_and_latency_tables():
-    rows = [_row(phase="cold", load_s=0.8, ttft_s=1.0, e2e_s=2.0), _row(ttft_s=0.1, e2e_s=1.0),
-            _row(ttft_s=0.3, e2e_s=1.2)]
+    rows = [
+        _row(phase="cold", load_s=0.8, ttft_s=1.0, e2e_s=2.0),
+        _row(ttft_s=0.1, e2e_s=1.0),
+        _row(ttft_s=0.3, e2e_s=1.2),
+    ]
     t = cold_vs_warm(_df(rows)).loc["m"]
     assert t["cold load (ms)"] == 800.0 and t["cold TTFT (ms)"] == 1000.0
     assert t["warm TTFT, median (ms)"] == 200.0 and t["warm end-to-end, median (ms)"] == 1100.0
@@ -92,8 +113,7 @@ def test_cold_vs_warm_and_latency_tables():
     assert lat.loc[("m", "not streaming"), "first words visible (ms)"] == 1100.0
 
 
-@pytest.mark.parametrize("median_ttft,verdict", [(0.05, "faster"), (0.1, "within"), (0.5, "within"),
-                                                 (0.51, "slower")])
+@pytest.mark.parametrize("median_ttft,verdict", [(0.05, "faster"), (0.1, "within"), (0.5, "within"), (0.51, "slower")])
 def test_latency_claim_verdicts(median_ttft, verdict):
     df = _df([_row(ttft_s=median_ttft)] * 3)
     check = check_latency_claim(df, "m", 0.1, 0.5)
@@ -113,7 +133,8 @@ def test_latency_claim_rejects_bad_ranges_and_unknown_models():
 
 def test_ceiling_table_is_bandwidth_over_bytes_and_ignores_wall_clock_rows():
     rows = [_row(decode_tps=v) for v in (40.0, 50.0, 60.0)] + [
-        _row(model="api", decode_tps=300.0, decode_source="wall")]
+        _row(model="api", decode_tps=300.0, decode_source="wall")
+    ]
     t = ceiling_table(_df(rows), bandwidth_gbs=20.0, sizes={"m": 200_000_000, "api": None})
     assert list(t.index) == ["m"]
     row = t.loc["m"]
@@ -149,11 +170,19 @@ def test_csv_round_trip(tmp_path):
     assert summarise(back).loc[("m", "decode speed"), "median"] == 100.0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"models": []}, "non-empty list"), ({"models": [""]}, "non-empty list"),
-    ({"n_runs": 0}, "n_runs"), ({"n_runs": 2.5}, "n_runs"), ({"max_tokens": 0}, "max_tokens"),
-    ({"warmup": -1}, "warmup"), ({"prompts": [""]}, "prompt 0"), ({"prompts": []}, "empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"models": []}, "non-empty list"),
+        ({"models": [""]}, "non-empty list"),
+        ({"n_runs": 0}, "n_runs"),
+        ({"n_runs": 2.5}, "n_runs"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"warmup": -1}, "warmup"),
+        ({"prompts": [""]}, "prompt 0"),
+        ({"prompts": []}, "empty"),
+    ],
+)
 def test_bad_arguments_fail_before_any_call_with_a_hint(server, kwargs, match):
     args = {"models": [BUNDLED], **kwargs}
     with pytest.raises(BadInput, match=match) as err:
@@ -208,8 +237,7 @@ def test_fidelity_through_the_server_is_ollamas_own_eval_count_over_eval_duratio
     assert row.decode_source == "engine"
     assert row.output_tokens == final["eval_count"] > 1
     assert row.decode_tps == pytest.approx(final["eval_count"] / final["eval_duration"] * 1e9, rel=1e-12)
-    assert row.prompt_tps == pytest.approx(
-        final["prompt_eval_count"] / final["prompt_eval_duration"] * 1e9, rel=1e-12)
+    assert row.prompt_tps == pytest.approx(final["prompt_eval_count"] / final["prompt_eval_duration"] * 1e9, rel=1e-12)
     assert row.load_s == final["load_duration"] / 1e9
     # the client-side metrics: first token before the end, TPOT over the tokens after the first
     assert 0 < row.ttft_s < row.e2e_s
@@ -252,8 +280,23 @@ def test_command_line_prints_the_summary_and_saves_rows(tmp_path, capsys):
     prompts = tmp_path / "one.txt"
     prompts.write_text("Name three colours.\n")
     csv = tmp_path / "rows.csv"
-    code = main(["bench", "-m", BUNDLED, "--runs", "2", "--max-tokens", "6", "--prompts", str(prompts),
-                 "--csv", str(csv), "--quiet", "--no-cold"])
+    code = main(
+        [
+            "bench",
+            "-m",
+            BUNDLED,
+            "--runs",
+            "2",
+            "--max-tokens",
+            "6",
+            "--prompts",
+            str(prompts),
+            "--csv",
+            str(csv),
+            "--quiet",
+            "--no-cold",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "time to first token" in out and "decode speed" in out and str(csv) in out
@@ -265,8 +308,9 @@ def test_command_line_prints_the_summary_and_saves_rows(tmp_path, capsys):
 
 def test_calls_can_be_measured_several_at_a_time(server):
     """`slm-course bench --concurrency 4`: the same rows, sent four at a time (helpers.concurrency)."""
-    df = run_bench(server, [BUNDLED], [PROMPT, "Name a colour."], n_runs=2, max_tokens=8, cold=False,
-                   progress=False, concurrency=4)
+    df = run_bench(
+        server, [BUNDLED], [PROMPT, "Name a colour."], n_runs=2, max_tokens=8, cold=False, progress=False, concurrency=4
+    )
     assert len(df) == 4 and set(df["run"]) == {0, 1} and all(df["output_tokens"] > 0)
     assert df.attrs["concurrency"] == 4 and df.attrs["wall_s"] > 0
     with pytest.raises(BadInput, match="concurrency"):

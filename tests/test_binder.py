@@ -5,6 +5,7 @@ postBuild runs use a local archive (file:// URL) instead of the Ollama download:
 the script's unpacking and its fall-back logic; the stand-in `ollama` in that archive is a
 two-line shell script that prints a version and refuses everything else.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,9 @@ def test_runtime_python_is_one_the_project_supports():
 
 
 def test_apt_txt_lists_the_download_tools():
-    packages = {ln.strip() for ln in (BINDER / "apt.txt").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")}
+    packages = {
+        ln.strip() for ln in (BINDER / "apt.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    }
     assert {"zstd", "curl", "ca-certificates"} <= packages
 
 
@@ -85,8 +87,7 @@ def test_scripts_are_executable_bash_that_parses(script):
 
 def test_postbuild_is_strict_and_start_ends_with_exec():
     assert "set -euo pipefail" in POSTBUILD.read_text()
-    code = [ln.strip() for ln in START.read_text().splitlines()
-            if ln.strip() and not ln.strip().startswith("#")]
+    code = [ln.strip() for ln in START.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
     assert code[-1] == 'exec "$@"'
 
 
@@ -106,10 +107,15 @@ def test_ollama_version_is_pinned_in_one_variable():
 
 # --------------------------------------------------------------------------- postBuild, run
 def _run_postbuild(home: Path, url: str, **env) -> subprocess.CompletedProcess:
-    full_env = {"HOME": str(home), "PATH": BASE_PATH, "OLLAMA_URL": url,
-                "SLM_PORT": str(free_port()), "SLM_SKIP_OFFLINE_MODELS": "1", **env}
-    return subprocess.run(["bash", str(POSTBUILD)], env=full_env, capture_output=True,
-                          text=True, timeout=60)
+    full_env = {
+        "HOME": str(home),
+        "PATH": BASE_PATH,
+        "OLLAMA_URL": url,
+        "SLM_PORT": str(free_port()),
+        "SLM_SKIP_OFFLINE_MODELS": "1",
+        **env,
+    }
+    return subprocess.run(["bash", str(POSTBUILD)], env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def _fake_archive(tmp_path: Path) -> Path:
@@ -120,15 +126,20 @@ def _fake_archive(tmp_path: Path) -> Path:
     for d in ("bin", "lib/ollama/cuda_v12", "lib/ollama/vulkan", "lib/ollama/rocm"):
         (pkg / d).mkdir(parents=True)
     stand_in = pkg / "bin" / "ollama"
-    stand_in.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "ollama version is 0.0.0-stand-in"; '
-                        'exit 0; }\necho "stand-in: $*" >&2; exit 1\n')
+    stand_in.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && { echo "ollama version is 0.0.0-stand-in"; '
+        'exit 0; }\necho "stand-in: $*" >&2; exit 1\n'
+    )
     stand_in.chmod(0o755)
-    for f in ("lib/ollama/libggml-cpu-x64.so", "lib/ollama/cuda_v12/libcublas.so.12",
-              "lib/ollama/vulkan/libggml-vulkan.so", "lib/ollama/rocm/librocblas.so"):
+    for f in (
+        "lib/ollama/libggml-cpu-x64.so",
+        "lib/ollama/cuda_v12/libcublas.so.12",
+        "lib/ollama/vulkan/libggml-vulkan.so",
+        "lib/ollama/rocm/librocblas.so",
+    ):
         (pkg / f).write_bytes(b"\0" * 16)
     archive = tmp_path / "ollama-linux-amd64.tar.zst"
-    subprocess.run(f"tar -C '{pkg}' -cf - . | zstd -q -o '{archive}'", shell=True, check=True,
-                   timeout=30)
+    subprocess.run(f"tar -C '{pkg}' -cf - . | zstd -q -o '{archive}'", shell=True, check=True, timeout=30)
     return archive
 
 
@@ -179,8 +190,9 @@ def test_start_execs_even_without_any_server(tmp_path):
     port = free_port()
     env = {"HOME": str(tmp_path), "PATH": BASE_PATH, "SLM_PORT": str(port)}
     t0 = time.monotonic()
-    proc = subprocess.run([str(START), sys.executable, "-c", REPORT, "a b", "c"], env=env,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [str(START), sys.executable, "-c", REPORT, "a b", "c"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert time.monotonic() - t0 < 10
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"RAN http://127.0.0.1:{port} 'a b' 'c'"  # args intact
@@ -204,8 +216,9 @@ def test_start_uses_a_server_that_already_answers(tmp_path):
     try:
         port = srv.server_address[1]
         env = {"HOME": str(tmp_path), "PATH": BASE_PATH, "SLM_PORT": str(port)}
-        proc = subprocess.run([str(START), sys.executable, "-c", REPORT], env=env,
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [str(START), sys.executable, "-c", REPORT], env=env, capture_output=True, text=True, timeout=30
+        )
     finally:
         srv.shutdown()
         srv.server_close()
@@ -218,8 +231,9 @@ def test_start_uses_a_server_that_already_answers(tmp_path):
 def test_start_defaults_to_port_11434(tmp_path):
     _skip_if_system_server()
     env = {"HOME": str(tmp_path), "PATH": BASE_PATH, "SLM_START_TIMEOUT": "0"}
-    proc = subprocess.run([str(START), sys.executable, "-c", REPORT], env=env,
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [str(START), sys.executable, "-c", REPORT], env=env, capture_output=True, text=True, timeout=30
+    )
     assert proc.stdout.strip() == "RAN http://127.0.0.1:11434"
 
 
@@ -231,11 +245,14 @@ def test_start_falls_back_to_kit_server(tmp_path):
         pytest.skip("ollama is installed next to slm-course; cannot test the fall-back")
     port, logs = free_port(), tmp_path / "logs"
     env = {"HOME": str(tmp_path), "PATH": path, "SLM_PORT": str(port), "SLM_LOG_DIR": str(logs)}
-    check = ("import os, urllib.request; h = os.environ['OLLAMA_HOST']; "
-             "print('RAN', h, urllib.request.urlopen(h + '/api/version', timeout=5).read().decode())")
+    check = (
+        "import os, urllib.request; h = os.environ['OLLAMA_HOST']; "
+        "print('RAN', h, urllib.request.urlopen(h + '/api/version', timeout=5).read().decode())"
+    )
     try:
-        proc = subprocess.run([str(START), sys.executable, "-c", check], env=env,
-                              capture_output=True, text=True, timeout=90)
+        proc = subprocess.run(
+            [str(START), sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=90
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"RAN http://127.0.0.1:{port} "), proc.stdout + proc.stderr
         assert '"version"' in proc.stdout
@@ -294,15 +311,17 @@ def test_start_replaces_an_ollama_that_crashes_on_generation(tmp_path):
     cli_dir = str(Path(_kit_cli()).parent)
     path = f"{stand_in.parent}:{cli_dir}:{BASE_PATH}"
     port, logs = free_port(), tmp_path / "logs"
-    env = {"HOME": str(tmp_path), "PATH": path, "SLM_PORT": str(port), "SLM_LOG_DIR": str(logs),
-           "SLM_THREADS": "1"}
-    check = ("import json, os, urllib.request; h = os.environ['OLLAMA_HOST']; "
-             "req = urllib.request.Request(h + '/api/generate', data=json.dumps({'model': "
-             "'smollm2:135m', 'prompt': 'Hi', 'stream': False, 'options': {'num_predict': 3}})"
-             ".encode()); print('RAN', json.load(urllib.request.urlopen(req, timeout=60))['done'])")
+    env = {"HOME": str(tmp_path), "PATH": path, "SLM_PORT": str(port), "SLM_LOG_DIR": str(logs), "SLM_THREADS": "1"}
+    check = (
+        "import json, os, urllib.request; h = os.environ['OLLAMA_HOST']; "
+        "req = urllib.request.Request(h + '/api/generate', data=json.dumps({'model': "
+        "'smollm2:135m', 'prompt': 'Hi', 'stream': False, 'options': {'num_predict': 3}})"
+        ".encode()); print('RAN', json.load(urllib.request.urlopen(req, timeout=60))['done'])"
+    )
     try:
-        proc = subprocess.run([str(START), sys.executable, "-c", check], env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [str(START), sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
         assert "first generation failed" in proc.stderr and "segmentation fault" in proc.stderr
         assert "slm-course serve" in proc.stderr

@@ -11,6 +11,7 @@
   interpreter's venv and checks that JupyterLab answers and lists the lessons; `slm-course lab`
   with nothing at OLLAMA_HOST starts the offline server there and stops it when it stops.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,15 @@ from conftest import BUNDLED, ROOT, free_port
 pytestmark = pytest.mark.browser  # `make check` leaves it out
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 NOTEBOOK = "notebooks/playground.ipynb"
 AS_ROOT = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
 
@@ -57,9 +65,15 @@ def _lab_env(tmp_path: Path, ollama_host: str) -> dict[str, str]:
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True, exist_ok=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    return {**os.environ, "OLLAMA_HOST": ollama_host, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(settings),
-            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "OLLAMA_HOST": ollama_host,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _wait_for_json(url: str, timeout_s: float, proc: subprocess.Popen, log: Path):
@@ -110,11 +124,28 @@ def jupyterlab(ollama_host, tmp_path):
     log = tmp_path / "jupyterlab.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--port", str(port),
-             "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-             "--ServerApp.root_dir", str(ROOT), "--ServerApp.ip=127.0.0.1", *AS_ROOT],
-            env=_lab_env(tmp_path, ollama_host), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--port",
+                str(port),
+                "--ServerApp.token=",
+                "--ServerApp.password=",
+                "--ServerApp.disable_check_xsrf=True",
+                "--ServerApp.root_dir",
+                str(ROOT),
+                "--ServerApp.ip=127.0.0.1",
+                *AS_ROOT,
+            ],
+            env=_lab_env(tmp_path, ollama_host),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for_json(f"{url}/api/status", 60, proc, log)
@@ -125,8 +156,12 @@ def jupyterlab(ollama_host, tmp_path):
 
 def _server_answer(ollama_host: str, model: str, prompt: str, max_tokens: int) -> str:
     """What the model server answers to the playground's request, asked directly over REST."""
-    body = {"model": model, "prompt": prompt, "stream": False,
-            "options": {"temperature": 0.0, "seed": 42, "num_predict": max_tokens}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "stream": False,
+        "options": {"temperature": 0.0, "seed": 42, "num_predict": max_tokens},
+    }
     r = httpx.post(f"{ollama_host}/api/generate", json=body, timeout=120)
     r.raise_for_status()
     return r.json()["response"]
@@ -155,14 +190,14 @@ def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_
             page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
 
             # the first answer streams into the playground; the final stats line ends with "stopped"
-            page.wait_for_function("() => (document.querySelector('.slm-stats') || {}).innerText"
-                                   "?.includes('stopped:')")
+            page.wait_for_function("() => (document.querySelector('.slm-stats') || {}).innerText?.includes('stopped:')")
             stats = page.locator(".slm-stats").inner_text()
             assert "tokens/s" in stats and "first token" in stats, stats
             shown = page.locator(".slm-answer").inner_text()
             model = page.locator(".slm-model select").input_value()  # the one pick_model chose
-            expected = _server_answer(ollama_host, model,
-                                      "In one sentence: what is a small language model good for?", 48)
+            expected = _server_answer(
+                ollama_host, model, "In one sentence: what is a small language model good for?", 48
+            )
             assert _words(shown) == _words(expected), "the page shows the model's own answer"
             assert "per million calls" in page.locator(".slm-cost").inner_text()
             phases["first answer"] = time.monotonic() - t0
@@ -171,8 +206,12 @@ def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_
             page.wait_for_selector(".slm-explorer img")
             page.wait_for_selector("table:has-text('cost_vs_large')")
             page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()
-            assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-                                ":has-text('Traceback')").count() == 0
+            assert (
+                page.locator(
+                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')"
+                ).count()
+                == 0
+            )
             phases["all cells ran"] = time.monotonic() - t0
 
             # a click on Send streams a new answer for a new prompt
@@ -182,17 +221,19 @@ def test_playground_runs_and_responds_in_a_browser(jupyterlab, ollama_host, tmp_
                 "(old) => { const a = document.querySelector('.slm-answer').innerText;"
                 " const s = document.querySelector('.slm-stats').innerText;"
                 " return a !== old && !a.includes('waiting for the first token')"
-                " && s.includes('stopped:'); }", arg=shown)
+                " && s.includes('stopped:'); }",
+                arg=shown,
+            )
             assert _words(page.locator(".slm-answer").inner_text()) == _words(
-                _server_answer(ollama_host, model, "Name a fruit.", 48))
+                _server_answer(ollama_host, model, "Name a fruit.", 48)
+            )
             phases["click answered"] = time.monotonic() - t0
 
             # a key press on the threshold slider redraws the cost-quality point
             caption = page.locator(".slm-tradeoff").inner_text()
             assert caption.startswith("threshold 1:"), caption
             page.locator(".slm-threshold .noUi-handle").press("ArrowRight")
-            page.wait_for_function("() => document.querySelector('.slm-tradeoff').innerText"
-                                   ".startsWith('threshold 2:')")
+            page.wait_for_function("() => document.querySelector('.slm-tradeoff').innerText.startsWith('threshold 2:')")
 
             page.locator(".slm-playground").screenshot(path=str(tmp_path / "playground.png"))
             page.screenshot(path=str(tmp_path / "lab.png"))
@@ -211,14 +252,19 @@ def test_make_start_opens_jupyterlab_on_the_lessons(ollama_host, tmp_path):
     if not (venv / "bin" / "jupyter").exists() or not (venv / "bin" / "slm-course").exists():
         pytest.skip(f"{venv} has no jupyter/slm-course (run the tests from the course's venv)")
     port = free_port()
-    args = " ".join([f"--no-browser --port={port} --ServerApp.token= --ServerApp.password=",
-                     "--ServerApp.ip=127.0.0.1"])  # the Makefile adds --allow-root as root
+    args = " ".join(
+        [f"--no-browser --port={port} --ServerApp.token= --ServerApp.password=", "--ServerApp.ip=127.0.0.1"]
+    )  # the Makefile adds --allow-root as root
     log = tmp_path / "make-start.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["make", "-o", f"{venv}/.installed", "start", f"VENV={venv}",
-                                 f"JUPYTER_ARGS={args}"],
-                                cwd=ROOT, env=_lab_env(tmp_path, ollama_host), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "-o", f"{venv}/.installed", "start", f"VENV={venv}", f"JUPYTER_ARGS={args}"],
+            cwd=ROOT,
+            env=_lab_env(tmp_path, ollama_host),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         listing = _wait_for_json(f"http://127.0.0.1:{port}/api/contents", 90, proc, log)
         names = {item["name"] for item in listing["content"]}
@@ -244,11 +290,24 @@ def test_lab_starts_the_offline_server_when_nothing_answers(tmp_path):
     env = {**_lab_env(tmp_path, model_host), "SLM_LOG_DIR": str(tmp_path / "logs")}
     log = tmp_path / "lab.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(venv_bin / "slm-course"), "lab", "--", "--no-browser",
-                                 f"--port={port}", "--ServerApp.token=", "--ServerApp.password=",
-                                 "--ServerApp.ip=127.0.0.1", *AS_ROOT],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(venv_bin / "slm-course"),
+                "lab",
+                "--",
+                "--no-browser",
+                f"--port={port}",
+                "--ServerApp.token=",
+                "--ServerApp.password=",
+                "--ServerApp.ip=127.0.0.1",
+                *AS_ROOT,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         tags = _wait_for_json(f"{model_host}/api/tags", 90, proc, log)
         assert BUNDLED in {m["name"] for m in tags["models"]}

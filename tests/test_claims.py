@@ -1,4 +1,5 @@
 """The claims ledger: every quote is verbatim from the article, every lesson ends with a ledger."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -57,7 +58,7 @@ def _check_ledger_cell(number: str) -> None:
     source = _last_code_cell(number)
     assert f'Ledger("{number}")' in source, f"lesson {number}: the last code cell is not its claims ledger"
     assert source.rstrip().endswith(".show()"), f"lesson {number}: the ledger cell must end with ledger.show()"
-    used = set(re.findall(r'"([a-z0-9-]+)"', source)) & set(load_claims())   # ids named in the cell
+    used = set(re.findall(r'"([a-z0-9-]+)"', source)) & set(load_claims())  # ids named in the cell
     listed = {c.id for c in load_claims().values() if number in c.lessons}
     assert used <= listed, f"lesson {number} uses claims not listed for it: {sorted(used - listed)}"
     assert listed <= used, f"lesson {number} lists claims its ledger never checks: {sorted(listed - used)}"
@@ -90,7 +91,7 @@ def test_ledger_rows_and_mistakes():
     with pytest.raises(BadInput):
         ledger.add("no-such-claim", "x", ok=True)
     with pytest.raises(BadInput):
-        ledger.add("size-phi3", "x", ok=True)   # a lesson-00/02 claim, not lesson 04's
+        ledger.add("size-phi3", "x", ok=True)  # a lesson-00/02 claim, not lesson 04's
     with pytest.raises(BadInput):
         Ledger("01").show()
 

@@ -1,5 +1,6 @@
 """map_concurrent: bounded, in input order, errors kept per item; and a real server answers a batch
 of concurrent requests with the same texts as one at a time (greedy, one slot each time alone)."""
+
 from __future__ import annotations
 
 import threading

@@ -1,5 +1,6 @@
 """Choosing models and tiers (helpers.connection): aliases, embedding models, SLM_SMALL_MODEL, the
 large tier's stand-in - and that a server which never answers cannot hang a call."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,7 @@ from helpers.registry import BUNDLED_MODEL, PREFERENCE, course_order
 from helpers.serving.weights import local_model_path, local_models
 
 #: What `ollama list` shows after `ollama pull all-minilm mistral phi3 llama3.2 nomic-embed-text`.
-PULLED = ["all-minilm:latest", "llama3.2:latest", "mistral:latest", "nomic-embed-text:latest",
-          "phi3:latest"]
+PULLED = ["all-minilm:latest", "llama3.2:latest", "mistral:latest", "nomic-embed-text:latest", "phi3:latest"]
 #: The same, as /api/tags describes them (sizes and details of the Ollama library's tags).
 PULLED_TAGS = [
     ModelInfo("all-minilm:latest", 45_960_996, "bert", ("bert",), "23M"),
@@ -59,31 +59,42 @@ def server() -> OllamaBackend:
 
 
 # --------------------------------------------------------------------------- names (pure)
-@pytest.mark.parametrize("wanted,have", [
-    ("mistral:7b", "mistral:latest"),        # registry alias
-    ("llama3.2:3b", "llama3.2:latest"),      # registry alias
-    ("mistral", "mistral:latest"),           # :latest added
-    ("phi3:latest", "phi3:latest"),          # exact
-    ("llama3.2:1b", None),                   # llama3.2:latest is the 3B
-    ("gemma:2b", None),
-    ("no-such-model", None),
-])
+@pytest.mark.parametrize(
+    "wanted,have",
+    [
+        ("mistral:7b", "mistral:latest"),  # registry alias
+        ("llama3.2:3b", "llama3.2:latest"),  # registry alias
+        ("mistral", "mistral:latest"),  # :latest added
+        ("phi3:latest", "phi3:latest"),  # exact
+        ("llama3.2:1b", None),  # llama3.2:latest is the 3B
+        ("gemma:2b", None),
+        ("no-such-model", None),
+    ],
+)
 def test_match_model_on_the_names_ollama_pull_gives(wanted, have):
     assert match_model(wanted, PULLED) == have
 
 
 def test_match_model_uses_the_reported_size_only_within_the_same_library_name():
     assert match_model("phi3:mini", PULLED_TAGS) == "phi3:latest"  # 3.8B, like the card
-    tags = [ModelInfo("gemma:latest", 5_011_853_225, "gemma", ("gemma",), "9B"),
-            ModelInfo("phi4-mini:latest", 2_491_876_774, "phi3", ("phi3",), "3.8B")]
+    tags = [
+        ModelInfo("gemma:latest", 5_011_853_225, "gemma", ("gemma",), "9B"),
+        ModelInfo("phi4-mini:latest", 2_491_876_774, "phi3", ("phi3",), "3.8B"),
+    ]
     assert match_model("gemma:7b", tags) == "gemma:latest"
     assert match_model("gemma:2b", tags) is None, "gemma:latest is the 7B, not the 2B"
     assert match_model("phi3:mini", tags) is None, "phi4-mini has phi3's family and size, not its name"
 
 
 def test_embedding_models_are_recognised_by_name_or_family():
-    for name in ("all-minilm:latest", "nomic-embed-text:latest", "mxbai-embed-large", "bge-m3:latest",
-                 "snowflake-arctic-embed:22m", "jeffh/intfloat-multilingual-e5-large:f16"):
+    for name in (
+        "all-minilm:latest",
+        "nomic-embed-text:latest",
+        "mxbai-embed-large",
+        "bge-m3:latest",
+        "snowflake-arctic-embed:22m",
+        "jeffh/intfloat-multilingual-e5-large:f16",
+    ):
         assert is_embedding_model(name), name
     for name in ("mistral:latest", "phi3:mini", "smollm2:135m", "gemma3:1b", "qwen2.5:0.5b"):
         assert not is_embedding_model(name), name
@@ -97,8 +108,10 @@ def test_pick_model_and_choose_models_take_aliases_and_never_an_embedding_model(
     assert "Using model mistral:latest (asked for: mistral:7b)" in capsys.readouterr().out
     # nothing asked: the article's models first, under the server's names
     assert pick_model(Listed(PULLED_TAGS), verbose=False) == "phi3:latest"  # phi3:mini
-    assert pick_model(Listed(["all-minilm:latest", "llama3.2:latest", "mistral:latest"]),
-                      verbose=False) == "mistral:latest"  # mistral:7b before llama3.2:3b
+    assert (
+        pick_model(Listed(["all-minilm:latest", "llama3.2:latest", "mistral:latest"]), verbose=False)
+        == "mistral:latest"
+    )  # mistral:7b before llama3.2:3b
     # no course model at all: the first chat model, never all-minilm (first alphabetically)
     unknown = Listed(["all-minilm:latest", "nomic-embed-text:latest", "zephyr:latest"])
     assert pick_model(unknown, verbose=False) == "zephyr:latest"
@@ -109,17 +122,23 @@ def test_pick_model_and_choose_models_take_aliases_and_never_an_embedding_model(
         pick_model(Listed(["all-minilm:latest"]), verbose=False)
     assert "ollama pull" in err.value.hint
     # lesson 03's benchmark: course models under the server's names, embedding models left out
-    assert choose_models(Listed(PULLED_TAGS), verbose=False) == ["phi3:latest", "mistral:latest",
-                                                                 "llama3.2:latest"]
-    assert sorted(choose_models(only_pulled, verbose=False)) == ["llama3.2:latest", "mistral:latest",
-                                                                 "phi3:latest"]
+    assert choose_models(Listed(PULLED_TAGS), verbose=False) == ["phi3:latest", "mistral:latest", "llama3.2:latest"]
+    assert sorted(choose_models(only_pulled, verbose=False)) == ["llama3.2:latest", "mistral:latest", "phi3:latest"]
     assert choose_models(only_pulled, ["mistral:7b", "nomic-embed-text"], verbose=False) == ["mistral:latest"]
     with pytest.raises(ModelNotFound, match="no chat model"):
         choose_models(Listed(["all-minilm:latest", "nomic-embed-text:latest"]), verbose=False)
 
 
-@pytest.mark.parametrize("models", [PULLED, PULLED_TAGS, ["zephyr:latest", "all-minilm:latest"],
-                                    ["qwen2.5-coder:0.5b", BUNDLED, "llama3.2:1b"], ["gemma:latest", "tinyllama"]])
+@pytest.mark.parametrize(
+    "models",
+    [
+        PULLED,
+        PULLED_TAGS,
+        ["zephyr:latest", "all-minilm:latest"],
+        ["qwen2.5-coder:0.5b", BUNDLED, "llama3.2:1b"],
+        ["gemma:latest", "tinyllama"],
+    ],
+)
 def test_pick_model_and_the_benchmark_rank_a_server_the_same_way(models, capsys):
     """One ranking (registry.course_order): the lesson's model is the benchmark's first."""
     listed = Listed(models)
@@ -165,14 +184,17 @@ def test_model_info_from_the_server_and_the_embedded_engine(server):
 
 # --------------------------------------------------------------------------- the large tier
 def test_rank_large_is_by_size_on_disk_with_the_card_as_tie_break():
-    tags = [ModelInfo("smollm2:135m", 100_000_000), ModelInfo("phi3:latest", 2_176_178_913),
-            ModelInfo("qwen2.5:7b", 4_683_087_332), ModelInfo("nomic-embed-text:latest", 274_302_450)]
+    tags = [
+        ModelInfo("smollm2:135m", 100_000_000),
+        ModelInfo("phi3:latest", 2_176_178_913),
+        ModelInfo("qwen2.5:7b", 4_683_087_332),
+        ModelInfo("nomic-embed-text:latest", 274_302_450),
+    ]
     assert rank_large(tags) == ["qwen2.5:7b", "phi3:latest", "smollm2:135m"]
     # same size on disk: the registry's parameter count decides
     assert rank_large([ModelInfo("qwen2.5:0.5b", 10), ModelInfo("llama3.2:3b", 10)])[0] == "llama3.2:3b"
     # names only (an OpenAI-compatible list): parameters from the card, else from the tag
-    assert rank_large(["smollm2:135m", "qwen2.5:7b", "llama3.2:1b"]) == ["qwen2.5:7b", "llama3.2:1b",
-                                                                       "smollm2:135m"]
+    assert rank_large(["smollm2:135m", "qwen2.5:7b", "llama3.2:1b"]) == ["qwen2.5:7b", "llama3.2:1b", "smollm2:135m"]
     assert rank_large(["all-minilm:latest"]) == []
 
 
@@ -214,8 +236,11 @@ def test_connect_large_with_a_key_answers_through_the_openai_client(server, monk
         tier = connect_large(verbose=False)
     assert isinstance(tier.backend, OpenAIBackend) and not tier.local_fallback
     assert tier.model == BUNDLED and tier.backend.base_url == f"{server.host}/v1"
-    r = tier.backend.chat(tier.model, [{"role": "user", "content": "Name a colour."}],
-                          options={"temperature": 0, "seed": 1, "num_predict": 8})
+    r = tier.backend.chat(
+        tier.model,
+        [{"role": "user", "content": "Name a colour."}],
+        options={"temperature": 0, "seed": 1, "num_predict": 8},
+    )
     assert r.text.strip() and r.backend == "openai" and r.metrics.output_tokens > 0
 
 
@@ -250,11 +275,15 @@ def silent_endpoint():
     listener.close()
 
 
-@pytest.mark.parametrize("call", [
-    lambda b: b.generate(BUNDLED, "hello"),
-    lambda b: b.chat(BUNDLED, [{"role": "user", "content": "hello"}]),
-    lambda b: b.list_models(),
-], ids=["generate", "chat", "list"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: b.generate(BUNDLED, "hello"),
+        lambda b: b.chat(BUNDLED, [{"role": "user", "content": "hello"}]),
+        lambda b: b.list_models(),
+    ],
+    ids=["generate", "chat", "list"],
+)
 def test_a_silent_ollama_server_times_out_with_the_next_step(silent_endpoint, call):
     backend = OllamaBackend(silent_endpoint, timeout=1)
     t0 = time.monotonic()
@@ -264,10 +293,14 @@ def test_a_silent_ollama_server_times_out_with_the_next_step(silent_endpoint, ca
     assert "within 1 s" in err.value.message and "SLM_TIMEOUT" in err.value.hint
 
 
-@pytest.mark.parametrize("call", [
-    lambda b: b.chat(BUNDLED, [{"role": "user", "content": "hello"}]),
-    lambda b: b.list_models(),
-], ids=["chat", "list"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: b.chat(BUNDLED, [{"role": "user", "content": "hello"}]),
+        lambda b: b.list_models(),
+    ],
+    ids=["chat", "list"],
+)
 def test_a_silent_openai_endpoint_times_out_with_the_next_step(silent_endpoint, call):
     backend = OpenAIBackend(f"{silent_endpoint}/v1", api_key="sk-test", timeout=1)
     t0 = time.monotonic()

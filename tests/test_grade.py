@@ -6,6 +6,7 @@ marks, a crashed kernel and an endless loop cost one exercise, an edited check c
 CPU is scarce: the end-to-end run grades lab 04 (its checks are arithmetic; one ungraded cell
 calls the model) for six students, once, in a module-scoped fixture.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,12 +28,13 @@ from helpers.net import api_answers, free_loopback_port
 REPO = Path(__file__).resolve().parents[1]
 LAB = "04_cost"
 EXERCISES = {"implied_mix": 1.0, "energy_usd_per_mtok": 1.0, "break_even": 1.0}
-TIMEOUT_S = 30   # per cell in the end-to-end run: lab 04's checks take well under a second
+TIMEOUT_S = 30  # per cell in the end-to-end run: lab 04's checks take well under a second
 
 pytest.importorskip("nbgrader", reason="pip install -e '.[grade]'")
 
 
 # ---------------------------------------------------------------- check() under nbgrader
+
 
 @pytest.mark.no_server
 def test_check_prints_and_returns_false_for_a_learner(monkeypatch, capsys):
@@ -66,10 +68,12 @@ def test_check_raises_under_nbgrader_after_its_line(monkeypatch, capsys, mode):
 
 # ---------------------------------------------------------------- metadata in generated labs
 
+
 def _lab(tmp_path: Path, *cells, name: str = "01_first.ipynb"):
-    nb = new_notebook(cells=[new_code_cell("# parameters", metadata={"tags": ["parameters"]}), *cells],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                               "language": "python"}})
+    nb = new_notebook(
+        cells=[new_code_cell("# parameters", metadata={"tags": ["parameters"]}), *cells],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"c{i}"
     (tmp_path / "solutions").mkdir(exist_ok=True)
@@ -91,14 +95,34 @@ WRITTEN = "**Question.** Why?\n\n=== BEGIN ANSWER ===\nBecause.\n=== END ANSWER 
 @pytest.mark.no_server
 def test_generated_lab_carries_nbgrader_metadata(tmp_path):
     params, setup, answer, check, written, plain = _lab(
-        tmp_path, new_code_cell(SETUP_CHECK), new_code_cell(ANSWER), new_code_cell(CHECK),
-        new_markdown_cell(WRITTEN), new_code_cell("print('try it')"))
+        tmp_path,
+        new_code_cell(SETUP_CHECK),
+        new_code_cell(ANSWER),
+        new_code_cell(CHECK),
+        new_markdown_cell(WRITTEN),
+        new_code_cell("print('try it')"),
+    )
     assert "nbgrader" not in params.metadata and "nbgrader" not in plain.metadata
     assert "nbgrader" not in setup.metadata, "a setup check with no answer before it is not graded"
-    assert _meta(answer) == {"cell_type": "code", "grade": False, "grade_id": "f-one-answer", "locked": False,
-                             "schema_version": 3, "solution": True, "task": False}
-    assert _meta(check) == {"cell_type": "code", "grade": True, "grade_id": "f-one", "locked": True,
-                            "points": labs.DEFAULT_POINTS, "schema_version": 3, "solution": False, "task": False}
+    assert _meta(answer) == {
+        "cell_type": "code",
+        "grade": False,
+        "grade_id": "f-one-answer",
+        "locked": False,
+        "schema_version": 3,
+        "solution": True,
+        "task": False,
+    }
+    assert _meta(check) == {
+        "cell_type": "code",
+        "grade": True,
+        "grade_id": "f-one",
+        "locked": True,
+        "points": labs.DEFAULT_POINTS,
+        "schema_version": 3,
+        "solution": False,
+        "task": False,
+    }
     assert check.metadata["editable"] is False and check.metadata["deletable"] is False
     assert _meta(written)["grade"] and _meta(written)["solution"] and _meta(written)["grade_id"] == "written-1"
     assert _meta(written)["points"] == labs.DEFAULT_WRITTEN_POINTS
@@ -108,21 +132,34 @@ def test_generated_lab_carries_nbgrader_metadata(tmp_path):
 @pytest.mark.no_server
 def test_points_are_set_in_the_solution_cell_metadata(tmp_path):
     _, answer, check, written = _lab(
-        tmp_path, new_code_cell(ANSWER, metadata={"nbgrader": {"points": 3}}), new_code_cell(CHECK),
-        new_markdown_cell(WRITTEN, metadata={"nbgrader": {"points": 2.5}}))
+        tmp_path,
+        new_code_cell(ANSWER, metadata={"nbgrader": {"points": 3}}),
+        new_code_cell(CHECK),
+        new_markdown_cell(WRITTEN, metadata={"nbgrader": {"points": 2.5}}),
+    )
     assert _meta(check)["points"] == 3 and "points" not in _meta(answer)
     assert _meta(written)["points"] == 2.5
 
 
 @pytest.mark.no_server
-@pytest.mark.parametrize("cells, message", [
-    ([new_code_cell(ANSWER, metadata={"nbgrader": {"points": 3}}),
-      new_code_cell(CHECK, metadata={"nbgrader": {"points": 2}})], "different points"),
-    ([new_code_cell(ANSWER), new_code_cell(CHECK, metadata={"nbgrader": {"points": "two"}})], "a number"),
-    ([new_code_cell(ANSWER + "\ncheck('f', lambda: None)")], "both a solution region and a check"),
-    ([new_code_cell(ANSWER), new_code_cell(CHECK), new_code_cell(ANSWER), new_code_cell(CHECK)],
-     "a second exercise checked as"),
-])
+@pytest.mark.parametrize(
+    "cells, message",
+    [
+        (
+            [
+                new_code_cell(ANSWER, metadata={"nbgrader": {"points": 3}}),
+                new_code_cell(CHECK, metadata={"nbgrader": {"points": 2}}),
+            ],
+            "different points",
+        ),
+        ([new_code_cell(ANSWER), new_code_cell(CHECK, metadata={"nbgrader": {"points": "two"}})], "a number"),
+        ([new_code_cell(ANSWER + "\ncheck('f', lambda: None)")], "both a solution region and a check"),
+        (
+            [new_code_cell(ANSWER), new_code_cell(CHECK), new_code_cell(ANSWER), new_code_cell(CHECK)],
+            "a second exercise checked as",
+        ),
+    ],
+)
 def test_bad_grading_setups_are_named(tmp_path, cells, message):
     with pytest.raises(BadInput, match=message):
         _lab(tmp_path, *cells)
@@ -141,6 +178,7 @@ def test_repo_labs_are_valid_nbgrader_notebooks():
 
 
 # ---------------------------------------------------------------- init: the release has no solutions
+
 
 def _sources(path: Path) -> str:
     """Every cell's source of a notebook, joined (a .ipynb stores lines as separate strings)."""
@@ -169,8 +207,9 @@ def test_release_has_no_solution_and_is_the_lab(tmp_path):
         lab = nbformat.read(str(REPO / "labs" / solution.name), as_version=4)
         rel = nbformat.read(str(released), as_version=4)
         assert [c.source for c in rel.cells] == [c.source for c in lab.cells]
-        assert [{k: v for k, v in _meta(c).items() if k != "checksum"} for c in rel.cells] == \
-               [_meta(c) for c in lab.cells]
+        assert [{k: v for k, v in _meta(c).items() if k != "checksum"} for c in rel.cells] == [
+            _meta(c) for c in lab.cells
+        ]
 
 
 @pytest.mark.no_server
@@ -207,12 +246,15 @@ def test_run_without_init_says_what_to_do(tmp_path, capsys):
 
 # ---------------------------------------------------------------- end to end with the real server
 
+
 def _submit(course: Path, student: str, start: Path, edits: dict[str, str]) -> None:
     """A student's notebook: ``start`` with the cells named by grade_id replaced (SOLVED = the
     instructor copy's cell)."""
     nb = json.loads(start.read_text(encoding="utf-8"))
-    source = {_meta(c).get("grade_id"): c for c in nbformat.read(
-        str(course / "source" / LAB / f"{LAB}.ipynb"), as_version=4).cells}
+    source = {
+        _meta(c).get("grade_id"): c
+        for c in nbformat.read(str(course / "source" / LAB / f"{LAB}.ipynb"), as_version=4).cells
+    }
     seen = set()
     for cell in nb["cells"]:
         gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
@@ -231,15 +273,35 @@ def graded(tmp_path_factory, ollama_host):
     assert cli(["grade", "init", str(course), "--labs", LAB]) == 0
     release, source = course / "release" / LAB / f"{LAB}.ipynb", course / "source" / LAB / f"{LAB}.ipynb"
     solved = {f"{name}-answer": "SOLVED" for name in EXERCISES}
-    _submit(course, "alice", source, {})                                            # the solution
-    _submit(course, "bob", release, {})                                             # untouched
-    _submit(course, "carol", REPO / "labs" / f"{LAB}.ipynb",                        # labs/ copy, one solved
-            {"energy_usd_per_mtok-answer": "SOLVED"})
-    _submit(course, "dave", release, {**solved, "energy_usd_per_mtok-answer":       # kills the kernel
-            "import os\n\ndef energy_usd_per_mtok(tokens_per_s, watts, usd_per_kwh):\n    os._exit(1)"})
-    _submit(course, "erin", release, {**solved, "implied_mix-answer":               # loops forever
-            "def implied_mix(*args, **kwargs):\n    while True:\n        pass"})
-    _submit(course, "frank", release, {"break_even": "print('all correct!')"})     # edits a locked check
+    _submit(course, "alice", source, {})  # the solution
+    _submit(course, "bob", release, {})  # untouched
+    _submit(
+        course,
+        "carol",
+        REPO / "labs" / f"{LAB}.ipynb",  # labs/ copy, one solved
+        {"energy_usd_per_mtok-answer": "SOLVED"},
+    )
+    _submit(
+        course,
+        "dave",
+        release,
+        {
+            **solved,
+            "energy_usd_per_mtok-answer":  # kills the kernel
+            "import os\n\ndef energy_usd_per_mtok(tokens_per_s, watts, usd_per_kwh):\n    os._exit(1)",
+        },
+    )
+    _submit(
+        course,
+        "erin",
+        release,
+        {
+            **solved,
+            "implied_mix-answer":  # loops forever
+            "def implied_mix(*args, **kwargs):\n    while True:\n        pass",
+        },
+    )
+    _submit(course, "frank", release, {"break_even": "print('all correct!')"})  # edits a locked check
     started = time.monotonic()
     code = cli(["grade", "run", str(course), "--timeout", str(TIMEOUT_S)])
     elapsed = time.monotonic() - started
@@ -257,11 +319,20 @@ def _student(graded, student: str) -> dict[str, float]:
 def test_run_grades_every_submission_and_writes_grades_csv(graded):
     assert graded["code"] == 0
     with open(graded["course"] / "grades.csv", encoding="utf-8") as f:
-        totals = {r["student_id"]: (float(r["score"]), float(r["max_score"]))
-                  for r in csv.DictReader(f) if r["assignment"] == LAB}
+        totals = {
+            r["student_id"]: (float(r["score"]), float(r["max_score"]))
+            for r in csv.DictReader(f)
+            if r["assignment"] == LAB
+        }
     full = sum(EXERCISES.values())
-    assert totals == {"alice": (full, full), "bob": (0, full), "carol": (1, full), "dave": (2, full),
-                      "erin": (2, full), "frank": (0, full)}
+    assert totals == {
+        "alice": (full, full),
+        "bob": (0, full),
+        "carol": (1, full),
+        "dave": (2, full),
+        "erin": (2, full),
+        "frank": (0, full),
+    }
     for student in totals:
         html = graded["course"] / "feedback" / student / LAB / f"{LAB}.html"
         assert html.is_file() and "break_even" in html.read_text(encoding="utf-8")
@@ -302,7 +373,6 @@ def test_an_edited_check_cell_is_restored_and_reported(graded):
     assert grade.edited_locked_cells(graded["course"], "frank", LAB) == ["break_even"]
 
 
-
 @pytest.mark.slow
 def test_written_answers_wait_for_a_person_and_points_come_from_the_solution(tmp_path, monkeypatch, capsys):
     """A two-cell course of its own (no model call): set points, a written answer, a student's text.
@@ -310,14 +380,19 @@ def test_written_answers_wait_for_a_person_and_points_come_from_the_solution(tmp
     host = f"http://127.0.0.1:{free_loopback_port()}"
     monkeypatch.setenv("OLLAMA_HOST", host)
     monkeypatch.setenv("SLM_LOG_DIR", str(tmp_path / "logs"))
-    cells = [new_code_cell("# parameters", metadata={"tags": ["parameters"]}),
-             new_code_cell("from helpers.checks import check"),
-             new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
-             new_code_cell("def _t():\n    assert double(2) == 4, 'double(2) is 4'\n\ncheck('double', _t)",
-                           metadata={"nbgrader": {"points": 2}}),
-             new_markdown_cell("**Question.** Why?\n\n=== BEGIN ANSWER ===\nBecause two.\n=== END ANSWER ===")]
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}})
+    cells = [
+        new_code_cell("# parameters", metadata={"tags": ["parameters"]}),
+        new_code_cell("from helpers.checks import check"),
+        new_code_cell("def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
+        new_code_cell(
+            "def _t():\n    assert double(2) == 4, 'double(2) is 4'\n\ncheck('double', _t)",
+            metadata={"nbgrader": {"points": 2}},
+        ),
+        new_markdown_cell("**Question.** Why?\n\n=== BEGIN ANSWER ===\nBecause two.\n=== END ANSWER ==="),
+    ]
+    nb = new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
     (tmp_path / "solutions").mkdir()
     nbformat.write(nb, str(tmp_path / "solutions" / "01_twice.ipynb"))
     course = tmp_path / "course"

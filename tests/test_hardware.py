@@ -1,4 +1,5 @@
 """Hardware helpers: a real (small) bandwidth measurement, the decode ceiling, the machine summary."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,8 @@ def test_bandwidth_rejects_bad_arguments(size_mb, repeats):
 
 
 def test_decode_ceiling_arithmetic():
-    assert decode_ceiling_tps(4e9, 20.0) == pytest.approx(5.0)      # 4 GB of weights at 20 GB/s
-    assert decode_ceiling_tps(98e6, 24.5) == pytest.approx(250.0)   # a 98 MB model
+    assert decode_ceiling_tps(4e9, 20.0) == pytest.approx(5.0)  # 4 GB of weights at 20 GB/s
+    assert decode_ceiling_tps(98e6, 24.5) == pytest.approx(250.0)  # a 98 MB model
     assert decode_ceiling_tps(2e9, 40.0) == 2 * decode_ceiling_tps(2e9, 20.0)
 
 
@@ -41,8 +42,17 @@ def test_decode_ceiling_rejects_bad_input(size, bw):
 
 def test_machine_summary_fields(tmp_path):
     info = machine_summary(cgroup_root=tmp_path)  # an empty cgroup tree: no container limit
-    for key in ("cpu", "cores_physical", "cores_logical", "cores_usable", "ram_total_gb",
-                "ram_available_gb", "disk_free_gb", "os", "python"):
+    for key in (
+        "cpu",
+        "cores_physical",
+        "cores_logical",
+        "cores_usable",
+        "ram_total_gb",
+        "ram_available_gb",
+        "disk_free_gb",
+        "os",
+        "python",
+    ):
         assert key in info
     assert info["cores_logical"] >= 1 and info["cores_usable"] >= 1
     assert 0 < info["ram_available_gb"] <= info["ram_total_gb"]
@@ -53,12 +63,15 @@ def test_machine_summary_fields(tmp_path):
     assert isinstance(info["cpu"], str) and info["cpu"]
 
 
-@pytest.mark.parametrize("files, limited", [
-    ({"memory.max": "536870912\n"}, True),                        # cgroup v2 (Binder, Docker): 512 MiB
-    ({"memory/memory.limit_in_bytes": "536870912\n"}, True),      # cgroup v1
-    ({"memory.max": "max\n"}, False),                             # v2 without a limit
-    ({"memory/memory.limit_in_bytes": "9223372036854771712"}, False),  # v1 "unlimited": above the host
-])
+@pytest.mark.parametrize(
+    "files, limited",
+    [
+        ({"memory.max": "536870912\n"}, True),  # cgroup v2 (Binder, Docker): 512 MiB
+        ({"memory/memory.limit_in_bytes": "536870912\n"}, True),  # cgroup v1
+        ({"memory.max": "max\n"}, False),  # v2 without a limit
+        ({"memory/memory.limit_in_bytes": "9223372036854771712"}, False),  # v1 "unlimited": above the host
+    ],
+)
 def test_machine_summary_honours_a_container_memory_limit(tmp_path, files, limited):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Notebook hygiene: each rule fails a bad notebook and passes a good one; every course notebook is clean."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +20,15 @@ def _good_cells() -> list:
     return [
         new_code_cell("MODEL = 'smollm2:135m'\nN_PROMPTS = 3", metadata={"tags": ["parameters"]}),
         new_markdown_cell("Prices come from `genai-prices`; see https://example.org/tmp/page."),
-        new_code_cell("# NBVAL_CHECK_OUTPUT\nround(0.15 * 1_000_000 / 1e6, 2)", execution_count=1,
-                      outputs=[new_output("execute_result", {"text/plain": "0.15"}, execution_count=1)]),
-        new_code_cell("import os\nkey = os.environ.get('OPENAI_API_KEY')\n"
-                      "data = Path('data') / 'tmp' / 'x.csv'\nhome = Path('~/work/').expanduser()"),
+        new_code_cell(
+            "# NBVAL_CHECK_OUTPUT\nround(0.15 * 1_000_000 / 1e6, 2)",
+            execution_count=1,
+            outputs=[new_output("execute_result", {"text/plain": "0.15"}, execution_count=1)],
+        ),
+        new_code_cell(
+            "import os\nkey = os.environ.get('OPENAI_API_KEY')\n"
+            "data = Path('data') / 'tmp' / 'x.csv'\nhome = Path('~/work/').expanduser()"
+        ),
     ]
 
 
@@ -50,10 +56,8 @@ def test_outputs_only_allowed_under_nbval_check_output(tmp_path):
     out = [new_output("stream", name="stdout", text="Paris\n")]
     [problem] = _with(tmp_path, new_code_cell("print(ask('capital of France?'))", outputs=out))
     assert "cell 5 (id c4)" in problem and "1 stored output(s)" in problem and "--fix" in problem
-    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('Paris')", outputs=out,
-                                         execution_count=1)) == []
-    tagged = new_code_cell("print('Paris')", outputs=out, metadata={"tags": ["nbval-check-output"]},
-                           execution_count=1)
+    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('Paris')", outputs=out, execution_count=1)) == []
+    tagged = new_code_cell("print('Paris')", outputs=out, metadata={"tags": ["nbval-check-output"]}, execution_count=1)
     assert _with(tmp_path, tagged) == []
 
 
@@ -64,8 +68,7 @@ def test_execution_counts_are_problems_in_cells_and_outputs(tmp_path):
     result = new_output("execute_result", {"text/plain": "2"}, execution_count=1)
     [problem] = _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\n1 + 1", outputs=[result]))
     assert "no execution count" in problem and "Unrun reference" in problem
-    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\n1 + 1", outputs=[result],
-                                         execution_count=1)) == []
+    assert _with(tmp_path, new_code_cell("# NBVAL_CHECK_OUTPUT\n1 + 1", outputs=[result], execution_count=1)) == []
     assert _with(tmp_path, new_code_cell("x = 1", execution_count=None)) == []
 
 
@@ -84,16 +87,19 @@ def test_a_code_cell_tagged_parameters_is_required(tmp_path):
     assert len(check_notebook(_write(tmp_path, cells))) == 1
 
 
-@pytest.mark.parametrize("source", [
-    "df = pd.read_csv('/home/ana/course/data.csv')",
-    "open(\"/root/.cache/x\")",
-    "Path('/Users/bo/Downloads/model.gguf')",
-    "cd /work/main && make",
-    "log = '/tmp/run.log'",
-    "model = r'C:\\Users\\bo\\model.gguf'",
-    "url = 'file:///home/ana/x.html'",
-    "!docker run -v /home/ana/models:/root/.ollama ollama/ollama",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "df = pd.read_csv('/home/ana/course/data.csv')",
+        'open("/root/.cache/x")',
+        "Path('/Users/bo/Downloads/model.gguf')",
+        "cd /work/main && make",
+        "log = '/tmp/run.log'",
+        "model = r'C:\\Users\\bo\\model.gguf'",
+        "url = 'file:///home/ana/x.html'",
+        "!docker run -v /home/ana/models:/root/.ollama ollama/ollama",
+    ],
+)
 def test_absolute_paths_of_one_machine_are_problems(tmp_path, source):
     [problem] = _with(tmp_path, new_code_cell(source))
     assert "absolute path" in problem and "cell 5" in problem
@@ -107,13 +113,16 @@ def test_absolute_paths_are_found_in_markdown_and_outputs(tmp_path):
     assert len(problems) == 1 and "in the output" in problems[0]
 
 
-@pytest.mark.parametrize("source", [
-    "client = OpenAI(api_key='sk-" + "a1B2c3D4e5F6g7H8i9J0kLmN" + "')",
-    "key = 'sk-proj-" + "Ab12Cd34Ef56Gh78Ij90KlMn" + "'",
-    "OPENAI_API_KEY = 'anything'",
-    "os.environ[\"OPENAI_API_KEY\"] = \"x\"",
-    "headers = {'Authorization': 'Bearer " + "abcdefghijklmnopqrstuvwxyz012" + "'}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "client = OpenAI(api_key='sk-" + "a1B2c3D4e5F6g7H8i9J0kLmN" + "')",
+        "key = 'sk-proj-" + "Ab12Cd34Ef56Gh78Ij90KlMn" + "'",
+        "OPENAI_API_KEY = 'anything'",
+        'os.environ["OPENAI_API_KEY"] = "x"',
+        "headers = {'Authorization': 'Bearer " + "abcdefghijklmnopqrstuvwxyz012" + "'}",
+    ],
+)
 def test_secrets_are_problems_and_never_echoed(tmp_path, source):
     [problem] = _with(tmp_path, new_code_cell(source))
     assert "looks like a secret" in problem
@@ -124,7 +133,7 @@ def test_ordinary_code_and_docs_are_not_flagged(tmp_path):
     cells = [
         new_code_cell("import sklearn\nfrom sklearn-like import task-runner-with-long-hyphens"),
         new_code_cell("key = os.environ['OPENAI_API_KEY']\nOPENAI_API_KEY = getpass.getpass()"),
-        new_markdown_cell("Set it in your shell: `export OPENAI_API_KEY=\"your key\"`."),
+        new_markdown_cell('Set it in your shell: `export OPENAI_API_KEY="your key"`.'),
         new_markdown_cell("Send `Authorization: Bearer <token>`."),
         new_markdown_cell("`docker run -v ollama:/root/.ollama ollama/ollama` (container path)"),
     ]
@@ -149,8 +158,7 @@ def test_invalid_json_is_a_problem_and_a_missing_file_is_bad_input(tmp_path):
 def test_strip_notebook_fixes_outputs_and_counts_but_keeps_checked_outputs(tmp_path):
     checked = new_output("execute_result", {"text/plain": "0.15"}, execution_count=2)
     cells = _good_cells() + [
-        new_code_cell("print('hi')", execution_count=1,
-                      outputs=[new_output("stream", name="stdout", text="hi\n")]),
+        new_code_cell("print('hi')", execution_count=1, outputs=[new_output("stream", name="stdout", text="hi\n")]),
         new_code_cell("# NBVAL_CHECK_OUTPUT\n0.15", execution_count=2, outputs=[checked]),
     ]
     path = _write(tmp_path, cells)
@@ -164,22 +172,26 @@ def test_strip_notebook_fixes_outputs_and_counts_but_keeps_checked_outputs(tmp_p
 
 
 def test_notebooks_in_lists_the_three_course_folders_sorted(tmp_path):
-    for rel in ["notebooks/01_b.ipynb", "notebooks/00_a.ipynb", "labs/01_b.ipynb",
-                "solutions/01_b.ipynb", "notebooks/.ipynb_checkpoints/00_a-checkpoint.ipynb",
-                "benchmarks/x.ipynb", "notebooks/notes.md"]:
+    for rel in [
+        "notebooks/01_b.ipynb",
+        "notebooks/00_a.ipynb",
+        "labs/01_b.ipynb",
+        "solutions/01_b.ipynb",
+        "notebooks/.ipynb_checkpoints/00_a-checkpoint.ipynb",
+        "benchmarks/x.ipynb",
+        "notebooks/notes.md",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("{}")
     found = [p.relative_to(tmp_path).as_posix() for p in notebooks_in(tmp_path)]
-    assert found == ["labs/01_b.ipynb", "notebooks/00_a.ipynb", "notebooks/01_b.ipynb",
-                     "solutions/01_b.ipynb"]
+    assert found == ["labs/01_b.ipynb", "notebooks/00_a.ipynb", "notebooks/01_b.ipynb", "solutions/01_b.ipynb"]
 
 
 def test_command_line_exits_1_on_problems(tmp_path, capsys):
     (tmp_path / "notebooks").mkdir()
     good = _write(tmp_path / "notebooks", name="00_ok.ipynb")
     assert main(["--root", str(tmp_path)]) == 0
-    bad = _write(tmp_path / "notebooks", _good_cells() + [new_code_cell("x", execution_count=1)],
-                 name="01_bad.ipynb")
+    bad = _write(tmp_path / "notebooks", _good_cells() + [new_code_cell("x", execution_count=1)], name="01_bad.ipynb")
     assert main(["--root", str(tmp_path)]) == 1
     assert "01_bad.ipynb cell 5" in capsys.readouterr().err
     assert main(["--fix", str(good), str(bad)]) == 0

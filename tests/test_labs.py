@@ -1,4 +1,5 @@
 """Labs are generated from solutions: markers stripped, outputs cleared, bytes stable, drift detected."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 def _nb(*cells) -> nbformat.NotebookNode:
     """A course-shaped notebook: python3 kernel, a parameters cell first, stable cell ids."""
     params = new_code_cell("MODEL = 'smollm2:135m'", metadata={"tags": ["parameters"]})
-    nb = new_notebook(cells=[params, *cells], metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = new_notebook(
+        cells=[params, *cells],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"c{i}"
     return nb
@@ -44,65 +47,75 @@ def _lab_cells(tmp_path: Path, *cells) -> list[nbformat.NotebookNode]:
 
 @unit
 def test_region_inside_function_keeps_its_indentation(tmp_path):
-    src = ("import math\n\n"
-           "def area(r):\n"
-           "    \"\"\"Area of a circle.\"\"\"\n"
-           "    ### BEGIN SOLUTION\n"
-           "    return math.pi * r ** 2\n"
-           "    ### END SOLUTION\n\n"
-           "print('done')")
+    src = (
+        "import math\n\n"
+        "def area(r):\n"
+        '    """Area of a circle."""\n'
+        "    ### BEGIN SOLUTION\n"
+        "    return math.pi * r ** 2\n"
+        "    ### END SOLUTION\n\n"
+        "print('done')"
+    )
     _, cell = _lab_cells(tmp_path, new_code_cell(src))
-    assert cell.source == ("import math\n\n"
-                           "def area(r):\n"
-                           "    \"\"\"Area of a circle.\"\"\"\n"
-                           "    # YOUR CODE HERE\n"
-                           "    raise NotImplementedError()\n\n"
-                           "print('done')")
+    assert cell.source == (
+        "import math\n\n"
+        "def area(r):\n"
+        '    """Area of a circle."""\n'
+        "    # YOUR CODE HERE\n"
+        "    raise NotImplementedError()\n\n"
+        "print('done')"
+    )
     namespace: dict = {}
     exec(compile(cell.source, "lab", "exec"), namespace)  # the stub is valid Python ...
-    with pytest.raises(NotImplementedError):              # ... and fails only when called
+    with pytest.raises(NotImplementedError):  # ... and fails only when called
         namespace["area"](2.0)
 
 
 @unit
 def test_several_regions_per_cell_at_different_depths(tmp_path):
-    src = ("### BEGIN SOLUTION\n"
-           "TOP = 1\n"
-           "### END SOLUTION\n"
-           "class Router:\n"
-           "    def route(self, prompt):\n"
-           "        if len(prompt) < 50:\n"
-           "            ### BEGIN SOLUTION\n"
-           "            return 'small'\n"
-           "            ### END SOLUTION\n"
-           "        ### BEGIN SOLUTION\n"
-           "        return 'large'\n"
-           "        ### END SOLUTION\n")
+    src = (
+        "### BEGIN SOLUTION\n"
+        "TOP = 1\n"
+        "### END SOLUTION\n"
+        "class Router:\n"
+        "    def route(self, prompt):\n"
+        "        if len(prompt) < 50:\n"
+        "            ### BEGIN SOLUTION\n"
+        "            return 'small'\n"
+        "            ### END SOLUTION\n"
+        "        ### BEGIN SOLUTION\n"
+        "        return 'large'\n"
+        "        ### END SOLUTION\n"
+    )
     _, cell = _lab_cells(tmp_path, new_code_cell(src))
-    assert cell.source == ("# YOUR CODE HERE\n"
-                           "raise NotImplementedError()\n"
-                           "class Router:\n"
-                           "    def route(self, prompt):\n"
-                           "        if len(prompt) < 50:\n"
-                           "            # YOUR CODE HERE\n"
-                           "            raise NotImplementedError()\n"
-                           "        # YOUR CODE HERE\n"
-                           "        raise NotImplementedError()\n")
+    assert cell.source == (
+        "# YOUR CODE HERE\n"
+        "raise NotImplementedError()\n"
+        "class Router:\n"
+        "    def route(self, prompt):\n"
+        "        if len(prompt) < 50:\n"
+        "            # YOUR CODE HERE\n"
+        "            raise NotImplementedError()\n"
+        "        # YOUR CODE HERE\n"
+        "        raise NotImplementedError()\n"
+    )
     assert "small" not in cell.source and "large" not in cell.source
     compile(cell.source, "lab", "exec")
 
 
 @unit
 def test_markdown_answer_is_replaced(tmp_path):
-    md = ("**Question.** Why is the small model faster?\n\n"
-          "=== BEGIN ANSWER ===\n"
-          "Fewer parameters to read from memory per token.\n"
-          "=== END ANSWER ===\n\n"
-          "Then run the next cell.")
+    md = (
+        "**Question.** Why is the small model faster?\n\n"
+        "=== BEGIN ANSWER ===\n"
+        "Fewer parameters to read from memory per token.\n"
+        "=== END ANSWER ===\n\n"
+        "Then run the next cell."
+    )
     _, cell = _lab_cells(tmp_path, new_markdown_cell(md))
-    assert cell.source == ("**Question.** Why is the small model faster?\n\n"
-                           "*Your answer here.*\n\n"
-                           "Then run the next cell.")
+    assert cell.source == (
+        "**Question.** Why is the small model faster?\n\n*Your answer here.*\n\nThen run the next cell."
+    )
 
 
 @unit
@@ -121,10 +134,12 @@ def test_tags_solution_only_dropped_hint_and_parameters_kept(tmp_path):
 
 @unit
 def test_outputs_and_counts_cleared_metadata_kept_header_first(tmp_path):
-    cell = new_code_cell("1 + 1", execution_count=3, metadata={"course": {"check": True},
-                                                               "execution": {"x": "timing"}},
-                         outputs=[new_output("execute_result", {"text/plain": "2"},
-                                             execution_count=3)])
+    cell = new_code_cell(
+        "1 + 1",
+        execution_count=3,
+        metadata={"course": {"check": True}, "execution": {"x": "timing"}},
+        outputs=[new_output("execute_result", {"text/plain": "2"}, execution_count=3)],
+    )
     nb = _nb(cell)
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
@@ -144,12 +159,15 @@ def test_outputs_and_counts_cleared_metadata_kept_header_first(tmp_path):
 
 
 @unit
-@pytest.mark.parametrize("src, expected", [
-    ("x = 1\n### BEGIN SOLUTION\nx = 2", "'### BEGIN SOLUTION' on line 2 is never closed"),
-    ("x = 1\n### END SOLUTION", "'### END SOLUTION' on line 2 has no '### BEGIN SOLUTION'"),
-    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "nested"),
-    ("## BEGIN SOLUTION\nx = 2\n### END SOLUTION", "looks like a marker"),
-])
+@pytest.mark.parametrize(
+    "src, expected",
+    [
+        ("x = 1\n### BEGIN SOLUTION\nx = 2", "'### BEGIN SOLUTION' on line 2 is never closed"),
+        ("x = 1\n### END SOLUTION", "'### END SOLUTION' on line 2 has no '### BEGIN SOLUTION'"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "nested"),
+        ("## BEGIN SOLUTION\nx = 2\n### END SOLUTION", "looks like a marker"),
+    ],
+)
 def test_bad_code_markers_name_the_notebook_and_cell(tmp_path, src, expected):
     _save(_nb(new_markdown_cell("intro"), new_code_cell(src)), tmp_path / "solutions", "05_q.ipynb")
     with pytest.raises(BadInput) as err:
@@ -169,8 +187,13 @@ def test_unclosed_markdown_answer_is_an_error(tmp_path):
 
 @unit
 def test_regeneration_is_byte_stable(tmp_path):
-    _save(_nb(new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"),
-              new_markdown_cell("Café, naïve: ünïcode stays as is.")), tmp_path / "solutions")
+    _save(
+        _nb(
+            new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"),
+            new_markdown_cell("Café, naïve: ünïcode stays as is."),
+        ),
+        tmp_path / "solutions",
+    )
     [path] = generate_labs(tmp_path / "solutions", tmp_path / "labs")
     first = path.read_bytes()
     assert first.endswith(b"}\n") and first.startswith(b'{\n "cells": [\n')  # indent=1, newline
@@ -184,10 +207,20 @@ def test_regeneration_is_byte_stable(tmp_path):
 
 @unit
 def test_cells_without_ids_get_stable_ids(tmp_path):
-    raw = {"nbformat": 4, "nbformat_minor": 5,
-           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
-           "cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
-                      "source": "N = 1", "outputs": [], "execution_count": None}]}
+    raw = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["parameters"]},
+                "source": "N = 1",
+                "outputs": [],
+                "execution_count": None,
+            }
+        ],
+    }
     solution = tmp_path / "solutions" / "02_lineup.ipynb"
     solution.parent.mkdir()
     solution.write_text(json.dumps(raw))
@@ -221,7 +254,7 @@ def test_check_detects_missing_stale_and_orphan(tmp_path):
     ]
     report = labs.sync_labs(sol, lab_dir)
     assert report.removed == [lab_dir / "02_b.ipynb"]  # ours: removed
-    assert (lab_dir / "09_handmade.ipynb").exists()    # someone's work: kept
+    assert (lab_dir / "09_handmade.ipynb").exists()  # someone's work: kept
     assert [p.split(":")[0] for p in check_labs(sol, lab_dir)] == ["orphan"]
 
 
@@ -300,106 +333,166 @@ SOLUTIONS = REPO / "solutions"
 class Wrong:
     """A plausible wrong answer to one exercise: what it gets wrong, and its code."""
 
-    lab: str                 # solution notebook stem, e.g. "00_setup"
-    check: str               # the name its check cell passes to check(...)
-    why: str                 # the mistake, in words
-    code: str                # defines the exercise's function(s) the wrong way
-    server: bool = False     # the check calls a model
-    slow: bool = False       # over ~6 s (the large model answers, or a timeout is waited for): not in `make check`
-    raises: tuple = (AssertionError,)   # how the check reports it (check() prints any of these as wrong)
+    lab: str  # solution notebook stem, e.g. "00_setup"
+    check: str  # the name its check cell passes to check(...)
+    why: str  # the mistake, in words
+    code: str  # defines the exercise's function(s) the wrong way
+    server: bool = False  # the check calls a model
+    slow: bool = False  # over ~6 s (the large model answers, or a timeout is waited for): not in `make check`
+    raises: tuple = (AssertionError,)  # how the check reports it (check() prints any of these as wrong)
 
 
 #: Top-level names of a lab's setup cell that a pure exercise needs (the rest calls a server).
 PURE_SETUP = {"04_cost": {"PRICES_AS_OF"}, "08_edge": {"shape"}}
 #: Code cells besides the exercises' own that an exercise needs (the lab's fixtures).
-EXTRA_CELLS = {"10_structured_output": {"3c1e9468"}}   # the toy model of exercise 2
+EXTRA_CELLS = {"10_structured_output": {"3c1e9468"}}  # the toy model of exercise 2
 
 WRONG = [
     # ---- lab 00 ----
-    Wrong("00_setup", "fits_comfortably", "forgets the 0.5 GB the runtime needs on top of the weights",
-          """
+    Wrong(
+        "00_setup",
+        "fits_comfortably",
+        "forgets the 0.5 GB the runtime needs on top of the weights",
+        """
           def fits_comfortably(download_gb, free_ram_gb):
               return download_gb * 1.2 <= free_ram_gb * 2 / 3
-          """),
-    Wrong("00_setup", "size_changes", "keeps only the models that grew (a shrunk one changed too)",
-          """
+          """,
+    ),
+    Wrong(
+        "00_setup",
+        "size_changes",
+        "keeps only the models that grew (a shrunk one changed too)",
+        """
           def size_changes(article_sizes, tolerance=0.10):
               by_name = {m.name: m for m in MODELS}
               out = {n: (by_name[n].download_gb - s) / s for n, s in article_sizes.items()}
               return {n: c for n, c in out.items() if c > tolerance}
-          """),
-    Wrong("00_setup", "size_changes", "an absolute change in GB, not a relative one",
-          """
+          """,
+    ),
+    Wrong(
+        "00_setup",
+        "size_changes",
+        "an absolute change in GB, not a relative one",
+        """
           def size_changes(article_sizes, tolerance=0.10):
               by_name = {m.name: m for m in MODELS}
               out = {n: by_name[n].download_gb - s for n, s in article_sizes.items()}
               return {n: c for n, c in out.items() if abs(c) > tolerance}
-          """),
-    Wrong("00_setup", "models_that_fit", "sorts smallest first",
-          """
+          """,
+    ),
+    Wrong(
+        "00_setup",
+        "models_that_fit",
+        "sorts smallest first",
+        """
           def models_that_fit(free_ram_gb):
               fitting = [m for m in MODELS if fits_comfortably(m.download_gb, free_ram_gb)]
               return [m.name for m in sorted(fitting, key=lambda m: m.params_b)]
-          """),
+          """,
+    ),
     # ---- lab 01 ----
-    Wrong("01_first_conversation", "ask_rest", "leaves streaming on, then parses the body as one JSON object",
-          """
+    Wrong(
+        "01_first_conversation",
+        "ask_rest",
+        "leaves streaming on, then parses the body as one JSON object",
+        """
           def ask_rest(prompt):
               body = {"model": MODEL, "prompt": prompt, "options": DETERMINISTIC}
               return httpx.post(f"{HOST}/api/generate", json=body, timeout=120).json()["response"]
-          """, server=True, raises=(ValueError,)),
-    Wrong("01_first_conversation", "join_stream", "reads eval_duration as seconds (it is nanoseconds)",
-          """
+          """,
+        server=True,
+        raises=(ValueError,),
+    ),
+    Wrong(
+        "01_first_conversation",
+        "join_stream",
+        "reads eval_duration as seconds (it is nanoseconds)",
+        """
           def join_stream(lines):
               chunks = [json.loads(x) for x in lines if x.strip()]
               final = chunks[-1]
               return "".join(c["response"] for c in chunks), final["eval_count"] / final["eval_duration"]
-          """, server=True),
-    Wrong("01_first_conversation", "join_stream", "parses every line, blank ones too",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "01_first_conversation",
+        "join_stream",
+        "parses every line, blank ones too",
+        """
           def join_stream(lines):
               chunks = [json.loads(x) for x in lines]
               final = chunks[-1]
               return "".join(c["response"] for c in chunks), final["eval_count"] / final["eval_duration"] * 1e9
-          """, server=True, raises=(ValueError,)),
-    Wrong("01_first_conversation", "chat_turn", "sends only the newest message: the model forgets the chat",
-          """
+          """,
+        server=True,
+        raises=(ValueError,),
+    ),
+    Wrong(
+        "01_first_conversation",
+        "chat_turn",
+        "sends only the newest message: the model forgets the chat",
+        """
           def chat_turn(history, text):
               history.append({"role": "user", "content": text})
               reply = client.chat(model=MODEL, messages=history[-1:], options=DETERMINISTIC)
               history.append({"role": "assistant", "content": reply.message.content})
               return reply.message.content
-          """, server=True),
-    Wrong("01_first_conversation", "chat_turn", "forgets the options: the answer is not reproducible",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "01_first_conversation",
+        "chat_turn",
+        "forgets the options: the answer is not reproducible",
+        """
           def chat_turn(history, text):
               history.append({"role": "user", "content": text})
               reply = client.chat(model=MODEL, messages=history)
               history.append({"role": "assistant", "content": reply.message.content})
               return reply.message.content
-          """, server=True),
+          """,
+        server=True,
+    ),
     # ---- lab 02 ----
-    Wrong("02_lineup", "answers_table", "pivots without restoring the order (pivot sorts rows and columns)",
-          """
+    Wrong(
+        "02_lineup",
+        "answers_table",
+        "pivots without restoring the order (pivot sorts rows and columns)",
+        """
           def answers_table(pairs):
               rows = [{"prompt": n, "model": r.model, "answer": r.text.strip()} for n, r in pairs]
               return pd.DataFrame(rows).pivot(index="prompt", columns="model", values="answer")
-          """, server=True),
-    Wrong("02_lineup", "weights_read_gbs", "accepts a size of zero or less",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "02_lineup",
+        "weights_read_gbs",
+        "accepts a size of zero or less",
+        """
           def weights_read_gbs(result, size_gb):
               tps = result.metrics.decode_tps
               return None if tps is None else tps * size_gb
-          """, server=True),
-    Wrong("02_lineup", "choose_pulls", "compares each download with the whole disk, not with what is left",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "02_lineup",
+        "choose_pulls",
+        "compares each download with the whole disk, not with what is left",
+        """
           def choose_pulls(candidates, ram_gb, disk_gb):
               return [n for n in candidates
                       if card(n) is not None and card(n).ram_gb <= ram_gb and card(n).download_gb <= disk_gb]
-          """),
+          """,
+    ),
     # ---- lab 03 ----
-    Wrong("03_speed", "time_answer", "overwrites the first-token time on every piece (it becomes the last one's)",
-          """
+    Wrong(
+        "03_speed",
+        "time_answer",
+        "overwrites the first-token time on every piece (it becomes the last one's)",
+        """
           def time_answer(messages, model=MODEL):
               t0 = time.perf_counter()
               ttft, tokens = None, 0
@@ -409,29 +502,46 @@ WRONG = [
                   if piece.done:
                       tokens = piece.metrics.output_tokens
               return ttft, time.perf_counter() - t0, tokens
-          """, server=True),
-    Wrong("03_speed", "tokens_within", "divides the whole budget by the time per token, forgetting the TTFT",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "03_speed",
+        "tokens_within",
+        "divides the whole budget by the time per token, forgetting the TTFT",
+        """
           def tokens_within(budget_s, ttft_s, tpot_s):
               return int(budget_s / tpot_s)
-          """),
-    Wrong("03_speed", "which_is_faster", "compares the medians (noise decides)",
-          """
+          """,
+    ),
+    Wrong(
+        "03_speed",
+        "which_is_faster",
+        "compares the medians (noise decides)",
+        """
           def which_is_faster(a, b):
               if len(a) < 3 or len(b) < 3:
                   return "can't tell"
               ma, mb = np.median(a), np.median(b)
               return "a" if ma < mb else "b" if mb < ma else "can't tell"
-          """),
-    Wrong("03_speed", "predict_decode_tps", "treats bits per weight as bytes per weight",
-          """
+          """,
+    ),
+    Wrong(
+        "03_speed",
+        "predict_decode_tps",
+        "treats bits per weight as bytes per weight",
+        """
           def predict_decode_tps(n_params, quant, bandwidth_gbs, share):
               bpw = bits_per_weight(quant) if isinstance(quant, str) else float(quant)
               return share * bandwidth_gbs * 1e9 / (n_params * bpw)
-          """),
+          """,
+    ),
     # ---- lab 04 ----
-    Wrong("04_cost", "implied_mix", "a sign slip in Cramer's rule for the output tokens",
-          """
+    Wrong(
+        "04_cost",
+        "implied_mix",
+        "a sign slip in Cramer's rule for the output tokens",
+        """
           def implied_mix(total_a, price_a, total_b, price_b, n_queries=1_000_000):
               a1, a2, ra = price_a.input_per_mtok, price_a.output_per_mtok, total_a / n_queries * 1e6
               b1, b2, rb = price_b.input_per_mtok, price_b.output_per_mtok, total_b / n_queries * 1e6
@@ -439,20 +549,32 @@ WRONG = [
               if abs(det) < 1e-12:
                   return None
               return (ra * b2 - a2 * rb) / det, (ra * b1 - a1 * rb) / det
-          """),
-    Wrong("04_cost", "energy_usd_per_mtok", "divides by 3,600 (watt-hours), not 3,600,000 (kWh)",
-          """
+          """,
+    ),
+    Wrong(
+        "04_cost",
+        "energy_usd_per_mtok",
+        "divides by 3,600 (watt-hours), not 3,600,000 (kWh)",
+        """
           def energy_usd_per_mtok(tokens_per_s, watts, usd_per_kwh):
               return watts * (1_000_000 / tokens_per_s) / 3600 * usd_per_kwh
-          """),
-    Wrong("04_cost", "break_even", "forgets that a local query costs energy too",
-          """
+          """,
+    ),
+    Wrong(
+        "04_cost",
+        "break_even",
+        "forgets that a local query costs energy too",
+        """
           def break_even(fixed_usd_per_month, api_usd_per_query, local_usd_per_query):
               return fixed_usd_per_month / api_usd_per_query if api_usd_per_query > local_usd_per_query else math.inf
-          """),
+          """,
+    ),
     # ---- lab 05 ----
-    Wrong("05_quality", "tasks_needed", "assumes p1 is the lower accuracy",
-          """
+    Wrong(
+        "05_quality",
+        "tasks_needed",
+        "assumes p1 is the lower accuracy",
+        """
           def tasks_needed(p1, p2, max_n=100_000):
               if p1 == p2:
                   return None
@@ -460,37 +582,57 @@ WRONG = [
                   if wilson_interval(round(p1 * n), n)[1] < wilson_interval(round(p2 * n), n)[0]:
                       return n
               return None
-          """),
-    Wrong("05_quality", "tasks_needed", "the normal-approximation rule of thumb instead of the search",
-          """
+          """,
+    ),
+    Wrong(
+        "05_quality",
+        "tasks_needed",
+        "the normal-approximation rule of thumb instead of the search",
+        """
           def tasks_needed(p1, p2, max_n=100_000):
               if p1 == p2:
                   return None
               n = math.ceil(16 * max(p1 * (1 - p1), p2 * (1 - p2), 0.01) / (p1 - p2) ** 2)
               return n if n <= max_n else None
-          """),
-    Wrong("05_quality", "final_number / is_correct", "takes the first number, not the last",
-          """
+          """,
+    ),
+    Wrong(
+        "05_quality",
+        "final_number / is_correct",
+        "takes the first number, not the last",
+        """
           def final_number(text):
               found = NUMBER.findall(text or "")
               return float(found[0].replace(",", "")) if found else None
-          """),
-    Wrong("05_quality", "paired_test", "a one-sided p-value (forgets to double the tail)",
-          """
+          """,
+    ),
+    Wrong(
+        "05_quality",
+        "paired_test",
+        "a one-sided p-value (forgets to double the tail)",
+        """
           def paired_test(small_correct, large_correct):
               s = sum(1 for a, b in zip(small_correct, large_correct) if a and not b)
               g = sum(1 for a, b in zip(small_correct, large_correct) if b and not a)
               d = s + g
               return s, g, min(1.0, sum(math.comb(d, i) for i in range(min(s, g) + 1)) / 2 ** d)
-          """),
+          """,
+    ),
     # ---- lab 06 ----
-    Wrong("06_routing", "my_is_simple_task", "wraps the kit's is_simple_task (another rule) with a 60-word limit",
-          """
+    Wrong(
+        "06_routing",
+        "my_is_simple_task",
+        "wraps the kit's is_simple_task (another rule) with a 60-word limit",
+        """
           def my_is_simple_task(prompt):
               return is_simple_task(prompt, max_words=60)
-          """),
-    Wrong("06_routing", "pgr_at_share", "sends the lowest scores to the large model",
-          """
+          """,
+    ),
+    Wrong(
+        "06_routing",
+        "pgr_at_share",
+        "sends the lowest scores to the large model",
+        """
           def pgr_at_share(q_small, q_large, scores, share):
               qs, ql, sc = (np.asarray(a, dtype=float) for a in (q_small, q_large, scores))
               to_large = np.zeros(len(qs), dtype=bool)
@@ -498,9 +640,13 @@ WRONG = [
               if math.isclose(qs.mean(), ql.mean()):
                   return math.nan
               return float((np.where(to_large, ql, qs).mean() - qs.mean()) / (ql.mean() - qs.mean()))
-          """),
-    Wrong("06_routing", "calibrate", "counts the top k prompts, splitting prompts with equal scores",
-          """
+          """,
+    ),
+    Wrong(
+        "06_routing",
+        "calibrate",
+        "counts the top k prompts, splitting prompts with equal scores",
+        """
           def calibrate(q_small, q_large, scores, keep):
               qs, ql, sc = (np.asarray(a, dtype=float) for a in (q_small, q_large, scores))
               gap = ql.mean() - qs.mean()
@@ -513,16 +659,26 @@ WRONG = [
                   if (np.where(to_large, ql, qs).mean() - qs.mean()) / gap >= keep - 1e-12:
                       return (math.inf if k == 0 else float(sc[order[k - 1]])), k / len(sc)
               return math.nan, math.nan
-          """),
-    Wrong("06_routing", "cascade", "asks both models every time, then picks (pays for the large call always)",
-          """
+          """,
+    ),
+    Wrong(
+        "06_routing",
+        "cascade",
+        "asks both models every time, then picks (pays for the large call always)",
+        """
           def cascade(prompt, check=basic_check):
               first, second = ask_small(prompt), ask_large(prompt)
               return (first, "small") if check(prompt, first.text) else (second, "large")
-          """, server=True, slow=True),
+          """,
+        server=True,
+        slow=True,
+    ),
     # ---- lab 07 ----
-    Wrong("07_hybrid_app", "with_fallback", "catches errors but never stops waiting for a hung primary",
-          """
+    Wrong(
+        "07_hybrid_app",
+        "with_fallback",
+        "catches errors but never stops waiting for a hung primary",
+        """
           def with_fallback(primary, backup, timeout_s):
               def call(prompt):
                   try:
@@ -530,9 +686,15 @@ WRONG = [
                   except CourseError:
                       return backup(prompt), "backup"
               return call
-          """, server=True, slow=True),
-    Wrong("07_hybrid_app", "smart_routing", "logs 'large' when the small model stood in for it",
-          """
+          """,
+        server=True,
+        slow=True,
+    ),
+    Wrong(
+        "07_hybrid_app",
+        "smart_routing",
+        "logs 'large' when the small model stood in for it",
+        """
           def smart_routing(prompt, large=ask_large, timeout_s=30):
               t0 = time.perf_counter()
               if is_simple_task(prompt):
@@ -543,16 +705,26 @@ WRONG = [
               LOG.append({"prompt": prompt, "route": route, "model": result.model,
                           "latency_s": time.perf_counter() - t0})
               return result
-          """, server=True, slow=True),
-    Wrong("07_hybrid_app", "route_with_budget", "refuses the last call that exactly fits the budget",
-          """
+          """,
+        server=True,
+        slow=True,
+    ),
+    Wrong(
+        "07_hybrid_app",
+        "route_with_budget",
+        "refuses the last call that exactly fits the budget",
+        """
           def route_with_budget(prompt, spent_usd, budget_usd, large_call_usd):
               if is_simple_task(prompt):
                   return "small"
               return "large" if spent_usd + large_call_usd < budget_usd else "small"
-          """),
-    Wrong("07_hybrid_app", "budget_plan", "does not clip the share to [0, 1]",
-          """
+          """,
+    ),
+    Wrong(
+        "07_hybrid_app",
+        "budget_plan",
+        "does not clip the share to [0, 1]",
+        """
           def budget_plan(cost_small, cost_large, budget_per_1k, q_small, q_large, scores, keep=0.9):
               per_call = budget_per_1k / 1000
               share = 1.0 if cost_large <= cost_small else (per_call - cost_small) / (cost_large - cost_small)
@@ -561,73 +733,117 @@ WRONG = [
               kept = math.nan if math.isclose(ms, ml) else (routed - ms) / (ml - ms)
               return {"share": share, "usd_per_1k": 1000 * (share * cost_large + (1 - share) * cost_small),
                       "pgr": kept, "kept": kept >= keep}
-          """),
+          """,
+    ),
     # ---- lab 08 ----
-    Wrong("08_edge", "choose_quant", "forgets the KV cache",
-          """
+    Wrong(
+        "08_edge",
+        "choose_quant",
+        "forgets the KV cache",
+        """
           def choose_quant(shape, budget_gb, n_ctx, min_bpw=3.5):
               for level in LEVELS:
                   if bits_per_weight(level) >= min_bpw and weights_bytes(shape.n_params, level) <= budget_gb * 1e9:
                       return level
               return None
-          """),
-    Wrong("08_edge", "kv_cache_mb", "counts the keys only (one cache, not two)",
-          """
+          """,
+    ),
+    Wrong(
+        "08_edge",
+        "kv_cache_mb",
+        "counts the keys only (one cache, not two)",
+        """
           def kv_cache_mb(n_layers, n_ctx, n_kv_heads, head_dim, bytes_per_element=2):
               return n_layers * n_ctx * n_kv_heads * head_dim * bytes_per_element / 1e6
-          """),
-    Wrong("08_edge", "longest_context", "does not round down to a multiple of 256",
-          """
+          """,
+    ),
+    Wrong(
+        "08_edge",
+        "longest_context",
+        "does not round down to a multiple of 256",
+        """
           def longest_context(budget_gb, shape, bits_per_weight):
               room_mb = budget_gb * 1e3 - weights_bytes(shape.n_params, bits_per_weight) / 1e6
               if room_mb <= 0:
                   return 0
               per_token = kv_cache_mb(shape.n_layers, 1, shape.n_kv_heads, shape.head_dim)
               return min(int(room_mb // per_token), shape.context_length)
-          """),
-    Wrong("08_edge", "answer", "always answers locally (passes while the large tier is down)",
-          """
+          """,
+    ),
+    Wrong(
+        "08_edge",
+        "answer",
+        "always answers locally (passes while the large tier is down)",
+        """
           def answer(prompt, large):
               return backend.generate(MODEL, prompt, options=OPTIONS).text, "local"
-          """, server=True),
-    Wrong("08_edge", "answer", "falls back on any error, hiding a bug in the large tier",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "08_edge",
+        "answer",
+        "falls back on any error, hiding a bug in the large tier",
+        """
           def answer(prompt, large):
               try:
                   return large.generate("gpt-4o-mini", prompt, options=OPTIONS).text, "large"
               except Exception:
                   return backend.generate(MODEL, prompt, options=OPTIONS).text, "local"
-          """, server=True),
+          """,
+        server=True,
+    ),
     # ---- lab 09 ----
-    Wrong("09_serving_a_class", "p90", "calls np.percentile although the exercise is to write it",
-          """
+    Wrong(
+        "09_serving_a_class",
+        "p90",
+        "calls np.percentile although the exercise is to write it",
+        """
           def p90(values):
               return float(np.percentile(values, 90)) if len(values) else None
-          """, server=True),
-    Wrong("09_serving_a_class", "max_students", "counts a lucky level after a failing one",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "09_serving_a_class",
+        "max_students",
+        "counts a lucky level after a failing one",
+        """
           def max_students(df, target_p90_s):
               ok = df[(df.latency_p90_s <= target_p90_s) & (df.errors == 0) & (df.cancelled == 0)
                       & (df.not_started == 0)]
               return int(ok.concurrency.max()) if len(ok) else 0
-          """),
-    Wrong("09_serving_a_class", "predict_p50", "the mean finishing time, not the median",
-          """
+          """,
+    ),
+    Wrong(
+        "09_serving_a_class",
+        "predict_p50",
+        "the mean finishing time, not the median",
+        """
           def predict_p50(service_s, students, parallel=1):
               return sum(math.ceil(k / parallel) * service_s for k in range(1, students + 1)) / students
-          """),
+          """,
+    ),
     # ---- lab 10 ----
-    Wrong("10_structured_output", "contact schema", "age as any number (3.5 years passes)",
-          """
+    Wrong(
+        "10_structured_output",
+        "contact schema",
+        "age as any number (3.5 years passes)",
+        """
           def contact_schema():
               return {"type": "object",
                       "properties": {"name": {"type": "string", "maxLength": 60},
                                      "email": {"type": "string", "maxLength": 60},
                                      "age": {"type": "number", "minimum": 0, "maximum": 150}},
                       "required": ["name", "email", "age"]}
-          """, server=True),
-    Wrong("10_structured_output", "constrained_greedy", "masks only the first token",
-          """
+          """,
+        server=True,
+    ),
+    Wrong(
+        "10_structured_output",
+        "constrained_greedy",
+        "masks only the first token",
+        """
           def constrained_greedy(next_scores, allowed, max_steps=8):
               text = ""
               for step in range(max_steps):
@@ -640,9 +856,13 @@ WRONG = [
                   if text in allowed:
                       break
               return text
-          """),
-    Wrong("10_structured_output", "tool loop", "runs the tools but never sends their results back",
-          """
+          """,
+    ),
+    Wrong(
+        "10_structured_output",
+        "tool loop",
+        "runs the tools but never sends their results back",
+        """
           def answer_with_tools(model, question, tools):
               by_name = {f.__name__: f for f in tools}
               first = client.chat(model=model, messages=[{"role": "user", "content": question}],
@@ -652,7 +872,10 @@ WRONG = [
                   by_name[call.function.name](**call.function.arguments)
                   called.append(call.function.name)
               return first.message.content, called
-          """, server=True, slow=True),
+          """,
+        server=True,
+        slow=True,
+    ),
 ]
 
 
@@ -683,9 +906,12 @@ def _is_exercise_cell(src: str) -> bool:
 def _pure_setup(src: str, keep: set[str]) -> str:
     """The imports of a setup cell, and the assignments named in `keep` (no server call)."""
     tree = ast.parse(src)
-    body = [node for node in tree.body
-            if isinstance(node, (ast.Import, ast.ImportFrom))
-            or (isinstance(node, ast.Assign) and {t.id for t in node.targets if isinstance(t, ast.Name)} & keep)]
+    body = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        or (isinstance(node, ast.Assign) and {t.id for t in node.targets if isinstance(t, ast.Name)} & keep)
+    ]
     return ast.unparse(ast.Module(body=body, type_ignores=[]))
 
 
@@ -706,11 +932,11 @@ def _lab_namespace(lab: str, server: bool) -> tuple[dict, _Recorded]:
     src = _source(setup) if server else _pure_setup(_source(setup), PURE_SETUP.get(lab, set()))
     exec(compile(src, f"{lab}:setup", "exec"), ns)
     recorded = _Recorded()
-    for cell in cells[cells.index(setup) + 1:]:
+    for cell in cells[cells.index(setup) + 1 :]:
         src = _source(cell)
         if _is_exercise_cell(src) or cell.get("id") in EXTRA_CELLS.get(lab, set()):
             ns["check"] = recorded
-            for node in ast.parse(src).body:   # statement by statement: see below
+            for node in ast.parse(src).body:  # statement by statement: see below
                 try:
                     exec(compile(ast.Module(body=[node], type_ignores=[]), f"{lab}:{cell.get('id')}", "exec"), ns)
                 except NameError:
@@ -733,7 +959,7 @@ def _param(w: Wrong):
 @pytest.mark.parametrize("wrong", [_param(w) for w in WRONG])
 def test_check_accepts_the_solution_and_rejects_a_wrong_answer(wrong, request):
     if wrong.server:
-        request.getfixturevalue("ollama_host")   # the session's server (pure exercises never start it)
+        request.getfixturevalue("ollama_host")  # the session's server (pure exercises never start it)
     ns, recorded = _lab_namespace(wrong.lab, wrong.server)
     assert wrong.check in recorded.tests, f"{wrong.lab} has no check named {wrong.check!r}: {sorted(recorded.tests)}"
     test, _hint = recorded.tests[wrong.check]
@@ -754,8 +980,12 @@ def _exercise_checks(lab: str) -> list[str]:
     names = []
     for cell in _code_cells(lab)[2:]:
         for node in ast.walk(ast.parse(_source(cell))):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "check" and node.args
-                    and isinstance(node.args[0], ast.Constant)):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") == "check"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 names.append(node.args[0].value)
     return names
 
@@ -774,12 +1004,24 @@ def test_every_exercise_has_a_wrong_answer_here(lab):
 REFERENCES = {
     "02_lineup": ["helpers.lineup:pull_what_fits"],
     "03_speed": ["helpers.hardware:decode_ceiling_tps", "helpers.bench:measure_call"],
-    "04_cost": ["helpers.cost:local_cost_per_mtok", "helpers.cost:break_even_queries", "helpers.cost:break_even",
-                "helpers.cost:LocalAssumptions"],
-    "05_quality": ["helpers.evals:items_to_separate", "helpers.evals:extract_number", "helpers.evals:score_number",
-                   "helpers.quality:paired_counts"],
-    "06_routing": ["helpers.routing:pgr", "helpers.routing:quality_at_share", "helpers.routing:cascade",
-                   "helpers.routing:share_for_quality"],
+    "04_cost": [
+        "helpers.cost:local_cost_per_mtok",
+        "helpers.cost:break_even_queries",
+        "helpers.cost:break_even",
+        "helpers.cost:LocalAssumptions",
+    ],
+    "05_quality": [
+        "helpers.evals:items_to_separate",
+        "helpers.evals:extract_number",
+        "helpers.evals:score_number",
+        "helpers.quality:paired_counts",
+    ],
+    "06_routing": [
+        "helpers.routing:pgr",
+        "helpers.routing:quality_at_share",
+        "helpers.routing:cascade",
+        "helpers.routing:share_for_quality",
+    ],
     "07_hybrid_app": ["helpers.routing:smart_routing", "helpers.routing:pgr"],
     "08_edge": ["helpers.edge:kv_cache_bytes", "helpers.edge:largest_context", "helpers.edge:estimate_memory"],
     "09_serving_a_class": ["helpers.results:percentile", "helpers.loadgen:sizing_advice"],
@@ -816,8 +1058,9 @@ def _brought(tree: ast.AST) -> dict[int, str]:
 @pytest.mark.parametrize("lab", sorted(REFERENCES))
 def test_no_lab_imports_the_reference_of_its_exercises(lab):
     """A learner cannot solve an exercise by wrapping the kit's own implementation of it."""
-    source = "\n".join(_source(c) for c in labs.read_notebook(REPO / "labs" / f"{lab}.ipynb").cells
-                       if c.cell_type == "code")
+    source = "\n".join(
+        _source(c) for c in labs.read_notebook(REPO / "labs" / f"{lab}.ipynb").cells if c.cell_type == "code"
+    )
     brought = _brought(ast.parse(source))
     for ref in REFERENCES[lab]:
         module, name = ref.split(":")

@@ -7,6 +7,7 @@
   refused connection and a real hung endpoint.
 - `HybridApp`'s always-large baseline is measured on the large model itself.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,15 +43,18 @@ def pair(ollama_host):
 @pytest.fixture(scope="module")
 def tiers(pair):
     backend, small, large = pair
-    return (lambda p: backend.generate(small, p, options=OPTIONS),
-            lambda p: large.backend.generate(large.model, p, options=OPTIONS))
+    return (
+        lambda p: backend.generate(small, p, options=OPTIONS),
+        lambda p: large.backend.generate(large.model, p, options=OPTIONS),
+    )
 
 
 def test_default_pair_is_two_different_models(pair):
     backend, small, large = pair
     assert not large.same_as_small and large.model != small, (
         f"with default parameters both tiers are {small}: lessons 03 and 05-07 would compare a model with "
-        "itself. Install the offline large model: `slm-course pull qwen2.5-coder:0.5b` (make install does)")
+        "itself. Install the offline large model: `slm-course pull qwen2.5-coder:0.5b` (make install does)"
+    )
     assert large.backend.has_model(large.model)
 
 
@@ -100,8 +104,13 @@ def test_page_smart_routing_falls_back_like_the_kit_when_the_large_endpoint_is_d
     _, small, large = pair
     ask_small, _ = tiers
     down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
-    page, kit, log, fallbacks = _both(page_routing, COMPLEX, small=ask_small,
-                                      large=lambda p: down.generate(large.model, p, options=OPTIONS), timeout_s=10)
+    page, kit, log, fallbacks = _both(
+        page_routing,
+        COMPLEX,
+        small=ask_small,
+        large=lambda p: down.generate(large.model, p, options=OPTIONS),
+        timeout_s=10,
+    )
     _same(page, kit)
     assert page.fell_back and page.model == small and page.error.startswith("BackendUnavailable")
     assert len(fallbacks) == 2 and log == [page]
@@ -113,8 +122,9 @@ def test_page_smart_routing_times_out_like_the_kit_on_a_hung_endpoint(pair, tier
     with silent_endpoint() as url:
         hung = OpenAIBackend(base_url=url, api_key="x", timeout=30)
         t0 = time.perf_counter()
-        page, kit, _, fallbacks = _both(page_routing, COMPLEX, small=ask_small,
-                                        large=lambda p: hung.generate(large.model, p), timeout_s=1)
+        page, kit, _, fallbacks = _both(
+            page_routing, COMPLEX, small=ask_small, large=lambda p: hung.generate(large.model, p), timeout_s=1
+        )
         waited = time.perf_counter() - t0
     _same(page, kit)
     assert page.fell_back and page.error == "TimeoutError: no answer within the timeout"
@@ -130,14 +140,16 @@ def test_app_measures_always_large_on_the_large_model(pair, tiers, page_routing)
         baseline_calls.append(prompt)
         return ask_large(prompt)
 
-    app = HybridApp(small=ask_small, large=ask_large, price=PRICE, routing=page_routing, baseline=baseline,
-                    small_usd_per_s=1e-6)
+    app = HybridApp(
+        small=ask_small, large=ask_large, price=PRICE, routing=page_routing, baseline=baseline, small_usd_per_s=1e-6
+    )
     easy, hard = app.ask(SIMPLE), app.ask(COMPLEX)
     assert (easy.label, hard.label) == ("small", "large")
     assert baseline_calls == [SIMPLE], "the baseline is called only for prompts the large model did not answer"
     direct = ask_large(SIMPLE)  # deterministic: the same tokens the baseline call used
     assert easy.baseline_measured and easy.always_large_usd == pytest.approx(
-        query_cost_api(PRICE, direct.metrics.prompt_tokens, direct.metrics.output_tokens))
+        query_cost_api(PRICE, direct.metrics.prompt_tokens, direct.metrics.output_tokens)
+    )
     assert easy.always_large_s > 0
     assert hard.baseline_measured and hard.always_large_usd == pytest.approx(hard.decision.cost_usd)
     assert easy.decision.cost_usd > 0 and easy.decision.model == small  # its measured seconds at the stated rate

@@ -12,6 +12,7 @@
 
 No model server is needed (pure code on fixed prompts).
 """
+
 from __future__ import annotations
 
 import ast
@@ -45,11 +46,19 @@ return query_large_model(prompt)
 result = smart_routing("What's 2+2?") # Uses Phi-3
 complex_result = smart_routing("Analyze this legal document...") # Uses GPT-4
 """
-HEURISTIC_NAMES = {"LONG_PROMPT_WORDS", "COMPLEX_KEYWORDS", "KEYWORD_RES", "CODE_RE", "MATH_RE",
-                   "complexity_reasons", "is_simple_task"}
+HEURISTIC_NAMES = {
+    "LONG_PROMPT_WORDS",
+    "COMPLEX_KEYWORDS",
+    "KEYWORD_RES",
+    "CODE_RE",
+    "MATH_RE",
+    "complexity_reasons",
+    "is_simple_task",
+}
 
 
 # ---------------------------------------------------------------------------- page code
+
 
 def _defined(source: str) -> set[str]:
     names = set()
@@ -88,17 +97,28 @@ def corpus() -> list[str]:
     prompts += [t.prompt for t in shared_eval()]  # the shared set lessons 05-07 route on
     prompts += load_routellm("gsm8k")["prompt"].tolist()
     prompts += load_routellm("mmlu")["prompt"].sample(2000, random_state=0).tolist()  # 57 subjects, seeded
-    prompts += ["What's 2+2?", "Analyze this legal document...", "How can I improve my essay?",
-                " ".join(["word"] * 120), " ".join(["word"] * 121), "import os\nprint(os.name)",
-                "int x = 1;", "What is 3 x 4?", "Give me 15 % of 80.", "WHY IS the sky blue?"]
+    prompts += [
+        "What's 2+2?",
+        "Analyze this legal document...",
+        "How can I improve my essay?",
+        " ".join(["word"] * 120),
+        " ".join(["word"] * 121),
+        "import os\nprint(os.name)",
+        "int x = 1;",
+        "What is 3 x 4?",
+        "Give me 15 % of 80.",
+        "WHY IS the sky blue?",
+    ]
     return prompts
 
 
 def _disagreements(page: dict, prompts: list[str], *, first: bool = False) -> list[str]:
     out = []
     for p in prompts:
-        if (page["is_simple_task"](p) != kit_is_simple_task(p)
-                or page["complexity_reasons"](p) != task_features(p)["reasons"]):
+        if (
+            page["is_simple_task"](p) != kit_is_simple_task(p)
+            or page["complexity_reasons"](p) != task_features(p)["reasons"]
+        ):
             out.append(p)
             if first:
                 break
@@ -108,8 +128,10 @@ def _disagreements(page: dict, prompts: list[str], *, first: bool = False) -> li
 def test_page_is_simple_task_agrees_with_helpers_routing(corpus):
     page = run_page(page_cells(LESSON_06, HEURISTIC_NAMES))
     different = _disagreements(page, corpus)
-    assert not different, (f"lesson 06's is_simple_task and helpers.routing disagree on {len(different)} of "
-                           f"{len(corpus)} prompts, e.g. {different[0][:120]!r}")
+    assert not different, (
+        f"lesson 06's is_simple_task and helpers.routing disagree on {len(different)} of "
+        f"{len(corpus)} prompts, e.g. {different[0][:120]!r}"
+    )
     # the comparison exercised every rule, and both answers
     reasons = [r for p in corpus for r in task_features(p)["reasons"]]
     for signal in ("long (", "reasoning keywords:", "code", "maths"):
@@ -117,11 +139,14 @@ def test_page_is_simple_task_agrees_with_helpers_routing(corpus):
     assert any(map(kit_is_simple_task, corpus)), "no prompt in the corpus is simple"
 
 
-@pytest.mark.parametrize("old, new", [
-    ('"compare", ', ""),                                   # a reasoning keyword dropped
-    ("LONG_PROMPT_WORDS = 120", "LONG_PROMPT_WORDS = 200"),  # a different length limit
-    ("|sum of|", "|"),                                     # a maths word dropped
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ('"compare", ', ""),  # a reasoning keyword dropped
+        ("LONG_PROMPT_WORDS = 120", "LONG_PROMPT_WORDS = 200"),  # a different length limit
+        ("|sum of|", "|"),  # a maths word dropped
+    ],
+)
 def test_a_drifting_page_is_caught(corpus, old, new):
     cells = page_cells(LESSON_06, HEURISTIC_NAMES)
     assert any(old in c for c in cells), f"the page no longer contains {old!r}: update this test"
@@ -131,10 +156,15 @@ def test_a_drifting_page_is_caught(corpus, old, new):
 
 # ---------------------------------------------------------------------------- the article, verbatim
 
+
 def _fenced(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
-    return [m.group(1) for c in nb.cells if c.cell_type == "markdown"
-            for m in re.finditer(r"```[^\n]*\n(.*?)```", c.source, re.S)]
+    return [
+        m.group(1)
+        for c in nb.cells
+        if c.cell_type == "markdown"
+        for m in re.finditer(r"```[^\n]*\n(.*?)```", c.source, re.S)
+    ]
 
 
 @pytest.mark.parametrize("lesson", [LESSON_06, LESSON_07], ids=lambda p: p.stem)
@@ -153,18 +183,24 @@ TRUST_LESSONS = ["03_speed", "05_quality", "06_routing", "07_hybrid_app"]
 
 
 def _stored_text(cell) -> str:
-    return "".join(o.get("text", "") if o.get("output_type") == "stream" else o.get("data", {}).get("text/plain", "")
-                   for o in cell.get("outputs", []))
+    return "".join(
+        o.get("text", "") if o.get("output_type") == "stream" else o.get("data", {}).get("text/plain", "")
+        for o in cell.get("outputs", [])
+    )
 
 
 @pytest.mark.parametrize("name", TRUST_LESSONS)
 def test_lesson_checks_two_models_and_finite_metrics_against_a_stored_reference(name):
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    cells = [c for c in nb.cells if c.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in c.source
-             and "two different models" in c.source]
+    cells = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in c.source and "two different models" in c.source
+    ]
     assert len(cells) == 1, f"{name}: one checked cell must say whether small and large are two models"
     text = _stored_text(cells[0])
     lines = [line for line in text.splitlines() if line.strip()]
     assert "small and large are two different models: True" in lines, f"{name}: stored reference is\n{text}"
     assert len(lines) >= 2 and all(line.endswith("True") for line in lines), (
-        f"{name}: every line of the reference must end True (nbval then fails a run that prints False):\n{text}")
+        f"{name}: every line of the reference must end True (nbval then fails a run that prints False):\n{text}"
+    )

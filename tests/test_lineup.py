@@ -1,4 +1,5 @@
 """Lesson 02's lineup against the session's real server: enrichment, pulls, a real run, the claims table."""
+
 from __future__ import annotations
 
 import httpx
@@ -151,8 +152,10 @@ def test_side_by_side_speed_summary_and_plot(backend, runs):
 
 def _summary(ttft_ms: list[float], params: list[float]) -> pd.DataFrame:
     """A speed summary shaped like speed_summary's, with given numbers (to test the verdicts)."""
-    return pd.DataFrame({"median TTFT (ms)": ttft_ms, "median latency (s)": [t / 100 for t in ttft_ms],
-                         "params (B)": params}, index=[f"m{i}" for i in range(len(params))])
+    return pd.DataFrame(
+        {"median TTFT (ms)": ttft_ms, "median latency (s)": [t / 100 for t in ttft_ms], "params (B)": params},
+        index=[f"m{i}" for i in range(len(params))],
+    )
 
 
 def test_revisit_claims_verdicts_follow_the_numbers():

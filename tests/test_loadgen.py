@@ -4,6 +4,7 @@ The bound tests use a tiny real HTTP server on a free loopback port that streams
 lines at a set pace: a slow network peer, not a model. It counts the requests it receives,
 so the count bound is checked on the server's side, not only in the client's bookkeeping.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,9 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("model") == "broken":
                 self._line({"error": "the engine crashed"})
                 return
-            self._line({"model": body.get("model"), "response": "", "done": True,
-                        "done_reason": "stop", "eval_count": n})
+            self._line(
+                {"model": body.get("model"), "response": "", "done": True, "done_reason": "stop", "eval_count": n}
+            )
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a cancelled request): expected in the time-bound test
         finally:
@@ -107,16 +109,25 @@ def peer():
 
 
 # --------------------------------------------------------------------------- target safety
-@pytest.mark.parametrize("host", ["10.0.0.1", "http://example.com:11434", "192.168.1.5:11434",
-                                  "https://example.com", "http://localhost.example.com:11434"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "10.0.0.1",
+        "http://example.com:11434",
+        "192.168.1.5:11434",
+        "https://example.com",
+        "http://localhost.example.com:11434",
+    ],
+)
 def test_refuses_remote_targets(host):
     with pytest.raises(BadInput) as info:
         run_load(host, "m", concurrency=1, requests_per_client=1, max_duration_s=1)
     assert "allow_remote=True" in info.value.hint and "SLM_LOADTEST_HOSTS" in info.value.hint
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "http://127.0.0.1:11434", "localhost:11434",
-                                  "http://[::1]:11434", "[::1]", "127.9.8.7:5"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "http://127.0.0.1:11434", "localhost:11434", "http://[::1]:11434", "[::1]", "127.9.8.7:5"]
+)
 def test_accepts_loopback_targets(host):
     assert check_target(host).startswith("http://")
 
@@ -134,11 +145,23 @@ def test_remote_allowed_when_configured(monkeypatch):
 
 
 # --------------------------------------------------------------------------- parameter checks
-@pytest.mark.parametrize("kwargs", [
-    {"concurrency": 0}, {"concurrency": 257}, {"concurrency": 2.0}, {"concurrency": True},
-    {"requests_per_client": 0}, {"num_predict": 0}, {"prompt": ""}, {"prompt": None},
-    {"timeout_s": 0}, {"timeout_s": -1}, {"max_duration_s": 0}, {"max_duration_s": float("nan")},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"concurrency": 0},
+        {"concurrency": 257},
+        {"concurrency": 2.0},
+        {"concurrency": True},
+        {"requests_per_client": 0},
+        {"num_predict": 0},
+        {"prompt": ""},
+        {"prompt": None},
+        {"timeout_s": 0},
+        {"timeout_s": -1},
+        {"max_duration_s": 0},
+        {"max_duration_s": float("nan")},
+    ],
+)
 def test_rejects_bad_parameters(kwargs):
     args = {"concurrency": 1, "requests_per_client": 1, "max_duration_s": 1, "timeout_s": 1}
     args.update(kwargs)
@@ -157,16 +180,16 @@ def test_no_server_gives_next_step(peer):
     peer.shutdown()
     peer.server_close()
     with pytest.raises(BackendUnavailable) as info:
-        run_load(f"127.0.0.1:{port}", "m", concurrency=1, requests_per_client=1,
-                 timeout_s=2, max_duration_s=2)
+        run_load(f"127.0.0.1:{port}", "m", concurrency=1, requests_per_client=1, timeout_s=2, max_duration_s=2)
     assert "ollama serve" in info.value.hint
 
 
 # --------------------------------------------------------------------------- bounds
 def test_count_bound_is_exact(peer):
     peer.delay, peer.lines = 0.01, 3
-    result = run_load(peer.url, "m", concurrency=3, requests_per_client=4, num_predict=3,
-                      timeout_s=5, max_duration_s=20)
+    result = run_load(
+        peer.url, "m", concurrency=3, requests_per_client=4, num_predict=3, timeout_s=5, max_duration_s=20
+    )
     assert peer.received == 12  # the server saw exactly concurrency x requests
     assert len(result.rows) == 12 and result.completed == 12
     assert peer.max_active <= 3  # never more students at once than asked for
@@ -186,8 +209,7 @@ def test_count_bound_is_exact(peer):
 def test_time_bound_stops_and_marks(peer):
     peer.delay, peer.lines = 0.2, 100  # each answer would take ~20 s
     t0 = time.perf_counter()
-    result = run_load(peer.url, "m", concurrency=2, requests_per_client=3,
-                      timeout_s=60, max_duration_s=1.0)
+    result = run_load(peer.url, "m", concurrency=2, requests_per_client=3, timeout_s=60, max_duration_s=1.0)
     elapsed = time.perf_counter() - t0
     assert elapsed < 3.0  # returned soon after max_duration_s, not after ~60 s
     assert result.stopped_by_time and result.completed == 0
@@ -204,32 +226,29 @@ def test_time_bound_stops_and_marks(peer):
 
 def test_per_request_timeout_is_an_error(peer):
     peer.delay, peer.lines = 0.3, 20
-    result = run_load(peer.url, "m", concurrency=1, requests_per_client=2,
-                      timeout_s=0.5, max_duration_s=10)
+    result = run_load(peer.url, "m", concurrency=1, requests_per_client=2, timeout_s=0.5, max_duration_s=10)
     assert [r.status for r in result.rows] == ["error", "error"]
     assert all("timeout" in e for e in result.errors)
     assert not result.stopped_by_time
 
 
 def test_errors_are_recorded(peer):
-    result = run_load(peer.url, "broken", concurrency=2, requests_per_client=1,
-                      timeout_s=5, max_duration_s=10)
+    result = run_load(peer.url, "broken", concurrency=2, requests_per_client=1, timeout_s=5, max_duration_s=10)
     assert result.completed == 0 and len(result.errors) == 2
     assert all("engine crashed" in e for e in result.errors)
 
 
 def test_unknown_model_says_pull(peer):
     with pytest.raises(ModelNotFound) as info:
-        run_load(peer.url, "missing", concurrency=2, requests_per_client=1,
-                 timeout_s=5, max_duration_s=10)
+        run_load(peer.url, "missing", concurrency=2, requests_per_client=1, timeout_s=5, max_duration_s=10)
     assert "ollama pull missing" in info.value.hint
 
 
 def test_works_inside_a_running_event_loop(peer):
     """Jupyter runs an event loop already: the sync call must still work there."""
+
     async def notebook_cell():
-        return run_load(peer.url, "m", concurrency=2, requests_per_client=1,
-                        timeout_s=5, max_duration_s=10)
+        return run_load(peer.url, "m", concurrency=2, requests_per_client=1, timeout_s=5, max_duration_s=10)
 
     result = asyncio.run(notebook_cell())
     assert result.completed == 2 and peer.received == 2
@@ -252,10 +271,16 @@ def _table(p90s, errors=None):
     import pandas as pd
 
     levels = [1, 2, 4, 8][: len(p90s)]
-    return pd.DataFrame({"concurrency": levels, "latency_p90_s": p90s,
-                         "output_tps": [10.0 * n for n in levels],
-                         "errors": errors or [0] * len(p90s),
-                         "cancelled": [0] * len(p90s), "not_started": [0] * len(p90s)})
+    return pd.DataFrame(
+        {
+            "concurrency": levels,
+            "latency_p90_s": p90s,
+            "output_tps": [10.0 * n for n in levels],
+            "errors": errors or [0] * len(p90s),
+            "cancelled": [0] * len(p90s),
+            "not_started": [0] * len(p90s),
+        }
+    )
 
 
 def test_sizing_advice_reads_the_data():
@@ -293,8 +318,16 @@ def test_real_server_answers_every_request(ollama_host):
     from helpers import OllamaBackend, pick_model
 
     model = pick_model(OllamaBackend(ollama_host), "smollm2:135m", verbose=False)
-    result = run_load(ollama_host, model, concurrency=2, requests_per_client=1, num_predict=8,
-                      prompt="Say hello to the class.", timeout_s=120, max_duration_s=240)
+    result = run_load(
+        ollama_host,
+        model,
+        concurrency=2,
+        requests_per_client=1,
+        num_predict=8,
+        prompt="Say hello to the class.",
+        timeout_s=120,
+        max_duration_s=240,
+    )
     assert not result.stopped_by_time and result.errors == [], str(result)
     assert result.completed == len(result.rows) == 2
     for row in result.rows:

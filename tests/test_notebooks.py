@@ -4,6 +4,7 @@ their TODOs (only NotImplementedError may surface), all against the session's se
 The lessons themselves (notebooks/) run through nbval in `make test`, with no parameters injected
 - the path a learner takes - and their `# NBVAL_CHECK_OUTPUT` cells compared.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ CI_PARAMETERS = {
     "MAX_TOKENS": 48,
     "CONCURRENCY_LEVELS": [1, 2, 4],
     "PULL": False,
-    "JUDGE_MODEL": BUNDLED,   # the judge path runs for real (the scores mean little: it judges itself)
+    "JUDGE_MODEL": BUNDLED,  # the judge path runs for real (the scores mean little: it judges itself)
 }
 
 
@@ -56,11 +57,18 @@ def execute(path: Path, out: Path, allow_errors: bool = False) -> nbformat.Noteb
     env_host = os.environ.get("OLLAMA_HOST")
     assert env_host, "the session fixture sets OLLAMA_HOST"
     try:
-        pm.execute_notebook(str(path), str(out), parameters=parameters_for(path),
-                            kernel_name="python3", cwd=str(path.parent),
-                            execution_timeout=CELL_TIMEOUT_S, progress_bar=False, log_output=False,
-                            request_save_on_cell_execute=False,
-                            **({"allow_errors": True} if allow_errors else {}))
+        pm.execute_notebook(
+            str(path),
+            str(out),
+            parameters=parameters_for(path),
+            kernel_name="python3",
+            cwd=str(path.parent),
+            execution_timeout=CELL_TIMEOUT_S,
+            progress_bar=False,
+            log_output=False,
+            request_save_on_cell_execute=False,
+            **({"allow_errors": True} if allow_errors else {}),
+        )
     except pm.PapermillExecutionError:
         if not allow_errors:
             raise  # its message names the cell and the error
@@ -104,7 +112,8 @@ def test_lab_runs_with_its_todos(path: Path, tmp_path: Path):
         for o in cell.get("outputs", []):
             if o.get("output_type") == "error":
                 assert o["ename"] == "NotImplementedError", (
-                    f"cell {i} of {path.name} raised {o['ename']}: {o['evalue']}\n{cell.source}")
+                    f"cell {i} of {path.name} raised {o['ename']}: {o['evalue']}\n{cell.source}"
+                )
                 assert "raise NotImplementedError()" in cell.source
     assert "⏳" in text_of(nb), "the lab's self-checks report the TODOs as not done yet"
 

@@ -1,4 +1,5 @@
 """One answer to "where is the course folder?" (helpers.paths.course_root)."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ what they show. (tests/test_browser.py checks the same widgets rendered in Jupyt
 The dashboard's arithmetic is checked with hand-made token counts (small Python functions
 stand in for the tiers, as in tests/test_routing.py); fall-backs go through real sockets.
 """
+
 from __future__ import annotations
 
 import html
@@ -29,6 +30,7 @@ PRICE = api_price("gpt-4o-mini")
 
 
 # --------------------------------------------------------------------------- playground, live
+
 
 @pytest.fixture(scope="module")
 def backend(ollama_host):
@@ -99,13 +101,21 @@ def test_unknown_price_model_is_bad_input(backend):
 #   threshold 2: prompts 0, 3        -> quality 1.0, cost 2/4
 #   threshold 3: prompt 3            -> quality 0.75 (prompt 0 stays small and is wrong), cost 1/4
 #   threshold 4: none                -> quality 0.5, cost 0
-FIX = dict(q_small=[0, 1, 1, 0], q_large=[1, 1, 1, 1], scores=[2, 0, 1, 3],
-           cost_small=[0, 0, 0, 0], cost_large=[1, 1, 1, 1])
+FIX = dict(
+    q_small=[0, 1, 1, 0], q_large=[1, 1, 1, 1], scores=[2, 0, 1, 3], cost_small=[0, 0, 0, 0], cost_large=[1, 1, 1, 1]
+)
 
 
-@pytest.mark.parametrize("threshold, share, quality, cost", [
-    (0, 1.0, 1.0, 1.0), (1, 0.75, 1.0, 0.75), (2, 0.5, 1.0, 0.5), (3, 0.25, 0.75, 0.25), (4, 0.0, 0.5, 0.0),
-])
+@pytest.mark.parametrize(
+    "threshold, share, quality, cost",
+    [
+        (0, 1.0, 1.0, 1.0),
+        (1, 0.75, 1.0, 0.75),
+        (2, 0.5, 1.0, 0.5),
+        (3, 0.25, 0.75, 0.25),
+        (4, 0.0, 0.5, 0.0),
+    ],
+)
 def test_tradeoff_point_on_a_hand_fixture(threshold, share, quality, cost):
     p = tradeoff_point(**FIX, threshold=threshold)
     assert (p.share_large, p.quality, p.cost_vs_large) == pytest.approx((share, quality, cost))
@@ -133,13 +143,28 @@ def test_slider_redraws_the_point():
 
 
 def _record(task_id, prompt, correct, tokens_in=10, tokens_out=20):
-    return EvalRecord(task_id, "c", "easy", "number", "m", "ollama", prompt, "answer", correct, 0.1,
-                      prompt_tokens=tokens_in, output_tokens=tokens_out)
+    return EvalRecord(
+        task_id,
+        "c",
+        "easy",
+        "number",
+        "m",
+        "ollama",
+        prompt,
+        "answer",
+        correct,
+        0.1,
+        prompt_tokens=tokens_in,
+        output_tokens=tokens_out,
+    )
 
 
 def test_explorer_from_records_pairs_tasks_and_prices_large_calls():
-    small = [_record("a", "Say hi.", True), _record("b", "What is 17 * 23?", False),
-             _record("c", "Write a haiku.", None)]
+    small = [
+        _record("a", "Say hi.", True),
+        _record("b", "What is 17 * 23?", False),
+        _record("c", "Write a haiku.", None),
+    ]
     large = [_record("b", "What is 17 * 23?", True, 12, 40), _record("a", "Say hi.", True, 8, 10)]
     ex = explorer_from_records(small, large, PRICE)
     q_small, q_large, scores, cost_small, cost_large = ex.data
@@ -154,16 +179,22 @@ def test_explorer_from_records_pairs_tasks_and_prices_large_calls():
 
 # --------------------------------------------------------------------------- the lesson-07 app
 
+
 def _tier(name: str, tokens_out: int):
     def answer(prompt: str) -> Result:
-        return Result(f"{name} answer", f"{name}-model", "test", metrics=Metrics(
-            prompt_tokens=len(prompt.split()), output_tokens=tokens_out, total_s=0.01))
+        return Result(
+            f"{name} answer",
+            f"{name}-model",
+            "test",
+            metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=tokens_out, total_s=0.01),
+        )
+
     return answer
 
 
 def test_app_prices_each_route_and_the_always_large_baseline():
     app = HybridApp(small=_tier("small", 30), large=_tier("large", 100), price=PRICE)
-    easy = app.ask("Say hello to Ana.")           # 4 words in, 30 out, small
+    easy = app.ask("Say hello to Ana.")  # 4 words in, 30 out, small
     hard = app.ask("Explain why the sky is blue.")  # 6 words in, 100 out, large
     assert (easy.label, hard.label) == ("small", "large")
     assert easy.decision.cost_usd == 0.0
@@ -198,8 +229,9 @@ def test_app_falls_back_when_the_large_endpoint_is_down():
 def test_app_times_out_on_a_hung_endpoint():
     with silent_endpoint() as url:
         hung = OpenAIBackend(base_url=url, api_key="x", timeout=30)
-        app = HybridApp(small=_tier("small", 5), large=lambda p: hung.generate("gpt-4o-mini", p),
-                        price=PRICE, timeout_s=0.5)
+        app = HybridApp(
+            small=_tier("small", 5), large=lambda p: hung.generate("gpt-4o-mini", p), price=PRICE, timeout_s=0.5
+        )
         t0 = time.perf_counter()
         routed = app.ask("Explain why the sky is blue.", quiet=True)
         waited = time.perf_counter() - t0

@@ -3,6 +3,7 @@
 Fixtures are hand-made records (no model inference) except for one test of the judge against
 the session's server; code answers really run in the sandbox.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,16 +49,36 @@ SCORES = [1.0, 0.8, 0.6, 0.4, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1]
 
 
 def _rec(task_id, category, correct, model="m", text="ans", latency=1.0, tokens=(10, 5), reason="stop"):
-    return EvalRecord(task_id=task_id, category=category, difficulty="easy", kind="number", model=model,
-                      backend="ollama", prompt=f"prompt {task_id}", text=text, correct=correct,
-                      latency_s=latency, prompt_tokens=tokens[0], output_tokens=tokens[1], done_reason=reason)
+    return EvalRecord(
+        task_id=task_id,
+        category=category,
+        difficulty="easy",
+        kind="number",
+        model=model,
+        backend="ollama",
+        prompt=f"prompt {task_id}",
+        text=text,
+        correct=correct,
+        latency_s=latency,
+        prompt_tokens=tokens[0],
+        output_tokens=tokens[1],
+        done_reason=reason,
+    )
 
 
 # 6 tasks, two categories. small: a1 a2 right, b1 wrong ...; large right on all but b3.
-SMALL = [_rec("a1", "a", True), _rec("a2", "a", True), _rec("a3", "a", False),
-         _rec("b1", "b", False), _rec("b2", "b", False), _rec("b3", "b", None, text="multi\nline, \"quoted\"")]
-LARGE = [_rec(r.task_id, r.category, c, model="big", latency=2.0, tokens=(20, 40))
-         for r, c in zip(SMALL, [True, True, True, True, False, None])]
+SMALL = [
+    _rec("a1", "a", True),
+    _rec("a2", "a", True),
+    _rec("a3", "a", False),
+    _rec("b1", "b", False),
+    _rec("b2", "b", False),
+    _rec("b3", "b", None, text='multi\nline, "quoted"'),
+]
+LARGE = [
+    _rec(r.task_id, r.category, c, model="big", latency=2.0, tokens=(20, 40))
+    for r, c in zip(SMALL, [True, True, True, True, False, None])
+]
 
 
 def test_paired_frame_lines_up_both_tiers_and_refuses_missing_tasks():
@@ -78,7 +99,7 @@ def test_save_and_load_round_trip_keeps_booleans_none_and_text(tmp_path):
     back, meta = load_run(tmp_path / "runs", "smollm2:135m", "gpt-4o-mini")
     assert meta["n_tasks"] == 3 and meta["rows"] == 6
     assert back["small_correct"].tolist() == [True, True, False, False, False, None]
-    assert back.loc[5, "small_text"] == "multi\nline, \"quoted\""
+    assert back.loc[5, "small_text"] == 'multi\nline, "quoted"'
     assert load_run(tmp_path / "runs", "smollm2:135m", "other") is None
 
 
@@ -106,8 +127,10 @@ def test_code_failure_names_what_went_wrong():
     assert code_failure("```python\ndef add(x: int, y: int):\n    return x + y\n```", task) == "passed"
     assert code_failure("```python\ndef add(x: int, y: int):\n    return x - y\n```", task) == "wrong result"
     assert code_failure("```python\ndef add(x: int, y: int):\n    return (x +\n```", task) == "syntax error"
-    assert code_failure("```python\ndef add(x: int, y: int):\n    return (x +\n", task,
-                        done_reason="length") == "syntax error (cut off)"
+    assert (
+        code_failure("```python\ndef add(x: int, y: int):\n    return (x +\n", task, done_reason="length")
+        == "syntax error (cut off)"
+    )
     assert code_failure("```python\ndef add(x: int, y: int):\n    return undefined_name\n```", task) == "runtime error"
     assert code_failure("You could add the two numbers.", task) == "no code"
 
@@ -200,8 +223,7 @@ def test_choose_large_detects_the_same_model_and_prices_the_stand_in(monkeypatch
     assert same.same_as_small and same.local_stand_in and same.backend is server
     assert same.price.model == "gpt-4o-mini" and "what it would cost" in same.price_note
     assert "no router can gain quality" in capsys.readouterr().out
-    other = choose_large(_Server(["smollm2:135m", "llama3.2:3b"]), "smollm2:135m", "", probe=False,
-                         verbose=False)
+    other = choose_large(_Server(["smollm2:135m", "llama3.2:3b"]), "smollm2:135m", "", probe=False, verbose=False)
     assert other.model == "llama3.2:3b" and not other.same_as_small
 
 
@@ -230,13 +252,13 @@ def test_choose_pair_takes_the_measured_offline_pair_unless_asked_otherwise(monk
     assert (small, large.model) == ("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b")
     assert "offline pair" in capsys.readouterr().out
     small, large = choose_pair(_Server(["smollm2:135m", "qwen2.5-coder:0.5b"]), probe=False, verbose=False)
-    assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:0.5b")   # where the 1.5B does not fit
-    small, large = choose_pair(three, "smollm2:135m", probe=False, verbose=False)   # asked for: kept
+    assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:0.5b")  # where the 1.5B does not fit
+    small, large = choose_pair(three, "smollm2:135m", probe=False, verbose=False)  # asked for: kept
     assert (small, large.model) == ("smollm2:135m", "qwen2.5-coder:1.5b")
-    with_llama = _Server(three.models + ["llama3.2:3b"])   # a better course model than the offline ones
+    with_llama = _Server(three.models + ["llama3.2:3b"])  # a better course model than the offline ones
     small, large = choose_pair(with_llama, probe=False, verbose=False)
     assert small == "llama3.2:3b"
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")   # a key: the large tier is the API model
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # a key: the large tier is the API model
     small, large = choose_pair(three, probe=False, verbose=False)
     assert not large.local_stand_in and large.model != "qwen2.5-coder:1.5b"
 
@@ -244,7 +266,7 @@ def test_choose_pair_takes_the_measured_offline_pair_unless_asked_otherwise(monk
 def test_share_for_quality_and_latest_run(tmp_path):
     df = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES})
     shares = share_for_quality(df, 0.9)
-    assert shares["oracle"] == pytest.approx(0.4)   # the 4 gap prompts first
+    assert shares["oracle"] == pytest.approx(0.4)  # the 4 gap prompts first
     assert shares["router"] == pytest.approx(0.7)
     assert shares["random"] == pytest.approx(1.0)
     assert math.isnan(share_for_quality(df, 0.95)["router"])
@@ -255,6 +277,7 @@ def test_share_for_quality_and_latest_run(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the judge
+
 
 def test_choose_judge_reads_the_setting_and_says_how_to_configure_one(monkeypatch, capsys):
     monkeypatch.delenv("SLM_JUDGE_MODEL", raising=False)
@@ -319,13 +342,15 @@ def test_a_real_judge_grades_open_prompts_on_the_session_server():
     open_tasks = [t for t in open_prompts() if t.kind == "open"][:2]
     tier = LargeChoice(backend, BUNDLED, True, True, None, "")
     judge = ModelJudge(backend, BUNDLED, {"temperature": 0, "seed": 42, "num_predict": 64})
-    df = run_paired(backend, BUNDLED, tier, {"open": open_tasks},
-                    options={"num_predict": 160}, progress=False, judge=judge)
+    df = run_paired(
+        backend, BUNDLED, tier, {"open": open_tasks}, options={"num_predict": 160}, progress=False, judge=judge
+    )
     assert len(df) == 2
     scores = df["small_judge_score"].tolist()
     assert any(s is not None and not math.isnan(s) for s in scores), f"the judge gave no rating: {scores}"
-    for score_, verdict, correct, reason in zip(scores, df["small_judge_text"], df["small_correct"],
-                                                df["small_done_reason"]):
+    for score_, verdict, correct, reason in zip(
+        scores, df["small_judge_text"], df["small_correct"], df["small_done_reason"]
+    ):
         if reason == "length":  # a cut-off answer is left unscored, not judged
             assert correct is None and not isinstance(verdict, str)
             continue

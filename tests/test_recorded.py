@@ -4,6 +4,7 @@ Expected figures come from the shipped data, computed once by hand from RouteLLM
 commit 0b64fdaf (see helpers/data/routellm/ATTRIBUTION.md) and recorded in DESIGN.md:
 weak/strong accuracy 63.84/85.67% (GSM8K) and 68.08/80.58% (MMLU), oracle APGR 1.118 and 1.268.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,6 +48,7 @@ def recorded(request):
 
 
 # ---------------------------------------------------------------------------- the data
+
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
 def test_shipped_files_are_the_attributed_ones(benchmark):
@@ -93,6 +95,7 @@ def test_load_refuses_unknown_benchmark_and_returns_a_copy():
 
 
 # ---------------------------------------------------------------------------- routers and metrics
+
 
 def test_accuracies_and_oracle_through_helpers_routing(recorded):
     benchmark, df, evaluation = recorded
@@ -163,6 +166,7 @@ def test_length_router_counts_words():
 
 # ---------------------------------------------------------------------------- the article's claim
 
+
 def test_article_claim_at_twenty_percent(recorded):
     benchmark, df, evaluation = recorded
     scores = evaluation.scores[LEARNED]
@@ -198,6 +202,7 @@ def test_article_claim_refuses_a_bad_share():
 
 
 # ---------------------------------------------------------------------------- published figures
+
 
 def test_published_figures_are_cited_and_none_invented():
     published = published_figures()

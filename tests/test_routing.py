@@ -1,4 +1,5 @@
 """Routers and RouteLLM's metrics (PGR, APGR, CPT) on fixtures worked out by hand."""
+
 from __future__ import annotations
 
 import ast
@@ -69,7 +70,7 @@ for position, index in enumerate(RANKING):
 
 
 def test_quality_at_share_on_the_hand_fixture():
-    expected = [.5, .6, .6, .7, .7, .8, .8, .9, .9, .9, .9]
+    expected = [0.5, 0.6, 0.6, 0.7, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9]
     got = [quality_at_share(Q_SMALL, Q_LARGE, SCORES, s) for s in SHARES]
     assert got == pytest.approx(expected)
     assert quality_at_share(Q_SMALL, Q_LARGE, SCORES, 0.05) == pytest.approx(0.55)
@@ -121,10 +122,10 @@ def test_quality_curves_has_the_router_random_and_oracle():
     assert list(df.columns) == ["router", "share", "quality", "pgr"]
     assert df["router"].unique().tolist() == ["router", "random", "oracle"] and len(df) == 33
     by = {name: d for name, d in df.groupby("router")}
-    assert by["router"]["pgr"].tolist() == pytest.approx([0, .25, .25, .5, .5, .75, .75, 1, 1, 1, 1])
+    assert by["router"]["pgr"].tolist() == pytest.approx([0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1, 1, 1, 1])
     assert by["random"]["pgr"].tolist() == pytest.approx(SHARES.tolist())
     # the oracle fixes the 4 gap prompts first: PGR 0, .25, .5, .75, 1, then stays at 1
-    assert by["oracle"]["pgr"].tolist() == pytest.approx([0, .25, .5, .75, 1, 1, 1, 1, 1, 1, 1])
+    assert by["oracle"]["pgr"].tolist() == pytest.approx([0, 0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1])
     assert by["router"]["quality"].tolist() == pytest.approx(0.5 + 0.4 * by["router"]["pgr"])
     only = quality_curves(Q_SMALL, Q_LARGE, {"router": SCORES}, baselines=False)
     assert only["router"].unique().tolist() == ["router"]
@@ -164,6 +165,7 @@ def test_cost_saved():
 
 # ---------------------------------------------------------------------------- heuristic router
 
+
 def test_is_simple_task_and_its_reasons():
     assert is_simple_task("Hello! How are you today?")
     assert is_simple_task("Translate 'good night' into German.")
@@ -193,12 +195,30 @@ def test_measure_overhead_is_small_and_positive():
 # Assumed per-category success rates, for a synthetic test set only (NOT measurements):
 # the small model is good at chat-like categories and poor at maths, code and long documents;
 # the large model is good at all. Hard items lower the small model's rate further.
-P_SMALL = {"greeting": .95, "definition": .85, "rewrite": .8, "summary": .7, "extraction": .75,
-           "arithmetic": .3, "code": .25, "multi-step reasoning": .2, "long-document analysis": .25,
-           "creative": .85}
-P_LARGE = {"greeting": .97, "definition": .95, "rewrite": .93, "summary": .92, "extraction": .93,
-           "arithmetic": .9, "code": .85, "multi-step reasoning": .8, "long-document analysis": .88,
-           "creative": .93}
+P_SMALL = {
+    "greeting": 0.95,
+    "definition": 0.85,
+    "rewrite": 0.8,
+    "summary": 0.7,
+    "extraction": 0.75,
+    "arithmetic": 0.3,
+    "code": 0.25,
+    "multi-step reasoning": 0.2,
+    "long-document analysis": 0.25,
+    "creative": 0.85,
+}
+P_LARGE = {
+    "greeting": 0.97,
+    "definition": 0.95,
+    "rewrite": 0.93,
+    "summary": 0.92,
+    "extraction": 0.93,
+    "arithmetic": 0.9,
+    "code": 0.85,
+    "multi-step reasoning": 0.8,
+    "long-document analysis": 0.88,
+    "creative": 0.93,
+}
 PREFIXES = ("", "Please help: ", "Quick question. ", "Hi! ", "For a report at work: ")
 SUFFIXES = ("", " Thanks!", " Be concise.", " Keep it short.", " Please answer carefully.")
 
@@ -252,8 +272,7 @@ def test_learned_router_needs_both_outcomes():
 
 # ---------------------------------------------------------------------------- smart_routing
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv}
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
 def _evaluate(node: ast.AST, ops: dict) -> float:
@@ -272,8 +291,12 @@ def calculator(prompt: str, ops: dict = _OPS) -> Result:
         text = f"The answer is {value:g}."
     except ValueError:
         text = "I can only add and subtract."
-    return Result(text=text, model="calculator", backend="python",
-                  metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=len(text.split())))
+    return Result(
+        text=text,
+        model="calculator",
+        backend="python",
+        metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=len(text.split())),
+    )
 
 
 def echo(prompt: str) -> Result:
@@ -295,8 +318,9 @@ def test_smart_routing_uses_the_router_and_logs_decisions():
     price = {"small": 0.0, "large": 0.002}
     cost_fn = lambda route, result: price[route]  # noqa: E731
     easy = smart_routing("Please repeat the number 4.", small=adder, large=calculator, log=log, cost_fn=cost_fn)
-    hard = smart_routing("Compute 17 * 23 step by step", small=adder, large=calculator, log=log,
-                         cost_fn=cost_fn, timeout_s=5)
+    hard = smart_routing(
+        "Compute 17 * 23 step by step", small=adder, large=calculator, log=log, cost_fn=cost_fn, timeout_s=5
+    )
     assert (easy.route, easy.fell_back, easy.cost_usd) == ("small", False, 0.0)
     assert (hard.route, hard.fell_back, hard.cost_usd) == ("large", False, 0.002)
     assert score_number(hard.text, 391) and "step by step" in hard.reason
@@ -307,8 +331,7 @@ def test_smart_routing_uses_the_router_and_logs_decisions():
 def test_smart_routing_falls_back_when_the_large_model_fails():
     log: list[Decision] = []
     with pytest.warns(FallbackWarning, match="BackendUnavailable"):
-        decision = smart_routing("What is 40 + 2?", small=adder, large=unreachable,
-                                 router=lambda p: "large", log=log)
+        decision = smart_routing("What is 40 + 2?", small=adder, large=unreachable, router=lambda p: "large", log=log)
     assert (decision.route, decision.fell_back) == ("small", True)
     assert score_number(decision.text, 42) and decision.model == "calculator"
     assert "BackendUnavailable" in decision.error and log == [decision]
@@ -349,8 +372,13 @@ def test_cascade_escalates_when_the_check_fails():
         return score_number(answer, float(calculator(prompt).text.split()[-1].rstrip(".")))
 
     kept = cascade("What is 20 + 22?", adder, calculator, verified)
-    escalated = cascade("What is 17 * 23?", adder, calculator, verified,
-                        cost_fn=lambda route, r: {"small": 0.0001, "large": 0.002}[route])
+    escalated = cascade(
+        "What is 17 * 23?",
+        adder,
+        calculator,
+        verified,
+        cost_fn=lambda route, r: {"small": 0.0001, "large": 0.002}[route],
+    )
     assert (kept.route, kept.fell_back) == ("small", False) and score_number(kept.text, 42)
     assert escalated.route == "large" and score_number(escalated.text, 391)
     assert escalated.cost_usd == pytest.approx(0.0021)

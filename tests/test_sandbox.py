@@ -12,6 +12,7 @@ calling process's fate, the host's process table, the host's memory and keyring.
 with bubblewrap installed (CI) it must work: the "full" and "os-only" cases fail, naming the
 fix, when it does not; where bubblewrap is not installed they skip, saying so.
 """
+
 from __future__ import annotations
 
 import json
@@ -119,12 +120,15 @@ def _host_tmp_targets(tmp_path: Path) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------- the calling process
-_CALLER = _RUNNER + r'''
+_CALLER = (
+    _RUNNER
+    + r"""
 import json, os, sys
 mode, code = sys.argv[1], sys.stdin.read().replace("CALLER_PID", str(os.getpid()))
 result = run_in(mode, code, timeout_s=float(sys.argv[2]))
 print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "ok": result.ok}))
-'''
+"""
+)
 
 
 def _from_a_caller(mode: str, code: str, tmp_path: Path, secret: str, timeout_s: float = 5):
@@ -135,10 +139,23 @@ def _from_a_caller(mode: str, code: str, tmp_path: Path, secret: str, timeout_s:
     home.mkdir()
     scratch.mkdir()  # what a killed caller leaves behind stays in pytest's tmp_path
     (home / ".env").write_text(f"OPENAI_API_KEY={secret}\n")
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), "OPENAI_API_KEY": secret,
-           "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", "TMPDIR": str(scratch)}
-    done = subprocess.run([sys.executable, "-c", _CALLER, mode, str(timeout_s)], input=code,
-                          text=True, capture_output=True, cwd=home, env=env, timeout=60)
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(home),
+        "OPENAI_API_KEY": secret,
+        "PYTHONPATH": str(ROOT),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(scratch),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _CALLER, mode, str(timeout_s)],
+        input=code,
+        text=True,
+        capture_output=True,
+        cwd=home,
+        env=env,
+        timeout=60,
+    )
     last = done.stdout.strip().splitlines()[-1:] or ["null"]
     return done.returncode, json.loads(last[0]) if last[0].startswith("{") else None
 
@@ -158,11 +175,18 @@ def test_linux_runs_isolated_and_says_so():
 @linux_only
 def test_without_bubblewrap_it_falls_back_and_names_the_fix(tmp_path):
     # a real process whose PATH has no bwrap: what a Linux machine without the package sees
-    code = ("from helpers.sandbox import isolation, isolation_note, run_python\n"
-            "r = run_python('print(2 + 2)')\n"
-            "print(isolation(), '|', r.isolation, '|', r.stdout.strip(), '|', isolation_note())\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    code = (
+        "from helpers.sandbox import isolation, isolation_note, run_python\n"
+        "r = run_python('print(2 + 2)')\n"
+        "print(isolation(), '|', r.isolation, '|', r.stdout.strip(), '|', isolation_note())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     name, used, printed, note = done.stdout.strip().split(" | ")
     assert name == used == GUARD_ONLY and printed == "4"
@@ -174,15 +198,17 @@ def test_without_bubblewrap_it_falls_back_and_names_the_fix(tmp_path):
 def test_the_project_home_and_callers_secrets_are_not_visible(mode, tmp_path):
     _checked_mode(mode)
     secret = _token()
-    code = (f"import os\n"
-            f"for path in [{str(ROOT / 'pyproject.toml')!r}, 'CALLER_CWD/.env', "
-            f"{str(ROOT / 'helpers' / 'sandbox.py')!r}]:\n"
-            f"    try:\n"
-            f"        print('READ', path, open(path).read()[:300])\n"
-            f"    except OSError as exc:\n"
-            f"        print('refused', path, type(exc).__name__)\n"
-            f"home = {str(Path.home())!r}\n"
-            f"print('HOME-LIST', os.listdir(home) if os.path.isdir(home) else '-')\n")
+    code = (
+        f"import os\n"
+        f"for path in [{str(ROOT / 'pyproject.toml')!r}, 'CALLER_CWD/.env', "
+        f"{str(ROOT / 'helpers' / 'sandbox.py')!r}]:\n"
+        f"    try:\n"
+        f"        print('READ', path, open(path).read()[:300])\n"
+        f"    except OSError as exc:\n"
+        f"        print('refused', path, type(exc).__name__)\n"
+        f"home = {str(Path.home())!r}\n"
+        f"print('HOME-LIST', os.listdir(home) if os.path.isdir(home) else '-')\n"
+    )
     code = code.replace("CALLER_CWD", str(tmp_path / "caller"))
     rc, result = _from_a_caller(mode, code, tmp_path, secret)
     assert rc == 0 and result is not None
@@ -192,8 +218,9 @@ def test_the_project_home_and_callers_secrets_are_not_visible(mode, tmp_path):
         assert secret not in result["stdout"] and "[project]" not in result["stdout"]
         # the home directory shows at most the way down to the Python prefix bound read-only
         home = Path.home().resolve()
-        ways_down = {Path(d).relative_to(home).parts[0] for d in sandbox._isolation().binds
-                     if Path(d).is_relative_to(home)}
+        ways_down = {
+            Path(d).relative_to(home).parts[0] for d in sandbox._isolation().binds if Path(d).is_relative_to(home)
+        }
         listed = [e for e in os.listdir(home) if e not in ways_down]
         assert not any(f"'{e}'" in result["stdout"] for e in listed), result["stdout"]
     _still_works(mode)
@@ -217,19 +244,21 @@ def test_the_guard_cannot_be_switched_off_from_inside(mode, tmp_path):
     # everything the code can reach: the old global, the closures of the functions the guard
     # replaced, and the globals of every frame above it (the prelude's)
     target = tmp_path / "escaped.txt"
-    code = (f"import os, sys\n"
-            f"sys.modules['__main__']._busy = True\n"
-            f"import _signal\n"
-            f"for f in (os.mkfifo, getattr(_signal, 'pidfd_send_signal', None)):\n"
-            f"    for cell in getattr(f, '__closure__', None) or ():\n"
-            f"        was = cell.cell_contents\n"
-            f"        cell.cell_contents = (lambda *a, **k: None) if callable(was) else (\n"
-            f"            '' if isinstance(was, str) else was)\n"
-            f"frame = sys._getframe()\n"
-            f"while frame is not None:\n"
-            f"    frame.f_globals.update(_busy=True, root='/', _ROOT='/')\n"
-            f"    frame = frame.f_back\n"
-            f"open({str(target)!r}, 'w').write('escaped')\n")
+    code = (
+        f"import os, sys\n"
+        f"sys.modules['__main__']._busy = True\n"
+        f"import _signal\n"
+        f"for f in (os.mkfifo, getattr(_signal, 'pidfd_send_signal', None)):\n"
+        f"    for cell in getattr(f, '__closure__', None) or ():\n"
+        f"        was = cell.cell_contents\n"
+        f"        cell.cell_contents = (lambda *a, **k: None) if callable(was) else (\n"
+        f"            '' if isinstance(was, str) else was)\n"
+        f"frame = sys._getframe()\n"
+        f"while frame is not None:\n"
+        f"    frame.f_globals.update(_busy=True, root='/', _ROOT='/')\n"
+        f"    frame = frame.f_back\n"
+        f"open({str(target)!r}, 'w').write('escaped')\n"
+    )
     result = run_in(mode, code)
     assert target.exists() == (mode == "unprotected"), result.stderr
     _still_works(mode)
@@ -242,18 +271,20 @@ def test_switching_the_guard_off_then_connecting_and_writing(mode, tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
     port = listener.getsockname()[1]
-    code = (f"import socket, sys\n"
-            f"sys.modules['__main__']._busy = True\n"
-            f"try:\n"
-            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n"
-            f"    print('CONNECTED')\n"
-            f"except OSError as exc:\n"
-            f"    print('no connection:', exc)\n"
-            f"for path in [{str(inside_test)!r}, {str(in_tmp)!r}]:\n"
-            f"    try:\n"
-            f"        open(path, 'w').write('escaped')\n"
-            f"    except OSError as exc:\n"
-            f"        print('no write:', exc)\n")
+    code = (
+        f"import socket, sys\n"
+        f"sys.modules['__main__']._busy = True\n"
+        f"try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n"
+        f"    print('CONNECTED')\n"
+        f"except OSError as exc:\n"
+        f"    print('no connection:', exc)\n"
+        f"for path in [{str(inside_test)!r}, {str(in_tmp)!r}]:\n"
+        f"    try:\n"
+        f"        open(path, 'w').write('escaped')\n"
+        f"    except OSError as exc:\n"
+        f"        print('no write:', exc)\n"
+    )
     try:
         result = run_in(mode, code)
         listener.settimeout(0.2)
@@ -275,13 +306,15 @@ def test_switching_the_guard_off_then_connecting_and_writing(mode, tmp_path):
 @linux_only
 def test_reading_the_parents_environment(mode, tmp_path):
     secret = _token()
-    code = ("import os\n"
-            "for pid in sorted({os.getppid(), CALLER_PID, 1}):\n"
-            "    try:\n"
-            "        data = open(f'/proc/{pid}/environ', 'rb').read().decode('utf-8', 'replace')\n"
-            f"        print('LEAKED' if {secret!r} in data else 'clean', pid)\n"
-            "    except OSError as exc:\n"
-            "        print('refused', pid, type(exc).__name__)\n")
+    code = (
+        "import os\n"
+        "for pid in sorted({os.getppid(), CALLER_PID, 1}):\n"
+        "    try:\n"
+        "        data = open(f'/proc/{pid}/environ', 'rb').read().decode('utf-8', 'replace')\n"
+        f"        print('LEAKED' if {secret!r} in data else 'clean', pid)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', pid, type(exc).__name__)\n"
+    )
     rc, result = _from_a_caller(mode, code, tmp_path, secret)
     assert rc == 0 and result is not None
     assert ("LEAKED" in result["stdout"]) == (mode == "unprotected"), result["stdout"]
@@ -291,13 +324,15 @@ def test_reading_the_parents_environment(mode, tmp_path):
 @linux_only
 def test_reading_the_parents_dotenv_through_proc(mode, tmp_path):
     secret = _token()
-    code = ("import os\n"
-            "for pid in sorted({os.getppid(), CALLER_PID, 1}):\n"
-            "    try:\n"
-            "        data = open(f'/proc/{pid}/cwd/.env').read()\n"
-            f"        print('LEAKED' if {secret!r} in data else 'clean', pid)\n"
-            "    except OSError as exc:\n"
-            "        print('refused', pid, type(exc).__name__)\n")
+    code = (
+        "import os\n"
+        "for pid in sorted({os.getppid(), CALLER_PID, 1}):\n"
+        "    try:\n"
+        "        data = open(f'/proc/{pid}/cwd/.env').read()\n"
+        f"        print('LEAKED' if {secret!r} in data else 'clean', pid)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', pid, type(exc).__name__)\n"
+    )
     rc, result = _from_a_caller(mode, code, tmp_path, secret)
     assert rc == 0 and result is not None
     assert ("LEAKED" in result["stdout"]) == (mode == "unprotected"), result["stdout"]
@@ -308,17 +343,20 @@ def _attempts(*lines: str) -> str:
     """A program that tries each statement and reports each refusal, so all are attempted."""
     out = ["import os, sqlite3"]
     for line in lines:
-        out += ["try:", f"    {line}", "except Exception as exc:",
-                "    print('refused:', type(exc).__name__, exc)"]
+        out += ["try:", f"    {line}", "except Exception as exc:", "    print('refused:', type(exc).__name__, exc)"]
     return "\n".join(out) + "\n"
 
 
 @posix_only
 def test_writing_outside_through_a_directory_descriptor(mode, tmp_path):
     a, b = _host_tmp_targets(tmp_path)
-    code = _attempts(*[f"os.write(os.open({p.name!r}, os.O_CREAT | os.O_WRONLY, "
-                       f"dir_fd=os.open({str(p.parent)!r}, os.O_RDONLY)), b'escaped')"
-                       for p in (a, b)])
+    code = _attempts(
+        *[
+            f"os.write(os.open({p.name!r}, os.O_CREAT | os.O_WRONLY, "
+            f"dir_fd=os.open({str(p.parent)!r}, os.O_RDONLY)), b'escaped')"
+            for p in (a, b)
+        ]
+    )
     result = run_in(mode, code)
     written = [p for p in (a, b) if p.exists()]
     for p in written:
@@ -330,8 +368,7 @@ def test_writing_outside_through_a_directory_descriptor(mode, tmp_path):
 @posix_only
 def test_making_a_directory_outside_through_a_directory_descriptor(mode, tmp_path):
     a, b = _host_tmp_targets(tmp_path)
-    code = _attempts(*[f"os.mkdir({p.name!r}, dir_fd=os.open({str(p.parent)!r}, os.O_RDONLY))"
-                       for p in (a, b)])
+    code = _attempts(*[f"os.mkdir({p.name!r}, dir_fd=os.open({str(p.parent)!r}, os.O_RDONLY))" for p in (a, b)])
     result = run_in(mode, code)
     made = [p for p in (a, b) if p.exists()]
     for p in made:
@@ -344,8 +381,7 @@ def test_making_a_directory_outside_through_a_directory_descriptor(mode, tmp_pat
 def test_hard_linking_an_outside_file_then_appending(mode, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("original")
-    code = _attempts(f"os.link({str(victim)!r}, 'inside.txt')",
-                     "open('inside.txt', 'a').write(' tampered')")
+    code = _attempts(f"os.link({str(victim)!r}, 'inside.txt')", "open('inside.txt', 'a').write(' tampered')")
     result = run_in(mode, code)
     tampered = victim.read_text() != "original"
     assert tampered == (mode == "unprotected"), result.stdout
@@ -354,8 +390,7 @@ def test_hard_linking_an_outside_file_then_appending(mode, tmp_path):
 
 def test_sqlite_writing_a_database_outside(mode, tmp_path):
     a, b = _host_tmp_targets(tmp_path)
-    code = _attempts(*[f"sqlite3.connect({str(p)!r}).execute('create table t (x)')"
-                       for p in (a, b)])
+    code = _attempts(*[f"sqlite3.connect({str(p)!r}).execute('create table t (x)')" for p in (a, b)])
     result = run_in(mode, code)
     made = [p for p in (a, b) if p.exists()]
     for p in made:
@@ -376,20 +411,24 @@ def test_making_a_fifo_outside(mode, tmp_path):
     _still_works(mode)
 
 
-@pytest.mark.skipif(os.name != "posix" or sys.version_info[:2] != (3, 11),
-                    reason="the replayed call uses CPython 3.11's fork_exec arguments")
+@pytest.mark.skipif(
+    os.name != "posix" or sys.version_info[:2] != (3, 11),
+    reason="the replayed call uses CPython 3.11's fork_exec arguments",
+)
 def test_starting_a_process_through_posixsubprocess(mode):
-    code = ("import _posixsubprocess, os\n"
-            "r, w = os.pipe()\n"
-            "try:\n"
-            "    pid = _posixsubprocess.fork_exec(\n"
-            "        [b'/bin/sh', b'-c', b'echo spawned > spawned.txt'], [b'/bin/sh'], True, (w,),\n"
-            "        None, None, -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None,\n"
-            "        None, -1, None, False)\n"
-            "    os.waitpid(pid, 0)\n"
-            "    print('SPAWNED', open('spawned.txt').read().strip())\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n")
+    code = (
+        "import _posixsubprocess, os\n"
+        "r, w = os.pipe()\n"
+        "try:\n"
+        "    pid = _posixsubprocess.fork_exec(\n"
+        "        [b'/bin/sh', b'-c', b'echo spawned > spawned.txt'], [b'/bin/sh'], True, (w,),\n"
+        "        None, None, -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None,\n"
+        "        None, -1, None, False)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    print('SPAWNED', open('spawned.txt').read().strip())\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+    )
     result = run_in(mode, code)
     assert ("SPAWNED spawned" in result.stdout) == (mode == "unprotected"), result.stdout
     _still_works(mode)
@@ -397,14 +436,16 @@ def test_starting_a_process_through_posixsubprocess(mode):
 
 @linux_only
 def test_killing_the_parent_through_a_pidfd(mode, tmp_path):
-    code = ("import os, signal, time\n"
-            "for pid in sorted({os.getppid(), CALLER_PID}):\n"
-            "    try:\n"
-            "        signal.pidfd_send_signal(os.pidfd_open(pid), signal.SIGTERM)\n"
-            "        print('sent', pid)\n"
-            "    except Exception as exc:\n"
-            "        print('refused:', pid, type(exc).__name__)\n"
-            "time.sleep(0.3)\n")
+    code = (
+        "import os, signal, time\n"
+        "for pid in sorted({os.getppid(), CALLER_PID}):\n"
+        "    try:\n"
+        "        signal.pidfd_send_signal(os.pidfd_open(pid), signal.SIGTERM)\n"
+        "        print('sent', pid)\n"
+        "    except Exception as exc:\n"
+        "        print('refused:', pid, type(exc).__name__)\n"
+        "time.sleep(0.3)\n"
+    )
     rc, result = _from_a_caller(mode, code, tmp_path, _token())
     # the caller is what a notebook kernel is: SIGTERM ends it, so it would not report back
     survived = rc == 0 and result is not None
@@ -439,8 +480,7 @@ def _survivors(stdout: str) -> list[int]:
     (when it had one), else the pids it printed."""
     ns = re.search(r"^ns (\S+)", stdout, re.M)
     if LINUX and ns and ns.group(1) != _pid_namespace("self"):
-        return [int(p) for p in os.listdir("/proc")
-                if p.isdigit() and _pid_namespace(p) == ns.group(1)]
+        return [int(p) for p in os.listdir("/proc") if p.isdigit() and _pid_namespace(p) == ns.group(1)]
     return [int(p) for p in re.findall(r"^(?:pid|child) (\d+)", stdout, re.M) if _alive(int(p))]
 
 
@@ -456,22 +496,24 @@ def _wait_for_no_survivors(stdout: str, within_s: float = 0.5) -> list[int]:
 @posix_only
 def test_a_child_that_calls_setsid_does_not_survive_the_timeout(mode):
     # the guard switched off first, as on the day of the report (the old hook had a global)
-    code = ("import os, sys, time\n"
-            "sys.modules['__main__']._busy = True\n"
-            "try:\n"
-            "    print('ns', os.readlink('/proc/self/ns/pid'))\n"
-            "except OSError:\n"
-            "    pass\n"
-            "print('pid', os.getpid(), flush=True)\n"
-            "try:\n"
-            "    if os.fork() == 0:\n"
-            "        os.setsid()\n"
-            "        print('child', os.getpid(), flush=True)\n"
-            "        time.sleep(30)\n"
-            "        os._exit(0)\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, flush=True)\n"
-            "time.sleep(30)\n")
+    code = (
+        "import os, sys, time\n"
+        "sys.modules['__main__']._busy = True\n"
+        "try:\n"
+        "    print('ns', os.readlink('/proc/self/ns/pid'))\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print('pid', os.getpid(), flush=True)\n"
+        "try:\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        print('child', os.getpid(), flush=True)\n"
+        "        time.sleep(30)\n"
+        "        os._exit(0)\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, flush=True)\n"
+        "time.sleep(30)\n"
+    )
     result = run_in(mode, code, timeout_s=1)
     assert result.timed_out
     left = _wait_for_no_survivors(result.stdout)
@@ -485,18 +527,20 @@ def test_a_child_that_calls_setsid_does_not_survive_the_timeout(mode):
 def test_a_fork_bomb_gets_no_processes(mode):
     # bounded, so that a broken sandbox cannot hurt the machine: 32 children that sleep 1 s;
     # the guard switched off first, as in the other replays
-    code = ("import os, sys, time\n"
-            "sys.modules['__main__']._busy = True\n"
-            "n = 0\n"
-            "try:\n"
-            "    for _ in range(32):\n"
-            "        if os.fork() == 0:\n"
-            "            time.sleep(1)\n"
-            "            os._exit(0)\n"
-            "        n += 1\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n"
-            "print('forked', n)\n")
+    code = (
+        "import os, sys, time\n"
+        "sys.modules['__main__']._busy = True\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(32):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(1)\n"
+        "            os._exit(0)\n"
+        "        n += 1\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+        "print('forked', n)\n"
+    )
     result = run_in(mode, code)
     forked = int(re.search(r"forked (\d+)", result.stdout).group(1))
     assert forked == (32 if mode == "unprotected" else 0), result.stdout
@@ -505,12 +549,14 @@ def test_a_fork_bomb_gets_no_processes(mode):
 
 def test_kills_an_infinite_loop_within_the_timeout(protected):
     t0 = time.perf_counter()
-    code = ("import os\n"
-            "if os.path.exists('/proc/self/ns/pid'):\n"
-            "    print('ns', os.readlink('/proc/self/ns/pid'))\n"
-            "print('pid', os.getpid(), flush=True)\n"
-            "while True:\n"
-            "    pass\n")
+    code = (
+        "import os\n"
+        "if os.path.exists('/proc/self/ns/pid'):\n"
+        "    print('ns', os.readlink('/proc/self/ns/pid'))\n"
+        "print('pid', os.getpid(), flush=True)\n"
+        "while True:\n"
+        "    pass\n"
+    )
     result = run_in(protected, code, timeout_s=1)
     elapsed = time.perf_counter() - t0
     assert result.timed_out and not result.ok
@@ -573,16 +619,18 @@ def test_refuses_to_delete_outside_and_to_start_processes(tmp_path):
 
 def test_allows_writes_inside_its_directory_and_cleans_up(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the run's work directory goes
-    code = ("import os, pathlib, shutil, tempfile\n"
-            "os.makedirs('out/sub')\n"
-            "with open('out/sub/data.txt', 'w') as f:\n"
-            "    f.write('kept inside')\n"
-            "pathlib.Path('out/p.txt').write_text('path objects too')\n"
-            "with tempfile.NamedTemporaryFile('w', delete=False) as t:\n"
-            "    t.write('temporary files land inside')\n"
-            "shutil.rmtree('out/sub')\n"
-            "print(open('out/p.txt').read())\n"
-            "print(os.getcwd())\n")
+    code = (
+        "import os, pathlib, shutil, tempfile\n"
+        "os.makedirs('out/sub')\n"
+        "with open('out/sub/data.txt', 'w') as f:\n"
+        "    f.write('kept inside')\n"
+        "pathlib.Path('out/p.txt').write_text('path objects too')\n"
+        "with tempfile.NamedTemporaryFile('w', delete=False) as t:\n"
+        "    t.write('temporary files land inside')\n"
+        "shutil.rmtree('out/sub')\n"
+        "print(open('out/p.txt').read())\n"
+        "print(os.getcwd())\n"
+    )
     result = run_python(code)
     assert result.ok, result.stderr
     text, cwd = result.stdout.splitlines()
@@ -592,11 +640,13 @@ def test_allows_writes_inside_its_directory_and_cleans_up(tmp_path, monkeypatch)
 
 
 def test_the_standard_library_that_humaneval_needs_works():
-    code = ("import math, typing, collections, re, itertools, functools, heapq, bisect, string\n"
-            "import hashlib, json, decimal, fractions, statistics, datetime, random, threading\n"
-            "t = threading.Thread(target=print, args=('thread ok',))\n"
-            "t.start(); t.join()\n"
-            "print(math.gcd(12, 18), sorted(collections.Counter('abca').items())[0])\n")
+    code = (
+        "import math, typing, collections, re, itertools, functools, heapq, bisect, string\n"
+        "import hashlib, json, decimal, fractions, statistics, datetime, random, threading\n"
+        "t = threading.Thread(target=print, args=('thread ok',))\n"
+        "t.start(); t.join()\n"
+        "print(math.gcd(12, 18), sorted(collections.Counter('abca').items())[0])\n"
+    )
     result = run_python(code)
     assert result.ok, result.stderr
     assert result.stdout == "thread ok\n6 ('a', 2)\n"
@@ -640,18 +690,26 @@ def _root_or_skip_control(mode: str) -> None:
 @linux_only
 def test_no_proc_sys_file_opens_for_writing(mode):
     _root_or_skip_control(mode)
-    targets = ["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches",
-               "/proc/sys/net/ipv4/ip_forward", "/proc/sysrq-trigger", "/proc/self/root/proc/sys/kernel/core_pattern"]
+    targets = [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/sys/kernel/modprobe",
+        "/proc/sys/vm/drop_caches",
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sysrq-trigger",
+        "/proc/self/root/proc/sys/kernel/core_pattern",
+    ]
     before = Path("/proc/sys/kernel/core_pattern").read_bytes()
     # opened for writing, never written: the attack's first step, with nothing to undo
-    code = ("import os\n"
-            "print('uid', os.getuid(), os.geteuid())\n"
-            f"for path in {targets!r}:\n"
-            "    try:\n"
-            "        os.close(os.open(path, os.O_WRONLY))\n"
-            "        print('OPENED', path)\n"
-            "    except OSError as exc:\n"
-            "        print('refused', path, type(exc).__name__)\n")
+    code = (
+        "import os\n"
+        "print('uid', os.getuid(), os.geteuid())\n"
+        f"for path in {targets!r}:\n"
+        "    try:\n"
+        "        os.close(os.open(path, os.O_WRONLY))\n"
+        "        print('OPENED', path)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', path, type(exc).__name__)\n"
+    )
     result = run_in(mode, code)
     opened = re.findall(r"^OPENED (\S+)", result.stdout, re.M)
     assert Path("/proc/sys/kernel/core_pattern").read_bytes() == before
@@ -664,7 +722,9 @@ def test_no_proc_sys_file_opens_for_writing(mode):
     _still_works(mode)
 
 
-_KEYS_CALLER = _RUNNER + r'''
+_KEYS_CALLER = (
+    _RUNNER
+    + r"""
 import ctypes, json, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -675,35 +735,43 @@ assert kid > 0, ctypes.get_errno()
 result = run_in(mode, sys.stdin.read())
 found = libc.syscall(250, 10, ctypes.c_long(-3), b"user", plant.encode(), 0)  # KEYCTL_SEARCH
 print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "planted": found > 0}))
-'''
+"""
+)
 
 
 @pytest.mark.skipif(not X86_64, reason="the replay calls keyctl by its x86-64 number")
 def test_the_callers_keyring_can_be_neither_read_nor_written(mode):
     name, secret, plant = _token(), _token(), _token()
-    code = ("import os\n"
-            "try:\n"
-            f"    print('PROC-KEYS', {name!r} in open('/proc/keys').read())\n"
-            "except OSError as exc:\n"
-            "    print('no /proc/keys:', type(exc).__name__)\n"
-            "try:\n"
-            "    import ctypes\n"
-            "    libc = ctypes.CDLL(None, use_errno=True)\n"
-            "    libc.syscall.restype = ctypes.c_long\n"
-            f"    kid = libc.syscall(250, 10, ctypes.c_long(-3), b'user', {name.encode()!r}, 0)\n"
-            "    if kid > 0:\n"
-            "        buf = ctypes.create_string_buffer(256)\n"
-            "        n = libc.syscall(250, 11, ctypes.c_long(kid), buf, 256)\n"
-            "        print('READ', buf.raw[:max(n, 0)].decode())\n"
-            "    else:\n"
-            "        print('search failed', ctypes.get_errno())\n"
-            f"    added = libc.syscall(248, b'user', {plant.encode()!r}, b'planted', 7, ctypes.c_long(-3))\n"
-            "    print('ADDED' if added > 0 else f'add failed {ctypes.get_errno()}')\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n")
-    done = subprocess.run([sys.executable, "-c", _KEYS_CALLER, mode, name, secret, plant], input=code,
-                          text=True, capture_output=True, timeout=60,
-                          env={"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": str(ROOT)})
+    code = (
+        "import os\n"
+        "try:\n"
+        f"    print('PROC-KEYS', {name!r} in open('/proc/keys').read())\n"
+        "except OSError as exc:\n"
+        "    print('no /proc/keys:', type(exc).__name__)\n"
+        "try:\n"
+        "    import ctypes\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    libc.syscall.restype = ctypes.c_long\n"
+        f"    kid = libc.syscall(250, 10, ctypes.c_long(-3), b'user', {name.encode()!r}, 0)\n"
+        "    if kid > 0:\n"
+        "        buf = ctypes.create_string_buffer(256)\n"
+        "        n = libc.syscall(250, 11, ctypes.c_long(kid), buf, 256)\n"
+        "        print('READ', buf.raw[:max(n, 0)].decode())\n"
+        "    else:\n"
+        "        print('search failed', ctypes.get_errno())\n"
+        f"    added = libc.syscall(248, b'user', {plant.encode()!r}, b'planted', 7, ctypes.c_long(-3))\n"
+        "    print('ADDED' if added > 0 else f'add failed {ctypes.get_errno()}')\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _KEYS_CALLER, mode, name, secret, plant],
+        input=code,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     leaked = secret in seen["stdout"] or "PROC-KEYS True" in seen["stdout"]
@@ -744,18 +812,20 @@ PIN_MARGIN_MB = 40  # the box's tmpfs (16 MB) + /dev/shm (1 MB) + the host's own
 
 @linux_only
 def test_memfd_cannot_pin_memory_beyond_the_limit(mode):
-    code = ("import os, time\n"
-            "block = b'x' * (16 << 20)\n"
-            "fds = []\n"
-            "try:\n"
-            "    for i in range(40):\n"
-            "        fd = os.memfd_create(f'pin{i}')\n"
-            "        os.write(fd, block)\n"
-            "        fds.append(fd)\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n"
-            "print('pinned', len(fds), flush=True)\n"
-            "time.sleep(0.5)\n")
+    code = (
+        "import os, time\n"
+        "block = b'x' * (16 << 20)\n"
+        "fds = []\n"
+        "try:\n"
+        "    for i in range(40):\n"
+        "        fd = os.memfd_create(f'pin{i}')\n"
+        "        os.write(fd, block)\n"
+        "        fds.append(fd)\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+        "print('pinned', len(fds), flush=True)\n"
+        "time.sleep(0.5)\n"
+    )
     result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256))
     if mode == "unprotected":  # 40 x 16 MB outside a 256 MB address space
         assert "pinned 40" in result.stdout and grown > 500, (grown, result.stdout)
@@ -770,24 +840,26 @@ def test_files_cannot_pin_memory_beyond_the_limit(mode, where):
     if where != "/dev/shm" and mode not in ("full", "os-only"):
         pytest.skip("outside bubblewrap the box's directory is on the host's disk (files capped one by one)")
     tag = _token()
-    code = ("import os, time\n"
-            "block = b'x' * (16 << 20)\n"
-            "made = []\n"
-            "try:\n"
-            "    for i in range(40):\n"
-            f"        path = os.path.join({where!r}, f'{tag}-{{i}}')\n"
-            "        made.append(path)\n"
-            "        with open(path, 'wb') as f:\n"
-            "            f.write(block)\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n"
-            "print('written', len(made), flush=True)\n"
-            "time.sleep(0.5)\n"
-            "for path in made:\n"
-            "    try:\n"
-            "        os.remove(path)\n"
-            "    except OSError:\n"
-            "        pass\n")
+    code = (
+        "import os, time\n"
+        "block = b'x' * (16 << 20)\n"
+        "made = []\n"
+        "try:\n"
+        "    for i in range(40):\n"
+        f"        path = os.path.join({where!r}, f'{tag}-{{i}}')\n"
+        "        made.append(path)\n"
+        "        with open(path, 'wb') as f:\n"
+        "            f.write(block)\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+        "print('written', len(made), flush=True)\n"
+        "time.sleep(0.5)\n"
+        "for path in made:\n"
+        "    try:\n"
+        "        os.remove(path)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
     try:
         result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256))
     finally:
@@ -808,19 +880,21 @@ def test_a_thread_bomb_gets_few_threads(mode):
         pytest.skip("the guard alone sets no thread limit (accidents, not attacks)")
     if mode in ("full", "os-only") and not sandbox._isolation().as_root:
         pytest.skip("as a normal user the kernel's per-user limits apply (RLIMIT_NPROC is set as root)")
-    code = ("import sys, threading, time\n"
-            "sys.modules['__main__']._busy = True\n"
-            "threading.stack_size(64 * 1024)\n"
-            "stop = threading.Event()\n"
-            "n = 0\n"
-            "try:\n"
-            "    for _ in range(2000):\n"
-            "        threading.Thread(target=stop.wait, daemon=True).start()\n"
-            "        n += 1\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n"
-            "print('threads', n, flush=True)\n"
-            "stop.set()\n")
+    code = (
+        "import sys, threading, time\n"
+        "sys.modules['__main__']._busy = True\n"
+        "threading.stack_size(64 * 1024)\n"
+        "stop = threading.Event()\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(2000):\n"
+        "        threading.Thread(target=stop.wait, daemon=True).start()\n"
+        "        n += 1\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+        "print('threads', n, flush=True)\n"
+        "stop.set()\n"
+    )
     result = run_in(mode, code, timeout_s=10)
     started = int(re.search(r"threads (\d+)", result.stdout).group(1))
     if mode == "unprotected":
@@ -833,27 +907,29 @@ def test_a_thread_bomb_gets_few_threads(mode):
 @pytest.mark.skipif(not X86_64, reason="the replay calls the kernel by x86-64 syscall numbers")
 def test_kernel_interfaces_the_box_does_not_need_are_refused(mode):
     _root_or_skip_control(mode)
-    code = ("import struct\n"
-            "try:\n"
-            "    import ctypes\n"
-            "    libc = ctypes.CDLL(None, use_errno=True)\n"
-            "    libc.syscall.restype = ctypes.c_long\n"
-            "    L = ctypes.c_long\n"
-            "    params = ctypes.create_string_buffer(120)\n"
-            "    perf = ctypes.create_string_buffer(struct.pack('<II', 1, 128), 128)\n"
-            "    bpf = ctypes.create_string_buffer(struct.pack('<IIII', 2, 4, 4, 1), 72)\n"
-            "    calls = {'io_uring_setup': (425, L(1), params), 'userfaultfd': (323, L(0)),\n"
-            "             'perf_event_open': (298, perf, L(0), L(-1), L(-1), L(0)),\n"
-            "             'bpf': (321, L(0), bpf, L(72)), 'memfd_create': (319, b'probe', L(0)),\n"
-            "             'unshare': (272, L(0x10000000)), 'keyctl': (250, L(0), L(-3), L(0)),\n"
-            "             'shmget': (29, L(0), L(4096), L(0o1600))}\n"
-            "    for name, (nr, *args) in calls.items():\n"
-            "        r = libc.syscall(nr, *args)\n"
-            "        print(name, 'ok' if r >= 0 else f'errno {ctypes.get_errno()}')\n"
-            "        if name == 'shmget' and r >= 0:\n"
-            "            libc.syscall(31, L(r), L(0), None)  # IPC_RMID: the control leaves nothing\n"
-            "except Exception as exc:\n"
-            "    print('refused:', type(exc).__name__, exc)\n")
+    code = (
+        "import struct\n"
+        "try:\n"
+        "    import ctypes\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    libc.syscall.restype = ctypes.c_long\n"
+        "    L = ctypes.c_long\n"
+        "    params = ctypes.create_string_buffer(120)\n"
+        "    perf = ctypes.create_string_buffer(struct.pack('<II', 1, 128), 128)\n"
+        "    bpf = ctypes.create_string_buffer(struct.pack('<IIII', 2, 4, 4, 1), 72)\n"
+        "    calls = {'io_uring_setup': (425, L(1), params), 'userfaultfd': (323, L(0)),\n"
+        "             'perf_event_open': (298, perf, L(0), L(-1), L(-1), L(0)),\n"
+        "             'bpf': (321, L(0), bpf, L(72)), 'memfd_create': (319, b'probe', L(0)),\n"
+        "             'unshare': (272, L(0x10000000)), 'keyctl': (250, L(0), L(-3), L(0)),\n"
+        "             'shmget': (29, L(0), L(4096), L(0o1600))}\n"
+        "    for name, (nr, *args) in calls.items():\n"
+        "        r = libc.syscall(nr, *args)\n"
+        "        print(name, 'ok' if r >= 0 else f'errno {ctypes.get_errno()}')\n"
+        "        if name == 'shmget' and r >= 0:\n"
+        "            libc.syscall(31, L(r), L(0), None)  # IPC_RMID: the control leaves nothing\n"
+        "except Exception as exc:\n"
+        "    print('refused:', type(exc).__name__, exc)\n"
+    )
     result = run_in(mode, code)
     worked = set(re.findall(r"^(\w+) ok$", result.stdout, re.M))
     if mode == "unprotected":
@@ -868,12 +944,18 @@ def test_the_guard_refuses_native_code(mode):
     if mode == "os-only":
         pytest.skip("without the guard, the OS layer holds (see the kernel interface replays)")
     site = sysconfig.get_paths()["platlib"]  # the kit's own site-packages: cffi is there
-    attempts = ["import _ctypes", "import ctypes", f"import sys; sys.path.append({site!r}); import _cffi_backend",
-                "import cffi",
-                "import importlib.util; importlib.util.module_from_spec(importlib.util.find_spec('_ctypes'))"]
-    code = "".join(f"try:\n    {line}\n    print('LOADED', {line!r})\n"
-                   f"except Exception as exc:\n    print('refused:', type(exc).__name__, exc)\n"
-                   for line in attempts)
+    attempts = [
+        "import _ctypes",
+        "import ctypes",
+        f"import sys; sys.path.append({site!r}); import _cffi_backend",
+        "import cffi",
+        "import importlib.util; importlib.util.module_from_spec(importlib.util.find_spec('_ctypes'))",
+    ]
+    code = "".join(
+        f"try:\n    {line}\n    print('LOADED', {line!r})\n"
+        f"except Exception as exc:\n    print('refused:', type(exc).__name__, exc)\n"
+        for line in attempts
+    )
     result = run_in(mode, code)
     loaded = re.findall(r"^LOADED", result.stdout, re.M)
     assert len(loaded) == (len(attempts) if mode == "unprotected" else 0), result.stdout
@@ -881,9 +963,11 @@ def test_the_guard_refuses_native_code(mode):
 
 
 def test_terminal_escape_sequences_do_not_come_back():
-    code = ("import sys\n"
-            "print('\\x1b[2J\\x1b[31mred\\x1b[0m \\x1b]0;title\\x07ok\\rover \\u202eevil \\x9b31m')\n"
-            "print('\\x1b[1A\\x1b[Kerr', file=sys.stderr)\n")
+    code = (
+        "import sys\n"
+        "print('\\x1b[2J\\x1b[31mred\\x1b[0m \\x1b]0;title\\x07ok\\rover \\u202eevil \\x9b31m')\n"
+        "print('\\x1b[1A\\x1b[Kerr', file=sys.stderr)\n"
+    )
     result = run_python(code)
     assert result.ok, result.stderr
     for text in (result.stdout, result.stderr):
@@ -922,14 +1006,16 @@ def check_in(mode: str, code: str, test: str, entry: str, timeout_s: float = 10.
     if mode == "guard-only":
         return sandbox._check(code, test, entry, "", sandbox._guard_only("(tested)"), guard=True, **limits)
     program = f"{code}\n\n{test}\n\ncheck({entry})\n"
-    wrapper = ("import sys, traceback\n"
-               "try:\n"
-               f"    exec(compile({program!r}, 'solution.py', 'exec'), {{'__name__': '__main__'}})\n"
-               "except SystemExit:\n"
-               "    raise\n"
-               "except BaseException:\n"
-               "    traceback.print_exc()\n"
-               "    sys.exit(1)\n")
+    wrapper = (
+        "import sys, traceback\n"
+        "try:\n"
+        f"    exec(compile({program!r}, 'solution.py', 'exec'), {{'__name__': '__main__'}})\n"
+        "except SystemExit:\n"
+        "    raise\n"
+        "except BaseException:\n"
+        "    traceback.print_exc()\n"
+        "    sys.exit(1)\n"
+    )
     return run_in("unprotected", wrapper, timeout_s=timeout_s)
 
 
@@ -944,9 +1030,11 @@ WRONG = "def has_close_elements(numbers, threshold):\n    return False\n"
 FORGERIES = {
     "sys.exit replaced": "import sys\nsys.exit = lambda *a: None\n" + WRONG,
     "os._exit(0) before the test": WRONG + "import os\nos._exit(0)\n",
-    "an object equal to everything": ("class Always:\n    def __eq__(self, other):\n        return True\n"
-                                      "    __hash__ = object.__hash__\n\n"
-                                      "def has_close_elements(numbers, threshold):\n    return Always()\n"),
+    "an object equal to everything": (
+        "class Always:\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = object.__hash__\n\n"
+        "def has_close_elements(numbers, threshold):\n    return Always()\n"
+    ),
 }
 
 
@@ -959,13 +1047,15 @@ def test_a_wrong_answer_cannot_forge_a_pass(mode, forgery):
 
 def test_a_forged_verdict_written_to_every_descriptor_does_not_count(protected):
     problem, _ = _humaneval_0()
-    code = ("import json, os\n"
-            "msg = json.dumps({'token': '0' * 32, 'passed': True}).encode()\n"
-            "for fd in range(256):\n"
-            "    try:\n"
-            "        os.write(fd, len(msg).to_bytes(8, 'big') + msg)\n"
-            "    except OSError:\n"
-            "        pass\n" + WRONG)
+    code = (
+        "import json, os\n"
+        "msg = json.dumps({'token': '0' * 32, 'passed': True}).encode()\n"
+        "for fd in range(256):\n"
+        "    try:\n"
+        "        os.write(fd, len(msg).to_bytes(8, 'big') + msg)\n"
+        "    except OSError:\n"
+        "        pass\n" + WRONG
+    )
     result = check_in(protected, code, problem["test"], problem["entry_point"])
     assert not result.ok, result.stderr
 
@@ -976,8 +1066,9 @@ def test_scoring_passes_a_right_answer_and_shows_why_a_wrong_one_failed(protecte
     assert passed.ok and passed.stdout == "hello\n", passed.stderr
     failed = check_in(protected, WRONG, problem["test"], problem["entry_point"])
     assert not failed.ok and "AssertionError" in failed.stderr
-    broken = check_in(protected, "def has_close_elements(numbers, threshold)\n", problem["test"],
-                      problem["entry_point"])
+    broken = check_in(
+        protected, "def has_close_elements(numbers, threshold)\n", problem["test"], problem["entry_point"]
+    )
     assert not broken.ok and "SyntaxError" in broken.stderr
 
 
@@ -986,10 +1077,7 @@ def test_nested_directories_neither_crash_the_grader_nor_stay_behind(protected, 
         tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the runs' work directories go
     problem, right = _humaneval_0()
-    nest = ("import os\n"
-            "for _ in range(1500):\n"
-            "    os.mkdir('d')\n"
-            "    os.chdir('d')\n")
+    nest = "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n"
     wrong = check_in(protected, nest + WRONG, problem["test"], problem["entry_point"])
     assert not wrong.ok
     fine = check_in(protected, nest + right, problem["test"], problem["entry_point"])
@@ -1001,7 +1089,9 @@ def test_nested_directories_neither_crash_the_grader_nor_stay_behind(protected, 
 
 def test_a_return_value_that_is_not_plain_data_fails_cleanly(protected):
     problem, _ = _humaneval_0()
-    deep = ("def has_close_elements(numbers, threshold):\n    x = []\n"
-            "    for _ in range(10000):\n        x = [x]\n    return x\n")
+    deep = (
+        "def has_close_elements(numbers, threshold):\n    x = []\n"
+        "    for _ in range(10000):\n        x = [x]\n    return x\n"
+    )
     result = check_in(protected, deep, problem["test"], problem["entry_point"])
     assert not result.ok and "nested deeper" in result.stderr, result.stderr

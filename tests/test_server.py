@@ -1,4 +1,5 @@
 """`slm-course serve` speaks Ollama's API: checked through the official clients and plain REST."""
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,17 @@ def test_list_show_ps(client):
 def test_generate_and_chat_with_metrics(client):
     r = client.generate(model=BUNDLED, prompt="Why is the sky blue?", options=DET)
     assert r.response.strip() and r.done and r.done_reason in ("stop", "length")
-    for field in ("total_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-                  "eval_duration"):
+    for field in ("total_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"):
         assert getattr(r, field) > 0, field
     assert r.load_duration is not None
-    c = client.chat(model=BUNDLED, messages=[
-        {"role": "system", "content": "You answer in one short sentence."},
-        {"role": "user", "content": "What is a language model?"}], options=DET)
+    c = client.chat(
+        model=BUNDLED,
+        messages=[
+            {"role": "system", "content": "You answer in one short sentence."},
+            {"role": "user", "content": "What is a language model?"},
+        ],
+        options=DET,
+    )
     assert c.message.role == "assistant" and c.message.content.strip()
 
 
@@ -79,8 +84,12 @@ def test_system_prompt_reaches_the_model(client):
 
 
 def test_stop_sequence_cuts_the_answer_before_it(client):
-    ask = {"model": BUNDLED, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3,", "raw": True,
-           "options": {**DET, "num_predict": 30}}
+    ask = {
+        "model": BUNDLED,
+        "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3,",
+        "raw": True,
+        "options": {**DET, "num_predict": 30},
+    }
     free = client.generate(**ask).response
     assert " 7," in free, f"the model counts on without a stop: {free!r}"
     r = client.generate(**{**ask, "options": {**ask["options"], "stop": [" 7,"]}})
@@ -89,8 +98,12 @@ def test_stop_sequence_cuts_the_answer_before_it(client):
 
 
 def test_json_format_is_valid_json(client):
-    r = client.chat(model=BUNDLED, format="json", options={**DET, "num_predict": 60},
-                    messages=[{"role": "user", "content": "Give a JSON object with a name and an age."}])
+    r = client.chat(
+        model=BUNDLED,
+        format="json",
+        options={**DET, "num_predict": 60},
+        messages=[{"role": "user", "content": "Give a JSON object with a name and an age."}],
+    )
     text = r.message.content
     if r.done_reason == "stop":
         assert isinstance(json.loads(text), (dict, list))
@@ -108,8 +121,9 @@ def test_embed(client):
 def test_embed_reports_token_counts_and_durations(client, oa):
     texts = ["cats purr", "dogs bark loudly at night"]
     # the same text read as a raw prompt: the generation's own count of its tokens
-    counts = [client.generate(model=BUNDLED, prompt=t, raw=True, options={"num_predict": 1}).prompt_eval_count
-              for t in texts]
+    counts = [
+        client.generate(model=BUNDLED, prompt=t, raw=True, options={"num_predict": 1}).prompt_eval_count for t in texts
+    ]
     assert all(n > 0 for n in counts)
     client.generate(model=BUNDLED, prompt="", keep_alive=0)  # unload, to measure a cold load
     wait_until_unloaded(client)
@@ -150,9 +164,13 @@ def test_rest_exactly_as_the_article(ollama_host):
     """The article's curl example, body and all: POST /api/generate with a model and a prompt
     and nothing else (so the server's defaults apply), read line by line as it streams."""
     lines = []
-    with httpx.stream("POST", f"{ollama_host}/api/generate", timeout=300,
-                      content=json.dumps({"model": BUNDLED, "prompt": "Why is the sky blue?"}),
-                      headers={"Content-Type": "application/json"}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{ollama_host}/api/generate",
+        timeout=300,
+        content=json.dumps({"model": BUNDLED, "prompt": "Why is the sky blue?"}),
+        headers={"Content-Type": "application/json"},
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("application/x-ndjson")
         for line in resp.iter_lines():
@@ -170,9 +188,16 @@ def test_rest_exactly_as_the_article(ollama_host):
 
 
 def test_rest_stream_false_returns_one_object(ollama_host):
-    r = httpx.post(f"{ollama_host}/api/chat", timeout=120, json={
-        "model": BUNDLED, "stream": False, "options": {"num_predict": 8},
-        "messages": [{"role": "user", "content": "Hello"}]})
+    r = httpx.post(
+        f"{ollama_host}/api/chat",
+        timeout=120,
+        json={
+            "model": BUNDLED,
+            "stream": False,
+            "options": {"num_predict": 8},
+            "messages": [{"role": "user", "content": "Hello"}],
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["done"] and body["message"]["content"]
 
@@ -180,15 +205,21 @@ def test_rest_stream_false_returns_one_object(ollama_host):
 # ----------------------------------------------------------------------------- openai client
 def test_openai_models_and_chat(oa):
     assert BUNDLED in [m.id for m in oa.models.list()]
-    r = oa.chat.completions.create(model=BUNDLED, temperature=0, seed=1, max_tokens=20,
-                                   messages=[{"role": "user", "content": "Say hi to the class."}])
+    r = oa.chat.completions.create(
+        model=BUNDLED,
+        temperature=0,
+        seed=1,
+        max_tokens=20,
+        messages=[{"role": "user", "content": "Say hi to the class."}],
+    )
     assert r.choices[0].message.content.strip()
     assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
 
 
 def test_openai_streaming_with_usage(oa):
-    kwargs = dict(model=BUNDLED, temperature=0, seed=1, max_tokens=20,
-                  messages=[{"role": "user", "content": "Name two planets."}])
+    kwargs = dict(
+        model=BUNDLED, temperature=0, seed=1, max_tokens=20, messages=[{"role": "user", "content": "Name two planets."}]
+    )
     whole = oa.chat.completions.create(**kwargs).choices[0].message.content
     chunks = list(oa.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -216,8 +247,11 @@ BAD = [
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "stream": "yes"}), "stream"),
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"num_predict": -9}}), "num_predict"),
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"num_predict": 10**9}}), "num_predict"),
-    ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"temperature": "warm"}}),
-     "temperature"),
+    (
+        "/api/generate",
+        json.dumps({"model": BUNDLED, "prompt": "hi", "options": {"temperature": "warm"}}),
+        "temperature",
+    ),
     ("/api/generate", json.dumps({"model": BUNDLED, "prompt": "word " * 5000}), "longer than the context"),
     ("/api/chat", json.dumps({"model": BUNDLED, "messages": "hi"}), "messages"),  # [] loads (Ollama)
     ("/api/chat", json.dumps({"model": BUNDLED, "messages": [{"content": "hi"}]}), "role"),
@@ -230,8 +264,11 @@ def test_bad_input_is_400_and_the_next_request_is_served(ollama_host, path, body
     r = httpx.post(ollama_host + path, content=body, timeout=60)
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]
-    ok = httpx.post(f"{ollama_host}/api/generate", timeout=60, json={
-        "model": BUNDLED, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+    ok = httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=60,
+        json={"model": BUNDLED, "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
+    )
     assert ok.status_code == 200
 
 
@@ -289,16 +326,23 @@ def test_unexpected_error_while_preparing_is_a_json_500(faulty):
     assert "injected fault in the chat template" in r.json()["error"]
     r = faulty.post("/v1/chat/completions", json=body)
     assert r.status_code == 500 and "injected fault" in r.json()["error"]["message"]
-    r = faulty.post("/api/chat", json={**body, "messages": [{"role": "user", "content": "Hi"}],
-                                       "options": {"num_predict": 2}})  # fewer chunks than the fault needs
+    r = faulty.post(
+        "/api/chat", json={**body, "messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 2}}
+    )  # fewer chunks than the fault needs
     assert r.status_code == 200 and r.json()["done"]
 
 
 def test_error_mid_stream_arrives_as_the_last_ndjson_line(faulty):
     lines = []
-    with faulty.stream("POST", "/api/generate", json={
-            "model": BUNDLED, "prompt": "Write a long story about a dragon.",
-            "options": {"temperature": 0, "seed": 1, "num_predict": 64}}) as resp:
+    with faulty.stream(
+        "POST",
+        "/api/generate",
+        json={
+            "model": BUNDLED,
+            "prompt": "Write a long story about a dragon.",
+            "options": {"temperature": 0, "seed": 1, "num_predict": 64},
+        },
+    ) as resp:
         assert resp.status_code == 200
         for line in resp.iter_lines():
             if line:
@@ -307,13 +351,17 @@ def test_error_mid_stream_arrives_as_the_last_ndjson_line(faulty):
     assert all(x["done"] is False and x["response"] for x in lines[:3])  # real tokens first
     assert lines[-1] == {"error": "injected fault in the decoder"}
     # the same fault through the OpenAI route: a last SSE event with an error object
-    with faulty.stream("POST", "/v1/completions", json={
-            "model": BUNDLED, "prompt": "Once upon a time", "stream": True, "max_tokens": 64}) as resp:
-        events = [json.loads(e[len("data: "):]) for e in resp.iter_lines() if e.startswith("data: ")]
+    with faulty.stream(
+        "POST",
+        "/v1/completions",
+        json={"model": BUNDLED, "prompt": "Once upon a time", "stream": True, "max_tokens": 64},
+    ) as resp:
+        events = [json.loads(e[len("data: ") :]) for e in resp.iter_lines() if e.startswith("data: ")]
     assert events[-1]["error"]["message"] == "injected fault in the decoder"
     # and the model is free again for the next request
-    r = faulty.post("/api/generate", json={"model": BUNDLED, "prompt": "Hi", "stream": False,
-                                           "options": {"num_predict": 2}})
+    r = faulty.post(
+        "/api/generate", json={"model": BUNDLED, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    )
     assert r.status_code == 200 and r.json()["done"]
 
 
@@ -325,18 +373,23 @@ def test_sixteen_concurrent_clients_each_get_their_own_answer(ollama_host):
     Every prompt is a different run of numbers, so answers differ between prompts; at
     temperature 0 the answer under load must equal the answer computed serially first.
     """
-    prompts = {(i, j): f"{100 + i * 37 + j * 11}, {101 + i * 37 + j * 11}, {102 + i * 37 + j * 11},"
-               for i in range(16) for j in range(3)}
+    prompts = {
+        (i, j): f"{100 + i * 37 + j * 11}, {101 + i * 37 + j * 11}, {102 + i * 37 + j * 11},"
+        for i in range(16)
+        for j in range(3)
+    }
     opts = {"temperature": 0, "num_predict": 6}
     serial_client = ollama.Client(host=ollama_host, timeout=120)
-    expected = {k: serial_client.generate(model=BUNDLED, raw=True, prompt=p, options=opts).response
-                for k, p in prompts.items()}
+    expected = {
+        k: serial_client.generate(model=BUNDLED, raw=True, prompt=p, options=opts).response for k, p in prompts.items()
+    }
     assert len(set(expected.values())) >= 40, "prompts should give different answers"
 
     def client_run(i: int) -> list[tuple[tuple[int, int], str]]:
         c = ollama.Client(host=ollama_host, timeout=300)
-        return [((i, j), c.generate(model=BUNDLED, raw=True, prompt=prompts[i, j], options=opts).response)
-                for j in range(3)]
+        return [
+            ((i, j), c.generate(model=BUNDLED, raw=True, prompt=prompts[i, j], options=opts).response) for j in range(3)
+        ]
 
     with ThreadPoolExecutor(16) as pool:
         results = [pair for rs in pool.map(client_run, range(16)) for pair in rs]
@@ -358,15 +411,32 @@ def test_light_routes_answer_while_requests_queue_on_a_busy_model(ollama_host):
     def post(path: str, body: dict) -> None:
         queued.append(httpx.post(f"{ollama_host}{path}", json=body, timeout=300))
 
-    bodies = ([("/api/embed", {"model": BUNDLED, "input": f"sentence {i}"}) for i in range(10)]
-              + [("/api/generate", {"model": BUNDLED, "prompt": f"Say {i}.", "stream": False,
-                                    "options": {"num_predict": 4}}) for i in range(6)]
-              + [("/api/generate", {"model": BUNDLED, "prompt": f"Say {i}.", "stream": False,
-                                    "options": {"num_predict": 4, "num_ctx": 1024}}) for i in range(6)])
+    bodies = (
+        [("/api/embed", {"model": BUNDLED, "input": f"sentence {i}"}) for i in range(10)]
+        + [
+            ("/api/generate", {"model": BUNDLED, "prompt": f"Say {i}.", "stream": False, "options": {"num_predict": 4}})
+            for i in range(6)
+        ]
+        + [
+            (
+                "/api/generate",
+                {
+                    "model": BUNDLED,
+                    "prompt": f"Say {i}.",
+                    "stream": False,
+                    "options": {"num_predict": 4, "num_ctx": 1024},
+                },
+            )
+            for i in range(6)
+        ]
+    )
     threads = [threading.Thread(target=post, args=pb) for pb in bodies]
-    with httpx.stream("POST", f"{ollama_host}/api/generate", timeout=300, json={
-            "model": BUNDLED, "prompt": "Write a very long essay about rivers.",
-            "options": {"num_predict": 1800}}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{ollama_host}/api/generate",
+        timeout=300,
+        json={"model": BUNDLED, "prompt": "Write a very long essay about rivers.", "options": {"num_predict": 1800}},
+    ) as resp:
         lines = resp.iter_lines()
         for _ in range(3):
             assert not json.loads(next(lines))["done"]  # the long generation is running
@@ -385,8 +455,9 @@ def test_light_routes_answer_while_requests_queue_on_a_busy_model(ollama_host):
     for t in threads:
         t.join(300)
     assert worst < 1.0, f"a light route took {worst:.2f} s"
-    assert len(queued) == len(bodies) and all(r.status_code == 200 for r in queued), \
-        [r.text for r in queued if r.status_code != 200]
+    assert len(queued) == len(bodies) and all(r.status_code == 200 for r in queued), [
+        r.text for r in queued if r.status_code != 200
+    ]
 
 
 def test_reload_embed_and_unload_while_streaming_all_answer_correctly(tmp_path):
@@ -398,9 +469,17 @@ def test_reload_embed_and_unload_while_streaming_all_answer_correctly(tmp_path):
     prompt = "Why is the sky blue?"
 
     def generate(num_ctx: int, **extra) -> str:
-        r = httpx.post(f"{host}/api/generate", timeout=300, json={
-            "model": BUNDLED, "prompt": prompt, "stream": False, **extra,
-            "options": {"temperature": 0, "seed": 7, "num_predict": 48, "num_ctx": num_ctx}})
+        r = httpx.post(
+            f"{host}/api/generate",
+            timeout=300,
+            json={
+                "model": BUNDLED,
+                "prompt": prompt,
+                "stream": False,
+                **extra,
+                "options": {"temperature": 0, "seed": 7, "num_predict": 48, "num_ctx": num_ctx},
+            },
+        )
         assert r.status_code == 200, r.text
         return r.json()["response"]
 
@@ -414,17 +493,28 @@ def test_reload_embed_and_unload_while_streaming_all_answer_correctly(tmp_path):
         expected = {ctx: {generate(ctx), generate(ctx)} for ctx in (1024, 2048)}
         expected_vector = embed()
         out: dict[str, object] = {}
-        jobs = {"reload": lambda: generate(1024), "embed": embed,
-                "unload": lambda: generate(2048, keep_alive=0), "embed again": embed}
+        jobs = {
+            "reload": lambda: generate(1024),
+            "embed": embed,
+            "unload": lambda: generate(2048, keep_alive=0),
+            "embed again": embed,
+        }
 
         def run(name: str) -> None:
             out[name] = jobs[name]()
 
         threads = [threading.Thread(target=run, args=(name,)) for name in jobs]
         parts = []
-        with httpx.stream("POST", f"{host}/api/generate", timeout=300, json={
-                "model": BUNDLED, "prompt": prompt,
-                "options": {"temperature": 0, "seed": 7, "num_predict": 48, "num_ctx": 2048}}) as resp:
+        with httpx.stream(
+            "POST",
+            f"{host}/api/generate",
+            timeout=300,
+            json={
+                "model": BUNDLED,
+                "prompt": prompt,
+                "options": {"temperature": 0, "seed": 7, "num_predict": 48, "num_ctx": 2048},
+            },
+        ) as resp:
             for i, line in enumerate(resp.iter_lines()):
                 chunk = json.loads(line)
                 assert "error" not in chunk, chunk
@@ -444,15 +534,25 @@ def test_reload_embed_and_unload_while_streaming_all_answer_correctly(tmp_path):
 
 
 def test_client_disconnect_mid_stream_does_not_wedge_the_server(ollama_host):
-    with httpx.stream("POST", f"{ollama_host}/api/generate", timeout=60, json={
-            "model": BUNDLED, "prompt": "Write a very long essay about rivers.",
-            "options": {"num_predict": 2000, "num_ctx": 4096}}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{ollama_host}/api/generate",
+        timeout=60,
+        json={
+            "model": BUNDLED,
+            "prompt": "Write a very long essay about rivers.",
+            "options": {"num_predict": 2000, "num_ctx": 4096},
+        },
+    ) as resp:
         for i, _ in enumerate(resp.iter_lines()):
             if i == 3:
                 break  # hang up mid-stream
     t0 = time.monotonic()
-    r = httpx.post(f"{ollama_host}/api/generate", timeout=60, json={
-        "model": BUNDLED, "prompt": "hi", "stream": False, "options": {"num_predict": 4, "num_ctx": 4096}})
+    r = httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=60,
+        json={"model": BUNDLED, "prompt": "hi", "stream": False, "options": {"num_predict": 4, "num_ctx": 4096}},
+    )
     assert r.status_code == 200 and r.json()["done"]
     assert time.monotonic() - t0 < 10, "the abandoned generation should have stopped"
 
@@ -460,9 +560,16 @@ def test_client_disconnect_mid_stream_does_not_wedge_the_server(ollama_host):
 def test_reported_timings_agree_with_the_wall_clock(ollama_host):
     t0 = time.perf_counter()
     first = last = None
-    with httpx.stream("POST", f"{ollama_host}/api/generate", timeout=120, json={
-            "model": BUNDLED, "prompt": "Describe a forest in detail.",
-            "options": {"temperature": 0, "seed": 3, "num_predict": 120}}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{ollama_host}/api/generate",
+        timeout=120,
+        json={
+            "model": BUNDLED,
+            "prompt": "Describe a forest in detail.",
+            "options": {"temperature": 0, "seed": 3, "num_predict": 120},
+        },
+    ) as resp:
         for line in resp.iter_lines():
             chunk = json.loads(line)
             now = time.perf_counter()
@@ -485,15 +592,23 @@ def test_port_taken_says_so_and_exits():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "helpers.cli", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode != 0
     assert "already in use" in proc.stdout
 
 
 def test_non_loopback_requires_a_key():
-    proc = subprocess.run([sys.executable, "-m", "helpers.cli", "serve", "--host", "0.0.0.0",
-                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "--api-key" in proc.stdout
 
 
@@ -509,8 +624,12 @@ def test_ipv6_wildcard_host_is_probed_without_crashing():
         listener.listen()
         assert port_in_use("::", listener.getsockname()[1]) is True
     # `slm-course serve --host ::` gets as far as asking for a key, without a traceback
-    proc = subprocess.run([sys.executable, "-m", "helpers.cli", "serve", "--host", "::",
-                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "serve", "--host", "::", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--api-key" in proc.stdout and "Traceback" not in proc.stderr
 
 

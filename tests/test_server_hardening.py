@@ -3,6 +3,7 @@ replayed, and a generated corpus of JSON schemas that must each work or be a cle
 
 Crash cases run in a child process against the real engine, so a segfault fails the test instead
 of killing pytest."""
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,7 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict:
     return {"type": kind}
 
 
-CORPUS = textwrap.dedent('''
+CORPUS = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, ".")
     from tests.test_server_hardening import CRASHERS, random_schema
@@ -98,7 +99,7 @@ CORPUS = textwrap.dedent('''
         except BadInput as exc:
             refused += 1
     print(json.dumps({"worked": worked, "refused": refused}))
-''')
+""")
 
 
 @pytest.mark.no_server
@@ -106,8 +107,14 @@ CORPUS = textwrap.dedent('''
 def test_every_schema_of_a_generated_corpus_works_or_is_refused():
     """The six crash cases and 1,000 generated schemas, each sent to the real engine (2 tokens):
     it answers or raises BadInput (a 400 in the server), and the process never dies."""
-    proc = subprocess.run([sys.executable, "-c", CORPUS, "1000"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "SLM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CORPUS, "1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "SLM_THREADS": "1"},
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["worked"] + counts["refused"] == 1006
@@ -116,15 +123,27 @@ def test_every_schema_of_a_generated_corpus_works_or_is_refused():
 
 @pytest.mark.parametrize("schema", CRASHERS)
 def test_each_former_crash_works_or_is_a_400_and_the_server_lives(client, ollama_host, schema):
-    body = {"model": BUNDLED, "messages": [{"role": "user", "content": "hi"}], "stream": False,
-            "format": schema, "options": {"num_predict": 4}}
+    body = {
+        "model": BUNDLED,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": False,
+        "format": schema,
+        "options": {"num_predict": 4},
+    }
     r = httpx.post(f"{ollama_host}/api/chat", json=body, timeout=60)
     # a property name with a quote is fine (llama.cpp escapes it); the rest ask for the impossible
     expected = 200 if any('"' in name for name in schema.get("properties", {})) else 400
     assert r.status_code == expected, r.text
-    r = httpx.post(f"{ollama_host}/v1/chat/completions", timeout=60, json={
-        "model": BUNDLED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+    r = httpx.post(
+        f"{ollama_host}/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": BUNDLED,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        },
+    )
     assert r.status_code == expected, r.text
     assert client.generate(model=BUNDLED, prompt="Say hi.", options={"num_predict": 2}).done
 
@@ -139,29 +158,54 @@ def test_keep_alive_out_of_range_is_a_400_and_ps_keeps_answering(client, ollama_
 
 def test_images_on_a_text_model_are_a_400(ollama_host):
     image = "iVBORw0KGgo="
-    r = httpx.post(f"{ollama_host}/api/generate", timeout=60, json={
-        "model": BUNDLED, "prompt": "What is this?", "images": [image], "stream": False})
+    r = httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=60,
+        json={"model": BUNDLED, "prompt": "What is this?", "images": [image], "stream": False},
+    )
     assert r.status_code == 400 and "does not support images" in r.json()["error"]
-    r = httpx.post(f"{ollama_host}/api/chat", timeout=60, json={
-        "model": BUNDLED, "stream": False,
-        "messages": [{"role": "user", "content": "What is this?", "images": [image]}]})
+    r = httpx.post(
+        f"{ollama_host}/api/chat",
+        timeout=60,
+        json={
+            "model": BUNDLED,
+            "stream": False,
+            "messages": [{"role": "user", "content": "What is this?", "images": [image]}],
+        },
+    )
     assert r.status_code == 400 and "does not support images" in r.json()["error"]
 
 
 def test_a_huge_stop_list_is_a_400(ollama_host):
-    r = httpx.post(f"{ollama_host}/api/generate", timeout=60, json={
-        "model": BUNDLED, "prompt": "hi", "stream": False,
-        "options": {"stop": [f"s{i}" for i in range(200_000)]}})
+    r = httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=60,
+        json={
+            "model": BUNDLED,
+            "prompt": "hi",
+            "stream": False,
+            "options": {"stop": [f"s{i}" for i in range(200_000)]},
+        },
+    )
     assert r.status_code == 400 and "stop" in r.json()["error"]
 
 
 def test_tools_count_towards_the_prompt_bound(ollama_host):
-    tool = {"type": "function", "function": {"name": "f", "description": "x" * 4_000_000,
-                                             "parameters": {"type": "object", "properties": {}}}}
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "description": "x" * 4_000_000, "parameters": {"type": "object", "properties": {}}},
+    }
     t0 = time.monotonic()
-    r = httpx.post(f"{ollama_host}/api/chat", timeout=60, json={
-        "model": "qwen2.5-coder:0.5b", "stream": False, "tools": [tool],
-        "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{ollama_host}/api/chat",
+        timeout=60,
+        json={
+            "model": "qwen2.5-coder:0.5b",
+            "stream": False,
+            "tools": [tool],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert r.status_code in (400, 404, 413), r.text  # 404 where the Qwen model is not installed
     assert time.monotonic() - t0 < 10
 
@@ -170,14 +214,26 @@ def test_requests_with_other_num_ctx_share_one_instance(ollama_host):
     """Four requests at once with four context sizes: one llama.cpp instance (a smaller num_ctx
     runs in the loaded context; only a longer one reloads), as Ollama keeps one runner."""
     httpx.post(f"{ollama_host}/api/generate", json={"model": BUNDLED, "keep_alive": 0}, timeout=60)
-    httpx.post(f"{ollama_host}/api/generate", timeout=120, json={
-        "model": BUNDLED, "prompt": "hi", "stream": False, "options": {"num_predict": 1, "num_ctx": 4096}})
+    httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=120,
+        json={"model": BUNDLED, "prompt": "hi", "stream": False, "options": {"num_predict": 1, "num_ctx": 4096}},
+    )
     done = []
 
     def ask(ctx: int) -> None:
-        done.append(httpx.post(f"{ollama_host}/api/generate", timeout=120, json={
-            "model": BUNDLED, "prompt": "Say hi.", "stream": False,
-            "options": {"num_predict": 4, "num_ctx": ctx}}).status_code)
+        done.append(
+            httpx.post(
+                f"{ollama_host}/api/generate",
+                timeout=120,
+                json={
+                    "model": BUNDLED,
+                    "prompt": "Say hi.",
+                    "stream": False,
+                    "options": {"num_predict": 4, "num_ctx": ctx},
+                },
+            ).status_code
+        )
 
     threads = [threading.Thread(target=ask, args=(c,)) for c in (512, 1024, 2048, 3000)]
     for t in threads:
@@ -192,13 +248,26 @@ def test_requests_with_other_num_ctx_share_one_instance(ollama_host):
 def test_a_queued_request_whose_client_left_is_dropped_unread(ollama_host):
     """With every slot busy, requests whose clients hang up while they wait are dropped before
     their prompt is read: a request sent afterwards waits for the running ones only."""
-    slots = next(m["num_parallel"] for m in httpx.get(f"{ollama_host}/api/ps", timeout=30).json()["models"]
-                 if m["name"] == BUNDLED) if any(m["name"] == BUNDLED for m in httpx.get(
-                     f"{ollama_host}/api/ps", timeout=30).json()["models"]) else 4
+    slots = (
+        next(
+            m["num_parallel"]
+            for m in httpx.get(f"{ollama_host}/api/ps", timeout=30).json()["models"]
+            if m["name"] == BUNDLED
+        )
+        if any(m["name"] == BUNDLED for m in httpx.get(f"{ollama_host}/api/ps", timeout=30).json()["models"])
+        else 4
+    )
     port = httpx.URL(ollama_host).port
-    busy = [threading.Thread(target=lambda: httpx.post(f"{ollama_host}/api/generate", timeout=300, json={
-        "model": BUNDLED, "prompt": "Count slowly.", "stream": False, "options": {"num_predict": 48}}))
-        for _ in range(slots)]
+    busy = [
+        threading.Thread(
+            target=lambda: httpx.post(
+                f"{ollama_host}/api/generate",
+                timeout=300,
+                json={"model": BUNDLED, "prompt": "Count slowly.", "stream": False, "options": {"num_predict": 48}},
+            )
+        )
+        for _ in range(slots)
+    ]
     for t in busy:
         t.start()
     time.sleep(1.0)
@@ -206,10 +275,14 @@ def test_a_queued_request_whose_client_left_is_dropped_unread(ollama_host):
     gone = []
     for _ in range(6):
         s = socket.create_connection(("127.0.0.1", port))
-        body = json.dumps({"model": BUNDLED, "prompt": long_prompt, "stream": False,
-                           "options": {"num_ctx": 4096, "num_predict": 8}}).encode()
-        s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        body = json.dumps(
+            {"model": BUNDLED, "prompt": long_prompt, "stream": False, "options": {"num_ctx": 4096, "num_predict": 8}}
+        ).encode()
+        s.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         gone.append(s)
     time.sleep(0.5)
     for s in gone:
@@ -217,8 +290,11 @@ def test_a_queued_request_whose_client_left_is_dropped_unread(ollama_host):
     for t in busy:
         t.join()
     t0 = time.monotonic()
-    r = httpx.post(f"{ollama_host}/api/generate", timeout=300, json={
-        "model": BUNDLED, "prompt": "Say hi.", "stream": False, "options": {"num_predict": 4}})
+    r = httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=300,
+        json={"model": BUNDLED, "prompt": "Say hi.", "stream": False, "options": {"num_predict": 4}},
+    )
     waited = time.monotonic() - t0
     assert r.status_code == 200
     one = r.json()["prompt_eval_duration"] / 1e9 + r.json()["eval_duration"] / 1e9

@@ -5,6 +5,7 @@ kept 1 GB, JSON nested 100,000 deep was a 500, a half-sent request held its conn
 SIGTERM needed SIGKILL - and checks the refusal, how fast it came, and that the server still
 answers everyone else, against a real `slm-course serve` subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,7 @@ from helpers.serving.server import MAX_BODY_BYTES, MAX_EMBED_INPUTS, MAX_JSON_DE
 
 TEN_MB_PROMPT = "word " * (2 * 2**20)
 #: ~150 tokens each: 256 of them keep the embedder busy for many seconds on one thread
-LONG_INPUTS = [f"Sentence {i}: " + "the quick brown fox jumps over the lazy dog " * 16
-               for i in range(MAX_EMBED_INPUTS)]
+LONG_INPUTS = [f"Sentence {i}: " + "the quick brown fox jumps over the lazy dog " * 16 for i in range(MAX_EMBED_INPUTS)]
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +39,22 @@ def client(ollama_host):
 
 
 def small_generate(host: str, timeout: float = 60) -> httpx.Response:
-    return httpx.post(f"{host}/api/generate", timeout=timeout, json={
-        "model": BUNDLED, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}})
+    return httpx.post(
+        f"{host}/api/generate",
+        timeout=timeout,
+        json={"model": BUNDLED, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+    )
 
 
 def raw_request(path: str, body: dict, port: int) -> socket.socket:
     """Send one POST on a fresh socket and return it unread (a client that stops listening)."""
     data = json.dumps(body).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-              f"content-length: {len(data)}\r\n\r\n".encode() + data)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
     return s
 
 
@@ -113,10 +119,12 @@ def test_four_10_mb_prompts_at_once_are_refused_fast_and_leave_no_memory_behind(
         server = psutil.Process(proc.pid)
         rss_before = server.memory_info().rss
         user = [{"role": "user", "content": TEN_MB_PROMPT}]
-        requests = [("/api/generate", {"model": BUNDLED, "prompt": TEN_MB_PROMPT}),
-                    ("/api/chat", {"model": BUNDLED, "messages": user}),
-                    ("/v1/chat/completions", {"model": BUNDLED, "messages": user}),
-                    ("/v1/completions", {"model": BUNDLED, "prompt": TEN_MB_PROMPT})]
+        requests = [
+            ("/api/generate", {"model": BUNDLED, "prompt": TEN_MB_PROMPT}),
+            ("/api/chat", {"model": BUNDLED, "messages": user}),
+            ("/v1/chat/completions", {"model": BUNDLED, "messages": user}),
+            ("/v1/completions", {"model": BUNDLED, "prompt": TEN_MB_PROMPT}),
+        ]
         answers: dict[str, tuple[int, str, float]] = {}
 
         def send(path: str, body: dict) -> None:
@@ -146,21 +154,32 @@ DEEP = "[" * 100_000 + "]" * 100_000
 NESTED = '{"a": ' * (MAX_JSON_DEPTH + 5) + "1" + "}" * (MAX_JSON_DEPTH + 5)
 BAD_JSON = [
     ("/api/generate", '{"model": "%s", "prompt": "hi", "options": %s}' % (BUNDLED, DEEP), "nests JSON"),
-    ("/api/chat", '{"model": "%s", "format": %s, "messages": [{"role": "user", "content": "hi"}]}'
-     % (BUNDLED, NESTED), "nests JSON"),
+    (
+        "/api/chat",
+        '{"model": "%s", "format": %s, "messages": [{"role": "user", "content": "hi"}]}' % (BUNDLED, NESTED),
+        "nests JSON",
+    ),
     ("/v1/chat/completions", '{"model": "%s", "messages": %s}' % (BUNDLED, DEEP), "nests JSON"),
     ("/api/generate", '{"model": "%s", "prompt": "hi \\ud800 there"}' % BUNDLED, "lone surrogate"),
-    ("/api/chat", '{"model": "%s", "messages": [{"role": "user", "content": "\\udfff"}]}' % BUNDLED,
-     "lone surrogate"),
-    ("/v1/chat/completions", '{"model": "%s", "messages": [{"role": "user", "content": "a\\ud83d"}]}'
-     % BUNDLED, "lone surrogate"),
+    ("/api/chat", '{"model": "%s", "messages": [{"role": "user", "content": "\\udfff"}]}' % BUNDLED, "lone surrogate"),
+    (
+        "/v1/chat/completions",
+        '{"model": "%s", "messages": [{"role": "user", "content": "a\\ud83d"}]}' % BUNDLED,
+        "lone surrogate",
+    ),
     ("/api/embed", '{"model": "%s", "input": ["fine", "\\udc00"]}' % BUNDLED, "lone surrogate"),
     ("/v1/embeddings", '{"model": "%s", "input": "\\ud800"}' % BUNDLED, "lone surrogate"),
     ("/api/show", '{"model": "smollm2\\ud800"}', "lone surrogate"),
-    ("/api/generate", '{"model": "%s", "prompt": "hi", "context": [%s]}'
-     % (BUNDLED, ",".join(["1"] * (MAX_JSON_VALUES + 1))), "JSON values"),
-    ("/api/embed", '{"model": "%s", "input": [%s]}' % (BUNDLED, ",".join(["[]"] * MAX_JSON_VALUES)),
-     "more arrays and objects"),
+    (
+        "/api/generate",
+        '{"model": "%s", "prompt": "hi", "context": [%s]}' % (BUNDLED, ",".join(["1"] * (MAX_JSON_VALUES + 1))),
+        "JSON values",
+    ),
+    (
+        "/api/embed",
+        '{"model": "%s", "input": [%s]}' % (BUNDLED, ",".join(["[]"] * MAX_JSON_VALUES)),
+        "more arrays and objects",
+    ),
 ]
 
 
@@ -176,8 +195,12 @@ def test_deep_json_and_lone_surrogates_are_400_with_a_reason(ollama_host, path, 
 
 def test_a_surrogate_pair_is_text(ollama_host):
     """An emoji escaped in JSON (both halves of its pair) is fine: only a lone half is refused."""
-    r = httpx.post(f"{ollama_host}/api/generate", timeout=60, content='{"model": "%s", "prompt": '
-                   '"Say \\ud83d\\ude00", "stream": false, "options": {"num_predict": 2}}' % BUNDLED)
+    r = httpx.post(
+        f"{ollama_host}/api/generate",
+        timeout=60,
+        content='{"model": "%s", "prompt": '
+        '"Say \\ud83d\\ude00", "stream": false, "options": {"num_predict": 2}}' % BUNDLED,
+    )
     assert r.status_code == 200 and r.json()["done"]
 
 
@@ -212,8 +235,7 @@ def test_an_abandoned_embed_stops_when_its_client_hangs_up(ollama_host, client):
     whole = per_input * MAX_EMBED_INPUTS
     if whole < 6:
         pytest.skip(f"this machine embeds all {MAX_EMBED_INPUTS} inputs in {whole:.1f} s: too fast to tell")
-    assert waited < min(5.0, whole / 3), \
-        f"the next embed waited {waited:.1f} s (the abandoned one needs {whole:.0f} s)"
+    assert waited < min(5.0, whole / 3), f"the next embed waited {waited:.1f} s (the abandoned one needs {whole:.0f} s)"
 
 
 # ----------------------------------------------------------------------------- stopping
@@ -224,16 +246,28 @@ def test_sigterm_stops_the_server_within_5_s_during_abandoned_work(tmp_path):
     try:
         assert small_generate(f"http://127.0.0.1:{port}").status_code == 200
         # a streamed generation (thousands of tokens) whose client reads its first line, then stops
-        stream = raw_request("/api/generate", {"model": BUNDLED, "prompt": "Write a long essay.",
-                                               "options": {"num_predict": 100_000}}, port)
+        stream = raw_request(
+            "/api/generate",
+            {"model": BUNDLED, "prompt": "Write a long essay.", "options": {"num_predict": 100_000}},
+            port,
+        )
         sockets.append(stream)
         seen = b""
         while b'"done": false' not in seen:  # it is generating
             seen += stream.recv(4096) or pytest.fail(f"the stream ended: {seen[-300:]!r}")
         # a whole-answer generation queued behind it, and an embedding of many long inputs
-        sockets.append(raw_request("/api/chat", {
-            "model": BUNDLED, "stream": False, "options": {"num_predict": 100_000},
-            "messages": [{"role": "user", "content": "Tell a long story."}]}, port))
+        sockets.append(
+            raw_request(
+                "/api/chat",
+                {
+                    "model": BUNDLED,
+                    "stream": False,
+                    "options": {"num_predict": 100_000},
+                    "messages": [{"role": "user", "content": "Tell a long story."}],
+                },
+                port,
+            )
+        )
         sockets.append(raw_request("/api/embed", {"model": BUNDLED, "input": LONG_INPUTS}, port))
         time.sleep(1.5)
         assert proc.poll() is None
@@ -259,6 +293,7 @@ def test_slow_clients_are_cut_off_while_others_are_served(tmp_path, monkeypatch)
     proc = start_server(port, log=tmp_path / "serve.log")
     host = f"http://127.0.0.1:{port}"
     try:
+
         def connect() -> socket.socket:
             return socket.create_connection(("127.0.0.1", port), timeout=10)
 
@@ -268,7 +303,7 @@ def test_slow_clients_are_cut_off_while_others_are_served(tmp_path, monkeypatch)
         half_headers = connect()
         half_headers.sendall(b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-le")
         half_body = connect()
-        half_body.sendall(b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"mo")
+        half_body.sendall(b'POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{"mo')
         second = connect()  # one whole request on a kept-alive connection, then half a second one
         second.sendall(b"GET /api/version HTTP/1.1\r\nhost: x\r\n\r\n")
         first = b""
@@ -278,9 +313,13 @@ def test_slow_clients_are_cut_off_while_others_are_served(tmp_path, monkeypatch)
         second.sendall(b"GET /api/ta")
         # meanwhile every well-behaved client is served
         assert small_generate(host).status_code == 200
-        for name, s in [("silent", silent), ("half a request line", half_line),
-                        ("half the headers", half_headers), ("half the body", half_body),
-                        ("half a second request", second)]:
+        for name, s in [
+            ("silent", silent),
+            ("half a request line", half_line),
+            ("half the headers", half_headers),
+            ("half the body", half_body),
+            ("half a second request", second),
+        ]:
             with s:
                 data, took = read_until_closed(s, 10)
             assert took < 6, f"{name}: closed after {took:.1f} s"

@@ -5,6 +5,7 @@ No model runs here. The chunks fed to the encoders are made by hand, because the
 the framing (one JSON line per chunk, an error as the last line, tool calls held back, `[DONE]`);
 test_server.py and test_api_parity.py check the same routes on the bundled model's real answers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,19 +51,40 @@ pytestmark = pytest.mark.no_server  # unit tests: no model server needed
 
 
 # ----------------------------------------------------------------------------- keep_alive
-@pytest.mark.parametrize("value, seconds", [
-    (None, DEFAULT_KEEP_ALIVE_S), ("", DEFAULT_KEEP_ALIVE_S), (0, 0.0), (90, 90.0), (2.5, 2.5),
-    ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), (" 10 ", 10.0), ("1.5m", 90.0),
-    (-1, MAX_KEEP_ALIVE_S), ("-5m", MAX_KEEP_ALIVE_S), ("8760h", MAX_KEEP_ALIVE_S),
-])
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        (None, DEFAULT_KEEP_ALIVE_S),
+        ("", DEFAULT_KEEP_ALIVE_S),
+        (0, 0.0),
+        (90, 90.0),
+        (2.5, 2.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("250ms", 0.25),
+        (" 10 ", 10.0),
+        ("1.5m", 90.0),
+        (-1, MAX_KEEP_ALIVE_S),
+        ("-5m", MAX_KEEP_ALIVE_S),
+        ("8760h", MAX_KEEP_ALIVE_S),
+    ],
+)
 def test_keep_alive_reads_ollamas_durations(value, seconds):
     assert parse_keep_alive(value) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("value, says", [
-    (True, "number or a duration"), ("5x", "not a duration"), ("m5", "not a duration"),
-    ("8761h", "out of range"), (float("inf"), "out of range"), (float("nan"), "out of range"),
-])
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        (True, "number or a duration"),
+        ("5x", "not a duration"),
+        ("m5", "not a duration"),
+        ("8761h", "out of range"),
+        (float("inf"), "out of range"),
+        (float("nan"), "out of range"),
+    ],
+)
 def test_keep_alive_refuses_what_is_not_a_duration(value, says):
     with pytest.raises(BadInput) as info:
         parse_keep_alive(value)
@@ -97,9 +119,13 @@ def test_json_value_count_is_bounded():
 
 
 def test_a_lone_surrogate_is_refused_and_a_pair_is_text():
-    check_json({"prompt": "smile \U0001F600"})  # an emoji: JSON's \ud83d\ude00, both halves
-    for data in ({"prompt": "a \ud800 b"}, {"messages": [{"content": "\udfff"}]}, {"\ud800": 1},
-                 {"stop": ["ok", "\udc00"]}):
+    check_json({"prompt": "smile \U0001f600"})  # an emoji: JSON's \ud83d\ude00, both halves
+    for data in (
+        {"prompt": "a \ud800 b"},
+        {"messages": [{"content": "\udfff"}]},
+        {"\ud800": 1},
+        {"stop": ["ok", "\udc00"]},
+    ):
         with pytest.raises(ApiError) as info:
             check_json(data)
         assert "lone surrogate" in info.value.message
@@ -107,14 +133,22 @@ def test_a_lone_surrogate_is_refused_and_a_pair_is_text():
     check_json({"prompt": "a \ud800 b"}, raw=b'{"prompt": "plain"}')
 
 
-@pytest.mark.parametrize("raw, says", [
-    (b"{bad", "invalid JSON"), (b"[1, 2]", "must be a JSON object"), (b'"text"', "must be a JSON object"),
-    (b'{"model": "m", "options": {"x": 1e999}}', "finite"), (b'{"model": "m", "x": NaN}', "finite"),
-    (b'{"prompt": "hi"}', "model is required"), (b'{"model": ""}', "model is required"),
-    (b'{"model": 3}', "invalid request: model:"), (b'{"model": "m", "stream": "yes"}', "stream:"),
-    (b'{"model": "m", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deep"),
-    (b"[" * (MAX_JSON_VALUES + 1), "more arrays and objects"),
-])
+@pytest.mark.parametrize(
+    "raw, says",
+    [
+        (b"{bad", "invalid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"text"', "must be a JSON object"),
+        (b'{"model": "m", "options": {"x": 1e999}}', "finite"),
+        (b'{"model": "m", "x": NaN}', "finite"),
+        (b'{"prompt": "hi"}', "model is required"),
+        (b'{"model": ""}', "model is required"),
+        (b'{"model": 3}', "invalid request: model:"),
+        (b'{"model": "m", "stream": "yes"}', "stream:"),
+        (b'{"model": "m", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deep"),
+        (b"[" * (MAX_JSON_VALUES + 1), "more arrays and objects"),
+    ],
+)
 def test_decode_refuses_bad_bodies_with_a_400(raw, says):
     with pytest.raises(ApiError) as info:
         decode(raw, GenerateBody)
@@ -177,6 +211,7 @@ def tiny_app(api_key: str | None = None, max_body_bytes: int = 1000) -> FastAPI:
         return "open"
 
     for prefix in ("/api", "/v1"):
+
         @app.post(prefix + "/echo")
         async def echo(request: Request):
             return (await body_of(request, GenerateBody)).model_dump(include={"model", "prompt"})
@@ -242,10 +277,12 @@ def test_the_guard_bounds_the_body_declared_or_streamed():
 # ----------------------------------------------------------------------------- bridge and watcher
 def run_of(items, fail: Exception | None = None):
     """A prepared generation as the engine hands it over: its chunks and its cancel event."""
+
     def chunks():
         yield from items
         if fail is not None:
             raise fail
+
     return chunks(), threading.Event()
 
 
@@ -326,8 +363,9 @@ def test_ndjson_and_sse_framing():
 
 
 def test_ollama_stream_is_one_json_line_per_chunk_with_timings_last():
-    lines = asyncio.run(drain(ndjson(run_of([Chunk("Hel"), Chunk("lo"), Chunk("", **FINAL)]),
-                                     lambda t: {"response": t}, "m")))
+    lines = asyncio.run(
+        drain(ndjson(run_of([Chunk("Hel"), Chunk("lo"), Chunk("", **FINAL)]), lambda t: {"response": t}, "m"))
+    )
     parsed = [json.loads(line) for line in lines]
     assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
     assert "".join(p["response"] for p in parsed) == "Hello" and [p["done"] for p in parsed] == [False, False, True]
@@ -336,8 +374,9 @@ def test_ollama_stream_is_one_json_line_per_chunk_with_timings_last():
 
 
 def test_ollama_stream_ends_with_an_error_line():
-    lines = asyncio.run(drain(ndjson(run_of([Chunk("a")], RuntimeError("decoder broke")),
-                                     lambda t: {"response": t}, "m")))
+    lines = asyncio.run(
+        drain(ndjson(run_of([Chunk("a")], RuntimeError("decoder broke")), lambda t: {"response": t}, "m"))
+    )
     assert json.loads(lines[-1]) == {"error": "decoder broke"} and len(lines) == 2
 
 
@@ -358,13 +397,23 @@ def events(stream) -> list:
 
 
 def test_openai_stream_chat_chunks_finish_and_usage():
-    got = events(sse(run_of([Chunk("Hi"), Chunk("!", done=True, done_reason="length", prompt_eval_count=5,
-                                                   eval_count=2)]), "chatcmpl-1", "m", "chat", True))
+    got = events(
+        sse(
+            run_of([Chunk("Hi"), Chunk("!", done=True, done_reason="length", prompt_eval_count=5, eval_count=2)]),
+            "chatcmpl-1",
+            "m",
+            "chat",
+            True,
+        )
+    )
     assert [e["choices"][0]["delta"]["content"] for e in got[:2]] == ["Hi", "!"]
     assert got[0]["choices"][0]["delta"]["role"] == "assistant" and "role" not in got[1]["choices"][0]["delta"]
     assert [e["choices"][0]["finish_reason"] for e in got[:2]] == [None, "length"]
-    assert got[2]["choices"] == [] and got[2]["usage"] == {"prompt_tokens": 5, "completion_tokens": 2,
-                                                           "total_tokens": 7}
+    assert got[2]["choices"] == [] and got[2]["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "total_tokens": 7,
+    }
     assert {e["id"] for e in got} == {"chatcmpl-1"} and {e["object"] for e in got} == {"chat.completion.chunk"}
 
 

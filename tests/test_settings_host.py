@@ -1,4 +1,5 @@
 """OLLAMA_HOST is read as the official `ollama` client reads it, and printed URLs hide passwords."""
+
 from __future__ import annotations
 
 import doctest
@@ -56,34 +57,40 @@ def test_host_is_parsed_like_the_ollama_client(raw, expected):
     assert _parse_host(raw) == expected  # the installed client agrees with the table
 
 
-@pytest.mark.parametrize("raw,expected", [
-    # the issue's cases: an address with 0.0.0.0 inside it, a proxy path, a scheme's own port
-    ("100.0.0.0", "http://100.0.0.0:11434"),
-    ("10.0.0.0:8080", "http://10.0.0.0:8080"),
-    ("https://hub.example.org/user/ana/ollama", "https://hub.example.org:443/user/ana/ollama"),
-    ("http://example.com", "http://example.com:80"),
-    # a wildcard is where a server binds; as a place to connect to it means this machine
-    ("0.0.0.0", "http://127.0.0.1:11434"),
-    ("0.0.0.0:8080", "http://127.0.0.1:8080"),
-    ("http://[::]:8080", "http://[::1]:8080"),
-    ("::", "http://[::1]:11434"),
-    ("::1", "http://[::1]:11434"),
-    ("  localhost:8080  ", "http://localhost:8080"),
-    ("HTTP://Example.COM", "http://example.com:80"),
-    ("http://h:1/p?x=1#frag", "http://h:1/p"),
-    ("https://ana:s3cret@hub.example.org/ollama", "https://ana:s3cret@hub.example.org:443/ollama"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        # the issue's cases: an address with 0.0.0.0 inside it, a proxy path, a scheme's own port
+        ("100.0.0.0", "http://100.0.0.0:11434"),
+        ("10.0.0.0:8080", "http://10.0.0.0:8080"),
+        ("https://hub.example.org/user/ana/ollama", "https://hub.example.org:443/user/ana/ollama"),
+        ("http://example.com", "http://example.com:80"),
+        # a wildcard is where a server binds; as a place to connect to it means this machine
+        ("0.0.0.0", "http://127.0.0.1:11434"),
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+        ("http://[::]:8080", "http://[::1]:8080"),
+        ("::", "http://[::1]:11434"),
+        ("::1", "http://[::1]:11434"),
+        ("  localhost:8080  ", "http://localhost:8080"),
+        ("HTTP://Example.COM", "http://example.com:80"),
+        ("http://h:1/p?x=1#frag", "http://h:1/p"),
+        ("https://ana:s3cret@hub.example.org/ollama", "https://ana:s3cret@hub.example.org:443/ollama"),
+    ],
+)
 def test_course_additions(raw, expected):
     assert normalise_host(raw) == expected
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ("localhost:abc", "abc"),
-    ("http://h:99999", "range"),
-    ("ftp://h", "'ftp'"),
-    ("http://h :1", "space"),
-    ("https://ana:s3cret@h:xx", "ana:***@"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ("localhost:abc", "abc"),
+        ("http://h:99999", "range"),
+        ("ftp://h", "'ftp'"),
+        ("http://h :1", "space"),
+        ("https://ana:s3cret@h:xx", "ana:***@"),
+    ],
+)
 def test_an_address_that_is_not_one_says_what_to_write(raw, needle):
     with pytest.raises(BadInput) as info:
         normalise_host(raw)
@@ -96,16 +103,21 @@ def test_the_docstring_table_runs():
     assert result.attempted >= 35 and result.failed == 0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("https://ana:s3cret@hub.example.org/ollama", "https://ana:***@hub.example.org/ollama"),
-    ("http://tok3n@10.0.0.5:11434", "http://***@10.0.0.5:11434"),
-    ("http://:pw@h:1", "http://***@h:1"),
-    ("http://a:p@ss@h/x", "http://a:***@h/x"),  # an unescaped @ in the password
-    ("no answer from http://u:pw@h:1 within 5 s; see https://ollama.com/download",
-     "no answer from http://u:***@h:1 within 5 s; see https://ollama.com/download"),
-    ("http://127.0.0.1:11434/api/tags", "http://127.0.0.1:11434/api/tags"),
-    ("mail ana@example.org", "mail ana@example.org"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("https://ana:s3cret@hub.example.org/ollama", "https://ana:***@hub.example.org/ollama"),
+        ("http://tok3n@10.0.0.5:11434", "http://***@10.0.0.5:11434"),
+        ("http://:pw@h:1", "http://***@h:1"),
+        ("http://a:p@ss@h/x", "http://a:***@h/x"),  # an unescaped @ in the password
+        (
+            "no answer from http://u:pw@h:1 within 5 s; see https://ollama.com/download",
+            "no answer from http://u:***@h:1 within 5 s; see https://ollama.com/download",
+        ),
+        ("http://127.0.0.1:11434/api/tags", "http://127.0.0.1:11434/api/tags"),
+        ("mail ana@example.org", "mail ana@example.org"),
+    ],
+)
 def test_redact_url(text, expected):
     assert redact_url(text) == expected
 
@@ -136,13 +148,11 @@ def test_messages_never_show_a_url_password(ollama_host, capsys, monkeypatch):
     with pytest.raises(BackendUnavailable) as ollama_error:
         OllamaBackend(f"http://ana:s3cret@{down}").version()
     with pytest.raises(BackendUnavailable) as openai_error:
-        OpenAIBackend(base_url=f"http://bob:hunter2@{down}/v1", api_key="x", timeout=3,
-                      max_retries=0).list_models()
+        OpenAIBackend(base_url=f"http://bob:hunter2@{down}/v1", api_key="x", timeout=3, max_retries=0).list_models()
     monkeypatch.setenv("SLM_LARGE_BASE_URL", f"http://bob:hunter2@{down}/v1")
     tier = connect_large(verbose=True)
     out = capsys.readouterr().out
-    for text in (out, str(ollama_error.value), str(openai_error.value), tier.reason,
-                 tier.backend.describe()):
+    for text in (out, str(ollama_error.value), str(openai_error.value), tier.reason, tier.backend.describe()):
         assert "s3cret" not in text and "hunter2" not in text, text
     assert f"A model server answers at http://ana:***@127.0.0.1:{port}" in out
     assert f"Ollama is not answering at http://ana:***@{down}" in out
@@ -157,6 +167,12 @@ def test_the_doctor_never_prints_a_password_from_ollama_host():
     from conftest import ROOT
 
     env = {**__import__("os").environ, "OLLAMA_HOST": f"http://ada:s3cr3t-pw@127.0.0.1:{free_port()}"}
-    done = subprocess.run([sys.executable, "-m", "helpers.cli", "doctor", "--skip-model"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "doctor", "--skip-model"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "127.0.0.1" in done.stdout and "s3cr3t-pw" not in done.stdout + done.stderr

@@ -4,6 +4,7 @@
 the same run executed; it is collected only with `--site` (conftest.py), since the site exists
 only after that build. Chromium from Debian, driven by Playwright, as in tests/test_browser.py.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,7 +48,8 @@ def page():
 def _loaded_images(page, selector: str) -> list[str]:
     """The sources of the images under `selector` that the browser actually decoded."""
     return page.eval_on_selector_all(
-        selector, "els => els.filter(i => i.complete && i.naturalWidth > 0).map(i => i.getAttribute('src'))")
+        selector, "els => els.filter(i => i.complete && i.naturalWidth > 0).map(i => i.getAttribute('src'))"
+    )
 
 
 def test_index_lists_every_lesson_with_its_run_and_a_diagram(site, page, tmp_path):

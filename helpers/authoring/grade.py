@@ -20,6 +20,7 @@ the whole submission (see `recovering_execute`).
 
 COURSE_DIR holds the solutions: keep it out of any repository students can read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ from ..errors import BadInput, CourseError
 from . import labs
 
 COURSE_ID = "slm-course"
-CELL_TIMEOUT_S = 300   # per cell: a check may call a model several times on a slow, shared CPU
+CELL_TIMEOUT_S = 300  # per cell: a check may call a model several times on a slow, shared CPU
 MAX_KERNEL_RESTARTS = 3  # per notebook: answers that kill the kernel, before nbgrader gives up on it
 CONFIG_FILE = "nbgrader_config.py"
 _STOPPED = {"CellTimeoutError", "KeyboardInterrupt", "DeadKernelError"}  # cells not re-run after a restart
@@ -60,8 +61,9 @@ def _nbgrader():
     try:
         import nbgrader  # noqa: F401
     except ImportError as exc:
-        raise BadInput("nbgrader is not installed",
-                       "pip install -e '.[grade]' (nbgrader 0.9.6) in the course's environment") from exc
+        raise BadInput(
+            "nbgrader is not installed", "pip install -e '.[grade]' (nbgrader 0.9.6) in the course's environment"
+        ) from exc
     bin_dir = Path(sys.executable).parent
     if shutil.which("alembic") is None and shutil.which("alembic", path=str(bin_dir)):
         os.environ["PATH"] = str(bin_dir) + os.pathsep + os.environ.get("PATH", "")
@@ -96,17 +98,18 @@ def recovering_execute():
                 self._killers.add(index)
             message = "the kernel died while running this cell; it was restarted and the cells above re-run"
             self.log.warning("cell %d: %s", index, message)
-            cell.outputs.append(new_output("error", ename="DeadKernelError", evalue=message,
-                                           traceback=[f"DeadKernelError: {message}"]))
+            cell.outputs.append(
+                new_output("error", ename="DeadKernelError", evalue=message, traceback=[f"DeadKernelError: {message}"])
+            )
             self.kc.stop_channels()
             run_sync(self.km.restart_kernel)(now=True)
             self.start_new_kernel_client()
             for n, earlier in enumerate(self.nb.cells[:index]):
                 stopped = any(o.get("ename") in _STOPPED for o in earlier.get("outputs", []))
-                if earlier.cell_type == "code" and earlier.source.strip() and n not in self._killers \
-                        and not stopped:  # a cell cut at the timeout would only time out again
-                    msg_id = self.kc.execute(earlier.source, silent=True, store_history=False,
-                                             allow_stdin=False)
+                if (
+                    earlier.cell_type == "code" and earlier.source.strip() and n not in self._killers and not stopped
+                ):  # a cell cut at the timeout would only time out again
+                    msg_id = self.kc.execute(earlier.source, silent=True, store_history=False, allow_stdin=False)
                     self.wait_for_reply(msg_id, earlier)
             return cell, self.resources
 
@@ -196,8 +199,10 @@ def init_course(course_dir: Path, solutions_dir: Path, *, only: list[str] | None
         names = {Path(n).stem for n in only}
         missing = names - {p.stem for p in solutions}
         if missing:
-            raise BadInput(f"no solution notebook for {sorted(missing)} in {solutions_dir}",
-                           f"pick from: {', '.join(p.stem for p in solutions)}")
+            raise BadInput(
+                f"no solution notebook for {sorted(missing)} in {solutions_dir}",
+                f"pick from: {', '.join(p.stem for p in solutions)}",
+            )
         solutions = [p for p in solutions if p.stem in names]
     course_dir.mkdir(parents=True, exist_ok=True)
     config = course_dir / CONFIG_FILE
@@ -212,14 +217,18 @@ def init_course(course_dir: Path, solutions_dir: Path, *, only: list[str] | None
         nbformat.write(labs.instructor_notebook(path), str(folder / path.name))
         result = api.generate_assignment(path.stem, force=True, create=True)
         if not result["success"]:
-            raise CourseError(f"nbgrader generate_assignment {path.stem} failed:\n{result.get('log', '')}"
-                              f"{result.get('error', '')}", "fix the solution notebook it names")
+            raise CourseError(
+                f"nbgrader generate_assignment {path.stem} failed:\n{result.get('log', '')}{result.get('error', '')}",
+                "fix the solution notebook it names",
+            )
         released = course_dir / "release" / path.stem / path.name
         leaks = leaked_solutions(released, path)
         if leaks:
             shutil.rmtree(course_dir / "release" / path.stem)
-            raise CourseError(f"{released} still holds {len(leaks)} solution(s), e.g. {leaks[0][:80]!r}; "
-                              "the release was removed", "check the markers in " + str(path))
+            raise CourseError(
+                f"{released} still holds {len(leaks)} solution(s), e.g. {leaks[0][:80]!r}; the release was removed",
+                "check the markers in " + str(path),
+            )
     return [p.stem for p in solutions]
 
 
@@ -239,8 +248,10 @@ def collect(course_dir: Path, assignment: str, downloads: Path, *, regexp: str |
 
     course_dir, downloads = Path(course_dir), Path(downloads)
     if not (course_dir / "source" / assignment).is_dir():
-        raise BadInput(f"no assignment {assignment!r} in {course_dir}",
-                       f"run `slm-course grade init {course_dir}` first, or check the name")
+        raise BadInput(
+            f"no assignment {assignment!r} in {course_dir}",
+            f"run `slm-course grade init {course_dir}` first, or check the name",
+        )
     if not downloads.is_dir():
         raise BadInput(f"no folder {downloads}", "pass the folder your LMS download was unpacked or saved in")
     archive = course_dir / "downloaded" / assignment / "archive"
@@ -253,6 +264,7 @@ def collect(course_dir: Path, assignment: str, downloads: Path, *, regexp: str |
     app = ZipCollectApp(config=config)
     app.coursedir = CourseDirectory(parent=app)
     app.coursedir.assignment_id = assignment
+
     def stamps() -> dict:
         return {p: p.stat().st_mtime_ns for p in (course_dir / "submitted").glob(f"*/{assignment}/*.ipynb")}
 
@@ -276,8 +288,9 @@ def edited_locked_cells(course_dir: Path, student: str, assignment: str) -> list
                 notebook = gb.find_notebook(path.stem, assignment)
             except MissingEntry:
                 continue
-            cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c
-                     for c in nbformat.read(str(path), as_version=4).cells}
+            cells = {
+                c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nbformat.read(str(path), as_version=4).cells
+            }
             for source in notebook.source_cells:
                 if source.locked:
                     cell = cells.get(source.name)
@@ -309,11 +322,17 @@ def exercise_rows(course_dir: Path) -> list[dict]:
                 edited = set(edited_locked_cells(course_dir, student, assignment.name))
                 for notebook in submission.notebooks:
                     for grade in sorted(notebook.grades, key=lambda x: x.name):
-                        rows.append({"student_id": student, "assignment": assignment.name,
-                                     "exercise": grade.name, "score": grade.score,
-                                     "max_score": grade.max_score,
-                                     "needs_manual_grade": grade.needs_manual_grade,
-                                     "check_edited": grade.name in edited})
+                        rows.append(
+                            {
+                                "student_id": student,
+                                "assignment": assignment.name,
+                                "exercise": grade.name,
+                                "score": grade.score,
+                                "max_score": grade.max_score,
+                                "needs_manual_grade": grade.needs_manual_grade,
+                                "check_edited": grade.name in edited,
+                            }
+                        )
     return rows
 
 
@@ -325,31 +344,44 @@ def _totals(course_dir: Path, graded: list[Graded]) -> None:
                 continue
             submission = gb.find_submission(g.assignment, g.student)
             g.score, g.max_score = submission.score, submission.max_score
-            g.needs_manual = sorted(grade.name for notebook in submission.notebooks
-                                    for grade in notebook.grades if grade.needs_manual_grade)
+            g.needs_manual = sorted(
+                grade.name for notebook in submission.notebooks for grade in notebook.grades if grade.needs_manual_grade
+            )
 
 
 def _check_course(course_dir: Path) -> None:
     """Raise unless ``course_dir`` was made by `slm-course grade init`."""
     if not (Path(course_dir) / "gradebook.db").is_file():
-        raise BadInput(f"{course_dir} is not a course made by `slm-course grade init`",
-                       f"run `slm-course grade init {course_dir}` first")
+        raise BadInput(
+            f"{course_dir} is not a course made by `slm-course grade init`",
+            f"run `slm-course grade init {course_dir}` first",
+        )
 
 
-def grade_course(course_dir: Path, *, timeout_s: float | None = None, students: list[str] | None = None,
-                 assignments: list[str] | None = None, feedback: bool = True) -> list[Graded]:
+def grade_course(
+    course_dir: Path,
+    *,
+    timeout_s: float | None = None,
+    students: list[str] | None = None,
+    assignments: list[str] | None = None,
+    feedback: bool = True,
+) -> list[Graded]:
     """Autograde every submission in submitted/<student>/<assignment>/ (or the ones picked) with
     nbgrader, write its grades.csv, grades_by_exercise.csv and feedback/<student>/<assignment>/*.html.
     A model server must answer at OLLAMA_HOST (`run` starts one)."""
     course_dir = Path(course_dir)
     _check_course(course_dir)
-    folders = sorted(p for p in (course_dir / "submitted").glob("*/*") if p.is_dir()
-                     and (not students or p.parent.name in students)
-                     and (not assignments or p.name in assignments))
+    folders = sorted(
+        p
+        for p in (course_dir / "submitted").glob("*/*")
+        if p.is_dir() and (not students or p.parent.name in students) and (not assignments or p.name in assignments)
+    )
     if not folders:
-        raise BadInput(f"no submissions in {course_dir / 'submitted'}",
-                       "put each student's notebook in submitted/<student>/<lab>/ (e.g. "
-                       "submitted/alice/04_cost/04_cost.ipynb), or use `slm-course grade collect`")
+        raise BadInput(
+            f"no submissions in {course_dir / 'submitted'}",
+            "put each student's notebook in submitted/<student>/<lab>/ (e.g. "
+            "submitted/alice/04_cost/04_cost.ipynb), or use `slm-course grade collect`",
+        )
     api = _api(course_dir, timeout_s=timeout_s)
     from sqlalchemy.exc import SAWarning
 
@@ -370,8 +402,18 @@ def grade_course(course_dir: Path, *, timeout_s: float | None = None, students: 
     _totals(course_dir, graded)
     rows = exercise_rows(course_dir)
     with open(course_dir / "grades_by_exercise.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["student_id", "assignment", "exercise", "score", "max_score",
-                                               "needs_manual_grade", "check_edited"])
+        writer = csv.DictWriter(
+            f,
+            fieldnames=[
+                "student_id",
+                "assignment",
+                "exercise",
+                "score",
+                "max_score",
+                "needs_manual_grade",
+                "check_edited",
+            ],
+        )
         writer.writeheader()
         writer.writerows(rows)
     from nbgrader.plugins import CsvExportPlugin
@@ -395,11 +437,15 @@ def report(graded: list[Graded], course_dir: Path) -> int:
         if g.edited:
             line += f" [edited check cell(s), restored before grading: {', '.join(g.edited)}]"
         print(line)
-    print(f"grades: {course_dir / 'grades.csv'} (per exercise: {course_dir / 'grades_by_exercise.csv'}); "
-          f"feedback: {course_dir / 'feedback'}")
+    print(
+        f"grades: {course_dir / 'grades.csv'} (per exercise: {course_dir / 'grades_by_exercise.csv'}); "
+        f"feedback: {course_dir / 'feedback'}"
+    )
     if any(g.needs_manual for g in graded):
-        print(f"written answers: grade them in nbgrader's formgrader (`cd {course_dir} && jupyter lab`, menu "
-              "Nbgrader > Formgrader), then run this again to refresh grades.csv and feedback")
+        print(
+            f"written answers: grade them in nbgrader's formgrader (`cd {course_dir} && jupyter lab`, menu "
+            "Nbgrader > Formgrader), then run this again to refresh grades.csv and feedback"
+        )
     return 1 if failed else 0
 
 
@@ -414,12 +460,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("course_dir", type=Path, metavar="COURSE_DIR")
     p.add_argument("lab", metavar="LAB", help="the assignment, e.g. 04_cost")
     p.add_argument("downloads", type=Path, metavar="DOWNLOADS", help="folder of zip files and/or notebooks")
-    p.add_argument("--regexp", default=None, help="nbgrader FileNameCollector.named_regexp with "
-                   "(?P<student_id>...) and (?P<file_id>...) (default: <student>_[anything_]LAB.ipynb)")
+    p.add_argument(
+        "--regexp",
+        default=None,
+        help="nbgrader FileNameCollector.named_regexp with "
+        "(?P<student_id>...) and (?P<file_id>...) (default: <student>_[anything_]LAB.ipynb)",
+    )
     p = sub.add_parser("run", help="autograde submitted/, write grades.csv and feedback/ HTML")
     p.add_argument("course_dir", type=Path, metavar="COURSE_DIR")
-    p.add_argument("--timeout", type=float, default=None,
-                   help=f"seconds per cell (default: nbgrader_config.py's, {CELL_TIMEOUT_S} as written by init)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"seconds per cell (default: nbgrader_config.py's, {CELL_TIMEOUT_S} as written by init)",
+    )
     p.add_argument("--student", nargs="+", default=None, help="only these students")
     p.add_argument("--lab", nargs="+", default=None, help="only these labs")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
@@ -431,8 +485,10 @@ def run(args: argparse.Namespace) -> int:
         if args.grade_command == "init":
             solutions = args.solutions or labs._default_root() / "solutions"
             names = init_course(args.course_dir, solutions, only=args.labs)
-            print(f"course ready in {args.course_dir}: {len(names)} lab(s) ({', '.join(names)}); "
-                  f"give students {args.course_dir / 'release'} (no solutions), keep the rest private")
+            print(
+                f"course ready in {args.course_dir}: {len(names)} lab(s) ({', '.join(names)}); "
+                f"give students {args.course_dir / 'release'} (no solutions), keep the rest private"
+            )
             return 0
         if args.grade_command == "collect":
             found = collect(args.course_dir, args.lab, args.downloads, regexp=args.regexp)
@@ -444,8 +500,13 @@ def run(args: argparse.Namespace) -> int:
         _check_course(args.course_dir)  # before a server is started for nothing
         proc = launcher.ensure_server(get_settings().ollama_host, user="the grading run")
         try:
-            graded = grade_course(args.course_dir, timeout_s=args.timeout, students=args.student,
-                                  assignments=args.lab, feedback=not args.no_feedback)
+            graded = grade_course(
+                args.course_dir,
+                timeout_s=args.timeout,
+                students=args.student,
+                assignments=args.lab,
+                feedback=not args.no_feedback,
+            )
         finally:
             launcher.stop(proc)
         return report(graded, args.course_dir)

@@ -42,6 +42,7 @@ the check cell, an answer cell of that exercise, or a markdown answer cell.
 ``instructor_notebook`` is the instructor's copy nbgrader's ``generate_assignment`` turns into the
 release: the same cells with the solutions kept (and a rubric line on each written answer).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,13 +83,15 @@ _NEAR_CODE_MARKER = re.compile(r"^#+\s*(BEGIN|END)\s+SOLUTION\b", re.IGNORECASE)
 _NEAR_ANSWER_MARKER = re.compile(r"^=+\s*(BEGIN|END)\s+ANSWER\b", re.IGNORECASE)
 
 # nbgrader (helpers/authoring/grade.py): what a graded lab's cells carry
-DEFAULT_POINTS = 1           # an autograded exercise (answer cells + their check cell)
-DEFAULT_WRITTEN_POINTS = 1   # a free-text answer, graded by hand
-NBGRADER_SCHEMA = 3          # nbgrader 0.9's cell metadata format
+DEFAULT_POINTS = 1  # an autograded exercise (answer cells + their check cell)
+DEFAULT_WRITTEN_POINTS = 1  # a free-text answer, graded by hand
+NBGRADER_SCHEMA = 3  # nbgrader 0.9's cell metadata format
 # a check cell calls check("name", ...) at the top level of the cell (not inside a function)
 _CHECK_CALL = re.compile(r"""^check\(\s*(["'])(?P<name>.+?)\1""", re.MULTILINE)
-RUBRIC = ("*Rubric (instructor's copy only; the release has the stub): give the points when the "
-          "answer makes the main points of this model answer, part of them when it makes some.*")
+RUBRIC = (
+    "*Rubric (instructor's copy only; the release has the stub): give the points when the "
+    "answer makes the main points of this model answer, part of them when it makes some.*"
+)
 
 
 @dataclass
@@ -100,8 +103,9 @@ class LabsSync:
     removed: list[Path] = field(default_factory=list)
 
 
-def strip_regions(source: str, begin: str, end: str, stub: tuple[str, ...],
-                  near_marker: re.Pattern[str], where: str) -> str:
+def strip_regions(
+    source: str, begin: str, end: str, stub: tuple[str, ...], near_marker: re.Pattern[str], where: str
+) -> str:
     """Replace each ``begin``..``end`` region of ``source`` by ``stub`` at the begin line's indent."""
     out: list[str] = []
     open_line: int | None = None
@@ -109,25 +113,31 @@ def strip_regions(source: str, begin: str, end: str, stub: tuple[str, ...],
         text = line.strip()
         if text == begin:
             if open_line is not None:
-                raise BadInput(f"{where}: '{begin}' on line {number} is nested inside the "
-                               f"region opened on line {open_line}",
-                               f"close the first region with '{end}' before opening another")
+                raise BadInput(
+                    f"{where}: '{begin}' on line {number} is nested inside the region opened on line {open_line}",
+                    f"close the first region with '{end}' before opening another",
+                )
             open_line = number
             indent = line[: len(line) - len(line.lstrip())]
             out.extend(indent + s for s in stub)
         elif text == end:
             if open_line is None:
-                raise BadInput(f"{where}: '{end}' on line {number} has no '{begin}' before it",
-                               f"add '{begin}' above the solution, or remove this line")
+                raise BadInput(
+                    f"{where}: '{end}' on line {number} has no '{begin}' before it",
+                    f"add '{begin}' above the solution, or remove this line",
+                )
             open_line = None
         elif near_marker.match(text):
-            raise BadInput(f"{where}: line {number} looks like a marker but is not one: {text!r}",
-                           f"write the marker exactly as '{begin}' / '{end}' on its own line")
+            raise BadInput(
+                f"{where}: line {number} looks like a marker but is not one: {text!r}",
+                f"write the marker exactly as '{begin}' / '{end}' on its own line",
+            )
         elif open_line is None:
             out.append(line)
     if open_line is not None:
-        raise BadInput(f"{where}: '{begin}' on line {open_line} is never closed",
-                       f"add '{end}' after the solution lines")
+        raise BadInput(
+            f"{where}: '{begin}' on line {open_line} is never closed", f"add '{end}' after the solution lines"
+        )
     return "\n".join(out)
 
 
@@ -139,11 +149,11 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BadInput(f"{path}: cannot read the notebook ({exc})",
-                       "open it in Jupyter and save it again, or restore it from git") from exc
+        raise BadInput(
+            f"{path}: cannot read the notebook ({exc})", "open it in Jupyter and save it again, or restore it from git"
+        ) from exc
     if not isinstance(data, dict) or data.get("nbformat") != 4:
-        raise BadInput(f"{path}: not an nbformat 4 notebook",
-                       "open it in a current Jupyter and save it again")
+        raise BadInput(f"{path}: not an nbformat 4 notebook", "open it in a current Jupyter and save it again")
     if data.get("nbformat_minor", 0) >= 5:
         for i, cell in enumerate(data.get("cells", [])):
             if isinstance(cell, dict) and not cell.get("id"):
@@ -152,8 +162,7 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     try:
         nbformat.validate(nb)
     except nbformat.ValidationError as exc:
-        raise BadInput(f"{path}: invalid notebook: {exc.message}",
-                       "open it in Jupyter and save it again") from exc
+        raise BadInput(f"{path}: invalid notebook: {exc.message}", "open it in Jupyter and save it again") from exc
     return nb
 
 
@@ -181,12 +190,26 @@ def _grade_id(name: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-") or "exercise"
 
 
-def _nbgrader(cell_type: str, *, solution: bool = False, grade: bool = False, locked: bool = False,
-              grade_id: str, points: float | None = None) -> dict:
+def _nbgrader(
+    cell_type: str,
+    *,
+    solution: bool = False,
+    grade: bool = False,
+    locked: bool = False,
+    grade_id: str,
+    points: float | None = None,
+) -> dict:
     """One cell's nbgrader metadata (schema 3; ``points`` only on graded cells), as nbgrader's
     generate_assignment leaves it in a release (less the checksum it adds)."""
-    meta = {"cell_type": cell_type, "grade": grade, "grade_id": grade_id, "locked": locked,
-            "schema_version": NBGRADER_SCHEMA, "solution": solution, "task": False}
+    meta = {
+        "cell_type": cell_type,
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": locked,
+        "schema_version": NBGRADER_SCHEMA,
+        "solution": solution,
+        "task": False,
+    }
     if grade:
         meta["points"] = points
     return meta
@@ -194,17 +217,24 @@ def _nbgrader(cell_type: str, *, solution: bool = False, grade: bool = False, lo
 
 def _points(cells: list, default: float, where: str) -> float:
     """The points set in the solution cells' ``nbgrader.points`` (all alike), else ``default``."""
-    found = {c.metadata["nbgrader"]["points"] for c in cells
-             if isinstance(c.metadata.get("nbgrader"), dict) and "points" in c.metadata["nbgrader"]}
+    found = {
+        c.metadata["nbgrader"]["points"]
+        for c in cells
+        if isinstance(c.metadata.get("nbgrader"), dict) and "points" in c.metadata["nbgrader"]
+    }
     if len(found) > 1:
-        raise BadInput(f"{where}: the exercise's cells set different points {sorted(found)}",
-                       "set nbgrader.points on one cell of the exercise (its check cell)")
+        raise BadInput(
+            f"{where}: the exercise's cells set different points {sorted(found)}",
+            "set nbgrader.points on one cell of the exercise (its check cell)",
+        )
     if not found:
         return default
     points = found.pop()
     if not isinstance(points, (int, float)) or isinstance(points, bool) or points < 0:
-        raise BadInput(f"{where}: nbgrader.points must be a number >= 0, got {points!r}",
-                       'write e.g. "nbgrader": {"points": 2} in the cell metadata')
+        raise BadInput(
+            f"{where}: nbgrader.points must be a number >= 0, got {points!r}",
+            'write e.g. "nbgrader": {"points": 2} in the cell metadata',
+        )
     return points
 
 
@@ -213,7 +243,7 @@ def grade_metadata(cells: list, notebook: str) -> None:
 
     Answer cells are told apart by their markers, so pass the cells *before* their solutions are
     stripped; ``notebook`` names the file in errors. See the module docstring for the rules."""
-    pending: list = []   # answer cells waiting for their check cell
+    pending: list = []  # answer cells waiting for their check cell
     used: set[str] = set()
     written = 0
     for cell in cells:
@@ -222,28 +252,34 @@ def grade_metadata(cells: list, notebook: str) -> None:
         if cell.cell_type == "markdown" and any(line.strip() == BEGIN_ANSWER for line in source.split("\n")):
             written += 1
             points = _points([cell], DEFAULT_WRITTEN_POINTS, where)
-            cell.metadata["nbgrader"] = _nbgrader("markdown", solution=True, grade=True, grade_id=f"written-{written}",
-                                                  points=points)
+            cell.metadata["nbgrader"] = _nbgrader(
+                "markdown", solution=True, grade=True, grade_id=f"written-{written}", points=points
+            )
             continue
         if cell.cell_type != "code":
             continue
         is_answer = any(line.strip() == BEGIN_SOLUTION for line in source.split("\n"))
         call = _CHECK_CALL.search(source)
         if is_answer and call:
-            raise BadInput(f"{where}: the cell has both a solution region and a check(...) call",
-                           "put the check in its own cell after the answer, so it can be locked")
+            raise BadInput(
+                f"{where}: the cell has both a solution region and a check(...) call",
+                "put the check in its own cell after the answer, so it can be locked",
+            )
         if is_answer:
             pending.append(cell)  # its metadata is written when its check cell is found
         elif call and pending:
             grade_id = _grade_id(call.group("name"))
             if grade_id in used:
-                raise BadInput(f"{where}: a second exercise checked as {call.group('name')!r}",
-                               "give each exercise's check(...) its own name")
+                raise BadInput(
+                    f"{where}: a second exercise checked as {call.group('name')!r}",
+                    "give each exercise's check(...) its own name",
+                )
             used.add(grade_id)
             points = _points([*pending, cell], DEFAULT_POINTS, where)
             for n, answer in enumerate(pending, start=1):
                 answer.metadata["nbgrader"] = _nbgrader(
-                    "code", solution=True, grade_id=f"{grade_id}-answer" + (f"-{n}" if n > 1 else ""))
+                    "code", solution=True, grade_id=f"{grade_id}-answer" + (f"-{n}" if n > 1 else "")
+                )
             cell.metadata["nbgrader"] = _nbgrader("code", grade=True, locked=True, grade_id=grade_id, points=points)
             pending = []
     for n, answer in enumerate(pending, start=1):  # answer cells no check follows: answers, not graded
@@ -256,8 +292,9 @@ def grade_metadata(cells: list, notebook: str) -> None:
             cell.metadata["deletable"] = cell.metadata["editable"] = False
 
 
-def lab_notebook(solution: nbformat.NotebookNode, source_name: str, *,
-                 keep_solutions: bool = False) -> nbformat.NotebookNode:
+def lab_notebook(
+    solution: nbformat.NotebookNode, source_name: str, *, keep_solutions: bool = False
+) -> nbformat.NotebookNode:
     """Build the lab for one solution notebook (``source_name`` is shown in the header and errors).
 
     With ``keep_solutions`` it is the instructor's copy instead: the same cells and metadata, the
@@ -275,23 +312,27 @@ def lab_notebook(solution: nbformat.NotebookNode, source_name: str, *,
     for index, cell in enumerate(cells):
         where = cell_where(Path(source_name), index, cell)
         if cell.cell_type == "code":
-            stripped = strip_regions(cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB,
-                                     _NEAR_CODE_MARKER, where)  # checks the markers either way
+            stripped = strip_regions(
+                cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB, _NEAR_CODE_MARKER, where
+            )  # checks the markers either way
             if not keep_solutions:
                 cell.source = stripped
             cell.outputs = []
             cell.execution_count = None
             cell.metadata.pop("execution", None)
         elif cell.cell_type == "markdown":
-            stripped = strip_regions(cell.source, BEGIN_ANSWER, END_ANSWER, ANSWER_STUB,
-                                     _NEAR_ANSWER_MARKER, where)
+            stripped = strip_regions(cell.source, BEGIN_ANSWER, END_ANSWER, ANSWER_STUB, _NEAR_ANSWER_MARKER, where)
             if not keep_solutions:
                 cell.source = stripped
             elif stripped != cell.source:  # nbgrader's markers around the model answer, and the rubric
                 cell.source = "\n".join(
-                    BEGIN_SOLUTION + "\n" + RUBRIC + "\n" if line.strip() == BEGIN_ANSWER
-                    else END_SOLUTION if line.strip() == END_ANSWER else line
-                    for line in cell.source.split("\n"))
+                    BEGIN_SOLUTION + "\n" + RUBRIC + "\n"
+                    if line.strip() == BEGIN_ANSWER
+                    else END_SOLUTION
+                    if line.strip() == END_ANSWER
+                    else line
+                    for line in cell.source.split("\n")
+                )
     lab.cells = [_header_cell(source_name, with_id=lab.nbformat_minor >= 5)] + cells
     nbformat.validate(lab)
     return lab
@@ -318,8 +359,9 @@ def render_lab(solution_path: Path) -> str:
 def _solutions(solutions_dir: Path) -> list[Path]:
     """The solution notebooks, sorted (hidden files and checkpoints excluded)."""
     if not Path(solutions_dir).is_dir():
-        raise BadInput(f"no solutions folder at {solutions_dir}",
-                       "run this from the course folder, or pass --solutions DIR")
+        raise BadInput(
+            f"no solutions folder at {solutions_dir}", "run this from the course folder, or pass --solutions DIR"
+        )
     return sorted(p for p in Path(solutions_dir).glob("*.ipynb") if not p.name.startswith("."))
 
 
@@ -384,13 +426,11 @@ def check_labs(solutions_dir: Path, labs_dir: Path) -> list[str]:
         if not target.is_file():
             problems.append(f"missing: {labs}/{path.name} (solution {sol}/{path.name} has no lab)")
         elif target.read_text(encoding="utf-8") != expected:
-            problems.append(f"stale: {labs}/{path.name} differs from what "
-                            f"{sol}/{path.name} generates")
+            problems.append(f"stale: {labs}/{path.name} differs from what {sol}/{path.name} generates")
     if labs_dir.is_dir():
         for lab in sorted(labs_dir.glob("*.ipynb")):
             if lab.name not in names:
-                fix = (f"`{FIX_COMMAND}` removes it" if _is_generated(lab)
-                       else f"delete it, or add {sol}/{lab.name}")
+                fix = f"`{FIX_COMMAND}` removes it" if _is_generated(lab) else f"delete it, or add {sol}/{lab.name}"
                 problems.append(f"orphan: {labs}/{lab.name} has no {sol}/{lab.name} ({fix})")
     return problems
 
@@ -403,12 +443,13 @@ def _default_root() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``slm-course labs``."""
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if a lab is missing, stale or orphaned")
-    parser.add_argument("--solutions", type=Path, default=None,
-                        help="solution notebooks (default: solutions/ of the course folder)")
-    parser.add_argument("--labs", type=Path, default=None,
-                        help="where labs go (default: labs/ of the course folder)")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a lab is missing, stale or orphaned"
+    )
+    parser.add_argument(
+        "--solutions", type=Path, default=None, help="solution notebooks (default: solutions/ of the course folder)"
+    )
+    parser.add_argument("--labs", type=Path, default=None, help="where labs go (default: labs/ of the course folder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -435,8 +476,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote   {path}")
     for path in report.removed:
         print(f"removed {path} (its solution is gone)")
-    print(f"{len(report.written)} written, {len(report.unchanged)} unchanged, "
-          f"{len(report.removed)} removed")
+    print(f"{len(report.written)} written, {len(report.unchanged)} unchanged, {len(report.removed)} removed")
     return 0
 
 

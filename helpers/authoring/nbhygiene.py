@@ -7,6 +7,7 @@ Rules (``check_notebook``): no stored outputs except in cells marked ``# NBVAL_C
 like a secret (``sk-...`` keys, ``Bearer ...`` tokens, a key assigned as a string literal).
 ``python -m helpers.authoring.nbhygiene [--fix] [PATH ...]`` checks (or cleans) the course notebooks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ KERNEL_NAME = "python3"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~}\]):-])(?:/(?:home|root|Users|work|tmp)/|[A-Za-z]:\\)")
 # Key-shaped strings (checked everywhere, outputs included) ...
 SECRET_TOKENS = (
-    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),          # OpenAI / Anthropic style keys
+    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),  # OpenAI / Anthropic style keys
     re.compile(r"\bBearer [A-Za-z0-9._~+/=-]{20,}"),  # a pasted Authorization header
 )
 # ... and a key written into code as a literal (os.environ["OPENAI_API_KEY"] = "...").
@@ -79,14 +80,18 @@ def _scan(where: str, text: str, what: str, code: bool) -> list[str]:
     problems = []
     for match in ABSOLUTE_PATH.finditer(text):
         line = text[: match.start()].count("\n") + 1
-        problems.append(f"{where}: absolute path {match.group(0)!r} in the {what} (line {line}); "
-                        f"use a path relative to the course folder or from get_settings()")
+        problems.append(
+            f"{where}: absolute path {match.group(0)!r} in the {what} (line {line}); "
+            f"use a path relative to the course folder or from get_settings()"
+        )
     patterns = SECRET_TOKENS + ((KEY_LITERAL,) if code else ())
     for pattern in patterns:
         for match in pattern.finditer(text):
-            problems.append(f"{where}: something that looks like a secret ({_redact(match.group(0))!r}) "
-                            f"in the {what}; remove it, revoke the key, and read keys from the "
-                            f"environment (.env) instead")
+            problems.append(
+                f"{where}: something that looks like a secret ({_redact(match.group(0))!r}) "
+                f"in the {what}; remove it, revoke the key, and read keys from the "
+                f"environment (.env) instead"
+            )
     return problems
 
 
@@ -100,14 +105,18 @@ def _cell_problems(path: Path, index: int, cell: dict) -> list[str]:
     outputs = cell.get("outputs") or []
     checked = keeps_output(cell)
     if outputs and not checked:
-        problems.append(f"{where}: {len(outputs)} stored output(s) in a cell without "
-                        f"'{CHECK_OUTPUT_MARK}'; {FIX_HINT.format(path=path)}")
+        problems.append(
+            f"{where}: {len(outputs)} stored output(s) in a cell without "
+            f"'{CHECK_OUTPUT_MARK}'; {FIX_HINT.format(path=path)}"
+        )
     counts = [cell.get("execution_count")] + [o.get("execution_count") for o in outputs]
     if checked and outputs:
         # nbval only compares a reference cell that was run: it needs an execution count
         if cell.get("execution_count") is None:
-            problems.append(f"{where}: checked cell has outputs but no execution count (nbval: "
-                            f"'Unrun reference cell has outputs'); {FIX_HINT.format(path=path)}")
+            problems.append(
+                f"{where}: checked cell has outputs but no execution count (nbval: "
+                f"'Unrun reference cell has outputs'); {FIX_HINT.format(path=path)}"
+            )
     elif any(c is not None for c in counts):
         problems.append(f"{where}: execution count stored; {FIX_HINT.format(path=path)}")
     for output in outputs:
@@ -128,12 +137,16 @@ def check_notebook(path: Path) -> list[str]:
     problems = []
     kernel = (nb.get("metadata", {}).get("kernelspec") or {}).get("name")
     if kernel != KERNEL_NAME:
-        problems.append(f"{path}: kernelspec name is {kernel!r}, not {KERNEL_NAME!r}; choose the "
-                        f"'Python 3 (ipykernel)' kernel and save")
+        problems.append(
+            f"{path}: kernelspec name is {kernel!r}, not {KERNEL_NAME!r}; choose the "
+            f"'Python 3 (ipykernel)' kernel and save"
+        )
     cells = nb.get("cells", [])
     if not any(c.get("cell_type") == "code" and PARAMETERS_TAG in _tags(c) for c in cells):
-        problems.append(f"{path}: no code cell tagged {PARAMETERS_TAG!r}; tag the cell holding "
-                        f"the model names and loop sizes (papermill injects CI values there)")
+        problems.append(
+            f"{path}: no code cell tagged {PARAMETERS_TAG!r}; tag the cell holding "
+            f"the model names and loop sizes (papermill injects CI values there)"
+        )
     for index, cell in enumerate(cells):
         problems += _cell_problems(Path(path), index, cell)
     return problems

@@ -4,6 +4,7 @@
 it back with every output cleared except those of the checked cells, which nbval compares on
 each test run. Model text, timings and plots are never stored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def store_outputs(path: Path, timeout_s: int = 600) -> None:
     import nbformat
     import papermill as pm
 
-    executed = pm.execute_notebook(str(path), None, kernel_name="python3", cwd=str(path.parent),
-                                   execution_timeout=timeout_s, progress_bar=False)
+    executed = pm.execute_notebook(
+        str(path), None, kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout_s, progress_bar=False
+    )
     original = nbformat.read(path, as_version=4)
     # papermill may add cells (injected parameters); match the original cells by their source
     by_source = {c.source: c for c in executed.cells if c.cell_type == "code"}

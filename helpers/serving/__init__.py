@@ -14,6 +14,7 @@ client; only helpers import these.
 
 Kept light on purpose: importing the package loads none of them.
 """
+
 from __future__ import annotations
 
 

