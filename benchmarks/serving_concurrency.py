@@ -5,9 +5,16 @@ prompt and streams a greedy answer of --tokens tokens, --rounds times. Measured 
 clocks on both sides:
 - aggregate tokens/s: all output tokens / the wall time of the whole level;
 - TTFT: from sending a request to its first streamed token (p50 and p90 over all requests).
-The raw side is xllamacpp's `Server` with the same slots, threads and context per slot, called
-from one thread per client (its handlers release the GIL); the kit's side is the real server in a
-child process (`slm-course serve`, OLLAMA_NUM_PARALLEL=--slots) reached over HTTP with httpx.
+- decode tok/s of one stream: (tokens - 1) / (last token - first token), median over the requests
+  of the 1-client level (what a student alone sees once the answer has started).
+Three sides, the same slots, threads and context per slot:
+- "raw llama.cpp": xllamacpp's `Server` called in-process, one thread per client (its handlers
+  release the GIL): no HTTP, no client process - the ceiling;
+- "llama.cpp HTTP": the same `Server`'s own HTTP listener (/v1/chat/completions, streamed),
+  reached by the same httpx client as the kit: what llama.cpp's server gives over the wire;
+- "slm-course serve": the real server in a child process (OLLAMA_NUM_PARALLEL=--slots), /api/chat.
+Each side also answers one request with default options (sampled, so the prompt cache is used, as
+Ollama's default temperature 0.8 does): "TTFT default" - greedy requests re-read their prompt.
 
     SLM_THREADS=2 python benchmarks/serving_concurrency.py --slots 4
 
@@ -61,14 +68,15 @@ def prompt(client: int, rnd: int) -> str:
 
 
 def run_level(one_request, clients: int, rounds: int) -> dict:
-    """`clients` threads, each sending `rounds` requests in turn; one_request(c, r) -> (ttft_s, tokens)."""
-    ttfts, tokens, lock = [], [0], threading.Lock()
+    """`clients` threads, each sending `rounds` requests in turn; one_request(c, r) -> (ttft_s, tokens, tok/s)."""
+    ttfts, rates, tokens, lock = [], [], [0], threading.Lock()
 
     def client(c: int) -> None:
         for r in range(rounds):
-            ttft, n = one_request(c, r)
+            ttft, n, rate = one_request(c, r)
             with lock:
                 ttfts.append(ttft)
+                rates.append(rate)
                 tokens[0] += n
 
     t0 = time.perf_counter()
@@ -87,11 +95,26 @@ def run_level(one_request, clients: int, rounds: int) -> dict:
         "agg_tok_s": round(tokens[0] / wall, 1),
         "ttft_p50_ms": round(statistics.median(ttfts) * 1000, 1),
         "ttft_p90_ms": round(q[8] * 1000, 1),
+        "decode_tok_s": round(statistics.median(rates), 1),
     }
 
 
-def raw_side(model: str, slots: int, threads: int, n_tokens: int):
-    """llama.cpp's server code in-process (xllamacpp), the kit's engine not involved."""
+def _timed(stamps: list[float], t0: float, n: int) -> tuple[float, int, float]:
+    """(first-token latency, tokens, decode rate) from the arrival times of the content pieces."""
+    if len(stamps) < 2:
+        return (stamps[0] - t0 if stamps else 0.0), n, 0.0
+    return stamps[0] - t0, n, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def _body(c: int, r: int, n_tokens: int, greedy: bool) -> dict:
+    return {"messages": [{"role": "user", "content": prompt(c, r)}], "max_tokens": n_tokens, "stream": True} | (
+        {"temperature": 0, "cache_prompt": False} if greedy else {}
+    )
+
+
+def raw_side(model: str, slots: int, threads: int, port: int):
+    """llama.cpp's server code in-process (xllamacpp), the kit's engine not involved; its own
+    HTTP listener on `port`."""
     import xllamacpp as xl
 
     path = Engine.resolve(model)[1]
@@ -103,56 +126,71 @@ def raw_side(model: str, slots: int, threads: int, n_tokens: int):
     p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
     p.use_jinja = True
     p.verbosity = -1
-    server = xl.Server(p)
+    p.hostnames = ["127.0.0.1"]
+    p.port = port
+    p.n_threads_http = slots + 4  # as llama-server sizes it (n_parallel + 2 at least); -1 here is one thread
+    return xl.Server(p)
 
-    def one(c: int, r: int) -> tuple[float, int]:
-        t0, first, final = time.perf_counter(), [None], [None]
+
+def in_process(server, n_tokens: int, greedy: bool = True):
+    def one(c: int, r: int) -> tuple[float, int, float]:
+        t0, stamps, final = time.perf_counter(), [], [0]
 
         def on_chunk(chunk: dict) -> bool:
             delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
-            if first[0] is None and delta.get("content"):
-                first[0] = time.perf_counter() - t0
+            if delta.get("content"):
+                stamps.append(time.perf_counter())
             if chunk.get("timings"):
                 final[0] = chunk["timings"]["predicted_n"]
             return False
 
-        server.handle_chat_completions(
-            {
-                "messages": [{"role": "user", "content": prompt(c, r)}],
-                "stream": True,
-                "max_tokens": n_tokens,
-                "temperature": 0,
-                "cache_prompt": False,
-            },
-            on_chunk,
-        )
-        return first[0] or 0.0, final[0] or 0
+        server.handle_chat_completions(_body(c, r, n_tokens, greedy), on_chunk)
+        return _timed(stamps, t0, final[0])
 
-    return server, one
+    return one
 
 
-def kit_side(model: str, host: str, n_tokens: int):
-    http = httpx.Client(timeout=300)
+def over_http(http: httpx.Client, url: str, model: str, n_tokens: int, greedy: bool = True, ollama: bool = True):
+    """One streamed request: Ollama's /api/chat (NDJSON) or OpenAI's /v1/chat/completions (SSE)."""
 
-    def one(c: int, r: int) -> tuple[float, int]:
-        t0, ttft, n = time.perf_counter(), None, 0
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": prompt(c, r)}],
-            "options": {"temperature": 0, "num_predict": n_tokens},
-        }
-        with http.stream("POST", f"{host}/api/chat", json=body) as resp:
+    def one(c: int, r: int) -> tuple[float, int, float]:
+        t0, stamps, n = time.perf_counter(), [], 0
+        if ollama:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt(c, r)}]}
+            body["options"] = {"num_predict": n_tokens} | ({"temperature": 0} if greedy else {})
+        else:
+            body = _body(c, r, n_tokens, greedy)
+        with http.stream("POST", url, json=body) as resp:
             for line in resp.iter_lines():
-                if not line:
+                if not ollama:
+                    if not line.startswith("data: {"):
+                        continue
+                    line = line[6:]
+                elif not line:
                     continue
                 chunk = json.loads(line)
-                if ttft is None and chunk.get("message", {}).get("content"):
-                    ttft = time.perf_counter() - t0
-                if chunk.get("done"):
-                    n = chunk.get("eval_count", 0)
-        return ttft or 0.0, n
+                if ollama:
+                    text = chunk.get("message", {}).get("content")
+                    n = chunk.get("eval_count", n) if chunk.get("done") else n
+                else:
+                    text = ((chunk.get("choices") or [{}])[0].get("delta") or {}).get("content")
+                    n = (chunk.get("timings") or {}).get("predicted_n", n)
+                if text:
+                    stamps.append(time.perf_counter())
+        return _timed(stamps, t0, n)
 
-    return http, one
+    return one
+
+
+def sweep(rows: list, model: str, side: str, one, one_default, clients: list[int], rounds: int) -> None:
+    one(0, 99)  # load and warm up
+    for n in clients:
+        rows.append({"model": model, "side": side, **run_level(one, n, rounds)})
+        print(rows[-1], flush=True)
+    one_default(1, 98)  # its prompt's template prefix into the cache
+    ttft = statistics.median(one_default(1, 90 + r)[0] for r in range(5))
+    rows[-len(clients)]["ttft_default_ms"] = round(ttft * 1000, 1)
+    print(f"{model} {side}: 1 client, default options: TTFT {ttft * 1000:.1f} ms", flush=True)
 
 
 def main() -> int:
@@ -166,28 +204,54 @@ def main() -> int:
     threads = default_threads()
     rows = []
     for model in args.models:
-        server, one = raw_side(model, args.slots, threads, args.tokens)
-        one(0, 99)  # warm up
-        for n in args.clients:
-            rows.append({"model": model, "side": "raw llama.cpp", **run_level(one, n, args.rounds)})
-            print(rows[-1], flush=True)
+        port = free_port()
+        server = raw_side(model, args.slots, threads, port)
+        sweep(
+            rows,
+            model,
+            "raw llama.cpp",
+            in_process(server, args.tokens),
+            in_process(server, args.tokens, False),
+            args.clients,
+            args.rounds,
+        )
+        # a new connection per request on every side: llama.cpp's listener closes idle keep-alive ones
+        http = httpx.Client(timeout=300, limits=httpx.Limits(max_keepalive_connections=0))
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        sweep(
+            rows,
+            model,
+            "llama.cpp HTTP",
+            over_http(http, url, model, args.tokens, ollama=False),
+            over_http(http, url, model, args.tokens, False, ollama=False),
+            args.clients,
+            args.rounds,
+        )
         del server
         port = free_port()
         proc = start_server(port, env={"OLLAMA_NUM_PARALLEL": str(args.slots)})
         try:
-            http, one = kit_side(model, f"http://127.0.0.1:{port}", args.tokens)
-            one(0, 99)  # load and warm up
-            for n in args.clients:
-                rows.append({"model": model, "side": "slm-course serve", **run_level(one, n, args.rounds)})
-                print(rows[-1], flush=True)
-            http.close()
+            url = f"http://127.0.0.1:{port}/api/chat"
+            sweep(
+                rows,
+                model,
+                "slm-course serve",
+                over_http(http, url, model, args.tokens),
+                over_http(http, url, model, args.tokens, False),
+                args.clients,
+                args.rounds,
+            )
         finally:
             stop_server(proc)
-    print(f"\n{'model':20} {'side':18} {'clients':>7} {'agg tok/s':>9} {'p50 TTFT ms':>11} {'p90 TTFT ms':>11}")
+        http.close()
+    print(
+        f"\n{'model':20} {'side':18} {'clients':>7} {'agg tok/s':>9} {'p50 TTFT ms':>11} {'p90 TTFT ms':>11} "
+        f"{'decode tok/s':>12} {'TTFT default ms':>15}"
+    )
     for r in rows:
         print(
             f"{r['model']:20} {r['side']:18} {r['clients']:>7} {r['agg_tok_s']:>9} {r['ttft_p50_ms']:>11} "
-            f"{r['ttft_p90_ms']:>11}"
+            f"{r['ttft_p90_ms']:>11} {r['decode_tok_s']:>12} {r.get('ttft_default_ms', ''):>15}"
         )
     out = ROOT / "benchmarks" / "results" / "serving_concurrency.json"
     out.parent.mkdir(parents=True, exist_ok=True)

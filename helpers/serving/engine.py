@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
 from ..options import Options
@@ -728,7 +728,9 @@ class _Stream:
     """A running generation: its chunks, read from the thread that drives llama.cpp.
 
     Made once the first piece is there (or the request failed, which raises in the caller).
-    Closing or dropping it - or setting `cancel` - stops the decode at the next token.
+    Iterate it, or `pipe` it to a function that the decode thread itself calls per chunk (the
+    server's path: one thread hop less per token). Closing or dropping it - or setting
+    `cancel` - stops the decode at the next token.
     """
 
     def __init__(
@@ -744,23 +746,36 @@ class _Stream:
     ) -> None:
         self._out: queue.SimpleQueue = queue.SimpleQueue()
         self._gone = threading.Event()
-        self._done = False
+        self._lock = threading.Lock()
+        self._sink: Callable[[Any], None] | None = None
+        self._done = self._finished = False
         self._t_start = t_start
         self._load_ns = 0
         self._chat = chat
-        gone, out = self._gone, self._out
+        gone, out, me = self._gone, self._out, weakref.ref(self)
 
         def stopped() -> bool:
             return gone.is_set() or (cancel is not None and cancel.is_set())
 
+        def emit(item: Any) -> None:  # queued for a reader, or handed to the pipe's sink
+            stream = me()
+            if stream is None:
+                out.put(item)
+                return
+            with stream._lock:  # not between pipe()'s switch and its draining of the queue
+                if stream._sink is None:
+                    out.put(item)
+                else:
+                    stream._pass(item)
+
         def produce() -> None:
             try:
                 with engine.using(base, num_ctx, keep_alive_s) as (loaded, load_ns):
-                    out.put(("load", load_ns))
+                    emit(("load", load_ns))
                     handler = loaded.server.handle_chat_completions if chat else loaded.server.handle_completions
 
                     def on_chunk(piece: Any) -> bool:  # llama.cpp calls it per chunk; True stops it
-                        out.put(piece)
+                        emit(piece)
                         return stopped()
 
                     # wait for a free slot here, not in llama.cpp's queue: a request whose
@@ -774,22 +789,54 @@ class _Stream:
                     finally:
                         loaded.slots.release()
             except BaseException as exc:  # handed to the caller, raised where it reads
-                out.put(exc)
+                emit(exc)
             finally:
-                out.put(_END)
+                emit(_END)
 
         threading.Thread(target=produce, daemon=True, name="slm-decode").start()
         self._pending: list[Chunk] = []
         # wait for the first piece, so a bad request raises here
         while not self._pending and not self._done:
-            self._pending.extend(self._read())
+            self._pending.extend(self._convert(self._out.get()))
 
-    def _read(self) -> list[Chunk]:
-        """The chunks of the next item from llama.cpp (raises its error)."""
-        item = self._out.get()
+    def pipe(self, sink: Callable[[Any], None]) -> None:
+        """From now on, call `sink` from the decode thread with each Chunk, then None at the end
+        (an error: the exception, then None). Chunks already read go first, in order."""
+        with self._lock:
+            self._sink = sink
+            pending, self._pending = self._pending, []
+            for chunk in pending:
+                sink(chunk)
+            if self._done:
+                sink(None)
+            while True:
+                try:
+                    item = self._out.get_nowait()
+                except queue.Empty:
+                    break
+                self._pass(item)
+
+    def _pass(self, item: Any) -> None:
+        """Convert one item from llama.cpp and hand its chunks to the sink (holding the lock)."""
+        sink = self._sink
+        if self._done or sink is None:
+            return
+        try:
+            chunks = self._convert(item)
+        except BaseException as exc:
+            sink(exc)
+            sink(None)
+            return
+        for chunk in chunks:
+            sink(chunk)
+        if self._done:
+            sink(None)
+
+    def _convert(self, item: Any) -> list[Chunk]:
+        """The chunks of one item from llama.cpp (raises its error)."""
         if item is _END:
             self._done = True
-            return [self._final(None)] if not getattr(self, "_finished", False) else []
+            return [self._final(None)] if not self._finished else []
         if isinstance(item, BaseException):
             self._done = True
             self._gone.set()
@@ -843,7 +890,7 @@ class _Stream:
         while not self._pending:
             if self._done:
                 raise StopIteration
-            self._pending.extend(self._read())
+            self._pending.extend(self._convert(self._out.get()))
         return self._pending.pop(0)
 
     def close(self) -> None:

@@ -395,6 +395,7 @@ def bridge(prepared: Run) -> AsyncIterator[Any]:
     engine stops at the next token, releasing the model for the next request.
     """
     chunks, cancel = prepared
+    chunks_ref = [chunks]
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -413,7 +414,11 @@ def bridge(prepared: Run) -> AsyncIterator[Any]:
         finally:
             put(_SENTINEL)
 
-    threading.Thread(target=worker, daemon=True, name="slm-generate").start()
+    pipe = getattr(chunks, "pipe", None)
+    if pipe is not None:  # the engine's stream: its decode thread hands each chunk to the loop
+        pipe(lambda item: put(_SENTINEL if item is None else item))
+    else:
+        threading.Thread(target=worker, daemon=True, name="slm-generate").start()
 
     async def agen() -> AsyncIterator[Any]:
         try:
@@ -424,6 +429,7 @@ def bridge(prepared: Run) -> AsyncIterator[Any]:
                 yield item
         finally:
             cancel.set()
+            del chunks_ref[:]  # kept alive until here: dropping the stream stops its decode
 
     return agen()
 
