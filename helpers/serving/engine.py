@@ -157,7 +157,7 @@ class LoadedModel:
     expires_at: float = 0.0
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # of the latest request: it wins, as in Ollama
     users: int = 0  # requests holding the model (guarded by the engine's registry lock)
-    slots: threading.Semaphore | None = None  # a free slot per generation running in llama.cpp
+    slots: threading.Semaphore = field(default_factory=threading.Semaphore)  # a free slot per generation
     retired: bool = False  # out of the registry: freed when the last user lets go
     closing: bool = False  # claimed for freeing (exactly one caller frees it)
 
@@ -269,7 +269,13 @@ class Engine:
         self._load_locks: dict[str, threading.Lock] = {}
         # stop llama.cpp's threads before the interpreter tears its modules down
         ref = weakref.ref(self)
-        atexit.register(lambda: (engine := ref()) is not None and engine.close_all())
+
+        def close_at_exit() -> None:
+            engine = ref()
+            if engine is not None:
+                engine.close_all()
+
+        atexit.register(close_at_exit)
 
     # ----- models -------------------------------------------------------------
     @staticmethod
@@ -934,7 +940,7 @@ def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
         and "format" not in out
         and "enum" not in out
     ):
-        out["maxLength"] = max(limit, int(out.get("minLength", 0) or 0))
+        out["maxLength"] = max(limit, int(schema.get("minLength", 0) or 0))
     return out
 
 
@@ -1048,7 +1054,9 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     """
     import json as _json
 
-    calls, kept, end, original = [], [], 0, text
+    calls: list[dict[str, Any]] = []
+    kept: list[str] = []
+    end, original = 0, text
     blocks = [(m.start(), m.end(), m.group(1)) for m in _TOOL_CALL.finditer(text)]
     if not blocks:
         # `<tool_call>` is a special token the detokenizer leaves out: then the answer is the

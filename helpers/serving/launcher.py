@@ -35,7 +35,7 @@ def log_dir() -> Path:
 def _detached() -> dict:
     """Popen arguments that keep a child out of the terminal's Ctrl-C (we stop it ourselves)."""
     if os.name == "nt":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)}  # Windows only
     return {"start_new_session": True}
 
 
@@ -105,7 +105,7 @@ def spawn_server(
             **_detached(),
         )
     finally:
-        if log:
+        if not isinstance(out, int):
             out.close()
 
 

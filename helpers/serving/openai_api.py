@@ -214,7 +214,7 @@ def oa_format(response_format: dict | None) -> bool | dict:
     if kind == "json_object":
         return True
     if kind == "json_schema":
-        spec = response_format.get("json_schema")
+        spec = (response_format or {}).get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise ApiError(

@@ -246,7 +246,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytearray
         await chunks.aclose()
 
 
-def decode(raw: bytes, model_cls):
+def decode(raw: bytes | bytearray, model_cls):
     """The body as `model_cls`: JSON, bounded in depth and size, valid text, right types."""
     # millions of tiny arrays parse for seconds in C, holding the GIL: count them first
     brackets = raw.count(b"[") + raw.count(b"{")
@@ -297,7 +297,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
-def check_json(data: Any, raw: bytes | None = None, max_depth: int = MAX_JSON_DEPTH) -> None:
+def check_json(data: Any, raw: bytes | bytearray | None = None, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Refuse (400) JSON nested deeper than `max_depth` or holding a lone surrogate in a string.
 
     Both parse in Python but break later: deep nesting in validation (RecursionError), a lone
@@ -493,7 +493,9 @@ async def collect(run: Run) -> tuple[str, Chunk]:
         parts.append(item.text)
         if item.done:
             final = item
-    if final is not None and final.done_reason == "cancelled":
+    if final is None:
+        raise ApiError(500, "the generation ended without its last chunk (no timings); send the request again")
+    if final.done_reason == "cancelled":
         raise ApiError(
             503,
             "the generation was cancelled: the server is stopping (or the client went away); send the request again",

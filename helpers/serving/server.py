@@ -40,7 +40,7 @@ from .plumbing import (  # noqa: F401  (re-exported: tests and older code import
     parse_keep_alive,
 )
 
-GRACEFUL_SHUTDOWN_S = 2.0  # then uvicorn cancels what is left, so SIGTERM ends within ~3 s
+GRACEFUL_SHUTDOWN_S = 2  # then uvicorn cancels what is left, so SIGTERM ends within ~3 s
 
 
 def create_app(
@@ -73,7 +73,7 @@ def create_app(
         max_body_bytes=max_body_bytes,
     )
     app.middleware("http")(plumbing.guard)
-    app.add_exception_handler(StarletteHTTPException, plumbing.http_error)
+    app.add_exception_handler(StarletteHTTPException, plumbing.http_error)  # type: ignore[arg-type]  # Starlette's stub wants Exception
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
     return app

