@@ -22,7 +22,7 @@ import pandas as pd
 
 from .cost import ApiPrice, api_price, prices_data_info, query_cost_api
 from .errors import BadInput
-from .routing import Floats, apgr, cpt, heuristic_scores, oracle_router, pgr, quality_at_share, random_router
+from .routing import apgr, cpt, heuristic_scores, oracle_router, pgr, quality_at_share, random_router
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "routellm"
 BENCHMARKS = ("gsm8k", "mmlu")
@@ -375,7 +375,7 @@ def article_claim_at_share(
     share: float = 0.20,
     prices: tuple[ApiPrice, ApiPrice] | None = None,
     *,
-    scores: Floats | None = None,
+    scores: Sequence[float] | np.ndarray | None = None,
     folds: int = 5,
     seed: int = 0,
 ) -> ArticleClaim:
