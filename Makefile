@@ -58,6 +58,7 @@ start: install
 test: prereqs install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 \
 		--nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider --durations=10 $(XDIST) $(PYTEST_ARGS)
 ifeq ($(SITE),1)
@@ -70,11 +71,12 @@ endif
 book: install
 	$(BIN)/slm-course book --execute
 
-# The fast loop while developing: ruff, then the unit and server tests - no notebooks, no browser,
+# The fast loop while developing: ruff and mypy, then the unit and server tests - no notebooks, no browser,
 # none of the few marked slow (make test runs them all).
 check: prereqs install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q \
 		--durations=10 $(XDIST) $(PYTEST_ARGS)
 
@@ -91,4 +93,4 @@ bench: install
 	$(BIN)/slm-course bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

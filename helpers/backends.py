@@ -182,6 +182,25 @@ class Backend(ABC):
     def describe(self) -> str:
         return self.name
 
+    # The optional calls: a backend has them where their name is in `capabilities` (Ollama's API).
+    def show(self, model: str) -> Any:
+        """What the server reports about `model` (Ollama's /api/show)."""
+        raise self._lacks("show")
+
+    def ps(self) -> Any:
+        """The models loaded in memory (Ollama's /api/ps)."""
+        raise self._lacks("ps")
+
+    def pull(self, model: str, progress: bool = True) -> None:
+        """Download `model` onto the server."""
+        raise self._lacks("pull")
+
+    def _lacks(self, call: str) -> CourseError:
+        return CourseError(
+            f"{self.describe()} has no `{call}` call",
+            f"check `'{call}' in backend.capabilities` first, or {INSTALL_OLLAMA}",
+        )
+
 
 # --------------------------------------------------------------------------- Ollama
 class OllamaBackend(Backend):
@@ -537,7 +556,7 @@ class OpenAIBackend(Backend):
     def _consume(self, model, stream, t0) -> Iterator[Result]:
         ttft = t_last = None
         usage = None
-        reason = None
+        reason = ""
         pieces = 0
         try:
             for event in stream:

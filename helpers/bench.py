@@ -29,6 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -178,9 +179,9 @@ def _call_once(
     """(ttft, e2e, final Result) of one chat call, timed on the client."""
     t0 = time.perf_counter()
     if not stream:  # a real `"stream": false` request: the text arrives all at once
-        final = backend.complete(model, messages, options=options)
+        whole = backend.complete(model, messages, options=options)
         e2e = time.perf_counter() - t0
-        return e2e, e2e, final
+        return e2e, e2e, whole
     ttft = None
     final = None
     for piece in backend.stream_chat(model, messages, options=options):
@@ -331,23 +332,23 @@ def run_bench(
     wall = 0.0  # of the measured calls (not the cold and warm-up ones)
     concurrency = check_int("concurrency", concurrency, 1, 64, "e.g. concurrency=4 (the server's slots)")
     per_model = n_runs * len(plist) + warmup + (1 if cold else 0)
-    kw = dict(max_tokens=max_tokens, stream=stream, options=options)
+    measure = partial(measure_call, max_tokens=max_tokens, stream=stream, options=options)
     with tqdm(total=per_model * len(models), desc="bench", unit="call", disable=not progress) as bar:
         for model in models:
             bar.set_description(f"bench {model}")
             if cold:
                 if unload(backend, model):
-                    rows.append(measure_call(backend, model, plist[0], phase="cold", **kw))
+                    rows.append(measure(backend, model, plist[0], phase="cold"))
                 elif progress:
                     bar.write(f"{model}: cannot be unloaded here, so no cold start is measured.")
                 bar.update(1)
             for i in range(warmup):
-                measure_call(backend, model, plist[i % len(plist)], **kw)
+                measure(backend, model, plist[i % len(plist)])
                 bar.update(1)
             jobs = [(run, p) for run in range(n_runs) for p in plist]
 
             def one(job: tuple[int, BenchPrompt], model: str = model) -> BenchRow:
-                row = measure_call(backend, model, job[1], run=job[0], **kw)
+                row = measure(backend, model, job[1], run=job[0])
                 bar.update(1)
                 return row
 
@@ -392,7 +393,8 @@ def summarise(df: pd.DataFrame, *, phase: str = "warm", stream: bool | None = Tr
     for model, group in sel.groupby("model", sort=False):
         for col, label, unit, factor in METRICS:
             values = [v * factor for v in group[col] if v is not None and not pd.isna(v)]
-            if not values:
+            p90 = percentile(values, 90)
+            if p90 is None:  # no values
                 continue
             out.append(
                 {
@@ -400,7 +402,7 @@ def summarise(df: pd.DataFrame, *, phase: str = "warm", stream: bool | None = Tr
                     "metric": label,
                     "unit": unit,
                     "median": round(float(np.median(values)), 1),
-                    "p90": round(percentile(values, 90), 1),
+                    "p90": round(p90, 1),
                     "min": round(min(values), 1),
                     "max": round(max(values), 1),
                     "n": len(values),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Callable, Generic, Iterable, TypeVar, cast
 
 from .errors import BadInput
 
@@ -93,7 +93,8 @@ def values(outcomes: Iterable[Outcome[R]]) -> list[R]:
     for o in outcomes:
         if o.error is not None:
             raise o.error
-    return [o.value for o in outcomes]  # type: ignore[misc]
+    # no error: each call returned, so its value is an R (which may itself allow None)
+    return [cast(R, o.value) for o in outcomes]
 
 
 __all__ = ["Outcome", "map_concurrent", "values", "default_concurrency", "DEFAULT_CONCURRENCY"]

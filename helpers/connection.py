@@ -144,7 +144,7 @@ def connect_large(small_backend: Backend | None = None, *, verbose: bool = True)
     s = get_settings()
     local_url = "openai.com" not in s.large_base_url
     if s.has_key or local_url:
-        backend = OpenAIBackend(s.large_base_url)
+        backend: Backend = OpenAIBackend(s.large_base_url)
         tier = LargeTier(backend, s.large_model, False, f"{s.large_model} at {redact_url(s.large_base_url)}")
     else:
         backend = small_backend or connect(verbose=False)

@@ -491,7 +491,7 @@ def monthly_cost_curves(
         raise BadInput(f"max_queries must be positive, got {max_queries}", "e.g. 1_000_000")
     step = max_queries / (points - 1)
     queries = [round(i * step) for i in range(points)]
-    data: dict[str, list[float]] = {"queries_per_month": queries}
+    data: dict[str, Sequence[float]] = {"queries_per_month": queries}  # whole queries, then USD
     for p in resolved:
         data[p.model] = [round(q * evens[p.model].api_usd_per_query, 2) for q in queries]
     cap = any_even.capacity_per_month

@@ -67,7 +67,8 @@ def mixed_tasks(n: int, *, seed: int = 0, kinds: Sequence[str] | None = None) ->
     if n > len(tasks):
         raise BadInput(f"asked for {n} tasks, the prompt set has {len(tasks)}", f"use n <= {len(tasks)}")
     rng = random.Random(seed)
-    simple, complex_ = [], []
+    simple: list[Task] = []
+    complex_: list[Task] = []
     for t in tasks:
         (simple if is_simple_task(t.prompt) else complex_).append(t)
     n_simple = round(n * len(simple) / len(tasks))
@@ -293,6 +294,7 @@ class HybridApp:
         entries = self.log
         labels = [r.label for r in entries]
         per_route: dict[str, list[float]] = {}
+        large_s = [r.always_large_s for r in entries if r.always_large_s is not None]
         for r in entries:
             per_route.setdefault(r.label, []).append(r.decision.latency_s)
         return Totals(
@@ -305,11 +307,7 @@ class HybridApp:
             median_latency_s={k: statistics.median(v) for k, v in per_route.items()},
             p95_latency_s=percentile([r.decision.latency_s for r in entries], 95),
             latency_s=sum(r.decision.latency_s for r in entries),
-            always_large_s=(
-                sum(r.always_large_s for r in entries)
-                if entries and all(r.always_large_s is not None for r in entries)
-                else None
-            ),
+            always_large_s=sum(large_s) if entries and len(large_s) == len(entries) else None,
             baseline_measured=sum(r.baseline_measured for r in entries),
         )
 

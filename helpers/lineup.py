@@ -117,7 +117,7 @@ def _context(show: Any) -> int | None:
     value = info.get(f"{arch}.context_length") if arch else None
     if value is None:
         value = next((v for k, v in info.items() if k.endswith(".context_length")), None)
-    return int(value) if isinstance(value, (int, float)) or str(value).isdigit() else None
+    return int(value) if isinstance(value, (int, float)) or (value is not None and str(value).isdigit()) else None
 
 
 def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
@@ -135,7 +135,7 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
     for name in names:
         c = card(name)
         have = resolve(name, available)
-        row = {
+        row: dict[str, Any] = {
             "model": name,
             "article": "yes" if c and c.seed else "",
             "on server": have or "",
@@ -155,8 +155,9 @@ def enrich_from_show(backend: Backend, names: Sequence[str]) -> pd.DataFrame:
             row["quantization"] = getattr(show.details, "quantization_level", "") or row["quantization"]
             licence = next((ln.strip() for ln in (show.license or "").splitlines() if ln.strip()), "")
             row["licence"] = row["licence"] or licence[:40]
-            if sizes.get(have):
-                row["size (GB)"] = round(sizes[have] / GB, 3)
+            size = sizes.get(have)
+            if size:
+                row["size (GB)"] = round(size / GB, 3)
             row["source"] = "server (/api/tags, /api/show)" + (" + registry" if c else "")
         elif have and c and (c.bundled or c.offline):
             from .serving.weights import local_model_path

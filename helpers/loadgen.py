@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound, pull_hint
 from .net import is_loopback_host
@@ -424,7 +424,7 @@ async def run_load_async(
     return result
 
 
-def _run_sync(make: Callable[[], Awaitable[T]]) -> T:
+def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, also when an event loop is already
     running in this thread (Jupyter): then a helper thread runs it on its own loop."""
     try:

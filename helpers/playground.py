@@ -23,6 +23,7 @@ from .cost import TABLE_MODELS, ApiPrice, api_price, query_cost_api
 from .dashboard import figure_png
 from .errors import BadInput, CourseError
 from .results import Metrics, Result
+from .routing import Floats
 from .settings import get_settings
 
 START_PROMPT = "Why is the sky blue? Answer in two sentences."
@@ -223,11 +224,11 @@ class TradeoffPoint:
 
 
 def tradeoff_point(
-    q_small: Sequence[float],
-    q_large: Sequence[float],
-    scores: Sequence[float],
-    cost_small: Sequence[float],
-    cost_large: Sequence[float],
+    q_small: Floats,
+    q_large: Floats,
+    scores: Floats,
+    cost_small: Floats,
+    cost_large: Floats,
     threshold: float,
 ) -> TradeoffPoint:
     """Send a prompt to the large model when its score >= threshold; what that gives.
@@ -259,20 +260,20 @@ class ThresholdExplorer:
 
     def __init__(
         self,
-        q_small: Sequence[float],
-        q_large: Sequence[float],
-        scores: Sequence[float],
-        cost_small: Sequence[float],
-        cost_large: Sequence[float],
+        q_small: Floats,
+        q_large: Floats,
+        scores: Floats,
+        cost_small: Floats,
+        cost_large: Floats,
         *,
         score_name: str = "router score",
         threshold: float | None = None,
     ) -> None:
         import ipywidgets as widgets
 
-        self.data = tuple(np.asarray(a, dtype=float) for a in (q_small, q_large, scores, cost_small, cost_large))
+        qs, ql, sc, cs, cl = (np.asarray(a, dtype=float) for a in (q_small, q_large, scores, cost_small, cost_large))
+        self.data = (qs, ql, sc, cs, cl)
         tradeoff_point(*self.data, threshold=0.0)  # validates the data once
-        sc = self.data[2]
         self.integer = bool(np.all(sc == np.round(sc)))
         step = 1.0 if self.integer else 0.01
         top = float(sc.max()) + step  # above every score: everything small

@@ -252,7 +252,7 @@ def paired_frame(small: Sequence[EvalRecord], large: Sequence[EvalRecord], eval_
     rows = []
     for s in small:
         g = by_id[s.task_id]
-        row = {
+        row: dict[str, Any] = {
             "task_id": s.task_id,
             "eval_set": eval_set,
             "category": s.category,

@@ -375,7 +375,7 @@ def article_claim_at_share(
     share: float = 0.20,
     prices: tuple[ApiPrice, ApiPrice] | None = None,
     *,
-    scores: Sequence[float] | None = None,
+    scores: Sequence[float] | np.ndarray | None = None,
     folds: int = 5,
     seed: int = 0,
 ) -> ArticleClaim:
@@ -385,14 +385,14 @@ def article_claim_at_share(
     if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         raise BadInput(f"share must be in [0, 1], got {share!r}", "e.g. share=0.2 for 20% strong calls")
     q_weak, q_strong = _qualities(df)
-    scores = out_of_fold_router_scores(df, folds=folds, seed=seed) if scores is None else np.asarray(scores, float)
+    ranking = out_of_fold_router_scores(df, folds=folds, seed=seed) if scores is None else np.asarray(scores, float)
     weak_price, strong_price = prices or default_prices()
     input_tokens, out_weak, out_strong, note = _token_counts(df)
     usd_weak = np.array([query_cost_api(weak_price, int(i), int(o)) for i, o in zip(input_tokens, out_weak)])
     usd_strong = np.array([query_cost_api(strong_price, int(i), int(o)) for i, o in zip(input_tokens, out_strong)])
-    quality = quality_at_share(q_weak, q_strong, scores, share)
+    quality = quality_at_share(q_weak, q_strong, ranking, share)
     # the same ranking, ties and partial boundary prompt as the quality: "quality" here is USD per prompt
-    usd_routed = quality_at_share(usd_weak, usd_strong, scores, share)
+    usd_routed = quality_at_share(usd_weak, usd_strong, ranking, share)
     weak_mean, strong_mean = float(q_weak.mean()), float(q_strong.mean())
     oracle = quality_at_share(q_weak, q_strong, oracle_router(q_weak, q_strong), share)
     return ArticleClaim(

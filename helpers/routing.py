@@ -27,7 +27,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeAlias
 
 import numpy as np
 
@@ -36,6 +36,8 @@ from .errors import BackendUnavailable, BadInput, MissingKey, ModelNotFound
 logger = logging.getLogger(__name__)
 
 SHARES = np.round(np.linspace(0.0, 1.0, 11), 10)  # 0%, 10%, ..., 100% large-model calls
+#: Numbers per prompt (qualities, scores, shares): a list or a NumPy array, read with np.asarray.
+Floats: TypeAlias = Sequence[float] | np.ndarray
 LONG_PROMPT_WORDS = 120
 
 # Phrases that signal reasoning, as the article's sketch suggests (matched as whole words).
@@ -172,7 +174,7 @@ class LearnedRouter:
         self.C = C
         self.ngram_range = ngram_range
         self.threshold = threshold  # route() sends a prompt small when P(small enough) >= this
-        self.pipeline = None
+        self.pipeline: Any = None  # a fitted sklearn Pipeline (sklearn ships no type information)
 
     def fit(self, examples: Iterable[RoutingExample | tuple | dict]) -> "LearnedRouter":
         """Train on (prompt, small_correct, large_correct) records; returns self."""
@@ -234,7 +236,7 @@ def random_router(n: int | Sequence[str], *, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(count)
 
 
-def oracle_router(q_small: Sequence[float], q_large: Sequence[float]) -> np.ndarray:
+def oracle_router(q_small: Floats, q_large: Floats) -> np.ndarray:
     """Scores of the best possible router, which knows the answers: the large model's gain."""
     return np.asarray(q_large, dtype=float) - np.asarray(q_small, dtype=float)
 
@@ -255,9 +257,7 @@ def _arrays(q_small, q_large, scores=None):
     return arrays
 
 
-def quality_at_share(
-    q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float], share: float
-) -> float:
+def quality_at_share(q_small: Floats, q_large: Floats, scores: Floats, share: float) -> float:
     """Mean quality when the `share` of prompts with the highest scores go to the large model.
 
     Ties in the scores are broken at random *in expectation* (a constant-score router is the
@@ -287,13 +287,13 @@ def pgr(q_router: float, q_small: float, q_large: float) -> float:
     return (q_router - q_small) / (q_large - q_small)
 
 
-def area_under(x: Sequence[float], y: Sequence[float]) -> float:
+def area_under(x: Floats, y: Floats) -> float:
     """The area under y(x) by the trapezoid rule: APGR when y is PGR over shares 0..1. NaN if y has NaN."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
 
 
-def first_crossing(x: Sequence[float], y: Sequence[float], target: float) -> float:
+def first_crossing(x: Floats, y: Floats, target: float) -> float:
     """The smallest x at which y reaches `target`, interpolated linearly between grid points;
     NaN if y never does (or has NaN: no quality gap). CPT when y is PGR over shares.
 
@@ -313,10 +313,10 @@ def first_crossing(x: Sequence[float], y: Sequence[float], target: float) -> flo
 
 
 def quality_curves(
-    q_small: Sequence[float],
-    q_large: Sequence[float],
-    scores: Mapping[str, Sequence[float]],
-    shares: Sequence[float] = SHARES,
+    q_small: Floats,
+    q_large: Floats,
+    scores: Mapping[str, Floats],
+    shares: Floats = SHARES,
     *,
     baselines: bool = True,
 ):
@@ -359,19 +359,17 @@ def _pgr_curve(q_small, q_large, scores, shares) -> tuple[np.ndarray, np.ndarray
     return shares, p
 
 
-def apgr(
-    q_small: Sequence[float], q_large: Sequence[float], scores: Sequence[float], shares: Sequence[float] = SHARES
-) -> float:
+def apgr(q_small: Floats, q_large: Floats, scores: Floats, shares: Floats = SHARES) -> float:
     """Average PGR over large-model shares 0..100% (trapezoid rule). Random = 0.5, oracle > it."""
     return area_under(*_pgr_curve(q_small, q_large, scores, shares))
 
 
 def cpt(
-    q_small: Sequence[float],
-    q_large: Sequence[float],
-    scores: Sequence[float],
+    q_small: Floats,
+    q_large: Floats,
+    scores: Floats,
     target: float = 0.5,
-    shares: Sequence[float] = SHARES,
+    shares: Floats = SHARES,
 ) -> float:
     """Call-performance threshold: the smallest share of large-model calls whose PGR reaches
     `target` (0.5 for CPT(50%)), interpolated linearly between grid points; NaN if never."""
@@ -645,7 +643,7 @@ def cascade(
             log,
         )
     large_cost = _cost(cost_fn, "large", result)
-    total = None if cost_fn is None else small_cost + large_cost
+    total = None if small_cost is None or large_cost is None else small_cost + large_cost  # None: no cost_fn
     return _record(
         Decision(
             "large",

@@ -187,7 +187,7 @@ def _seccomp_program(machine: str) -> bytes | None:
     if arch is None:
         return None
     column = 0 if machine == "x86_64" else 1
-    denied = sorted({nr[column] for nr in _DENIED.values() if nr[column] is not None})
+    denied = sorted({n for n in (nr[column] for nr in _DENIED.values()) if n is not None})
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|.., BPF_RET
     results = {"allow": 0x7FFF0000, "eperm": 0x00050000 | 1, "enosys": 0x00050000 | 38}
     # (opcode, k, jump-if-true, jump-if-false): a jump names a result, None = next instruction
@@ -625,7 +625,7 @@ class _Box:
             posix = os.name == "posix"
             cpu_s = int(math.ceil(timeout_s)) + 1
             startup = None
-            if not posix and fds:  # Windows: the pipes' handles are inherited, named in the config
+            if sys.platform == "win32" and fds:  # the pipes' handles are inherited, named in the config
                 startup = subprocess.STARTUPINFO()
                 startup.lpAttributeList = {"handle_list": [_child_fd(fd) for fd in fds]}
                 fds = ()
@@ -802,7 +802,7 @@ def run_check(
 def _child_fd(fd: int) -> int:
     """What names pipe end `fd` in a child: the fd itself (POSIX, with pass_fds), or its
     inheritable handle (Windows; the inner program opens an fd on it)."""
-    if os.name == "posix":
+    if sys.platform != "win32":  # (sys.platform rather than os.name: type checkers read it)
         return fd
     import msvcrt
 
@@ -831,26 +831,22 @@ def _check(
     verdict_r, verdict_w = os.pipe()  # test -> grader: the verdict
     ends = {calls_r, calls_w, replies_r, replies_w, verdict_w}
     boxes: list[_Box] = []
-    limits = dict(guard=guard, memory_mb=memory_mb, timeout_s=timeout_s, max_file_mb=max_file_mb)
+    new_box = functools.partial(  # both boxes: the same layers and limits
+        _Box, iso, work, guard=guard, memory_mb=memory_mb, timeout_s=timeout_s, max_file_mb=max_file_mb
+    )
     try:
         deadline = time.perf_counter() + timeout_s
         common = {"entry": entry_point, "limit": MESSAGE_LIMIT}
-        answer = _Box(
-            iso,
-            work,
+        answer = new_box(
             "candidate",
             {"code": code},
-            **limits,
             config={**common, "calls_in": _child_fd(calls_r), "calls_out": _child_fd(replies_w)},
             pass_fds=(calls_r, replies_w),
         )
         boxes.append(answer)
-        tester = _Box(
-            iso,
-            work,
+        tester = new_box(
             "harness",
             {"setup": setup, "test": test, "token": token},
-            **limits,
             config={
                 **common,
                 "calls_in": _child_fd(replies_r),

@@ -199,6 +199,17 @@ def test_capabilities_unload_and_model_size_are_declared_not_guessed(embedded, o
     assert server.unload(BUNDLED) is True and BUNDLED not in [m.model for m in server.ps().models]
 
 
+def test_optional_calls_a_backend_lacks_raise_a_course_error_with_the_next_step(embedded):
+    # every Backend declares show / ps / pull; one without the capability says so instead of an AttributeError
+    api = OpenAIBackend("http://127.0.0.1:9/v1")  # nothing is sent: these calls fail before any request
+    for backend in (embedded, api):
+        for call, args in (("show", (BUNDLED,)), ("ps", ()), ("pull", (BUNDLED, False))):
+            assert call not in backend.capabilities
+            with pytest.raises(CourseError, match=f"has no `{call}` call") as err:
+                getattr(backend, call)(*args)
+            assert f"'{call}' in backend.capabilities" in err.value.hint and "ollama" in err.value.hint.lower()
+
+
 def test_unknown_model_names_the_next_step(embedded):
     with pytest.raises(ModelNotFound) as info:
         embedded.generate("llama2:7b", "hello")

@@ -40,6 +40,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..paths import course_root
@@ -79,7 +80,7 @@ def run_facts(host: str | None) -> dict:
     from ..settings import redact_url
 
     m = machine_summary()
-    facts = {
+    facts: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{m['cpu']}, {m['cores_usable']} cores, {m['ram_total_gb']:.0f} GB RAM, Python {m['python']}",
         "host": redact_url(host) if host else None,
