@@ -17,6 +17,7 @@ from functools import cache
 import pandas as pd
 
 from .errors import BadInput
+from .validate import check_int
 
 MTOK = 1_000_000
 HOURS_PER_YEAR = 365.25 * 24
@@ -362,8 +363,7 @@ def million_queries_table(
     is what "$0 after hardware" leaves out. Money is rounded to cents, so the table is stable.
     """
     _check_tokens(input_tokens=input_tokens, output_tokens=output_tokens)
-    if not isinstance(n_queries, int) or n_queries <= 0:
-        raise BadInput(f"n_queries must be a positive integer, got {n_queries!r}", "e.g. 1_000_000")
+    n_queries = check_int("n_queries", n_queries, 1, None, "e.g. 1_000_000")
     rows = []
     for item in models:
         price = item if isinstance(item, ApiPrice) else api_price(item, when=when)

@@ -26,9 +26,9 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound, pull_hint
 from .net import is_loopback_host
-from .options import check_int
 from .results import percentile
-from .settings import get_settings, normalise_host
+from .settings import get_settings, normalise_host, reveal
+from .validate import check_int
 
 T = TypeVar("T")
 
@@ -234,7 +234,7 @@ def check_target(host: str | None, *, allow_remote: bool = False) -> str:
 def _auth_headers() -> dict[str, str]:
     """`Authorization: Bearer $OLLAMA_API_KEY` when that is set, as the `ollama` client sends it
     (a shared `slm-course serve --api-key` requires it)."""
-    key = get_settings().ollama_api_key
+    key = reveal(get_settings().ollama_api_key)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
