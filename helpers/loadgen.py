@@ -28,7 +28,7 @@ from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound,
 from .net import is_loopback_host
 from .results import percentile
 from .settings import get_settings, normalise_host, reveal
-from .validate import check_int
+from .validate import check_int, check_number
 
 T = TypeVar("T")
 
@@ -198,15 +198,7 @@ class LoadResult:
 
 # --------------------------------------------------------------------------- checks
 def _check_seconds(name: str, value: Any, hint: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or value != value
-        or value == float("inf")
-    ):
-        raise BadInput(f"{name} must be a positive number of seconds, got {value!r}", hint)
-    return float(value)
+    return check_number(f"{name} (seconds)", value, 0, None, hint, above=True)
 
 
 def check_target(host: str | None, *, allow_remote: bool = False) -> str:

@@ -24,6 +24,7 @@ the `:latest` (the registry's cards, the engine's models), so `base_name` is its
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Union
 
 import numpy as np
@@ -56,6 +57,21 @@ def check_int(name: str, value: Any, lo: int, hi: int | None, hint: str) -> int:
         span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
         raise BadInput(f"{name} must be a whole number {span}, got {value!r}", hint)
     return int(value)
+
+
+def check_number(name: str, value: Any, lo: float, hi: float | None, hint: str, *, above: bool = False) -> float:
+    """`value` as a float when it is a finite number (not a bool) from `lo` to `hi` - or, with
+    `above`, greater than `lo` (hi None: no upper bound) - else BadInput with `hint`.
+
+    >>> check_number("fill", 0.25, 0, 0.75, "e.g. 0.25", above=True)
+    0.25
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not (lo < value if above else lo <= value) or value > (hi or math.inf):
+        low = f"above {lo:g}" if above else f"from {lo:g}"
+        span = low if hi is None else f"{low} to {hi:g}"
+        raise BadInput(f"{name} must be a number {span}, got {value!r}", hint)
+    return float(value)
 
 
 # --------------------------------------------------------------------------- model names

@@ -15,7 +15,15 @@ import pytest
 from conftest import BUNDLED, ROOT
 from helpers.backends import EmbeddedBackend, OllamaBackend
 from helpers.errors import BadInput
-from helpers.validate import base_name, check_format, check_int, check_messages, openai_messages, same_model
+from helpers.validate import (
+    base_name,
+    check_format,
+    check_int,
+    check_messages,
+    check_number,
+    openai_messages,
+    same_model,
+)
 
 HI = {"role": "user", "content": "Hi"}
 NO_NAME = {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]}
@@ -159,6 +167,22 @@ def test_whole_numbers_are_checked_by_one_function_everywhere(value):
         with pytest.raises(BadInput, match="must be a whole number"):
             call()
     assert check_int("n", np.int32(3), 1, 3, "e.g. 3") == 3 and type(check_int("n", np.int32(3), 1, 3, "")) is int
+
+
+@pytest.mark.parametrize("value", [True, float("nan"), float("inf"), -1.0, "2", None])
+def test_positive_numbers_are_checked_by_one_function_everywhere(value):
+    from helpers.cost import LocalAssumptions, local_cost_per_mtok
+    from helpers.edge import kv_cache_bytes, weights_bytes
+
+    calls = [
+        lambda: check_number("x", value, 0, None, "e.g. 2", above=True),
+        lambda: weights_bytes(value, 4.0),
+        lambda: kv_cache_bytes(1, 1, 1, 1, bytes_per_element=value),
+        lambda: local_cost_per_mtok(value, LocalAssumptions(300.0, 0.3, 2000.0, 3.0, 0.5)),
+    ]
+    for call in calls:
+        with pytest.raises(BadInput, match="must be a number"):
+            call()
 
 
 def test_model_names_have_one_canonical_form():
