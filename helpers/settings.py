@@ -1,5 +1,10 @@
 """Configuration, read in one place from environment variables (and an optional `.env`).
 
+`get_settings()` reads them through pydantic-settings: the environment first, then the nearest
+`.env` (the working folder or a parent); an empty variable means its default; a value that cannot
+be read is a BadInput naming the variable and the fix. The three keys are `SecretStr`
+(`reveal(key)` to send one) and `repr(settings)` shows every field with the keys as set / not set.
+
 | variable            | default                    | meaning                                          |
 |---------------------|----------------------------|--------------------------------------------------|
 | OLLAMA_HOST         | http://127.0.0.1:11434     | where Ollama (or `slm-course serve`) listens     |
