@@ -494,7 +494,7 @@ class Engine:
 
     @staticmethod
     def response_format(fmt: bool | str | dict | None) -> dict | None:
-        """llama.cpp's `response_format` for Ollama's `format`: None, JSON (True), or a JSON schema.
+        """llama.cpp's `response_format` for Ollama's `format`: None, JSON ("json" or True), or a JSON schema.
 
         A schema is checked first (check_schema), then compiled by llama.cpp's own converter, so a
         bad one is a BadInput before any model work. A string without `maxLength` gets
@@ -502,8 +502,8 @@ class Engine:
         starts repeating inside a string stops there instead of running into num_predict with the
         JSON left open (see bounded_schema).
         """
-        fmt = check_format("json" if fmt is True else (fmt or None))
-        if fmt is None or fmt == {}:
+        fmt = check_format("json" if fmt is True else (fmt or None))  # {} or False: no constraint
+        if fmt is None:
             return None
         if fmt == "json":
             return {"type": "json_object"}
