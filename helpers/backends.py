@@ -32,11 +32,10 @@ from .errors import (
 )
 from .options import Options
 from .results import Metrics, Result, collect
-from .settings import get_settings, redact_url
+from .settings import get_settings, redact_url, reveal
+from .validate import Format, base_name, check_format, check_messages, check_model, openai_messages, same_model
 
-Messages = list[dict[str, str]]
-#: A JSON answer: "json", or a JSON schema the answer must follow (Ollama's `format`).
-Format = Union[str, dict, None]
+Messages = list[dict[str, Any]]
 #: How long Ollama keeps waiting for a model to leave memory after `keep_alive: 0`.
 UNLOAD_TIMEOUT_S = 30.0
 
@@ -71,33 +70,9 @@ def _check_prompt(prompt: Any) -> str:
     return prompt
 
 
-def _check_messages(messages: Any) -> Messages:
-    if not isinstance(messages, list) or not messages:
-        raise BadInput("messages must be a non-empty list", 'pass e.g. [{"role": "user", "content": "Hello"}]')
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise BadInput(
-                f"message {i} must be a dict with string 'role' and 'content'",
-                'each message looks like {"role": "user", "content": "..."}',
-            )
-    if not any(m["content"].strip() for m in messages if m["role"] == "user"):
-        raise BadInput("no user message has any text", "add a user message with a question")
-    return messages
-
-
-def _check_model(model: Any) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise BadInput("no model name given", "pass a model name such as 'smollm2:135m' (see `backend.list_models()`)")
-    return model.strip()
-
-
-def _check_format(format: Any) -> Format:
-    if format is None or format == "json" or isinstance(format, dict):
-        return format
-    raise BadInput(
-        f'format must be "json" or a JSON schema (a dict), got {format!r}',
-        'pass format="json", or a schema such as {"type": "object", "properties": {...}}',
-    )
+def _user_messages(messages: Any) -> Messages:
+    """A lesson's messages, checked as every layer checks them, and with some user text."""
+    return check_messages(messages, need_user_text=True)
 
 
 OptionsIn = Union[Options, Mapping[str, Any], None]
@@ -135,13 +110,13 @@ class Backend(ABC):
 
     def stream_chat(self, model: str, messages: Messages, *, options: OptionsIn = None) -> Iterator[Result]:
         """Chat with a list of messages, yielding the answer piece by piece."""
-        return self._stream_chat(_check_model(model), _check_messages(messages), Options.parse(options))
+        return self._stream_chat(check_model(model), _user_messages(messages), Options.parse(options))
 
     def stream_generate(
         self, model: str, prompt: str, *, system: str | None = None, options: OptionsIn = None
     ) -> Iterator[Result]:
         """Complete one prompt (with an optional system prompt), yielding pieces."""
-        return self._stream_generate(_check_model(model), _check_prompt(prompt), system, Options.parse(options))
+        return self._stream_generate(check_model(model), _check_prompt(prompt), system, Options.parse(options))
 
     def chat(self, model: str, messages: Messages, *, options: OptionsIn = None) -> Result:
         """Chat with a list of messages; the whole answer with its metrics."""
@@ -159,7 +134,7 @@ class Backend(ABC):
         first token, so `metrics.ttft_s` is the whole request's time.
         """
         return self._complete(
-            _check_model(model), _check_messages(messages), Options.parse(options), _check_format(format)
+            check_model(model), _user_messages(messages), Options.parse(options), check_format(format)
         )
 
     def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
@@ -177,7 +152,7 @@ class Backend(ABC):
 
     def has_model(self, model: str) -> bool:
         names = self.list_models()
-        return model in names or f"{model}:latest" in names or model.removesuffix(":latest") in names
+        return any(same_model(model, n) for n in names)
 
     def describe(self) -> str:
         return self.name
@@ -220,7 +195,8 @@ class OllamaBackend(Backend):
         self.timeout = timeout or settings.timeout
         self.keep_alive = keep_alive
         # the key of a shared `slm-course serve --api-key`, from settings (never printed)
-        headers = {"authorization": f"Bearer {settings.ollama_api_key}"} if settings.ollama_api_key else None
+        key = reveal(settings.ollama_api_key)
+        headers = {"authorization": f"Bearer {key}"} if key else None
         self.client = ollama.Client(host=self.host, headers=headers, timeout=httpx.Timeout(self.timeout, connect=5.0))
 
     @property
@@ -304,7 +280,7 @@ class OllamaBackend(Backend):
         return infos
 
     def show(self, model: str) -> Any:
-        return self._call(self.client.show, _check_model(model), for_model=model)
+        return self._call(self.client.show, check_model(model), for_model=model)
 
     def ps(self) -> Any:
         return self._call(self.client.ps)
@@ -315,7 +291,7 @@ class OllamaBackend(Backend):
 
         bar = None
         try:
-            for update in self._call(self.client.pull, _check_model(model), stream=True, for_model=model):
+            for update in self._call(self.client.pull, check_model(model), stream=True, for_model=model):
                 if update.total and update.completed is not None and progress:
                     if bar is None or bar.total != update.total:
                         if bar is not None:
@@ -408,27 +384,26 @@ class OllamaBackend(Backend):
         for m in self.ps().models:
             for n in (m.model, getattr(m, "name", None)):
                 if n:
-                    names |= {n, n.removesuffix(":latest")}
+                    names |= {n, base_name(n)}
         return names
 
     def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
         """Ollama (and `slm-course serve`) unload a model when a request sets `keep_alive: 0`."""
-        model = _check_model(model)
+        model = check_model(model)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             # asked again every 1.5 s: a request that was still finishing may have renewed the lease
             self._call(self.client.generate, model=model, prompt="", keep_alive=0, for_model=model)
             retry_at = min(deadline, time.monotonic() + 1.5)
             while time.monotonic() < retry_at:
-                if model.removesuffix(":latest") not in self._loaded():
+                if base_name(model) not in self._loaded():
                     return True
                 time.sleep(0.2)
         return False
 
     def model_size(self, model: str) -> int | None:
         """The size /api/tags reports for the model."""
-        base = model.removesuffix(":latest")
-        return next((i.size_bytes for i in self.list_model_info() if i.name.removesuffix(":latest") == base), None)
+        return next((i.size_bytes for i in self.list_model_info() if same_model(i.name, model)), None)
 
 
 def _ollama(options: Options | None) -> dict[str, Any] | None:
@@ -458,7 +433,7 @@ class OpenAIBackend(Backend):
 
         settings = get_settings()
         self.base_url = (base_url or settings.large_base_url).rstrip("/")
-        key = api_key or settings.openai_api_key
+        key = api_key or reveal(settings.openai_api_key)
         if not key:
             if "api.openai.com" in self.base_url:
                 raise MissingKey(
@@ -519,7 +494,7 @@ class OpenAIBackend(Backend):
         try:
             stream = self.client.chat.completions.create(
                 model=model,
-                messages=messages,
+                messages=openai_messages(messages),
                 stream=True,
                 stream_options={"include_usage": True},
                 **(options.openai_params() if options else {}),
@@ -536,7 +511,9 @@ class OpenAIBackend(Backend):
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": format}}
         t0 = time.perf_counter()
         try:
-            resp = self.client.chat.completions.create(model=model, messages=messages, stream=False, **params)
+            resp = self.client.chat.completions.create(
+                model=model, messages=openai_messages(messages), stream=False, **params
+            )
         except Exception as exc:
             raise self._translate(exc, model) from exc
         e2e = time.perf_counter() - t0
@@ -663,14 +640,12 @@ class EmbeddedBackend(Backend):
     def _complete(self, model, messages, options, format):
         t0 = time.perf_counter()
         # the engine compiles "json" or a schema into a grammar, as Ollama does
-        chunks = self.engine.stream(
-            model, messages=messages, options=options, json_format=True if format == "json" else (format or False)
-        )
+        chunks = self.engine.stream(model, messages=messages, options=options, json_format=format)
         return _all_at_once(collect(self._wrap(model, chunks, t0)))
 
     def unload(self, model: str, *, timeout_s: float = UNLOAD_TIMEOUT_S) -> bool:
         """The engine frees the model at once."""
-        self.engine.unload(_check_model(model))
+        self.engine.unload(check_model(model))
         return True
 
     def model_size(self, model: str) -> int | None:

@@ -39,10 +39,11 @@ import pandas as pd
 from .backends import UNLOAD_TIMEOUT_S, Backend, EmbeddedBackend, model_infos
 from .concurrency import map_concurrent, values
 from .errors import BadInput, CourseError, ModelNotFound, pull_hint
-from .options import Options, check_int
+from .options import Options
 from .paths import course_root
 from .registry import PREFERENCE, course_order, matches
 from .results import percentile
+from .validate import check_int
 
 MAX_RUNS = 1000
 MAX_TOKENS_LIMIT = 8192

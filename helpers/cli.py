@@ -15,9 +15,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .serving.server import serve
-    from .settings import get_settings
+    from .settings import get_settings, reveal
 
-    key = args.api_key or get_settings().serve_api_key
+    key = args.api_key or reveal(get_settings().serve_api_key)
     return serve(args.host, args.port, api_key=key, insecure_open=args.insecure_open, log_level=args.log_level)
 
 

@@ -9,12 +9,11 @@ that item (`Outcome.error`); `values()` raises the first one, for callers that m
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, TypeVar, cast
 
-from .errors import BadInput
+from .validate import check_int
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,8 +38,9 @@ class Outcome(Generic[R]):
 
 def default_concurrency() -> int:
     """OLLAMA_NUM_PARALLEL when it is set (what the server decodes at once), else 4."""
-    raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
-    return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_CONCURRENCY else DEFAULT_CONCURRENCY
+    from .settings import get_settings
+
+    return min(get_settings().num_parallel, MAX_CONCURRENCY)
 
 
 def map_concurrent(
@@ -60,11 +60,7 @@ def map_concurrent(
 
     items = list(items)
     n = default_concurrency() if concurrency is None else concurrency
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CONCURRENCY:
-        raise BadInput(
-            f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got {n!r}",
-            "e.g. concurrency=4 (what the server decodes at once)",
-        )
+    n = check_int("concurrency", n, 1, MAX_CONCURRENCY, "e.g. concurrency=4 (what the server decodes at once)")
 
     def call(pair: tuple[int, T]) -> Outcome[R]:
         i, item = pair

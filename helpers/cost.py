@@ -17,6 +17,7 @@ from functools import cache
 import pandas as pd
 
 from .errors import BadInput
+from .validate import check_int, check_number
 
 MTOK = 1_000_000
 HOURS_PER_YEAR = 365.25 * 24
@@ -283,16 +284,9 @@ def _per_busy_second(a: LocalAssumptions) -> tuple[float, float, float]:
 
 
 def _check_tps(tokens_per_s: float, what: str = "tokens_per_s") -> None:
-    if (
-        not isinstance(tokens_per_s, (int, float))
-        or isinstance(tokens_per_s, bool)
-        or not math.isfinite(tokens_per_s)
-        or tokens_per_s <= 0
-    ):
-        raise BadInput(
-            f"{what} must be a positive number, got {tokens_per_s!r}",
-            "measure it first (lesson 03): eval_count / eval_duration * 1e9",
-        )
+    check_number(
+        what, tokens_per_s, 0, None, "measure it first (lesson 03): eval_count / eval_duration * 1e9", above=True
+    )
 
 
 def local_cost_per_mtok(tokens_per_s: float, assumptions: LocalAssumptions) -> LocalCost:
@@ -362,8 +356,7 @@ def million_queries_table(
     is what "$0 after hardware" leaves out. Money is rounded to cents, so the table is stable.
     """
     _check_tokens(input_tokens=input_tokens, output_tokens=output_tokens)
-    if not isinstance(n_queries, int) or n_queries <= 0:
-        raise BadInput(f"n_queries must be a positive integer, got {n_queries!r}", "e.g. 1_000_000")
+    n_queries = check_int("n_queries", n_queries, 1, None, "e.g. 1_000_000")
     rows = []
     for item in models:
         price = item if isinstance(item, ApiPrice) else api_price(item, when=when)

@@ -28,6 +28,7 @@ from .evals import Task, open_prompts
 from .results import Result, percentile
 from .routing import FALLBACK_ERRORS, Decision, FallbackWarning, is_simple_task, smart_routing
 from .settings import get_settings
+from .validate import check_int
 
 TABLE_STYLE = (
     "<style>.slm-dashboard table {border-collapse: collapse; font-size: 12px}"
@@ -61,8 +62,7 @@ def price_for(model: str | None = None, *, default: str | None = None) -> tuple[
 def mixed_tasks(n: int, *, seed: int = 0, kinds: Sequence[str] | None = None) -> list[Task]:
     """`n` tasks from the kit's prompt set, simple and complex (by `is_simple_task`) in the
     set's own proportion but at least one of each when n >= 2, in a seeded random order."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise BadInput(f"n must be a positive integer, got {n!r}", "e.g. n=12")
+    n = check_int("n", n, 1, None, "e.g. n=12")
     tasks = [t for t in open_prompts() if kinds is None or t.kind in kinds]
     if n > len(tasks):
         raise BadInput(f"asked for {n} tasks, the prompt set has {len(tasks)}", f"use n <= {len(tasks)}")

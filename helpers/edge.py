@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from .errors import BadInput, CourseError
 from .hardware import GB  # decimal units, as model downloads and RAM budgets are quoted
 from .registry import BUNDLED_MODEL
+from .validate import check_int, check_number
 
 MB = 1e6
 
@@ -86,21 +87,12 @@ def bits_per_weight(quant: str) -> float:
 def _bpw(quant: str | float) -> float:
     if isinstance(quant, str):
         return bits_per_weight(quant)
-    if isinstance(quant, bool) or not isinstance(quant, (int, float)) or not 1 <= quant <= 32:
-        raise BadInput(
-            f"bits per weight must be a number from 1 to 32, got {quant!r}",
-            'pass a level name such as "Q4_K_M" or a number such as 4.89',
-        )
-    return float(quant)
+    return check_number("bits per weight", quant, 1, 32, 'pass a level name such as "Q4_K_M" or a number such as 4.89')
 
 
 def weights_bytes(n_params: float, quant: str | float) -> float:
     """Bytes of weights: parameters x bits per weight / 8 (`quant` is a level or a bpw)."""
-    if isinstance(n_params, bool) or not isinstance(n_params, (int, float)) or n_params <= 0:
-        raise BadInput(
-            f"n_params must be a positive number, got {n_params!r}",
-            "pass the parameter count, e.g. 3.8e9 for a 3.8B model",
-        )
+    check_number("n_params", n_params, 0, None, "pass the parameter count, e.g. 3.8e9 for a 3.8B model", above=True)
     return n_params * _bpw(quant) / 8
 
 
@@ -112,19 +104,15 @@ def kv_cache_bytes(n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int, by
     so the cache grows linearly with the context. f16 (2 bytes) is llama.cpp's default.
     """
     for name, value in (("n_layers", n_layers), ("n_ctx", n_ctx), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise BadInput(
-                f"{name} must be a positive integer, got {value!r}", "read it from the model's metadata (model_shape())"
-            )
-    if (
-        isinstance(bytes_per_element, bool)
-        or not isinstance(bytes_per_element, (int, float))
-        or not 0 < bytes_per_element <= 4
-    ):
-        raise BadInput(
-            f"bytes_per_element must be in (0, 4], got {bytes_per_element!r}",
-            "2 for f16 (the default), about 1 for a q8_0 cache, 4 for f32",
-        )
+        check_int(name, value, 1, None, "read it from the model's metadata (model_shape())")
+    check_number(
+        "bytes_per_element",
+        bytes_per_element,
+        0,
+        4,
+        "2 for f16 (the default), about 1 for a q8_0 cache, 4 for f32",
+        above=True,
+    )
     return 2.0 * n_layers * n_ctx * n_kv_heads * head_dim * bytes_per_element
 
 
@@ -460,8 +448,7 @@ def largest_context(
 ) -> int:
     """The longest context (a multiple of `step`, at most the model's own limit) whose
     weights + KV cache fit in `budget_bytes`; 0 when not even the weights fit."""
-    if not isinstance(budget_bytes, (int, float)) or isinstance(budget_bytes, bool) or budget_bytes <= 0:
-        raise BadInput(f"budget_bytes must be positive, got {budget_bytes!r}", "e.g. 3e9 for 3 GB")
+    check_number("budget_bytes", budget_bytes, 0, None, "e.g. 3e9 for 3 GB", above=True)
     room = budget_bytes - weights_bytes(shape.n_params, quant)
     if room <= 0:
         return 0
@@ -537,9 +524,7 @@ def measure_rss(model: str = BUNDLED_MODEL, contexts: Sequence[int] = (512, 2048
 
     if isinstance(contexts, (str, bytes)) or not contexts or len(contexts) > 8:
         raise BadInput("contexts must be a list of 1 to 8 sizes", "e.g. (512, 2048, 8192)")
-    for n in contexts:
-        if isinstance(n, bool) or not isinstance(n, int) or not 32 <= n <= 32_768:
-            raise BadInput(f"each context must be an integer from 32 to 32768, got {n!r}", "e.g. (512, 2048, 8192)")
+    contexts = [check_int("each context", n, 32, 32_768, "e.g. (512, 2048, 8192)") for n in contexts]
     gguf = read_gguf(model_path(model))
     # the shape from the file's own header: no need to load the model into this process
     shape = shape_from_metadata(gguf.metadata, n_params=gguf.n_params)
@@ -616,24 +601,16 @@ def measure_speed(
         if isinstance(values, (str, bytes)) or not values:
             raise BadInput(f"{name} must be a non-empty list", "e.g. threads=(1, 2), contexts=(512, 2048)")
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-                raise BadInput(
-                    f"each of {name} must be an integer from 1 to {hi}, got {v!r}",
-                    "e.g. threads=(1, 2), contexts=(512, 2048)",
-                )
+            check_int(f"each of {name}", v, 1, hi, "e.g. threads=(1, 2), contexts=(512, 2048)")
     if min(contexts) < 64:
         raise BadInput("contexts must be at least 64 tokens", "e.g. contexts=(512, 2048)")
-    if not isinstance(fill, (int, float)) or not 0 < fill <= 0.75:
-        raise BadInput(f"fill must be in (0, 0.75], got {fill!r}", "e.g. 0.25: a quarter of the context")
-    if isinstance(num_predict, bool) or not isinstance(num_predict, int) or not 1 <= num_predict <= 512:
-        raise BadInput(f"num_predict must be from 1 to 512, got {num_predict!r}", "e.g. 32")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 10:
-        raise BadInput(f"repeats must be from 1 to 10, got {repeats!r}", "e.g. 1 or 3")
+    fill = check_number("fill", fill, 0, 0.75, "e.g. 0.25: a quarter of the context", above=True)
+    num_predict = check_int("num_predict", num_predict, 1, 512, "e.g. 32")
+    repeats = check_int("repeats", repeats, 1, 10, "e.g. 1 or 3")
     runs = len(threads) * len(contexts) * repeats
     if runs > 32:
         raise BadInput(f"{runs} runs asked for; at most 32", "use fewer threads, contexts or repeats")
-    if not isinstance(max_duration_s, (int, float)) or not max_duration_s > 0:
-        raise BadInput("max_duration_s must be positive", "e.g. 120")
+    check_number("max_duration_s", max_duration_s, 0, None, "e.g. 120", above=True)
 
     rows = []
     t_start = time.monotonic()

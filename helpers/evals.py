@@ -22,6 +22,7 @@ from .backends import Backend
 from .errors import BadInput, CourseError
 from .options import Options
 from .sandbox import SandboxResult, run_check
+from .validate import check_int
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
@@ -192,8 +193,7 @@ def arithmetic_tasks(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) 
     """`n` seeded arithmetic tasks with exact integer answers, cycling four types:
     easy 1-digit addition, medium 2-digit multiplication, hard multi-step expressions,
     and word problems (medium or hard). The same (n, seed) always gives the same tasks."""
-    if not isinstance(n, int) or n < 0:
-        raise BadInput(f"n must be a non-negative integer, got {n!r}", "ask for e.g. arithmetic_tasks(40)")
+    n = check_int("n", n, 0, None, "ask for e.g. arithmetic_tasks(40)")
     rng = random.Random(seed)
     tasks: list[Task] = []
     for i in range(n):
@@ -220,8 +220,7 @@ def two_digit_sums(n: int, seed: int = 0, *, suffix: str = ARITHMETIC_SUFFIX) ->
 
     A mixed set averages skills a model has with skills it lacks; this one isolates a single
     skill, which separates two small models in a dozen tasks (lessons 05 and 06)."""
-    if not isinstance(n, int) or n < 0:
-        raise BadInput(f"n must be a non-negative integer, got {n!r}", "ask for e.g. two_digit_sums(12)")
+    n = check_int("n", n, 0, None, "ask for e.g. two_digit_sums(12)")
     rng = random.Random(seed)
     tasks = []
     for i in range(n):
@@ -334,11 +333,7 @@ def humaneval_tasks(n: int | None = None, seed: int = 0) -> list[Task]:
         ) from exc
     problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
     if n is not None:
-        if not isinstance(n, int) or not 0 <= n <= len(problems):
-            raise BadInput(
-                f"n must be between 0 and {len(problems)}, got {n!r}",
-                "use n=None for all problems or a small n such as 20",
-            )
+        n = check_int("n", n, 0, len(problems), "use n=None for all problems or a small n such as 20")
         picked = set(random.Random(seed).sample(range(len(problems)), n))
         problems = [p for i, p in enumerate(problems) if i in picked]
     tasks = []

@@ -29,6 +29,7 @@ from .registry import (  # noqa: F401  (resolve: lesson 02's solution imports it
     ram_estimate_gb,
     resolve,
 )
+from .validate import check_number
 
 
 @dataclass(frozen=True)
@@ -196,11 +197,14 @@ def pull_what_fits(
     """
     names = _check_names(models)
     for value, what in ((ram_gb, "ram_gb"), (disk_gb, "disk_gb")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise BadInput(
-                f"{what} must be a positive number of GB, got {value!r}",
-                "use helpers.hardware.machine_summary()['ram_available_gb'] / ['disk_free_gb']",
-            )
+        check_number(
+            f"{what} (GB)",
+            value,
+            0,
+            None,
+            "use helpers.hardware.machine_summary()['ram_available_gb'] / ['disk_free_gb']",
+            above=True,
+        )
     available = backend.list_models()
     can_pull = "pull" in backend.capabilities
     disk_left = float(disk_gb)

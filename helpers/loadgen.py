@@ -26,9 +26,9 @@ from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 from .errors import INSTALL_OLLAMA, BackendUnavailable, BadInput, ModelNotFound, pull_hint
 from .net import is_loopback_host
-from .options import check_int
 from .results import percentile
-from .settings import get_settings, normalise_host
+from .settings import get_settings, normalise_host, reveal
+from .validate import check_int, check_number
 
 T = TypeVar("T")
 
@@ -198,15 +198,7 @@ class LoadResult:
 
 # --------------------------------------------------------------------------- checks
 def _check_seconds(name: str, value: Any, hint: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or value != value
-        or value == float("inf")
-    ):
-        raise BadInput(f"{name} must be a positive number of seconds, got {value!r}", hint)
-    return float(value)
+    return check_number(f"{name} (seconds)", value, 0, None, hint, above=True)
 
 
 def check_target(host: str | None, *, allow_remote: bool = False) -> str:
@@ -234,7 +226,7 @@ def check_target(host: str | None, *, allow_remote: bool = False) -> str:
 def _auth_headers() -> dict[str, str]:
     """`Authorization: Bearer $OLLAMA_API_KEY` when that is set, as the `ollama` client sends it
     (a shared `slm-course serve --api-key` requires it)."""
-    key = get_settings().ollama_api_key
+    key = reveal(get_settings().ollama_api_key)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 

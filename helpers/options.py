@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import BadInput
+from .validate import is_int
 
 #: Largest `num_predict` and the range of `num_ctx` the kit accepts (the engine's limits).
 MAX_NUM_PREDICT = 131_072
@@ -33,18 +34,6 @@ MIN_NUM_CTX, MAX_NUM_CTX = 32, 131_072
 _HINT = 'e.g. {"temperature": 0, "seed": 42}'
 _WHOLE = ("seed", "num_predict", "top_k", "num_ctx", "num_thread")
 _NUMBER = ("temperature", "top_p", "min_p", "repeat_penalty")
-
-
-def is_int(value: Any) -> bool:
-    """A whole number (Python or numpy), not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def check_int(name: str, value: Any, lo: int, hi: int, hint: str) -> int:
-    """`value` as an int when it is a whole number from lo to hi, else BadInput with `hint`."""
-    if not is_int(value) or not lo <= value <= hi:
-        raise BadInput(f"{name} must be a whole number from {lo} to {hi}, got {value!r}", hint)
-    return int(value)
 
 
 #: stop sequences a request may set, and their length (each is checked against every new token)

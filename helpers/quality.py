@@ -33,6 +33,7 @@ from .routing import (  # noqa: F401  (quality_curves, router_table, share_for_q
     router_table,
     share_for_quality,
 )
+from .validate import check_int, same_model
 
 TIERS = ("small", "large")
 EXPLAIN_MIN_WORDS = 6  # an answer with fewer words (numbers aside) gives no explanation
@@ -51,10 +52,6 @@ class LargeChoice:
     same_as_small: bool  # the very model the small tier uses: no quality gap possible
     price: ApiPrice | None  # API price used for its calls (of the model it stands in for)
     price_note: str
-
-
-def _base(name: str) -> str:
-    return name.removesuffix(":latest")
 
 
 def _price(model: str) -> tuple[ApiPrice | None, str]:
@@ -91,7 +88,7 @@ def choose_large(
             model = pick_model(tier.backend, large_model or tier.model, verbose=verbose and bool(large_model))
         else:
             model = large_model or tier.model
-    same = local and large_backend is backend and _base(model) == _base(small)
+    same = local and large_backend is backend and same_model(model, small)
     if probe and not same:
         try:
             large_backend.generate(model, "Say OK.", options={"num_predict": 4, "temperature": 0})
@@ -206,7 +203,7 @@ def choose_judge(
     if verbose:
         print(f"Judge: {name} ({where.describe()}).")
         graded = (("small", small), ("large", large.model if large is not None else ""))
-        own = [tier for tier, model in graded if model and _base(model) == _base(name)]
+        own = [tier for tier, model in graded if model and same_model(model, name)]
         if own:
             print(
                 f"NOTE: the judge is also the {' and '.join(own)} model, so it grades its own answers; "
@@ -222,8 +219,7 @@ def choose_judge(
 def sample_by_category(tasks: Sequence[Task], n: int, seed: int = 0) -> list[Task]:
     """`n` tasks spread evenly over categories (round-robin in a seeded order), so a small
     sample still covers every category."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise BadInput(f"n must be a non-negative integer, got {n!r}", "e.g. n=12")
+    n = check_int("n", n, 0, None, "e.g. n=12")
     rng = random.Random(seed)
     by_cat: dict[str, list[Task]] = {}
     for t in tasks:

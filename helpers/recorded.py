@@ -23,6 +23,7 @@ import pandas as pd
 from .cost import ApiPrice, api_price, prices_data_info, query_cost_api
 from .errors import BadInput
 from .routing import apgr, cpt, heuristic_scores, oracle_router, pgr, quality_at_share, random_router
+from .validate import check_int
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "routellm"
 BENCHMARKS = ("gsm8k", "mmlu")
@@ -203,8 +204,7 @@ def out_of_fold_router_scores(df: pd.DataFrame, *, folds: int = 5, seed: int = 0
 
     q_weak, q_strong = _qualities(df)
     y = (q_strong > q_weak).astype(int)
-    if not isinstance(folds, int) or folds < 2:
-        raise BadInput(f"folds must be an integer >= 2, got {folds!r}", "e.g. folds=5")
+    folds = check_int("folds", folds, 2, None, "e.g. folds=5")
     if np.bincount(y, minlength=2).min() < folds:
         raise BadInput(
             f"need at least {folds} prompts where the strong model helps and {folds} where it does not",

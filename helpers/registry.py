@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from .validate import base_name, same_model
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -276,8 +278,7 @@ def card(name: str) -> ModelCard | None:
     """The card for an Ollama model name (tag `:latest` ignored), or None if unknown."""
     if name in _BY_NAME:
         return _BY_NAME[name]
-    base = name.removesuffix(":latest")
-    return _BY_NAME.get(base)
+    return _BY_NAME.get(base_name(name))
 
 
 def parameter_billions(parameter_size: str) -> float | None:
@@ -397,9 +398,11 @@ def resolve(wanted: str, available: Sequence[Any]) -> str | None:
     True
     """
     names = [_name(a) for a in available]
-    for candidate in (wanted, f"{wanted}:latest", wanted.removesuffix(":latest")):
-        if candidate in names:
-            return candidate
+    if wanted in names:
+        return wanted
+    for have in names:
+        if same_model(have, wanted):
+            return have
     wanted_card = card(wanted)
     if wanted_card is None:
         return None

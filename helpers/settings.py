@@ -1,5 +1,10 @@
 """Configuration, read in one place from environment variables (and an optional `.env`).
 
+`get_settings()` reads them through pydantic-settings: the environment first, then the nearest
+`.env` (the working folder or a parent); an empty variable means its default; a value that cannot
+be read is a BadInput naming the variable and the fix. The three keys are `SecretStr`
+(`reveal(key)` to send one) and `repr(settings)` shows every field with the keys as set / not set.
+
 | variable            | default                    | meaning                                          |
 |---------------------|----------------------------|--------------------------------------------------|
 | OLLAMA_HOST         | http://127.0.0.1:11434     | where Ollama (or `slm-course serve`) listens     |
@@ -23,29 +28,32 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import re
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import BadInput
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 DEFAULT_LARGE_MODEL = "gpt-4o-mini"
 DEFAULT_LARGE_BASE_URL = "https://api.openai.com/v1"
+#: requests each model of the engine decodes at once when OLLAMA_NUM_PARALLEL is not set
+#: (measured: README, "Performance"; 4 is also what Ollama chose by default with room for it)
+DEFAULT_NUM_PARALLEL = 4
+MAX_NUM_PARALLEL = 16
 
 
-def _load_dotenv() -> None:
-    try:
-        from dotenv import load_dotenv
-    except ImportError:  # pragma: no cover - dependency of the kit
-        return
+def find_dotenv() -> Path | None:
+    """The `.env` nearest the working folder (it, or the first parent that has one)."""
     for folder in (Path.cwd(), *Path.cwd().parents):
         candidate = folder / ".env"
         if candidate.is_file():
-            load_dotenv(candidate, override=False)
-            return
+            return candidate
+    return None
 
 
 def _bad_host(host: str, why: str) -> BadInput:
@@ -206,71 +214,140 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(hide, text) if isinstance(text, str) else text
 
 
-@dataclass(frozen=True)
-class Settings:
-    ollama_host: str = DEFAULT_OLLAMA_HOST
-    small_model: str = ""
-    large_model: str = DEFAULT_LARGE_MODEL
-    large_base_url: str = DEFAULT_LARGE_BASE_URL
-    openai_api_key: str | None = field(default=None, repr=False)
-    timeout: float = 120.0
-    threads: int = 0  # 0: every core
-    judge_model: str = ""
-    loadtest_hosts: tuple[str, ...] = ()
-    ollama_api_key: str | None = field(default=None, repr=False)
-    serve_api_key: str | None = field(default=None, repr=False)
-    serve_read_timeout: float = 30.0
-    log_dir: str = ""
-    model_dir: str = ""
+def _env(name: str, default: Any = None, **kwargs: Any) -> Any:
+    """A field read from the environment variable `name` (also its name in Python code)."""
+    return Field(default, validation_alias=name, **kwargs)
+
+
+_SECRET = ("openai_api_key", "ollama_api_key", "serve_api_key")
+_URLS = ("ollama_host", "large_base_url")
+
+
+class Settings(BaseSettings):
+    """The kit's settings, read from environment variables (then a `.env`), checked once.
+
+    An empty variable means its default. The keys are `SecretStr` (`.get_secret_value()`
+    to use one) and never appear in `repr()`; URLs there have their passwords hidden.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, validate_default=True, env_ignore_empty=True
+    )
+
+    ollama_host: str = _env("OLLAMA_HOST", DEFAULT_OLLAMA_HOST)
+    small_model: str = _env("SLM_SMALL_MODEL", "")
+    large_model: str = _env("SLM_LARGE_MODEL", DEFAULT_LARGE_MODEL)
+    large_base_url: str = _env("SLM_LARGE_BASE_URL", DEFAULT_LARGE_BASE_URL)
+    openai_api_key: SecretStr | None = _env("OPENAI_API_KEY")
+    timeout: float = _env("SLM_TIMEOUT", 120.0)
+    threads: int = _env("SLM_THREADS", 0)  # 0: every core
+    num_parallel: int = _env("OLLAMA_NUM_PARALLEL", DEFAULT_NUM_PARALLEL)
+    judge_model: str = _env("SLM_JUDGE_MODEL", "")
+    loadtest_hosts: Annotated[tuple[str, ...], NoDecode] = _env("SLM_LOADTEST_HOSTS", ())
+    ollama_api_key: SecretStr | None = _env("OLLAMA_API_KEY")
+    serve_api_key: SecretStr | None = _env("SLM_SERVE_API_KEY")
+    serve_read_timeout: float = _env("SLM_SERVE_READ_TIMEOUT", 30.0)
+    log_dir: str = _env("SLM_LOG_DIR", "")
+    model_dir: str = _env("SLM_MODEL_DIR", "")
+
+    @field_validator("ollama_host", mode="before")
+    @classmethod
+    def _host(cls, value: Any) -> str:
+        return normalise_host(value)
+
+    @field_validator("small_model", "judge_model", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str:
+        return str(value or "").strip()
+
+    @field_validator("large_model", "large_base_url", mode="before")
+    @classmethod
+    def _text_or_default(cls, value: Any, info) -> str:
+        default = DEFAULT_LARGE_MODEL if info.field_name == "large_model" else DEFAULT_LARGE_BASE_URL
+        return str(value or "").strip() or default
+
+    @field_validator(*_SECRET, mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> Any:
+        # a key of spaces is no key: a server must never "require" an empty bearer
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value or "")
+        return text.strip() or None
+
+    @field_validator("timeout", "serve_read_timeout", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any, info) -> float:
+        name = _VARIABLE[info.field_name]
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise BadInput(
+                f"{name}={value!r} is not a number of seconds",
+                f"set e.g. {name}={cls.model_fields[info.field_name].default:g}, or unset it for that default",
+            )
+        return seconds
+
+    @field_validator("threads", "num_parallel", mode="before")
+    @classmethod
+    def _count(cls, value: Any, info) -> int:
+        name = _VARIABLE[info.field_name]
+        lo, hi, default = (0, 1024, "all cores") if info.field_name == "threads" else (1, MAX_NUM_PARALLEL, "4")
+        text = str(value).strip()
+        if not re.fullmatch(r"[+-]?\d+", text) or not lo <= int(text) <= hi:
+            raise BadInput(
+                f"{name}={value!r} is not a whole number from {lo} to {hi}",
+                f"set it to e.g. 1, or unset it for the default ({default})",
+            )
+        return int(text)
+
+    @field_validator("loadtest_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        return tuple(h.strip() for h in items if h.strip())
+
+    @field_validator("log_dir", "model_dir", mode="before")
+    @classmethod
+    def _folder(cls, value: Any, info) -> str:
+        cache = Path.home() / ".cache" / "slm-course"
+        return str(value or "").strip() or str(cache if info.field_name == "log_dir" else cache / "models")
 
     @property
     def has_key(self) -> bool:
-        return bool(self.openai_api_key)
+        return self.openai_api_key is not None
 
-    def __repr__(self) -> str:  # the key is never shown
-        key = "set" if self.has_key else "not set"
-        return (
-            f"Settings(ollama_host={redact_url(self.ollama_host)!r}, small_model={self.small_model!r}, "
-            f"large_model={self.large_model!r}, large_base_url={redact_url(self.large_base_url)!r}, "
-            f"openai_api_key=<{key}>, timeout={self.timeout}, threads={self.threads}, "
-            f"judge_model={self.judge_model!r}, loadtest_hosts={self.loadtest_hosts!r}, "
-            f"ollama_api_key=<{'set' if self.ollama_api_key else 'not set'}>, "
-            f"serve_api_key=<{'set' if self.serve_api_key else 'not set'}>)"
-        )
+    def __repr__(self) -> str:  # every field; the keys as set / not set, URLs without passwords
+        shown = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in _SECRET:
+                shown.append(f"{name}=<{'set' if value is not None else 'not set'}>")
+            else:
+                shown.append(f"{name}={redact_url(value) if name in _URLS else value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+#: the environment variable of each field
+_VARIABLE = {name: f.validation_alias for name, f in Settings.model_fields.items()}
+
+
+def reveal(key: SecretStr | None) -> str | None:
+    """A key's text, to send it (never to print it); None when it is not set."""
+    return key.get_secret_value() if key is not None else None
 
 
 def get_settings() -> Settings:
-    """Read the settings now (so a changed environment variable takes effect)."""
-    _load_dotenv()
-    env = os.environ
+    """Read the settings now (so a changed environment variable takes effect); a `.env` in
+    the working folder or a parent fills in what the environment does not set."""
     try:
-        timeout = float(env.get("SLM_TIMEOUT", "120"))
-    except ValueError:
-        timeout = 120.0
-    try:
-        threads = max(0, int(env.get("SLM_THREADS", "0") or 0))
-    except ValueError:
-        threads = 0
-    try:
-        read_timeout = float(env.get("SLM_SERVE_READ_TIMEOUT", "30") or 30)
-    except ValueError:
-        read_timeout = 30.0
-    if not (read_timeout > 0 and math.isfinite(read_timeout)):
-        read_timeout = 30.0
-    return Settings(
-        ollama_host=normalise_host(env.get("OLLAMA_HOST", "")),
-        small_model=env.get("SLM_SMALL_MODEL", "").strip(),
-        large_model=env.get("SLM_LARGE_MODEL", "").strip() or DEFAULT_LARGE_MODEL,
-        large_base_url=env.get("SLM_LARGE_BASE_URL", "").strip() or DEFAULT_LARGE_BASE_URL,
-        openai_api_key=env.get("OPENAI_API_KEY") or None,
-        timeout=timeout,
-        threads=threads,
-        judge_model=env.get("SLM_JUDGE_MODEL", "").strip(),
-        loadtest_hosts=tuple(h.strip() for h in env.get("SLM_LOADTEST_HOSTS", "").split(",") if h.strip()),
-        ollama_api_key=env.get("OLLAMA_API_KEY") or None,
-        # a key of spaces is no key: a server must never "require" an empty bearer
-        serve_api_key=(env.get("SLM_SERVE_API_KEY") or "").strip() or None,
-        serve_read_timeout=read_timeout,
-        log_dir=env.get("SLM_LOG_DIR", "").strip() or str(Path.home() / ".cache" / "slm-course"),
-        model_dir=env.get("SLM_MODEL_DIR", "").strip() or str(Path.home() / ".cache" / "slm-course" / "models"),
-    )
+        return Settings(_env_file=find_dotenv())
+    except ValidationError as exc:  # a BadInput raised by a validator arrives wrapped
+        error = exc.errors()[0]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, BadInput):
+            raise cause from None
+        name = _VARIABLE.get(str(error["loc"][0]), error["loc"][0])
+        raise BadInput(f"{name}: {error['msg']}", f"fix {name} in the environment or .env, or unset it") from None

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import BadInput
+from .validate import base_name
 
 #: The large models of the article's table row "175B+ (GPT-3/4)" that carry the "$0.01-0.06 per 1K
 #: tokens", by their genai-prices names: GPT-3 (text-davinci-003), GPT-4 (8k context) and GPT-4 Turbo.
@@ -165,7 +166,7 @@ NOT_SUPPORTED = "not supported on this pair"
 
 
 def _article_model(model: str, names: Sequence[str]) -> bool:
-    base = model.split("/")[-1].lower().removesuffix(":latest")
+    base = base_name(model.split("/")[-1].lower())
     return any(base == n or base.startswith(n + "-") for n in names)
 
 

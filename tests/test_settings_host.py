@@ -136,7 +136,7 @@ def test_blank_serve_key_is_no_key(monkeypatch, value):
     monkeypatch.setenv("SLM_SERVE_API_KEY", value)
     assert get_settings().serve_api_key is None
     monkeypatch.setenv("SLM_SERVE_API_KEY", "  k3y  ")
-    assert get_settings().serve_api_key == "k3y"
+    assert get_settings().serve_api_key.get_secret_value() == "k3y"
 
 
 def test_messages_never_show_a_url_password(ollama_host, capsys, monkeypatch):

@@ -52,15 +52,13 @@ from typing import Any, Callable, Iterator, Sequence
 from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
 from ..options import Options
 from ..registry import BUNDLED_INSTALL, BUNDLED_MODEL, card
+from ..settings import DEFAULT_NUM_PARALLEL, MAX_NUM_PARALLEL, get_settings  # noqa: F401  (the engine's limits)
+from ..validate import base_name, check_format, check_messages, is_int, openai_messages
 from .weights import local_model_path, local_models
 
 DEFAULT_NUM_CTX = 2048
 DEFAULT_NUM_PREDICT = 128
 DEFAULT_KEEP_ALIVE_S = 300.0
-#: requests each model decodes at once when OLLAMA_NUM_PARALLEL is not set (measured: README,
-#: "Performance"; 4 is also what Ollama chose by default on machines with room for it)
-DEFAULT_NUM_PARALLEL = 4
-MAX_NUM_PARALLEL = 16
 #: tokens llama.cpp reads in one step; an embedding input must fit in one (llama.cpp's rule)
 N_BATCH = 512
 # Longest text a token of these models stands for is far below this: a prompt with more
@@ -190,30 +188,14 @@ def default_threads() -> int:
     llama.cpp's threads spin while they wait for each other, so on a machine busy with other work
     fewer threads can be much faster: set SLM_THREADS=1 there (the test suite does).
     """
-    from ..settings import get_settings
-
     wanted = get_settings().threads
     return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
 
 
 def default_parallel() -> int:
-    """Requests each model decodes at once: OLLAMA_NUM_PARALLEL as Ollama reads it, else 4."""
-    raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
-    if not raw:
-        return DEFAULT_NUM_PARALLEL
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(
-            f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number",
-            f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}",
-        ) from None
-    if not 1 <= value <= MAX_NUM_PARALLEL:
-        raise BadInput(
-            f"OLLAMA_NUM_PARALLEL={value} is out of range",
-            f"set it to 1..{MAX_NUM_PARALLEL}, or unset it for {DEFAULT_NUM_PARALLEL}",
-        )
-    return value
+    """Requests each model decodes at once: OLLAMA_NUM_PARALLEL as Ollama reads it (1 to
+    MAX_NUM_PARALLEL, checked by the settings), else DEFAULT_NUM_PARALLEL."""
+    return get_settings().num_parallel
 
 
 def engine_build() -> str:
@@ -287,7 +269,7 @@ class Engine:
     def resolve(name: str) -> tuple[str, Path]:
         if not isinstance(name, str) or not name.strip():
             raise BadInput("no model given", f"name a model, e.g. {BUNDLED_MODEL!r}")
-        base = name.strip().removesuffix(":latest")
+        base = base_name(name)
         path = local_model_path(base)
         if path is None:
             installed = ", ".join(local_models()) or "none"
@@ -401,7 +383,7 @@ class Engine:
     def effective_context(self, name: str, num_ctx: int) -> int:
         """num_ctx clamped to the model's trained context, as Ollama does (a larger context
         only costs memory: the model cannot use it)."""
-        trained = trained_context(name.strip().removesuffix(":latest"))
+        trained = trained_context(base_name(name))
         return min(num_ctx, trained) if trained else num_ctx
 
     @contextmanager
@@ -462,7 +444,7 @@ class Engine:
     def unload(self, name: str) -> bool:
         """Unload a model now (False if it was not loaded). It never waits: requests still
         running on it finish, and its memory is freed when the last of them lets go."""
-        base = name.strip().removesuffix(":latest")
+        base = base_name(name)
         with self._load_lock(base):
             with self._released:
                 model = self._models.get(base)
@@ -493,32 +475,6 @@ class Engine:
 
     # ----- requests -----------------------------------------------------------
     @staticmethod
-    def check_messages(messages: Any) -> list[dict[str, str]]:
-        if not isinstance(messages, list) or not messages:
-            raise BadInput("messages must be a non-empty list", 'pass e.g. [{"role": "user", "content": "Hello"}]')
-        clean = []
-        for i, m in enumerate(messages):
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content") or "", str)
-            ):
-                raise BadInput(
-                    f"message {i} must have a string 'role' and 'content'",
-                    'each message looks like {"role": "user", "content": "..."}',
-                )
-            if m["role"] not in ("system", "user", "assistant", "tool"):
-                raise BadInput(f"message {i} has an unknown role {m['role']!r}", "use system, user, assistant or tool")
-            item: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
-            if m.get("tool_calls"):
-                item["tool_calls"] = _check_tool_calls(m["tool_calls"], i)
-            for key in ("tool_name", "name", "tool_call_id"):
-                if isinstance(m.get(key), str) and m[key]:
-                    item[key] = m[key]
-            clean.append(item)
-        return clean
-
-    @staticmethod
     def check_text(texts: Sequence[str], num_ctx: int) -> None:
         """Refuse text that cannot be tokenised or cannot fit, before any tokenising work.
 
@@ -543,8 +499,8 @@ class Engine:
             )
 
     @staticmethod
-    def response_format(fmt: bool | dict | None) -> dict | None:
-        """llama.cpp's `response_format` for Ollama's `format`: None, JSON (True), or a JSON schema.
+    def response_format(fmt: bool | str | dict | None) -> dict | None:
+        """llama.cpp's `response_format` for Ollama's `format`: None, JSON ("json" or True), or a JSON schema.
 
         A schema is checked first (check_schema), then compiled by llama.cpp's own converter, so a
         bad one is a BadInput before any model work. A string without `maxLength` gets
@@ -552,12 +508,11 @@ class Engine:
         starts repeating inside a string stops there instead of running into num_predict with the
         JSON left open (see bounded_schema).
         """
-        if not fmt:
+        fmt = check_format("json" if fmt is True else (fmt or None))  # {} or False: no constraint
+        if fmt is None:
             return None
-        if fmt is True:
+        if fmt == "json":
             return {"type": "json_object"}
-        if not isinstance(fmt, dict):
-            raise BadInput(f"format {fmt!r} is not supported", 'use "json" or a JSON schema (an object)')
         schema = bounded_schema(check_schema(fmt))
         try:
             import xllamacpp
@@ -588,15 +543,15 @@ class Engine:
         system: str | None = None,
         options: Any = None,
         raw: bool = False,
-        json_format: bool | dict = False,
+        json_format: bool | str | dict | None = False,
         tools: list[dict] | None = None,
         keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
         cancel: threading.Event | None = None,
     ) -> Iterator[Chunk]:
         """Generate from a prompt (completion) or messages (chat), yielding text pieces.
 
-        `json_format` True constrains the output to JSON, a dict to that JSON schema (a grammar,
-        as Ollama's `format`). `tools` are rendered through the model's template (a model whose
+        `json_format` "json" (or True) constrains the output to JSON, a dict to that JSON schema (a
+        grammar, as Ollama's `format`). `tools` are rendered through the model's template (a model whose
         template has no tools section refuses them); `parse_tool_calls` reads the answer.
         It returns once the first piece is there (or the request failed): a bad request raises
         here, before anything was streamed.
@@ -606,7 +561,12 @@ class Engine:
         base, path = self.resolve(model)
         opts.num_ctx = self.effective_context(base, opts.num_ctx)
         if messages is not None:
-            messages = self.check_messages(messages)
+            messages = check_messages(messages)
+            if any(m.get("images") for m in messages):
+                raise BadInput(
+                    f'"{model}" does not support images (the models of this server read text only)',
+                    "send no images, or use a vision model on Ollama",
+                )
             if system:
                 messages = [{"role": "system", "content": system}] + messages
         elif prompt is not None:
@@ -653,7 +613,7 @@ class Engine:
         max_tokens = opts.num_predict if opts.num_predict >= 0 else opts.num_ctx
         request = opts.for_llama(max_tokens)
         if messages is not None:
-            request["messages"] = _llama_messages(messages)
+            request["messages"] = openai_messages(messages)
         else:
             request["prompt"] = prompt
         if tools:
@@ -705,29 +665,6 @@ class Engine:
         return Embeddings(
             vectors, prompt_eval_count=count, load_duration=load_ns, total_duration=time.perf_counter_ns() - t_start
         )
-
-
-def _llama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Checked chat messages in the OpenAI shape llama.cpp reads (tool call arguments as JSON text)."""
-    out = []
-    for m in messages:
-        item: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            item["tool_calls"] = [
-                {
-                    "type": "function",
-                    "id": f"call_{i}",
-                    "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])},
-                }
-                for i, c in enumerate(m["tool_calls"])
-            ]
-        name = m.get("tool_name") or m.get("name")
-        if m["role"] == "tool" and name:
-            item["name"] = name
-        if m.get("tool_call_id"):
-            item["tool_call_id"] = m["tool_call_id"]
-        out.append(item)
-    return out
 
 
 class _Stream:
@@ -966,8 +903,8 @@ def check_schema(schema: Any) -> dict:
     """A JSON schema for `format`, refused (BadInput, with the reason) where it asks for more than
     a grammar can hold: lengths and item counts beyond SCHEMA_LIMITS, empty enum/anyOf/oneOf/allOf,
     a pattern with a back-reference, more than MAX_SCHEMA_NODES subschemas."""
-    if not isinstance(schema, dict):
-        raise BadInput('format must be "json" or a JSON schema (an object)', 'e.g. {"type": "object"}')
+    if not isinstance(check_format(schema), dict):  # a wrong kind is check_format's refusal
+        raise BadInput(f"{schema!r} is not a JSON schema (an object)", 'e.g. {"type": "object"}')
     seen = 0
 
     def walk(node: Any, where: str) -> None:
@@ -983,9 +920,7 @@ def check_schema(schema: Any) -> dict:
             raise BadInput(f"the JSON schema has more than {MAX_SCHEMA_NODES} parts", "use a smaller schema")
         for key, limit in SCHEMA_LIMITS.items():
             value = node.get(key)
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > limit
-            ):
+            if value is not None and (not is_int(value) or value < 0 or value > limit):
                 raise BadInput(
                     f"{where}: {key} {value!r} is out of range (0..{limit})", f"use a {key} of at most {limit}"
                 )
@@ -1009,37 +944,6 @@ def check_schema(schema: Any) -> dict:
 
     walk(schema, "#")
     return schema
-
-
-def _check_tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
-    """An assistant message's tool calls as the templates read them: arguments as an object."""
-    import json as _json
-
-    if not isinstance(calls, list):
-        raise BadInput(
-            f"message {i}: tool_calls must be a list", 'use [{"function": {"name": ..., "arguments": {...}}}]'
-        )
-    out = []
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise BadInput(
-                f"message {i}: a tool call has no function name",
-                'use {"function": {"name": "get_weather", "arguments": {...}}}',
-            )
-        args = fn.get("arguments") or {}
-        if isinstance(args, str):  # OpenAI's shape: the arguments as a JSON string
-            try:
-                args = _json.loads(args) if args.strip() else {}
-            except ValueError:
-                raise BadInput(
-                    f"message {i}: tool call arguments are not JSON: {args[:80]!r}",
-                    "send the arguments the model produced, unchanged",
-                ) from None
-        if not isinstance(args, dict):
-            raise BadInput(f"message {i}: tool call arguments must be an object", 'use e.g. {"city": "Paris"}')
-        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
-    return out
 
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*(?:</tool_call>|$)", re.S)

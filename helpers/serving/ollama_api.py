@@ -22,6 +22,7 @@ from pydantic import StrictBool, StrictStr
 from .. import __version__
 from ..errors import CourseError, ModelNotFound
 from ..registry import card
+from ..validate import base_name, check_format
 from .engine import Chunk, Embeddings, Engine, gguf_metadata, parse_tool_calls
 from .plumbing import (
     MAX_EMBED_INPUTS,
@@ -169,17 +170,6 @@ async def ndjson(run: Run, shape: Callable[[str], dict], model: str, tools: bool
         if item.done:
             base.update(final_fields(item))
         yield ndjson_line(base)
-
-
-def format_of(fmt: Any) -> bool | dict:
-    """Ollama's `format`: "json" (any JSON) or a JSON schema (compiled into a grammar)."""
-    if fmt in (None, ""):
-        return False
-    if fmt == "json":
-        return True
-    if isinstance(fmt, dict):
-        return fmt
-    raise ApiError(400, f'format {fmt!r} is not supported: use "json" or a JSON schema')
 
 
 def refuse_unsupported(eng: Engine, model: str, *, think: Any = None, suffix: Any = None, images: Any = None) -> None:
@@ -336,7 +326,7 @@ async def install(eng: Engine, pool, name: str, stream: bool):
     from .weights import pull_progress, spec
 
     try:
-        recipe = spec(name.strip().removesuffix(":latest"))
+        recipe = spec(base_name(name))
     except ModelNotFound:
         raise ApiError(
             404,
@@ -393,7 +383,7 @@ async def generate(request: Request):
         system=body.system,
         options=body.options,
         raw=body.raw,
-        json_format=format_of(body.format),
+        json_format=check_format(body.format),
         keep_alive_s=keep,
     )
     if body.stream:
@@ -423,7 +413,7 @@ async def chat(request: Request):
         body.model,
         messages=messages,
         options=body.options,
-        json_format=format_of(body.format),
+        json_format=check_format(body.format),
         tools=tools,
         keep_alive_s=keep,
     )

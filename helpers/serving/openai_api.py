@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import StrictBool, StrictStr
 
+from ..validate import check_messages
 from .engine import Chunk, parse_tool_calls
 from .ollama_api import embeddings, refuse_unsupported
 from .plumbing import SSE_DONE, ApiError, Body, Run, body_of, bridge, complete, error_text, prepare, sse_event, state_of
@@ -33,34 +34,6 @@ class OAMessage(Body):
     tool_calls: Optional[list[dict]] = None
     tool_call_id: Optional[StrictStr] = None
     name: Optional[StrictStr] = None
-
-    def for_engine(self, i: int) -> dict[str, Any]:
-        content = self.content
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                kind = part.get("type")
-                if kind == "text" and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                elif kind in ("image_url", "input_image", "input_audio", "file"):
-                    raise ApiError(
-                        400,
-                        f"message {i} has a {kind} part: the models of this server "
-                        "read text only (send text parts, or use a vision model on Ollama)",
-                    )
-                else:
-                    raise ApiError(
-                        400, f'message {i} has a content part of type {kind!r} (use {{"type": "text", "text": "..."}})'
-                    )
-            content = "".join(texts)
-        out: dict[str, Any] = {"role": self.role, "content": content or ""}
-        if self.tool_calls:
-            out["tool_calls"] = self.tool_calls
-        if self.role == "tool" and self.name:
-            out["tool_name"] = self.name
-        if self.tool_call_id:
-            out["tool_call_id"] = self.tool_call_id
-        return out
 
 
 class OAChatBody(Body):
@@ -206,13 +179,13 @@ async def sse(
     yield SSE_DONE
 
 
-def oa_format(response_format: dict | None) -> bool | dict:
+def oa_format(response_format: dict | None) -> str | dict | None:
     """OpenAI's response_format: text, json_object (any JSON) or json_schema (a grammar)."""
     kind = (response_format or {}).get("type")
     if kind in (None, "text"):
-        return False
+        return None
     if kind == "json_object":
-        return True
+        return "json"
     if kind == "json_schema":
         spec = (response_format or {}).get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -251,17 +224,21 @@ async def oa_models(request: Request):
 @router.post("/v1/chat/completions")
 async def oa_chat(request: Request):
     body = await body_of(request, OAChatBody)
-    if not body.messages:
-        raise ApiError(400, "messages must be a non-empty list")
+    messages = check_messages([m.model_dump(exclude_none=True) for m in body.messages])
     refuse_logprobs(body)
-    refuse_unsupported(state_of(request).engine, body.model, think=body.reasoning_effort)
+    refuse_unsupported(
+        state_of(request).engine,
+        body.model,
+        think=body.reasoning_effort,
+        images=[i for m in messages for i in m.get("images", [])],
+    )
     tools = body.tools or None
     if body.tool_choice == "none":
         tools = None  # OpenAI: "none" means the model must not call a tool
     run = await prepare(
         request,
         body.model,
-        messages=[m.for_engine(i) for i, m in enumerate(body.messages)],
+        messages=messages,
         options=oa_options(body),
         json_format=oa_format(body.response_format),
         tools=tools,

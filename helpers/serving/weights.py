@@ -166,9 +166,7 @@ def model_cache_dir() -> Path:
     """The folder installed models are joined into: SLM_MODEL_DIR, else ~/.cache/slm-course/models."""
     from ..settings import get_settings
 
-    # get_settings() also reads a `.env` file into the environment, as for every other setting
-    raw = (getattr(get_settings(), "model_dir", "") or os.environ.get("SLM_MODEL_DIR", "")).strip()
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "slm-course" / "models"
+    return Path(get_settings().model_dir).expanduser()  # SLM_MODEL_DIR (or a `.env`), else the default
 
 
 def spec(tag: "str | WeightsSpec") -> WeightsSpec:
