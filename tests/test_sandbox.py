@@ -595,6 +595,37 @@ def test_the_wall_clock_timeout_kills_a_sleeping_process():
     assert result.timed_out and result.returncode is not None and result.returncode < 0
 
 
+_CHILD_IN_THE_GROUP = (
+    "import os, time\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    time.sleep(30)\n"  # the child stays in its parent's process group (no setsid)
+    "    os._exit(0)\n"
+    "print('child', pid, flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+@posix_only
+@pytest.mark.parametrize("kill_the_group", [True, False], ids=["killpg", "control-kill-parent-only"])
+def test_the_timeout_kills_the_whole_process_group(monkeypatch, kill_the_group):
+    # A real child: the Python guard is off and there is no bubblewrap (no PID namespace, no
+    # seccomp), so the fork succeeds and only the process-group kill can end the child. The
+    # control kills the parent alone, as a plain proc.kill() would: there the child survives,
+    # which shows the evidence (the child's pid, alive or not) can tell the two apart.
+    if not kill_the_group:
+        monkeypatch.setattr(sandbox, "_kill_group", lambda proc: proc.kill())
+    result = sandbox._run(
+        _CHILD_IN_THE_GROUP, sandbox._guard_only("(tested)"), guard=False, timeout_s=1, memory_mb=256, max_file_mb=16
+    )
+    assert result.timed_out and result.isolation == GUARD_ONLY
+    child = int(re.search(r"^child (\d+)$", result.stdout, re.M).group(1))
+    left = _wait_for_no_survivors(f"child {child}\n")
+    for pid in left:  # only the control leaves one: end it (we started it)
+        os.kill(pid, signal.SIGKILL)
+    assert left == ([] if kill_the_group else [child]), (left, result.stdout, result.stderr)
+
+
 def test_refuses_a_write_outside_its_directory():
     target = ROOT / f"{_token()}.txt"  # the project: outside the box, refused by the guard too
     result = run_python(f"open({str(target)!r}, 'w').write('x')\n")
