@@ -480,7 +480,8 @@ def _survivors(stdout: str) -> list[int]:
     (when it had one), else the pids it printed."""
     ns = re.search(r"^ns (\S+)", stdout, re.M)
     if LINUX and ns and ns.group(1) != _pid_namespace("self"):
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and _pid_namespace(p) == ns.group(1)]
+        members = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pid_namespace(p) == ns.group(1)]
+        return [pid for pid in members if _alive(pid)]  # a zombie runs no code: only its reaping is left
     return [int(p) for p in re.findall(r"^(?:pid|child) (\d+)", stdout, re.M) if _alive(int(p))]
 
 
