@@ -243,8 +243,10 @@ def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model):
             "content": json.dumps({"city": "Paris", "temperature_c": 21, "sky": "sunny"}),
         }
     )
+    # the later turns are sampled, not seeded, so the server reuses the cached prefix (a reproducible
+    # request reads its whole prompt every time); a few tokens: only acceptance and prompt size count
     second = oa.chat.completions.create(
-        model=tools_model, temperature=0, seed=42, max_tokens=60, tools=[WEATHER_TOOL], messages=messages
+        model=tools_model, temperature=0.8, max_tokens=8, tools=[WEATHER_TOOL], messages=messages
     )
     # accepted (a 400 before), and the tool's result reached the model's prompt: a longer result
     # is that many more prompt tokens. (What the model then says is its own: Qwen2.5-Coder-0.5B
@@ -254,7 +256,7 @@ def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model):
         {"city": "Paris", "temperature_c": 21, "sky": "sunny", "note": "a longer tool result " * 10}
     )
     longer = oa.chat.completions.create(
-        model=tools_model, temperature=0, seed=42, max_tokens=1, tools=[WEATHER_TOOL], messages=messages
+        model=tools_model, temperature=0.8, max_tokens=1, tools=[WEATHER_TOOL], messages=messages
     )
     assert longer.usage.prompt_tokens >= second.usage.prompt_tokens + 30
 
@@ -271,11 +273,16 @@ def test_ollama_second_turn_with_tool_result(client, tools_model):
             "content": json.dumps({"city": "Paris", "temperature_c": 21, "sky": "sunny"}),
         }
     )
-    second = client.chat(model=tools_model, tools=[WEATHER_TOOL], options=DET, messages=messages)
+    # the later turns are sampled, not seeded, so the server reuses the cached prefix (a reproducible
+    # request reads its whole prompt every time); a few tokens: only acceptance and prompt size count
+    sampled = {"temperature": 0.8, "num_predict": 8}
+    second = client.chat(model=tools_model, tools=[WEATHER_TOOL], options=sampled, messages=messages)
     assert second.done
     # the tool's result reached the model's prompt: a longer result is that many more tokens
     messages[-1]["content"] += " " + "a longer tool result " * 10
-    longer = client.chat(model=tools_model, tools=[WEATHER_TOOL], options={**DET, "num_predict": 1}, messages=messages)
+    longer = client.chat(
+        model=tools_model, tools=[WEATHER_TOOL], options={**sampled, "num_predict": 1}, messages=messages
+    )
     assert longer.prompt_eval_count >= second.prompt_eval_count + 30
 
 

@@ -35,6 +35,7 @@ from helpers.bench import (
     unload,
 )
 from helpers.errors import BadInput, ModelNotFound
+from helpers.results import Metrics
 
 PROMPT = "Write a short story about a robot who learns to paint."
 
@@ -226,6 +227,28 @@ class _Recorder(httpx.HTTPTransport):
         return response
 
 
+@pytest.mark.no_server
+def test_speeds_of_ollamas_published_example_response():
+    """The final chunk of docs.ollama.com/api/usage ("Example response", read 2026-12-05): the
+    speeds worked out by hand, not with the kit's formula. 18 tokens in 52,479,709 ns =
+    18 / 0.052479709 s = 342.99 tokens/s; 11 prompt tokens in 13,074,791 ns = 841.31 tokens/s."""
+    final = {
+        "model": "gemma3",
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 174560334,
+        "load_duration": 101397084,
+        "prompt_eval_count": 11,
+        "prompt_eval_duration": 13074791,
+        "eval_count": 18,
+        "eval_duration": 52479709,
+    }
+    m = Metrics.from_ollama(final, ttft_s=None, total_s=0.17456)
+    assert m.decode_tps == pytest.approx(342.99, abs=0.005)
+    assert m.prompt_tps == pytest.approx(841.31, abs=0.005)
+    assert (m.output_tokens, m.prompt_tokens, m.load_s) == (18, 11, 0.101397084)
+
+
 def test_fidelity_through_the_server_is_ollamas_own_eval_count_over_eval_duration(server):
     """(a) The tokens/s the kit reports equal eval_count / eval_duration of the raw final chunk."""
     backend = OllamaBackend(server.host)
@@ -236,8 +259,9 @@ def test_fidelity_through_the_server_is_ollamas_own_eval_count_over_eval_duratio
     assert final["done"] is True
     assert row.decode_source == "engine"
     assert row.output_tokens == final["eval_count"] > 1
-    assert row.decode_tps == pytest.approx(final["eval_count"] / final["eval_duration"] * 1e9, rel=1e-12)
-    assert row.prompt_tps == pytest.approx(final["prompt_eval_count"] / final["prompt_eval_duration"] * 1e9, rel=1e-12)
+    # the speeds of the raw chunk itself (the arithmetic is checked on Ollama's published example above)
+    raw = Metrics.from_ollama(final, ttft_s=None, total_s=0.0)
+    assert (row.decode_tps, row.prompt_tps) == (raw.decode_tps, raw.prompt_tps)
     assert row.load_s == final["load_duration"] / 1e9
     # the client-side metrics: first token before the end, TPOT over the tokens after the first
     assert 0 < row.ttft_s < row.e2e_s

@@ -78,21 +78,27 @@ def test_stream_equals_non_stream_at_temperature_zero(embedded):
 
 def test_metrics_agree_with_the_wall_clock_around_the_call(embedded):
     embedded.generate(BUNDLED, "Hello", options={"num_predict": 2})  # warm: loading is tested below
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     r = embedded.generate(
         BUNDLED, "Write a short story about a robot who learns to paint.", options={**DET, "num_predict": 64}
     )
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0  # this process's CPU seconds: other programs cannot inflate them
     m = r.metrics
     assert m.output_tokens >= 16 and m.prompt_tokens > 0, "a long enough answer to time"
     # no duration the kit reports can exceed the wall-clock time measured around the call
     assert 0 < m.decode_s <= wall
     assert 0 < m.prompt_eval_s and m.prompt_eval_s + m.decode_s <= wall
     assert 0 < m.ttft_s <= m.total_s <= wall
-    # the engine's tokens/s against the client's view: output tokens over the time after the
-    # first token; the engine leaves out only the kit's own per-piece work, a few percent
-    seen = m.output_tokens / (wall - m.ttft_s)
-    assert 0.9 <= m.decode_tps / seen <= 1.5, (m.decode_tps, seen)
+    # the engine's decode time fits in the time the client saw after the first token (a busy
+    # machine only widens the client's side); 10% for the first token's own decode step. How
+    # close the two clocks agree is a measurement, not a test: benchmarks/server_overhead.py
+    assert m.decode_s <= (wall - m.ttft_s) / 0.9, (m.decode_s, wall - m.ttft_s)
+    # and not too short: reading and decoding took at least the CPU time the engine's threads spent,
+    # halved for the kit's own work (~1.0 here on a quiet machine; a timer that missed most
+    # tokens would be far below). A busy machine only lengthens the timers, never the CPU time.
+    threads = get_settings().threads or os.cpu_count() or 1
+    assert m.prompt_eval_s + m.decode_s >= 0.5 * cpu / threads, (m.prompt_eval_s, m.decode_s, cpu, threads)
 
 
 def test_a_cold_embedded_call_counts_the_load_in_ttft_and_total(embedded):
@@ -219,11 +225,20 @@ def test_unknown_model_names_the_next_step(embedded):
 def test_unreachable_ollama_fails_fast_with_the_fix():
     port = free_port()  # nothing listens here
     backend = OllamaBackend(f"http://127.0.0.1:{port}", timeout=5)
-    t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as info:
         backend.generate(BUNDLED, "hello")
-    assert time.monotonic() - t0 < 5
+    # fast: the system refused the connection at once, no timeout was waited out
+    causes = list(_causes(info.value))
+    assert any(isinstance(c, ConnectionRefusedError) for c in causes), causes
+    assert not any(isinstance(c, TimeoutError) or "Timeout" in type(c).__name__ for c in causes), causes
     assert "ollama" in info.value.hint.lower()
+
+
+def _causes(exc: BaseException | None):
+    """The exception and every exception it was raised from or during."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def test_openai_without_key_says_set_the_key(monkeypatch):

@@ -235,8 +235,11 @@ def test_app_times_out_on_a_hung_endpoint():
         t0 = time.perf_counter()
         routed = app.ask("Explain why the sky is blue.", quiet=True)
         waited = time.perf_counter() - t0
-    assert routed.label == "fell back" and "TimeoutError" in routed.decision.error
-    assert 0.5 <= waited < 5
+    # the app's own 0.5 s timeout ended the wait, not the backend's 30 s one (that would have
+    # raised BackendUnavailable); a busy machine only makes the wait longer
+    assert routed.label == "fell back" and routed.decision.error.startswith("TimeoutError")
+    assert "BackendUnavailable" not in routed.decision.error
+    assert waited >= 0.5
 
 
 def test_dashboard_redraws_after_every_call():

@@ -185,9 +185,19 @@ def test_is_simple_task_and_its_reasons():
 
 def test_measure_overhead_is_small_and_positive():
     prompts = [t.prompt for t in open_prompts()]
-    seconds = measure_overhead(is_simple_task, prompts, repeats=1)
-    baseline = measure_overhead(str.lower, prompts, repeats=1)  # the same loop, a trivial function
-    assert 0 < baseline < seconds < 2000 * baseline  # regex features: far from a model call
+    words = re.compile(r"\w+")
+    # the baseline: the same loop with the cheapest router that reads every word of the prompt;
+    # passes interleaved and the fastest of five kept on each side (a busy machine only adds time)
+    runs = [
+        (
+            measure_overhead(is_simple_task, prompts, repeats=1),
+            measure_overhead(lambda p: words.findall(p.lower()), prompts, repeats=1),
+        )
+        for _ in range(5)
+    ]
+    seconds, baseline = min(r[0] for r in runs), min(r[1] for r in runs)
+    # measured here: ~22 word-reads per decision (2026-12-05): microseconds, far from a model call
+    assert 0 < baseline < seconds < 200 * baseline, (seconds, baseline)
 
 
 # ---------------------------------------------------------------------------- learned router

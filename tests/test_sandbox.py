@@ -480,7 +480,8 @@ def _survivors(stdout: str) -> list[int]:
     (when it had one), else the pids it printed."""
     ns = re.search(r"^ns (\S+)", stdout, re.M)
     if LINUX and ns and ns.group(1) != _pid_namespace("self"):
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and _pid_namespace(p) == ns.group(1)]
+        members = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pid_namespace(p) == ns.group(1)]
+        return [pid for pid in members if _alive(pid)]  # a zombie runs no code: only its reaping is left
     return [int(p) for p in re.findall(r"^(?:pid|child) (\d+)", stdout, re.M) if _alive(int(p))]
 
 
@@ -593,6 +594,37 @@ def test_the_wall_clock_timeout_kills_a_sleeping_process():
     # covered by test_a_child_that_calls_setsid_does_not_survive_the_timeout)
     result = run_python("import time\ntime.sleep(30)\n", timeout_s=0.5)
     assert result.timed_out and result.returncode is not None and result.returncode < 0
+
+
+_CHILD_IN_THE_GROUP = (
+    "import os, time\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    time.sleep(30)\n"  # the child stays in its parent's process group (no setsid)
+    "    os._exit(0)\n"
+    "print('child', pid, flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+@posix_only
+@pytest.mark.parametrize("kill_the_group", [True, False], ids=["killpg", "control-kill-parent-only"])
+def test_the_timeout_kills_the_whole_process_group(monkeypatch, kill_the_group):
+    # A real child: the Python guard is off and there is no bubblewrap (no PID namespace, no
+    # seccomp), so the fork succeeds and only the process-group kill can end the child. The
+    # control kills the parent alone, as a plain proc.kill() would: there the child survives,
+    # which shows the evidence (the child's pid, alive or not) can tell the two apart.
+    if not kill_the_group:
+        monkeypatch.setattr(sandbox, "_kill_group", lambda proc: proc.kill())
+    result = sandbox._run(
+        _CHILD_IN_THE_GROUP, sandbox._guard_only("(tested)"), guard=False, timeout_s=1, memory_mb=256, max_file_mb=16
+    )
+    assert result.timed_out and result.isolation == GUARD_ONLY
+    child = int(re.search(r"^child (\d+)$", result.stdout, re.M).group(1))
+    left = _wait_for_no_survivors(f"child {child}\n")
+    for pid in left:  # only the control leaves one: end it (we started it)
+        os.kill(pid, signal.SIGKILL)
+    assert left == ([] if kill_the_group else [child]), (left, result.stdout, result.stderr)
 
 
 def test_refuses_a_write_outside_its_directory():
