@@ -205,6 +205,34 @@ def test_a_huge_prompt_is_refused_before_tokenising(engine):
     assert time.perf_counter() - t0 < 1.0
 
 
+@pytest.mark.slow  # reads a 2,600-token prompt in full: the yardstick
+def test_a_cancelled_request_stops_while_its_prompt_is_read(engine):
+    """A client that leaves while its long prompt is read frees the model after the batch being
+    read (llama.cpp's progress chunks), not after the whole prompt: timed against the same
+    prompt read in full in this run."""
+    import threading
+    import time
+
+    from helpers.registry import BUNDLED_MODEL
+
+    prompt = "Tell me everything about rivers. " * 430  # ~2,600 tokens: five batches of 512 and a bit
+    options = {"num_ctx": 4096, "num_predict": 1, "temperature": 0}
+    t0 = time.perf_counter()
+    full = list(engine.stream(BUNDLED_MODEL, prompt=prompt, options=options))
+    read_all = time.perf_counter() - t0
+    assert full[-1].prompt_eval_count > 5 * 512
+
+    cancel = threading.Event()
+    threading.Timer(read_all / 6, cancel.set).start()  # within the first or second batch
+    t0 = time.perf_counter()
+    chunks = list(engine.stream(BUNDLED_MODEL, prompt=prompt, options=options, cancel=cancel))
+    stopped_after = time.perf_counter() - t0
+    assert chunks[-1].done_reason == "cancelled"
+    assert stopped_after < 0.6 * read_all, (
+        f"stopped after {stopped_after:.1f} s; the whole prompt took {read_all:.1f} s"
+    )
+
+
 def test_lone_surrogates_are_bad_input(engine):
     from helpers.registry import BUNDLED_MODEL
 

@@ -673,7 +673,8 @@ class _Stream:
     Made once the first piece is there (or the request failed, which raises in the caller).
     Iterate it, or `pipe` it to a function that the decode thread itself calls per chunk (the
     server's path: one thread hop less per token). Closing or dropping it - or setting
-    `cancel` - stops the decode at the next token.
+    `cancel` - stops the decode at the next token, or while the prompt is read, after the
+    batch of N_BATCH tokens being read.
     """
 
     def __init__(
@@ -727,8 +728,8 @@ class _Stream:
                         if stopped():
                             return
                     try:
-                        if not stopped():
-                            handler({**request, "stream": True}, on_chunk)
+                        if not stopped():  # progress chunks while the prompt is read: a stop there, too
+                            handler({**request, "stream": True, "return_progress": True}, on_chunk)
                     finally:
                         loaded.slots.release()
             except BaseException as exc:  # handed to the caller, raised where it reads
