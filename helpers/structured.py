@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Callable, Sequence
@@ -436,7 +437,9 @@ def pick_pair(backend: Any, small: str = "", large: str = "", *, verbose: bool =
     from .connection import rank_large
     from .quality import OFFLINE_PAIRS, choose_pair
 
-    small_name, tier = choose_pair(backend, small, large, probe=False, verbose=False)
+    with warnings.catch_warnings():  # "no OPENAI_API_KEY ...": this lesson's large tier is local anyway
+        warnings.simplefilter("ignore", UserWarning)
+        small_name, tier = choose_pair(backend, small, large, probe=False, verbose=False)
     large_name, why = tier.model, "asked for" if small and large else "the best course model and the biggest local one"
     if (small_name, large_name) in OFFLINE_PAIRS and not (small and large):
         why = "the offline pair, chosen by measurement: docs/offline-pair.md"
