@@ -395,6 +395,8 @@ def simple_tasks_verdict(
 
     >>> simple_tasks_verdict("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", 1.0, 0.9, 0.95, 4).ok
     True
+    >>> simple_tasks_verdict("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", 1.0, 0.85, 0.85, 4).why.split(";")[0]
+    "the small model's fields are level with the large one's (margin 10%)"
     >>> f = simple_tasks_verdict("smollm2:135m", "qwen2.5-coder:0.5b", 1.0, 0.5, 0.9, 4)
     >>> f.ok is None and f.why.startswith("not supported on this pair")
     True
@@ -412,8 +414,8 @@ def simple_tasks_verdict(
     if n <= 0 or any(math.isnan(v) for v in (valid_small, fields_small, fields_large)):
         return Finding(measured, None, "no reply of one of the models was scored (all cut off)")
     gap = fields_large - fields_small
-    side = "behind" if gap > 0 else "ahead of"
-    how = f"the small model's fields are {abs(gap):.0%} {side} the large one's (margin {margin:.0%})"
+    side = "level with" if abs(gap) < 0.005 else f"{abs(gap):.0%} " + ("behind" if gap > 0 else "ahead of")
+    how = f"the small model's fields are {side} the large one's (margin {margin:.0%})"
     article = _article_model(small, ARTICLE_SMALL_MODELS)
     if valid_small == 1.0 and gap <= margin:
         return Finding(measured, True, how + ("" if article else f"; on this pair ({small}), not the article's SLMs"))
