@@ -317,6 +317,7 @@ class ToolRun:
     error: str = ""
     output_tokens: int = 0  # tokens the model generated over the loop's calls (eval_count)
     cut_off: bool = False  # a reply hit the token budget: left out of the success rate, listed instead
+    called_again: bool = False  # given the result, the model asked for a tool again instead of answering
 
     @property
     def success(self) -> bool:
@@ -365,6 +366,7 @@ def tool_loop(client: Any, model: str, task: ToolTask, *, options: dict | None =
     run.answer = second.message.content
     run.output_tokens += second.eval_count or 0
     run.cut_off = run.cut_off or second.done_reason == "length"
+    run.called_again = bool(second.message.tool_calls)
     value = result_value(run.result)
     run.used_result = bool(value) and re.search(rf"(?<![\d.]){re.escape(value)}(?![\d])", run.answer) is not None
     return run
