@@ -332,7 +332,9 @@ def save_run(frame: pd.DataFrame, folder: str | Path, small: str, large: str, **
     """Save a paired run as CSV plus a JSON file of how it was made (models, sizes, date)."""
     path = run_file(folder, small, large)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)  # a reader never sees half a file
     info = {
         "small": small,
         "large": large,
@@ -352,7 +354,7 @@ def load_run(folder: str | Path, small: str, large: str) -> tuple[pd.DataFrame, 
 
 def _read_run(path: Path) -> tuple[pd.DataFrame, dict]:
     """A saved paired run (CSV) with the metadata saved beside it."""
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"task_id": str, "eval_set": str})
     for tier in TIERS:
         col = frame[f"{tier}_correct"]
         frame[f"{tier}_correct"] = col.map(lambda v: None if pd.isna(v) else str(v) in ("True", "1", "1.0"))
@@ -360,6 +362,193 @@ def _read_run(path: Path) -> tuple[pd.DataFrame, dict]:
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return frame, {**meta, "path": str(path)}
+
+
+# ---------------------------------------------------------------------------- answers shared by lessons
+
+#: How long `paired_answers` waits for another lesson asking the same pair before it gives up.
+LOCK_WAIT_S = 3600.0
+
+
+def task_settings(task: Task, options: Options | dict | None = None) -> str:
+    """The generation settings `run_eval` uses for `task` (options over the eval defaults, the task's
+    own budget), as sorted JSON: a saved answer is reused only for the same settings."""
+    from .evals import DEFAULT_EVAL_OPTIONS
+
+    opts = Options.merge(DEFAULT_EVAL_OPTIONS, options)
+    if opts.num_predict is None and task.meta.get("num_predict"):
+        opts = Options.merge(opts, {"num_predict": task.meta["num_predict"]})
+    return json.dumps(opts.to_dict(), sort_keys=True)
+
+
+class _FileLock:
+    """An exclusive lock on a file (fcntl.flock; msvcrt on Windows), taken with a timeout.
+
+    The operating system releases it when the holder closes the file or dies, so a lesson that
+    crashed never leaves a stale lock behind. The holder writes who it is into the file, so a
+    lesson that waits can say what it waits for."""
+
+    def __init__(self, path: Path, label: str, timeout_s: float) -> None:
+        self.path, self.label, self.timeout_s = path, label, timeout_s
+        self.waited_s = 0.0
+        self._fh: Any = None
+
+    def _try(self) -> bool:
+        try:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows
+            import msvcrt
+
+            try:
+                self._fh.seek(0)
+                msvcrt.locking(self._fh.fileno(), msvcrt.LK_NBLCK, 1)
+            except OSError:
+                return False
+        except OSError:
+            return False
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8").strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def __enter__(self) -> "_FileLock":
+        import os
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115  (closed in __exit__)
+        t0 = time.monotonic()
+        told = False
+        while not self._try():
+            if not told:
+                print(
+                    f"Waiting for {self.holder()}, which is asking this pair the same tasks: "
+                    "its answers will be reused here.",
+                    flush=True,
+                )
+                told = True
+            if time.monotonic() - t0 > self.timeout_s:
+                self._fh.close()
+                raise CourseError(
+                    f"waited {self.timeout_s:.0f} s for {self.holder()} to finish with {self.path.name}",
+                    f"if nothing is running any more, delete {self.path} and run the cell again",
+                )
+            time.sleep(0.5)
+        self.waited_s = time.monotonic() - t0
+        self._fh.seek(0)
+        self._fh.truncate()
+        stamp = datetime.now(timezone.utc).strftime("%H:%M UTC")
+        self._fh.write(f"{self.label or 'a lesson'} (process {os.getpid()}, since {stamp})")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.flush()
+        self._fh.close()  # closing releases the lock
+
+
+@dataclass
+class SharedAnswers:
+    """What `paired_answers` returns: the paired frame of the tasks asked for, and where it came from."""
+
+    frame: pd.DataFrame
+    asked: int  # tasks both tiers were asked in this call
+    reused: int  # tasks whose answers came from the saved run
+    reused_from: str  # who saved the reused answers, and when
+    waited_s: float  # seconds spent waiting for another lesson asking the same pair
+    path: Path
+
+    def describe(self) -> str:
+        """One line for the lesson: asked now, reused (from whom and when), waited."""
+        parts = [f"{self.asked} items asked to both tiers now"]
+        if self.reused:
+            parts.append(f"{self.reused} answers reused from {self.reused_from}")
+        if self.waited_s >= 1:
+            parts.append(f"after waiting {self.waited_s:.0f} s for them")
+        return "; ".join(parts)
+
+
+def paired_answers(
+    backend: Backend,
+    small: str,
+    large: LargeChoice,
+    task_sets: Mapping[str, Sequence[Task]],
+    *,
+    folder: str | Path,
+    options: Options | dict | None = None,
+    label: str = "",
+    progress: bool = True,
+    reuse: bool = True,
+    timeout_s: float = LOCK_WAIT_S,
+    **meta: Any,
+) -> SharedAnswers:
+    """Both tiers' answers to every task of `task_sets`, asked once and shared between lessons.
+
+    Holding a file lock for this pair's saved run (`run_file(folder, ...)` with `.lock`), it loads
+    the saved answers, asks both tiers (`run_paired`) only the tasks with no saved answer for the same
+    eval set, prompt and settings (`task_settings`), and saves the merged run (`save_run`, with
+    `meta`) before it lets go. A lesson that starts while another one asks the same pair waits for
+    it, then reuses its answers instead of asking them all again beside it; a lesson run alone asks
+    everything. Each call holds one lock at a time, so lessons cannot deadlock, and the operating
+    system releases the lock of a process that dies. `label` (e.g. "lesson 05") is saved with the
+    answers it asked, so a lesson can say whose answers it reused. `reuse=False` asks every task
+    again (and saves the new answers over the old).
+    """
+    path = run_file(folder, small, large.model)
+    wanted = [(name, t) for name, tasks in task_sets.items() for t in tasks]
+    if not wanted:
+        raise BadInput("no tasks to run", "pass at least one non-empty task list")
+    with _FileLock(path.with_suffix(".lock"), label, timeout_s) as lock:
+        saved = load_run(folder, small, large.model)
+        old = saved[0] if saved is not None else pd.DataFrame()
+        if not old.empty and "settings" not in old.columns:  # a run saved before answers carried settings
+            old = pd.DataFrame()
+        have = (
+            {(r.eval_set, r.task_id, r.prompt, r.settings): i for i, r in enumerate(old.itertuples())}
+            if reuse and not old.empty
+            else {}
+        )
+        keys = [(name, t.id, t.prompt, task_settings(t, options)) for name, t in wanted]
+        todo: dict[str, list[Task]] = {}
+        for key, (name, t) in zip(keys, wanted):
+            if key not in have:
+                todo.setdefault(name, []).append(t)
+        reused_rows = old.iloc[[have[k] for k in keys if k in have]] if have else old.iloc[0:0]
+        sources = sorted(set(zip(reused_rows.get("asked_by", []), reused_rows.get("asked_at", []))))
+        new = pd.DataFrame()
+        if todo:
+            new = run_paired(backend, small, large, todo, options=options, progress=progress)
+            by_id = {(name, t.id): t for name, t in wanted}
+            new["settings"] = [task_settings(by_id[(n, i)], options) for n, i in zip(new.eval_set, new.task_id)]
+            new["asked_by"] = label or "a lesson"
+            new["asked_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            keep = old
+            if not old.empty:
+                replaced = set(zip(new.eval_set, new.task_id))
+                keep = old[[k not in replaced for k in zip(old.eval_set, old.task_id)]]
+            merged = pd.concat([d for d in (keep, new) if not d.empty], ignore_index=True)
+            save_run(merged, folder, small, large.model, **meta)
+        got = pd.concat([d for d in (reused_rows, new) if not d.empty], ignore_index=True)
+        # the order asked for, whatever order the answers came in
+        order = {(name, t.id): i for i, (name, t) in enumerate(wanted)}
+        got = got.iloc[sorted(range(len(got)), key=lambda i: order[(got.eval_set.iat[i], got.task_id.iat[i])])]
+        waited = lock.waited_s
+    who = ", ".join(f"{by} ({at})" for by, at in sources) or "an earlier run"
+    return SharedAnswers(got.reset_index(drop=True), sum(map(len, todo.values())), len(reused_rows), who, waited, path)
+
+
+def wait_for_run(folder: str | Path, small: str, large: str, *, timeout_s: float = LOCK_WAIT_S):
+    """`load_run`, after waiting for any lesson that is asking this pair right now (`paired_answers`):
+    the saved run with its newest answers, or None when there is none."""
+    with _FileLock(run_file(folder, small, large).with_suffix(".lock"), "a reader", timeout_s):
+        return load_run(folder, small, large)
 
 
 # ---------------------------------------------------------------------------- accuracy

@@ -14,7 +14,9 @@ Everything goes through the official `ollama` client, so it runs unchanged on a 
 from __future__ import annotations
 
 import json
+import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Callable, Sequence
@@ -151,6 +153,7 @@ class Record:
     eval_count: int
     tokens_per_s: float
     reply: str
+    cut_off: bool = False  # the reply hit the token budget: left out of the scores, listed instead
 
 
 def run_extraction(
@@ -192,24 +195,68 @@ def run_extraction(
                 r.eval_count or 0,
                 speed,
                 r.message.content,
+                r.done_reason == "length",
             )
         )
     return out
 
 
+def run_all(
+    client: Any,
+    models: Sequence[str],
+    tasks: Sequence[ExtractTask],
+    modes: Sequence[str] = MODES,
+    *,
+    options: dict | None = None,
+    progress: Any = None,
+) -> list[Record]:
+    """`run_extraction` for every model in every mode: the models side by side (on a machine with a
+    core per model, or a server that runs two models at once, that halves the wait), each mode's
+    tasks a few at a time. Records come back in the order model, mode, task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(model: str) -> list[Record]:
+        return [
+            r for mode in modes for r in run_extraction(client, model, tasks, mode, options=options, progress=progress)
+        ]
+
+    with ThreadPoolExecutor(max_workers=max(1, len(models))) as pool:
+        return [r for records in pool.map(one, models) for r in records]
+
+
+def cut_off_lines(records: Sequence[Record]) -> list[str]:
+    """One line per reply that hit the token budget: model, mode, task, the reply's end."""
+    return [
+        f"{r.model:>20} | {r.mode:13} | {r.task:9} | cut off after {r.eval_count} tokens: ...{r.reply[-50:]!r}"
+        for r in records
+        if r.cut_off
+    ]
+
+
 def summary(records: Sequence[Record]):
-    """Per model and mode: valid-JSON rate, schema-valid rate, field accuracy, tokens/s (median)."""
+    """Per model and mode: valid-JSON rate, schema-valid rate and field accuracy over the replies that
+    were not cut off (`n` of them; `cut_off` counts the others, never scored as failures), and the
+    median tokens/s over all replies. A rate is NaN when every reply of its row was cut off."""
     import pandas as pd
 
-    frame = pd.DataFrame([asdict(r) for r in records])
-    table = frame.groupby(["model", "mode"], sort=False).agg(
-        n=("task", "size"),
-        valid_json=("valid_json", "mean"),
-        schema_valid=("schema_valid", "mean"),
-        field_accuracy=("field_accuracy", "mean"),
-        tokens_per_s=("tokens_per_s", "median"),
-    )
-    return table.round(3)
+    rows = []
+    for (model, mode), d in pd.DataFrame([asdict(r) for r in records]).groupby(["model", "mode"], sort=False):
+        scored = d[~d["cut_off"]]
+        rows.append(
+            {
+                "model": model,
+                "mode": mode,
+                "n": len(scored),
+                "cut_off": int(d["cut_off"].sum()),
+                **{col: scored[col].mean() if len(scored) else math.nan for col in SCORED},
+                "tokens_per_s": d["tokens_per_s"].median(),
+            }
+        )
+    return pd.DataFrame(rows).set_index(["model", "mode"]).round(3)
+
+
+#: the columns of `summary` that score a reply (cut-off replies left out)
+SCORED = ("valid_json", "schema_valid", "field_accuracy")
 
 
 # ----------------------------------------------------------------------------- tools
@@ -269,6 +316,8 @@ class ToolRun:
     used_result: bool = False  # the final answer quotes the tool's result
     error: str = ""
     output_tokens: int = 0  # tokens the model generated over the loop's calls (eval_count)
+    cut_off: bool = False  # a reply hit the token budget: left out of the success rate, listed instead
+    called_again: bool = False  # given the result, the model asked for a tool again instead of answering
 
     @property
     def success(self) -> bool:
@@ -298,6 +347,7 @@ def tool_loop(client: Any, model: str, task: ToolTask, *, options: dict | None =
         run.error = exc.error
         return run
     run.output_tokens = first.eval_count or 0
+    run.cut_off = first.done_reason == "length"
     calls = first.message.tool_calls or []
     if not calls:
         run.answer = first.message.content
@@ -315,32 +365,100 @@ def tool_loop(client: Any, model: str, task: ToolTask, *, options: dict | None =
     second = client.chat(model=model, messages=messages, tools=list(TOOLS.values()), options=options)
     run.answer = second.message.content
     run.output_tokens += second.eval_count or 0
+    run.cut_off = run.cut_off or second.done_reason == "length"
+    run.called_again = bool(second.message.tool_calls)
     value = result_value(run.result)
     run.used_result = bool(value) and re.search(rf"(?<![\d.]){re.escape(value)}(?![\d])", run.answer) is not None
     return run
+
+
+def run_tools(
+    client: Any, models: Sequence[str], tasks: Sequence[ToolTask], *, options: dict | None = None
+) -> list[ToolRun]:
+    """`tool_loop` for every model and task: the models side by side, each model's tasks one after the
+    other (a tool prompt is long: several at once on one model could outlast the client's timeout on a
+    busy CPU). Runs come back in the order model, task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(model: str) -> list[ToolRun]:
+        return [tool_loop(client, model, task, options=options) for task in tasks]
+
+    with ThreadPoolExecutor(max_workers=max(1, len(models))) as pool:
+        return [run for runs in pool.map(one, models) for run in runs]
+
+
+def simple_tasks_verdict(
+    small: str, large: str, valid_small: float, fields_small: float, fields_large: float, n: int, margin: float = 0.10
+):
+    """The article's "Simple, focused tasks", judged on extraction into a schema with the grammar: the
+    small model's replies all schema-valid and its fields within `margin` of the large model's. The
+    verdict is about this pair: falling short refutes the claim only when the small model is one of
+    the article's SLMs (Phi-3 Mini, Gemma 2B, ...); otherwise it is "not supported on this pair".
+
+    >>> simple_tasks_verdict("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", 1.0, 0.9, 0.95, 4).ok
+    True
+    >>> simple_tasks_verdict("qwen2.5-coder:0.5b", "qwen2.5-coder:1.5b", 1.0, 0.85, 0.85, 4).why.split(";")[0]
+    "the small model's fields are level with the large one's (margin 10%)"
+    >>> f = simple_tasks_verdict("smollm2:135m", "qwen2.5-coder:0.5b", 1.0, 0.5, 0.9, 4)
+    >>> f.ok is None and f.why.startswith("not supported on this pair")
+    True
+    >>> simple_tasks_verdict("phi3:mini", "gpt-4o", 0.75, 0.5, 0.9, 4).ok
+    False
+    """
+    from .verdicts import ARTICLE_SMALL_MODELS, NOT_SUPPORTED, Finding, _article_model
+
+    measured = (
+        f"{n} extractions with format=schema: small {small} {valid_small:.0%} schema-valid, fields "
+        f"{fields_small:.0%} right; large {large} fields {fields_large:.0%} right"
+    )
+    if small == large:
+        return Finding(measured, None, "one model only: nothing to compare it with")
+    if n <= 0 or any(math.isnan(v) for v in (valid_small, fields_small, fields_large)):
+        return Finding(measured, None, "no reply of one of the models was scored (all cut off)")
+    gap = fields_large - fields_small
+    side = "level with" if abs(gap) < 0.005 else f"{abs(gap):.0%} " + ("behind" if gap > 0 else "ahead of")
+    how = f"the small model's fields are {side} the large one's (margin {margin:.0%})"
+    article = _article_model(small, ARTICLE_SMALL_MODELS)
+    if valid_small == 1.0 and gap <= margin:
+        return Finding(measured, True, how + ("" if article else f"; on this pair ({small}), not the article's SLMs"))
+    if article:
+        return Finding(measured, False, how)
+    short = how if valid_small == 1.0 else f"only {valid_small:.0%} of its replies are schema-valid; " + how
+    return Finding(measured, None, f"{NOT_SUPPORTED}: {short}; {small} is not one of the article's SLMs")
 
 
 # ----------------------------------------------------------------------------- the pair
 def pick_pair(backend: Any, small: str = "", large: str = "", *, verbose: bool = True) -> tuple[str, str]:
     """The small and large model for the comparison, both on `backend`'s Ollama server.
 
-    Empty names: the smallest and the biggest chat model the server has (on the kit's offline
-    server SmolLM2-135M and Qwen2.5-Coder-0.5B). Says which pair it chose and why.
+    `helpers.quality.choose_pair` decides, as in lessons 05-07: asked-for names win, else the offline
+    pair chosen by measurement (docs/offline-pair.md: Qwen2.5-Coder 0.5B and 1.5B, or SmolLM2 and the
+    0.5B where the 1.5B is not installed), else the best course model and the biggest local one.
+    Structured outputs and tools are asked through Ollama's API, so an API large tier (a key is set)
+    is replaced by the biggest chat model on this server. Says which pair it chose and why.
     """
     from .backends import model_infos
-    from .connection import pick_model, rank_large
+    from .connection import rank_large
+    from .quality import OFFLINE_PAIRS, choose_pair
 
-    ranked = rank_large(model_infos(backend))
-    large_name = pick_model(backend, large, verbose=verbose) if large else (ranked[0] if ranked else "")
-    small_name = pick_model(backend, small, verbose=verbose) if small else (ranked[-1] if ranked else "")
-    if not large_name or not small_name:
-        raise BadInput(
-            f"{backend.describe()} has no chat model", "pull one (`ollama pull qwen2.5:0.5b`) or run `slm-course serve`"
-        )
+    with warnings.catch_warnings():  # "no OPENAI_API_KEY ...": this lesson's large tier is local anyway
+        warnings.simplefilter("ignore", UserWarning)
+        small_name, tier = choose_pair(backend, small, large, probe=False, verbose=False)
+    large_name, why = tier.model, "asked for" if small and large else "the best course model and the biggest local one"
+    if (small_name, large_name) in OFFLINE_PAIRS and not (small and large):
+        why = "the offline pair, chosen by measurement: docs/offline-pair.md"
+    if tier.backend is not backend or not backend.has_model(large_name):
+        ranked = rank_large(model_infos(backend))
+        if not ranked:
+            raise BadInput(
+                f"{backend.describe()} has no chat model",
+                "pull one (`ollama pull qwen2.5:0.5b`) or run `slm-course serve`",
+            )
+        large_name = ranked[0]
+        why = f"the large tier {tier.model} is not on this Ollama server, so the biggest chat model it has"
     if verbose:
-        how = "asked for" if small and large else "smallest and biggest chat model on the server"
         same = " (the same model: pull a second one to compare two)" if small_name == large_name else ""
-        print(f"This run compares small = {small_name} with large = {large_name} ({how}){same}.")
+        print(f"This run compares small = {small_name} with large = {large_name} ({why}){same}.")
     return small_name, large_name
 
 

@@ -360,3 +360,123 @@ def test_a_real_judge_grades_open_prompts_on_the_session_server():
         else:
             assert 1 <= score_ <= 10 and correct == (score_ >= 7)
             assert parse_judge(verdict) == score_
+
+
+# ---------------------------------------------------------------------------- answers shared by lessons
+
+
+class _Counting(_Server):
+    """Answers every prompt with its first word after a pause, and counts the calls per model: how
+    many questions `paired_answers` really asked (the plumbing, not a model's quality)."""
+
+    def __init__(self, models, pause_s=0.0):
+        super().__init__(models)
+        self.pause_s, self.calls = pause_s, []
+        import threading
+
+        self._guard = threading.Lock()
+
+    def chat(self, model, messages, *, options=None):
+        import time
+
+        time.sleep(self.pause_s)
+        with self._guard:
+            self.calls.append((model, messages[-1]["content"], dict(options or {})))
+        return Result(text=messages[-1]["content"].split()[0], model=model, backend=self.name)
+
+
+def _shared_tasks(n=4):
+    from helpers.evals import shared_eval
+
+    routine = [t for t in shared_eval() if t.meta["level"] == "routine"]
+    return {"routine": routine[:n], "hard": [t for t in shared_eval() if t.meta["level"] == "hard"][:2]}
+
+
+def test_paired_answers_asks_once_and_reuses_the_saved_answers(tmp_path):
+    from helpers.quality import paired_answers
+
+    server = _Counting(["small", "big"])
+    tier = LargeChoice(server, "big", True, False, None, "")
+    sets = _shared_tasks()
+    first = paired_answers(server, "small", tier, sets, folder=tmp_path, label="lesson 05", progress=False)
+    assert (first.asked, first.reused, len(server.calls)) == (6, 0, 12)
+    assert list(first.frame.task_id) == [t.id for ts in sets.values() for t in ts], "in the order asked for"
+    assert first.path == run_file(tmp_path, "small", "big") and first.path.is_file()
+
+    again = paired_answers(server, "small", tier, {"hard": sets["hard"]}, folder=tmp_path, label="lesson 06")
+    assert (again.asked, again.reused, len(server.calls)) == (0, 2, 12), "nothing is asked twice"
+    assert again.reused_from.startswith("lesson 05 (") and "UTC" in again.reused_from
+    assert "2 answers reused from lesson 05" in again.describe()
+    pd_ = again.frame.drop(columns=["settings", "asked_by", "asked_at"])
+    assert pd_.small_text.tolist() == first.frame.small_text.tolist()[-2:]
+
+    # one more task: only it is asked, the rest reused
+    sets["routine"] = sets["routine"] + [_shared_tasks(5)["routine"][-1]]
+    more = paired_answers(server, "small", tier, sets, folder=tmp_path, label="lesson 07", progress=False)
+    assert (more.asked, more.reused, len(server.calls)) == (1, 6, 14)
+    # other settings are other answers: asked again, and they replace the saved ones
+    bigger = paired_answers(server, "small", tier, sets, folder=tmp_path, options={"num_predict": 300}, progress=False)
+    assert (bigger.asked, bigger.reused, len(server.calls)) == (7, 0, 28)
+    assert {c[2].get("num_predict") for c in server.calls[-14:]} == {300}
+    saved, meta = load_run(tmp_path, "small", "big")
+    assert len(saved) == meta["rows"] == 7, "one saved answer pair per task"
+    assert saved.settings.str.contains('"num_predict": 300').all()
+
+
+def test_two_lessons_at_once_ask_each_task_once(tmp_path):
+    """The second lesson waits for the first and reuses its answers instead of asking beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers.quality import paired_answers
+
+    server = _Counting(["small", "big"], pause_s=0.2)
+    tier = LargeChoice(server, "big", True, False, None, "")
+    sets = _shared_tasks()
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(
+                paired_answers, server, "small", tier, sets, folder=tmp_path, label=f"lesson 0{i}", progress=False
+            )
+            for i in (5, 6)
+        ]
+        a, b = (r.result(timeout=120) for r in runs)
+    assert len(server.calls) == 12, "every task asked once per tier, not once per lesson"
+    first, second = sorted((a, b), key=lambda r: r.reused)
+    assert (first.asked, second.asked, second.reused) == (6, 0, 6)
+    assert second.waited_s > 0.1 and second.reused_from.startswith("lesson 0")
+    assert first.frame.small_text.tolist() == second.frame.small_text.tolist()
+
+
+def test_a_lock_left_by_a_dead_process_is_released(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from helpers.quality import paired_answers
+
+    lock = run_file(tmp_path, "small", "big").with_suffix(".lock")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from helpers.quality import _FileLock\n"
+            f"with _FileLock(Path({str(lock)!r}), 'a crashed lesson', 60):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        server = _Counting(["small", "big"])
+        tier = LargeChoice(server, "big", True, False, None, "")
+        with pytest.raises(Exception, match="waited 1 s for a crashed lesson"):
+            paired_answers(server, "small", tier, _shared_tasks(), folder=tmp_path, progress=False, timeout_s=1)
+        holder.kill()  # dies holding the lock: the operating system releases it
+        holder.wait(timeout=30)
+        t0 = time.monotonic()
+        done = paired_answers(server, "small", tier, _shared_tasks(), folder=tmp_path, progress=False)
+        assert done.asked == 6 and time.monotonic() - t0 < 30
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -15,9 +15,12 @@ from helpers.structured import (
     MODES,
     TOOLS,
     ExtractTask,
+    Record,
+    cut_off_lines,
     extract_tasks,
     format_for,
     parse_json,
+    pick_pair,
     result_value,
     run_extraction,
     score,
@@ -75,6 +78,26 @@ def test_format_for_each_mode():
         format_for("yaml", t)
 
 
+@pytest.mark.no_server
+def test_summary_leaves_cut_off_replies_out_and_lists_them():
+    import math
+
+    t = extract_tasks(1)[0]
+    whole = Record("m", "free text", t.id, True, True, 1.0, 30, 10.0, '{"name": "Maria Lopez"}')
+    cut = Record("m", "free text", t.id, False, False, 0.0, 96, 12.0, '{"name": "Maria Lo', cut_off=True)
+    row = summary([whole, cut]).loc[("m", "free text")]
+    assert (row.n, row.cut_off, row.schema_valid, row.field_accuracy) == (1, 1, 1.0, 1.0), (
+        "the cut-off reply is not a failure"
+    )
+    assert row.tokens_per_s == 11.0, "speed counts every reply"
+    only_cut = summary([cut]).loc[("m", "free text")]
+    assert only_cut.n == 0 and math.isnan(only_cut.schema_valid), "nothing scored: NaN, not 0%"
+    assert (
+        cut_off_lines([whole, cut]) == [cut_off_lines([cut])[0]]
+        and "cut off after 96 tokens" in cut_off_lines([cut])[0]
+    )
+
+
 # ----------------------------------------------------------------------------- against the server
 @pytest.fixture(scope="module")
 def client(ollama_host):
@@ -103,3 +126,15 @@ def test_tool_loop_runs_the_tool_and_reads_the_answer(client):
 def test_tool_loop_on_a_model_without_tools_reports_the_refusal(client):
     run = tool_loop(client, BUNDLED, tool_tasks()[0], options=DET)
     assert not run.success and "does not support tools" in run.error
+
+
+def test_pick_pair_takes_the_pair_of_lessons_05_to_07(ollama_host):
+    from helpers import connect
+    from helpers.quality import offline_pair
+
+    backend = connect(fallback=False, verbose=False)
+    pair = offline_pair(backend)
+    if pair is None:
+        pytest.skip("no offline pair installed: `slm-course pull qwen2.5-coder:0.5b`")
+    assert pick_pair(backend, verbose=False) == pair, "the measured offline pair, as choose_pair picks it"
+    assert pick_pair(backend, BUNDLED, pair[0], verbose=False) == (BUNDLED, pair[0]), "asked-for names win"
