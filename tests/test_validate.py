@@ -263,7 +263,7 @@ def test_empty_settings_mean_their_defaults(monkeypatch, tmp_path):
     assert (s.timeout, s.threads, s.num_parallel, s.large_model, s.openai_api_key) == (
         120.0,
         0,
-        4,
+        8,  # the measured default (README, "Performance")
         DEFAULT_LARGE_MODEL,
         None,
     )
