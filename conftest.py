@@ -67,9 +67,23 @@ def pytest_addoption(parser) -> None:
     )
 
 
+# Lesson 05 asks the offline pair the whole shared set (the longest file of the suite); lessons 06
+# and 07 reuse its answers and wait for them while it asks (helpers.quality.paired_answers). Longest
+# first and its readers last, so that with xdist's loadfile scheduling no worker sits waiting.
+FIRST = ("notebooks/05_quality.ipynb",)
+LAST = ("notebooks/06_routing.ipynb", "notebooks/07_hybrid_app.ipynb")
+
+
+def _rank(item) -> int:
+    path = item.nodeid.split("::")[0]
+    return 0 if path in FIRST else (2 if path in LAST else 1)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """The course site exists only once `slm-course book` has built it from this run's lessons, so
-    its tests are deselected unless --site asks for them (make test's last step)."""
+    """Lesson 05 first and the lessons that reuse its answers last (a stable sort: each file's
+    cells keep their order). The course site exists only once `slm-course book` has built it from
+    this run's lessons, so its tests are deselected unless --site asks for them (make test's last step)."""
+    items.sort(key=_rank)
     if config.getoption("--site"):
         return
     site = [item for item in items if item.get_closest_marker("site") is not None]
