@@ -105,10 +105,12 @@ CORPUS = textwrap.dedent("""
 @pytest.mark.no_server
 @pytest.mark.slow
 def test_every_schema_of_a_generated_corpus_works_or_is_refused():
-    """The six crash cases and 1,000 generated schemas, each sent to the real engine (2 tokens):
-    it answers or raises BadInput (a 400 in the server), and the process never dies."""
+    """The six crash cases and 500 generated schemas (SLM_SCHEMA_CORPUS=N for more: 1,000 ran
+    clean on 2026-12-05), each sent to the real engine (2 tokens): it answers or raises BadInput
+    (a 400 in the server), and the process never dies."""
+    generated = int(os.environ.get("SLM_SCHEMA_CORPUS", "500"))
     proc = subprocess.run(
-        [sys.executable, "-c", CORPUS, "1000"],
+        [sys.executable, "-c", CORPUS, str(generated)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -117,8 +119,8 @@ def test_every_schema_of_a_generated_corpus_works_or_is_refused():
     )
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert counts["worked"] + counts["refused"] == 1006
-    assert counts["worked"] > 300 and counts["refused"] > 100, counts  # both paths exercised
+    assert counts["worked"] + counts["refused"] == len(CRASHERS) + generated
+    assert counts["worked"] > 0.3 * generated and counts["refused"] > 0.1 * generated, counts  # both paths
 
 
 @pytest.mark.parametrize("schema", CRASHERS)
