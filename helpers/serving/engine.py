@@ -17,9 +17,6 @@ instance) and the old one is freed when its last request lets go; the keep_alive
 model in use. A request whose num_ctx fits the loaded context runs there (one instance per
 model, as Ollama runs one runner per model); a longer one reloads.
 
-Decoding runs in a thread of its own that hands chunks to the caller's iterator: closing or
-dropping the iterator (or setting `cancel`) stops the decode at the next token and frees its slot.
-
 Same answer: on a CPU llama.cpp's floating-point sums depend on the shape of the batch a token
 is read in, so a prompt read partly from the cache can give another greedy answer than the same
 prompt read cold. A reproducible request (temperature 0, or a fixed seed) therefore reads its
@@ -52,7 +49,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..errors import BadInput, Cancelled, CourseError, ModelNotFound
 from ..options import Options
 from ..registry import BUNDLED_INSTALL, BUNDLED_MODEL, card
-from ..settings import DEFAULT_NUM_PARALLEL, MAX_NUM_PARALLEL, get_settings  # noqa: F401  (the engine's limits)
+from ..settings import get_settings
 from ..validate import base_name, check_format, check_messages, is_int, openai_messages
 from .weights import local_model_path, local_models
 
@@ -159,11 +156,6 @@ class LoadedModel:
     retired: bool = False  # out of the registry: freed when the last user lets go
     closing: bool = False  # claimed for freeing (exactly one caller frees it)
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The GGUF's metadata (arrays summarised), read from the file header."""
-        return gguf_metadata(self.path)
-
 
 @dataclass
 class Embeddings:
@@ -192,14 +184,8 @@ def default_threads() -> int:
     return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
 
 
-def default_parallel() -> int:
-    """Requests each model decodes at once: OLLAMA_NUM_PARALLEL as Ollama reads it (1 to
-    MAX_NUM_PARALLEL, checked by the settings), else DEFAULT_NUM_PARALLEL."""
-    return get_settings().num_parallel
-
-
-def engine_build() -> str:
-    """What llama.cpp build runs here: the xllamacpp wheel's version and CPU features."""
+def _xllamacpp() -> Any:
+    """The engine's library (llama.cpp's server code), or the next step when it is missing."""
     try:
         import xllamacpp
     except ImportError as exc:
@@ -207,13 +193,13 @@ def engine_build() -> str:
             "the engine (xllamacpp) is not installed",
             "install the kit's dependencies: `pip install -e .` (a prebuilt wheel, no compile)",
         ) from exc
-    return f"xllamacpp {xllamacpp.__version__}: {xllamacpp.get_system_info().strip()}"
+    return xllamacpp
 
 
-def trained_context(name: str) -> int | None:
-    """The context length a model was trained with (its registry card), None if unknown."""
-    c = card(name)
-    return c.context if c is not None and c.context > 0 else None
+def engine_build() -> str:
+    """What llama.cpp build runs here: the xllamacpp wheel's version and CPU features."""
+    xl = _xllamacpp()
+    return f"xllamacpp {xl.__version__}: {xl.get_system_info().strip()}"
 
 
 def _llama_error(payload: Any) -> CourseError:
@@ -243,11 +229,9 @@ class Engine:
 
     def __init__(self, n_threads: int | None = None, num_parallel: int | None = None) -> None:
         self.n_threads = n_threads or default_threads()
-        self.num_parallel = num_parallel or default_parallel()
+        self.num_parallel = num_parallel or get_settings().num_parallel  # OLLAMA_NUM_PARALLEL
         self._models: dict[str, LoadedModel] = {}
         self._registry_lock = threading.Lock()
-        # signalled whenever a request lets go of a model (a reload or unload may be waiting)
-        self._released = threading.Condition(self._registry_lock)
         self._load_locks: dict[str, threading.Lock] = {}
         # stop llama.cpp's threads before the interpreter tears its modules down
         ref = weakref.ref(self)
@@ -295,12 +279,7 @@ class Engine:
 
     def _start(self, path: Path, num_ctx: int) -> Any:
         """A llama.cpp server context for one model: `num_parallel` slots of `num_ctx` tokens."""
-        try:
-            import xllamacpp as xl
-        except ImportError as exc:  # pragma: no cover - a dependency of the kit
-            raise CourseError(
-                "the engine (xllamacpp) is not installed", "run `pip install -e .` (a prebuilt wheel, no compile)"
-            ) from exc
+        xl = _xllamacpp()
         p = xl.CommonParams()
         p.model.path = str(path)
         p.n_parallel = self.num_parallel
@@ -327,18 +306,13 @@ class Engine:
             ) from None
 
     def _acquire(self, name: str, num_ctx: int | None, keep_alive_s: float | None) -> tuple[LoadedModel, int]:
-        """Take a hold on the model, loading it (or reloading it for a longer context).
-
-        num_ctx=None takes the model at whatever context it is loaded with; a num_ctx that fits
-        the loaded context runs there. A reload waits for nothing: requests still running on the
-        old instance finish there, and it is freed after the last of them. Every successful call
-        must be paired with `_release`.
-        """
+        """Take a hold on the model, loading it (or reloading it for a longer context: see the module
+        docstring); num_ctx=None takes it at whatever context it is loaded with. Pair with `_release`."""
         base, path = self.resolve(name)
         if num_ctx is not None:
             num_ctx = self.effective_context(base, num_ctx)
         with self._load_lock(base):
-            with self._released:
+            with self._registry_lock:
                 current = self._models.get(base)
                 if current is not None and (num_ctx is None or num_ctx <= current.num_ctx):
                     current.users += 1
@@ -367,34 +341,28 @@ class Engine:
                 users=1,
                 slots=threading.Semaphore(self.num_parallel),
             )
-            with self._released:
+            with self._registry_lock:
                 self._models[base] = model
             return model, load_ns
 
     def _release(self, model: LoadedModel) -> None:
-        with self._released:
+        with self._registry_lock:
             model.users -= 1
             model.expires_at = time.time() + model.keep_alive_s
-            free_now = self._claim_free(model)
-            self._released.notify_all()
-        if free_now:
-            self._close(model)
+        self._close_when_free(model)
 
     def effective_context(self, name: str, num_ctx: int) -> int:
         """num_ctx clamped to the model's trained context, as Ollama does (a larger context
         only costs memory: the model cannot use it)."""
-        trained = trained_context(base_name(name))
-        return min(num_ctx, trained) if trained else num_ctx
+        c = card(base_name(name))
+        return min(num_ctx, c.context) if c is not None and c.context > 0 else num_ctx
 
     @contextmanager
     def using(
         self, name: str, num_ctx: int | None = None, keep_alive_s: float | None = None
     ) -> Iterator[tuple[LoadedModel, int]]:
-        """Hold a model for a block: `with engine.using(name) as (model, load_ns): ...`.
-
-        While the block runs the model is not closed, unloaded or reloaded (for that, the engine
-        waits for the block to end).
-        """
+        """Hold a model for a block: `with engine.using(name) as (model, load_ns): ...`; an unload or
+        reload meanwhile takes it out of use, and it is freed after the block."""
         model, load_ns = self._acquire(name, num_ctx, keep_alive_s)
         try:
             yield model, load_ns
@@ -430,7 +398,7 @@ class Engine:
 
     def _close_when_free(self, model: LoadedModel) -> None:
         """Free a retired model now if no request holds it, else when the last one lets go."""
-        with self._released:
+        with self._registry_lock:
             free_now = self._claim_free(model)
         if free_now:
             self._close(model)
@@ -442,11 +410,10 @@ class Engine:
         del server  # xllamacpp stops the context's loop and frees it
 
     def unload(self, name: str) -> bool:
-        """Unload a model now (False if it was not loaded). It never waits: requests still
-        running on it finish, and its memory is freed when the last of them lets go."""
+        """Unload a model now (False if it was not loaded); freed when its last request lets go."""
         base = base_name(name)
         with self._load_lock(base):
-            with self._released:
+            with self._registry_lock:
                 model = self._models.get(base)
                 if model is None or not self._retire(model):
                     return False
@@ -455,7 +422,7 @@ class Engine:
 
     def close_all(self) -> None:
         """Unload every model (those in use are freed when their last request lets go)."""
-        with self._released:
+        with self._registry_lock:
             models = [m for m in list(self._models.values()) if self._retire(m)]
         for model in models:
             self._close_when_free(model)
@@ -463,7 +430,7 @@ class Engine:
     def unload_expired(self, now: float | None = None) -> list[str]:
         """Unload the models whose keep_alive has run out and that no request is using."""
         now = time.time() if now is None else now
-        with self._released:
+        with self._registry_lock:
             gone = [
                 m
                 for m in list(self._models.values())
@@ -668,7 +635,7 @@ class Engine:
 
 
 class _Stream:
-    """A running generation: its chunks, read from the thread that drives llama.cpp.
+    """A running generation: its chunks, made in the thread that drives llama.cpp.
 
     Made once the first piece is there (or the request failed, which raises in the caller).
     Iterate it, or `pipe` it to a function that the decode thread itself calls per chunk (the
@@ -688,29 +655,23 @@ class _Stream:
         t_start: int,
         cancel: threading.Event | None,
     ) -> None:
-        self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self._out: queue.SimpleQueue = queue.SimpleQueue()  # Chunks (or the error), then None at the end
+        self._sink: Callable[[Any], None] = self._out.put  # where they go: the queue, or pipe()'s sink
+        self._lock = threading.Lock()  # pipe() switches the sink between two hand-overs
         self._gone = threading.Event()
-        self._lock = threading.Lock()
-        self._sink: Callable[[Any], None] | None = None
         self._done = self._finished = False
         self._t_start = t_start
         self._load_ns = 0
         self._chat = chat
-        gone, out, me = self._gone, self._out, weakref.ref(self)
+        gone, me = self._gone, weakref.ref(self)
 
         def stopped() -> bool:
             return gone.is_set() or (cancel is not None and cancel.is_set())
 
-        def emit(item: Any) -> None:  # queued for a reader, or handed to the pipe's sink
+        def emit(item: Any) -> None:  # converted and handed over here (nobody reads a dropped stream)
             stream = me()
-            if stream is None:
-                out.put(item)
-                return
-            with stream._lock:  # not between pipe()'s switch and its draining of the queue
-                if stream._sink is None:
-                    out.put(item)
-                else:
-                    stream._pass(item)
+            if stream is not None:
+                stream._hand_over(item)
 
         def produce() -> None:
             try:
@@ -738,52 +699,38 @@ class _Stream:
                 emit(_END)
 
         threading.Thread(target=produce, daemon=True, name="slm-decode").start()
-        self._pending: list[Chunk] = []
-        # wait for the first piece, so a bad request raises here
-        while not self._pending and not self._done:
-            self._pending.extend(self._convert(self._out.get()))
+        first = self._out.get()  # a bad request raises here
+        if isinstance(first, BaseException):
+            raise first
+        self._pending: list[Any] = [first]
 
     def pipe(self, sink: Callable[[Any], None]) -> None:
         """From now on, call `sink` from the decode thread with each Chunk, then None at the end
-        (an error: the exception, then None). Chunks already read go first, in order."""
+        (an error: the exception, then None). Chunks already made go first, in order."""
         with self._lock:
+            while self._pending or not self._out.empty():
+                sink(self._pending.pop(0) if self._pending else self._out.get())
             self._sink = sink
-            pending, self._pending = self._pending, []
-            for chunk in pending:
-                sink(chunk)
+
+    def _hand_over(self, item: Any) -> None:
+        """Convert one item from llama.cpp and hand its chunks to the sink; None after the last."""
+        with self._lock:
             if self._done:
-                sink(None)
-            while True:
-                try:
-                    item = self._out.get_nowait()
-                except queue.Empty:
-                    break
-                self._pass(item)
+                return
+            try:
+                chunks: list[Any] = self._convert(item)
+            except BaseException as exc:
+                self._gone.set()
+                chunks = [exc, None]
+            for chunk in chunks:
+                self._done = chunk is None
+                self._sink(chunk)
 
-    def _pass(self, item: Any) -> None:
-        """Convert one item from llama.cpp and hand its chunks to the sink (holding the lock)."""
-        sink = self._sink
-        if self._done or sink is None:
-            return
-        try:
-            chunks = self._convert(item)
-        except BaseException as exc:
-            sink(exc)
-            sink(None)
-            return
-        for chunk in chunks:
-            sink(chunk)
-        if self._done:
-            sink(None)
-
-    def _convert(self, item: Any) -> list[Chunk]:
-        """The chunks of one item from llama.cpp (raises its error)."""
+    def _convert(self, item: Any) -> list[Chunk | None]:
+        """The chunks of one item from llama.cpp, None at the end (raises its error)."""
         if item is _END:
-            self._done = True
-            return [self._final(None)] if not self._finished else []
+            return [None] if self._finished else [self._final(None), None]
         if isinstance(item, BaseException):
-            self._done = True
-            self._gone.set()
             raise _llama_error(item) if isinstance(item, ValueError) else item
         if isinstance(item, tuple):  # ("load", ns)
             self._load_ns = item[1]
@@ -791,8 +738,6 @@ class _Stream:
         if not isinstance(item, dict) or "error" in item or not item.get("choices"):
             if isinstance(item, dict) and "error" not in item:
                 return []  # a chunk with only usage, or an empty one
-            self._done = True
-            self._gone.set()
             raise _llama_error(item)
         choice = item["choices"][0]
         if self._chat:
@@ -804,7 +749,7 @@ class _Stream:
                     text += json.dumps({"name": fn["name"], "arguments": json.loads(fn.get("arguments") or "{}")})
         else:
             text = choice.get("text") or ""
-        out = [Chunk(text)] if text else []
+        out: list[Chunk | None] = [Chunk(text)] if text else []
         if choice.get("finish_reason"):
             self._finished = True
             out.append(self._final(item))
@@ -831,11 +776,13 @@ class _Stream:
         return self
 
     def __next__(self) -> Chunk:
-        while not self._pending:
-            if self._done:
-                raise StopIteration
-            self._pending.extend(self._convert(self._out.get()))
-        return self._pending.pop(0)
+        item = self._pending.pop(0) if self._pending else self._out.get()
+        if item is None:
+            self._pending.append(None)  # ended: so is every later call
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def close(self) -> None:
         self._gone.set()
@@ -957,8 +904,6 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     templates (Qwen2.5) ask for, or - the tags being special tokens that decoding drops - an answer
     that is only such objects (in a ```json fence or not). Anything else stays text.
     """
-    import json as _json
-
     calls: list[dict[str, Any]] = []
     kept: list[str] = []
     end, original = 0, text
@@ -967,7 +912,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
         # `<tool_call>` is a special token the detokenizer leaves out: then the answer is the
         # bare JSON objects, one after another (as Ollama also accepts)
         fenced = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, re.S)  # a ```json block
-        decoder, pos, stripped = _json.JSONDecoder(), 0, (fenced.group(1) if fenced else text).rstrip()
+        decoder, pos, stripped = json.JSONDecoder(), 0, (fenced.group(1) if fenced else text).rstrip()
         while pos < len(stripped):
             start = len(stripped) - len(stripped[pos:].lstrip())
             if start >= len(stripped) or stripped[start] != "{":
@@ -984,7 +929,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
             text = stripped
     for start, stop, body in blocks:
         try:
-            obj = _json.loads(body)
+            obj = json.loads(body)
         except ValueError:
             continue
         if (
@@ -996,7 +941,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
         args = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(args, str):
             try:
-                args = _json.loads(args)
+                args = json.loads(args)
             except ValueError:
                 args = {}
         kept.append(text[end:start])
