@@ -448,18 +448,8 @@ async def prepare(request: Request, model: str, **kwargs) -> Run:
     request still waiting for a free slot when its client hangs up is dropped unread."""
     st = state_of(request)
     cancel = st.inflight.new()
-    task = asyncio.ensure_future(run_in(st.model_pool, _prepare_now, st.engine, model, cancel, **kwargs))
-    watcher = asyncio.ensure_future(hung_up(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            cancel.set()  # the client went away while this request waited
-        return await task
-    except BaseException:
-        cancel.set()  # nothing to stop: done with it
-        raise
-    finally:
-        watcher.cancel()
+    work = run_in(st.model_pool, _prepare_now, st.engine, model, cancel, **kwargs)
+    return await until_done_or_gone(request, work, cancel, keep_going=True)
 
 
 async def hung_up(request: Request) -> None:
@@ -467,18 +457,24 @@ async def hung_up(request: Request) -> None:
         pass
 
 
-async def until_done_or_gone(request: Request, work: Any, cancel: threading.Event) -> Any:
-    """Await `work`; if the client hangs up first, set `cancel` so the work stops early."""
+async def until_done_or_gone(request: Request, work: Any, cancel: threading.Event, keep_going: bool = False) -> Any:
+    """Await `work`; if the client hangs up first, set `cancel` so the work stops early. Done
+    with it, `cancel` is set too, unless the work succeeded and `keep_going` (it runs on)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(hung_up(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             cancel.set()
-        return await task
+        result = await task
+        if not keep_going:
+            cancel.set()
+        return result
+    except BaseException:
+        cancel.set()
+        raise
     finally:
         watcher.cancel()
-        cancel.set()  # finished either way (a no-op for the engine now)
         if not task.done():  # this request itself was cancelled (the server is stopping)
             task.cancel()
 
