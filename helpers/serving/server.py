@@ -3,14 +3,8 @@
 It exists for machines where Ollama cannot be installed (CI, locked-down lab PCs, offline
 classrooms): every notebook cell that calls Ollama - plain REST, the `ollama` client, or the
 `openai` client on `/v1` - runs unchanged against it. It is not a new API: request and response
-shapes are Ollama's. A CourseError answers with its class's HTTP status.
-
-| module     | what it holds                                                                  |
-|------------|--------------------------------------------------------------------------------|
-| ollama_api | Ollama's routes (`/api/*`)                                                     |
-| openai_api | OpenAI's routes (`/v1/*`), translated onto the same engine calls               |
-| plumbing   | shared state, bounds, body reading, auth, errors, streaming bridge and encoders |
-| server     | `create_app` puts them together; `serve` runs it (uvicorn, timed headers)       |
+shapes are Ollama's. A CourseError answers with its class's HTTP status. `create_app` puts the
+routers of ollama_api and openai_api together over plumbing; `serve` runs it (uvicorn, timed headers).
 """
 
 from __future__ import annotations
@@ -28,16 +22,13 @@ from ..net import is_loopback_host, port_in_use
 from ..registry import BUNDLED_INSTALL
 from . import ollama_api, openai_api, plumbing
 from .engine import Engine, get_engine
-from .ollama_api import OLLAMA_API_VERSION, _metadata_value  # noqa: F401  (re-exported)
-from .plumbing import (  # noqa: F401  (re-exported: tests and older code import them from here)
+from .ollama_api import _metadata_value  # noqa: F401  (re-exported: tests import it from here)
+from .plumbing import (  # noqa: F401  (the bounds re-exported: tests import them from here)
     DEFAULT_READ_TIMEOUT_S,
     MAX_BODY_BYTES,
     MAX_EMBED_INPUTS,
     MAX_JSON_DEPTH,
     MAX_JSON_VALUES,
-    ApiError,
-    check_json,
-    parse_keep_alive,
 )
 
 GRACEFUL_SHUTDOWN_S = 2  # then uvicorn cancels what is left, so SIGTERM ends within ~3 s
