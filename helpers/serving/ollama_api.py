@@ -13,6 +13,7 @@ import math
 import re
 import time
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 from fastapi import APIRouter, Request
@@ -119,15 +120,10 @@ def _metadata_value(value: Any) -> Any:
     return value
 
 
-_DIGESTS: dict[str, str] = {}
-
-
+@lru_cache(maxsize=None)
 def _digest(path) -> str:
     """A model file's sha256: the one `slm-course pull` verified and recorded, else hashed once."""
-    key = str(path)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = verified_sha256(path) or sha256_file(path)
-    return _DIGESTS[key]
+    return verified_sha256(path) or sha256_file(path)
 
 
 def _details(name: str) -> dict[str, Any]:
@@ -148,6 +144,15 @@ def final_fields(final: Chunk) -> dict[str, Any]:
     return {"done_reason": final.done_reason, **final.timings()}
 
 
+def with_tool_calls(shape: Callable[[str], dict], text: str) -> dict:
+    """A whole chat answer in `shape`, with the tool calls read out of its text (Ollama's shape)."""
+    content, calls = parse_tool_calls(text)
+    piece = shape(content)
+    if calls:
+        piece["message"]["tool_calls"] = calls
+    return piece
+
+
 async def ndjson(run: Run, shape: Callable[[str], dict], model: str, tools: bool = False) -> AsyncIterator[bytes]:
     """NDJSON chunks; with tools, the text is held back until the end and then sent once
     with its parsed `tool_calls` (a call cannot be recognised from half its text)."""
@@ -160,10 +165,7 @@ async def ndjson(run: Run, shape: Callable[[str], dict], model: str, tools: bool
             held.append(item.text)
             continue
         if tools:
-            text, calls = parse_tool_calls("".join(held) + item.text)
-            piece = shape(text)
-            if calls:
-                piece["message"]["tool_calls"] = calls
+            piece = with_tool_calls(shape, "".join(held) + item.text)
             yield ndjson_line({"model": model, "created_at": _now(), **piece, "done": False})
             item = Chunk("", **{k: getattr(item, k) for k in ("done", "done_reason")}, **item.timings())
         base = {"model": model, "created_at": _now(), **shape(item.text), "done": item.done}
@@ -420,12 +422,7 @@ async def chat(request: Request):
     if body.stream:
         return StreamingResponse(ndjson(run, shape, body.model, tools=bool(tools)), media_type="application/x-ndjson")
     text, final = await complete(request, run)
-    message = shape(text)
-    if tools:
-        content, calls = parse_tool_calls(text)
-        message = shape(content)
-        if calls:
-            message["message"]["tool_calls"] = calls
+    message = with_tool_calls(shape, text) if tools else shape(text)
     return {"model": body.model, "created_at": _now(), **message, "done": True, **final_fields(final)}
 
 
