@@ -36,18 +36,23 @@ class OAMessage(Body):
     name: Optional[StrictStr] = None
 
 
-class OAChatBody(Body):
+class OASampling(Body):
+    """What /v1/chat/completions and /v1/completions both take."""
+
     model: StrictStr
-    messages: list[OAMessage]
     stream: StrictBool = False
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     max_tokens: Optional[int] = None
-    max_completion_tokens: Optional[int] = None
     seed: Optional[int] = None
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
-    response_format: Optional[dict] = None
     stream_options: Optional[dict] = None
+
+
+class OAChatBody(OASampling):
+    messages: list[OAMessage]
+    max_completion_tokens: Optional[int] = None
+    response_format: Optional[dict] = None
     tools: Optional[list[dict]] = None
     tool_choice: Optional[Union[StrictStr, dict]] = None
     logprobs: Optional[StrictBool] = None
@@ -55,16 +60,8 @@ class OAChatBody(Body):
     reasoning_effort: Optional[StrictStr] = None
 
 
-class OACompletionBody(Body):
-    model: StrictStr
+class OACompletionBody(OASampling):
     prompt: StrictStr
-    stream: StrictBool = False
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    max_tokens: Optional[int] = None
-    seed: Optional[int] = None
-    stop: Optional[Union[StrictStr, list[StrictStr]]] = None
-    stream_options: Optional[dict] = None
     suffix: Optional[StrictStr] = None
     logprobs: Optional[int] = None
 
@@ -75,14 +72,9 @@ class OAEmbedBody(Body):
 
 
 # --------------------------------------------------------------------------- translation
-def oa_options(body) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if body.temperature is not None:
-        opts["temperature"] = body.temperature
-    if body.top_p is not None:
-        opts["top_p"] = body.top_p
-    if body.seed is not None:
-        opts["seed"] = body.seed
+def oa_options(body: OASampling) -> dict[str, Any]:
+    """OpenAI's sampling fields as Ollama's options."""
+    opts = {k: getattr(body, k) for k in ("temperature", "top_p", "seed") if getattr(body, k) is not None}
     limit = getattr(body, "max_completion_tokens", None) or body.max_tokens
     if limit is not None:
         opts["num_predict"] = limit
@@ -109,6 +101,19 @@ def oa_tool_calls(calls: list[dict[str, Any]], stream: bool = False) -> list[dic
         }
         out.append({"index": i, **item} if stream else item)
     return out
+
+
+def envelope(ident: str, obj: str, model: str, created: int, choices: list, **rest: Any) -> dict[str, Any]:
+    """What every OpenAI completion object (and streamed chunk) carries around its choices."""
+    return {
+        "id": ident,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_slm_course",
+        "choices": choices,
+        **rest,
+    }
 
 
 def usage_of(final: Chunk) -> dict[str, int]:
@@ -154,28 +159,9 @@ async def sse(
         else:
             choice = {"index": 0, "text": text, "finish_reason": oa_finish(item.done_reason) if item.done else None}
         first = False
-        yield sse_event(
-            {
-                "id": ident,
-                "object": obj,
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_slm_course",
-                "choices": [choice],
-            }
-        )
+        yield sse_event(envelope(ident, obj, model, created, [choice]))
         if item.done and include_usage:
-            yield sse_event(
-                {
-                    "id": ident,
-                    "object": obj,
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_slm_course",
-                    "choices": [],
-                    "usage": usage_of(item),
-                }
-            )
+            yield sse_event(envelope(ident, obj, model, created, [], usage=usage_of(item)))
     yield SSE_DONE
 
 
@@ -256,15 +242,8 @@ async def oa_chat(request: Request):
         message["content"], calls = parse_tool_calls(text)
         if calls:
             message["tool_calls"] = oa_tool_calls(calls)
-    return {
-        "id": ident,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.model,
-        "system_fingerprint": "fp_slm_course",
-        "choices": [{"index": 0, "message": message, "finish_reason": oa_finish(final.done_reason, bool(calls))}],
-        "usage": usage_of(final),
-    }
+    choice = {"index": 0, "message": message, "finish_reason": oa_finish(final.done_reason, bool(calls))}
+    return envelope(ident, "chat.completion", body.model, int(time.time()), [choice], usage=usage_of(final))
 
 
 @router.post("/v1/completions")
@@ -278,15 +257,8 @@ async def oa_completions(request: Request):
         include = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(sse(run, ident, body.model, "completion", include), media_type="text/event-stream")
     text, final = await complete(request, run)
-    return {
-        "id": ident,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": body.model,
-        "system_fingerprint": "fp_slm_course",
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": oa_finish(final.done_reason)}],
-        "usage": usage_of(final),
-    }
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": oa_finish(final.done_reason)}
+    return envelope(ident, "text_completion", body.model, int(time.time()), [choice], usage=usage_of(final))
 
 
 @router.post("/v1/embeddings")
