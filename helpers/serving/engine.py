@@ -497,8 +497,7 @@ class Engine:
     def capabilities(self, name: str) -> list[str]:
         """Ollama's capability names for a model: completion, tools (from its template), embedding."""
         _, path = self.resolve(name)
-        tools = template_has_tools(gguf_metadata(path).get("tokenizer.chat_template") or "")
-        return ["completion"] + (["tools"] if tools else []) + ["embedding"]
+        return ["completion"] + (["tools"] if template_has_tools(path) else []) + ["embedding"]
 
     # ----- generation ---------------------------------------------------------
     def stream(
@@ -552,7 +551,7 @@ class Engine:
         texts += [json.dumps(tools)] if tools else []
         texts += [json.dumps(m["tool_calls"]) for m in messages or [] if m.get("tool_calls")]
         self.check_text(texts + ([system] if system else []), opts.num_ctx)
-        if tools and not template_has_tools(gguf_metadata(path).get("tokenizer.chat_template") or ""):
+        if tools and not template_has_tools(path):
             raise BadInput(
                 f'"{model}" does not support tools',
                 "use a model whose chat template has tools (e.g. qwen2.5-coder:0.5b: "
@@ -791,8 +790,10 @@ class _Stream:
         self._gone.set()
 
 
-#: characters at most in a schema string that sets no maxLength (see Engine.grammar_for)
+#: characters at most in a schema string that sets no maxLength (see Engine.response_format)
 MAX_SCHEMA_STRING = 64
+_SCHEMA_VALUES = ("enum", "const", "default", "examples", "required")  # keys whose values are data, not schemas
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")  # keys that map names to schemas
 
 
 def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
@@ -805,33 +806,22 @@ def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
         return [bounded_schema(s, limit) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {
-        k: (
-            v
-            if k in ("enum", "const", "default", "examples", "required")
-            else (
-                {p: bounded_schema(x, limit) for p, x in v.items()}
-                if k in ("properties", "$defs", "definitions") and isinstance(v, dict)
-                else bounded_schema(v, limit)
-            )
-        )
-        for k, v in schema.items()
-    }
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: bounded_schema(sub, limit) for name, sub in value.items()}
+        else:
+            out[key] = value if key in _SCHEMA_VALUES else bounded_schema(value, limit)
     types = out.get("type")
-    if (
-        (types == "string" or (isinstance(types, list) and "string" in types))
-        and "maxLength" not in out
-        and "pattern" not in out
-        and "format" not in out
-        and "enum" not in out
-    ):
+    is_string = types == "string" or (isinstance(types, list) and "string" in types)
+    if is_string and not {"maxLength", "pattern", "format", "enum"} & out.keys():
         out["maxLength"] = max(limit, int(schema.get("minLength", 0) or 0))
     return out
 
 
-def template_has_tools(template: str) -> bool:
-    """Whether a chat template renders tools (as Ollama decides the `tools` capability)."""
-    return re.search(r"\btools\b", template) is not None
+def template_has_tools(path: Path) -> bool:
+    """Whether a model's chat template renders tools (as Ollama decides the `tools` capability)."""
+    return re.search(r"\btools\b", gguf_metadata(path).get("tokenizer.chat_template") or "") is not None
 
 
 #: bounds on a JSON schema in `format`, beyond which the grammar llama.cpp builds grows too large
@@ -884,10 +874,10 @@ def check_schema(schema: Any) -> dict:
                 "use a pattern without back-references, or none",
             )
         for key, value in node.items():
-            if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
                 for name, sub in value.items():
                     walk(sub, f"{where}/{key}/{name}")
-            elif key not in ("enum", "const", "default", "examples", "required"):
+            elif key not in _SCHEMA_VALUES:
                 walk(value, f"{where}/{key}")
 
     walk(schema, "#")
@@ -904,59 +894,52 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     templates (Qwen2.5) ask for, or - the tags being special tokens that decoding drops - an answer
     that is only such objects (in a ```json fence or not). Anything else stays text.
     """
+    blocks = [(m.start(), m.end(), m.group(1)) for m in _TOOL_CALL.finditer(text)]
+    source = text
+    if not blocks:  # the bare JSON objects, one after another (as Ollama also accepts)
+        fenced = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, re.S)  # a ```json block
+        bare = (fenced.group(1) if fenced else text).rstrip()
+        blocks = _json_objects(bare)
+        if fenced and blocks:
+            source = bare
     calls: list[dict[str, Any]] = []
     kept: list[str] = []
-    end, original = 0, text
-    blocks = [(m.start(), m.end(), m.group(1)) for m in _TOOL_CALL.finditer(text)]
-    if not blocks:
-        # `<tool_call>` is a special token the detokenizer leaves out: then the answer is the
-        # bare JSON objects, one after another (as Ollama also accepts)
-        fenced = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, re.S)  # a ```json block
-        decoder, pos, stripped = json.JSONDecoder(), 0, (fenced.group(1) if fenced else text).rstrip()
-        while pos < len(stripped):
-            start = len(stripped) - len(stripped[pos:].lstrip())
-            if start >= len(stripped) or stripped[start] != "{":
-                blocks = []
-                break
-            try:
-                _, stop = decoder.raw_decode(stripped, start)
-            except ValueError:
-                blocks = []
-                break
-            blocks.append((start, stop, stripped[start:stop]))
-            pos = stop
-        if fenced and blocks:
-            text = stripped
+    end = 0
     for start, stop, body in blocks:
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            continue
-        if (
-            not isinstance(obj, dict)
-            or not isinstance(obj.get("name"), str)
-            or not ("arguments" in obj or "parameters" in obj)
-        ):
+        obj = _json_or(body, None)
+        named = isinstance(obj, dict) and isinstance(obj.get("name"), str)
+        if not named or not {"arguments", "parameters"} & obj.keys():
             continue
         args = obj.get("arguments", obj.get("parameters", {}))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                args = {}
-        kept.append(text[end:start])
+        args = _json_or(args, {}) if isinstance(args, str) else args
+        kept.append(source[end:start])
         end = stop
-        calls.append(
-            {
-                "function": {
-                    "index": len(calls),
-                    "name": obj["name"],
-                    "arguments": args if isinstance(args, dict) else {},
-                }
-            }
-        )
-    kept.append(text[end:])
-    return ("".join(kept).strip() if calls else original), calls
+        function = {"index": len(calls), "name": obj["name"], "arguments": args if isinstance(args, dict) else {}}
+        calls.append({"function": function})
+    kept.append(source[end:])
+    return ("".join(kept).strip() if calls else text), calls
+
+
+def _json_objects(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, text) of each JSON object when `text` is only such objects, else []."""
+    decoder, pos, out = json.JSONDecoder(), 0, []
+    while pos < len(text):
+        start = len(text) - len(text[pos:].lstrip())
+        if start >= len(text) or text[start] != "{":
+            return []
+        try:
+            _, pos = decoder.raw_decode(text, start)
+        except ValueError:
+            return []
+        out.append((start, pos, text[start:pos]))
+    return out
+
+
+def _json_or(text: str, default: Any) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
 
 
 _END = object()  # end of a decode's chunks
