@@ -98,16 +98,9 @@ class GenOptions:
         return self.temperature == 0 or self.seed is not None
 
     def for_llama(self, max_tokens: int) -> dict[str, Any]:
-        """These options in the request fields of llama.cpp's server."""
-        out: dict[str, Any] = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "repeat_penalty": self.repeat_penalty,
-            "max_tokens": max_tokens,
-            "cache_prompt": not self.reproducible,
-        }
+        """These options in the request fields of llama.cpp's server (the sampling ones share Ollama's names)."""
+        out = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")}
+        out.update(max_tokens=max_tokens, cache_prompt=not self.reproducible)
         if self.seed is not None:
             out["seed"] = self.seed
         if self.stop:
@@ -149,12 +142,16 @@ class LoadedModel:
     num_parallel: int
     load_ns: int
     size: int
-    expires_at: float = 0.0
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # of the latest request: it wins, as in Ollama
-    users: int = 0  # requests holding the model (guarded by the engine's registry lock)
-    slots: threading.Semaphore = field(default_factory=threading.Semaphore)  # a free slot per generation
+    users: int = 1  # requests holding the model (guarded by the engine's registry lock): first the loading one
     retired: bool = False  # out of the registry: freed when the last user lets go
     closing: bool = False  # claimed for freeing (exactly one caller frees it)
+    expires_at: float = field(init=False)
+    slots: threading.Semaphore = field(init=False)  # a free slot per generation
+
+    def __post_init__(self) -> None:
+        self.expires_at = time.time() + self.keep_alive_s
+        self.slots = threading.Semaphore(self.num_parallel)
 
 
 @dataclass
@@ -328,19 +325,7 @@ class Engine:
             t0 = time.perf_counter_ns()
             server = self._start(path, n_ctx)
             load_ns = time.perf_counter_ns() - t0
-            model = LoadedModel(
-                base,
-                path,
-                server,
-                n_ctx,
-                self.num_parallel,
-                load_ns,
-                path.stat().st_size,
-                expires_at=time.time() + keep,
-                keep_alive_s=keep,
-                users=1,
-                slots=threading.Semaphore(self.num_parallel),
-            )
+            model = LoadedModel(base, path, server, n_ctx, self.num_parallel, load_ns, path.stat().st_size, keep)
             with self._registry_lock:
                 self._models[base] = model
             return model, load_ns
@@ -469,11 +454,8 @@ class Engine:
     def response_format(fmt: bool | str | dict | None) -> dict | None:
         """llama.cpp's `response_format` for Ollama's `format`: None, JSON ("json" or True), or a JSON schema.
 
-        A schema is checked first (check_schema), then compiled by llama.cpp's own converter, so a
-        bad one is a BadInput before any model work. A string without `maxLength` gets
-        MAX_SCHEMA_STRING characters at most: still valid for the schema, and a small model that
-        starts repeating inside a string stops there instead of running into num_predict with the
-        JSON left open (see bounded_schema).
+        A schema is checked (check_schema), bounded (bounded_schema) and compiled by llama.cpp's own
+        converter, so a bad one is a BadInput before any model work.
         """
         fmt = check_format("json" if fmt is True else (fmt or None))  # {} or False: no constraint
         if fmt is None:
@@ -519,8 +501,6 @@ class Engine:
         `json_format` "json" (or True) constrains the output to JSON, a dict to that JSON schema (a
         grammar, as Ollama's `format`). `tools` are rendered through the model's template (a model whose
         template has no tools section refuses them); `parse_tool_calls` reads the answer.
-        It returns once the first piece is there (or the request failed): a bad request raises
-        here, before anything was streamed.
         """
         t_start = time.perf_counter_ns()
         opts = GenOptions.parse(options)
@@ -560,17 +540,8 @@ class Engine:
         if messages is None and not (prompt or "").strip():
             # Ollama answers an empty prompt by just loading the model.
             with self.using(base, opts.num_ctx, keep_alive_s) as (_, load_ns):
-                return iter(
-                    [
-                        Chunk(
-                            "",
-                            done=True,
-                            done_reason="load",
-                            load_duration=load_ns,
-                            total_duration=time.perf_counter_ns() - t_start,
-                        )
-                    ]
-                )
+                took = time.perf_counter_ns() - t_start
+            return iter([Chunk("", done=True, done_reason="load", load_duration=load_ns, total_duration=took)])
         model_card = card(base)
         if messages is None and not raw and model_card is not None and model_card.chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -799,8 +770,9 @@ _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")  # ke
 def bounded_schema(schema: Any, limit: int = MAX_SCHEMA_STRING) -> Any:
     """A copy of a JSON schema where every string without maxLength has maxLength=`limit`.
 
-    Whatever matches the copy matches the original: the bound only narrows what the grammar lets
-    the model write. Strings with a format or pattern are left as they are.
+    A small model that starts repeating inside a string stops there instead of running into
+    num_predict with the JSON left open. Whatever matches the copy matches the original: the bound
+    only narrows what the grammar lets the model write. Strings with a format or pattern are left as they are.
     """
     if isinstance(schema, list):
         return [bounded_schema(s, limit) for s in schema]
