@@ -9,6 +9,7 @@ Ollama refuses it, never silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -167,7 +168,7 @@ async def ndjson(run: Run, shape: Callable[[str], dict], model: str, tools: bool
         if tools:
             piece = with_tool_calls(shape, "".join(held) + item.text)
             yield ndjson_line({"model": model, "created_at": _now(), **piece, "done": False})
-            item = Chunk("", **{k: getattr(item, k) for k in ("done", "done_reason")}, **item.timings())
+            item = dataclasses.replace(item, text="")
         base = {"model": model, "created_at": _now(), **shape(item.text), "done": item.done}
         if item.done:
             base.update(final_fields(item))

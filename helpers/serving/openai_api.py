@@ -218,9 +218,7 @@ async def oa_chat(request: Request):
         think=body.reasoning_effort,
         images=[i for m in messages for i in m.get("images", [])],
     )
-    tools = body.tools or None
-    if body.tool_choice == "none":
-        tools = None  # OpenAI: "none" means the model must not call a tool
+    tools = None if body.tool_choice == "none" else (body.tools or None)  # "none": the model must not call a tool
     run = await prepare(
         request,
         body.model,

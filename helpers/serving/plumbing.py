@@ -34,7 +34,6 @@ from starlette.requests import ClientDisconnect
 from ..errors import BadInput, CourseError
 from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Engine
 
-_SENTINEL = object()
 # Threads for work that waits on a model (loads, reloads, preparing a request, embeddings):
 # many requests may queue on one model, and they must not take the threads the light routes
 # (/api/tags, /api/ps, the keep_alive reaper) need.
@@ -412,11 +411,11 @@ def bridge(prepared: Run) -> AsyncIterator[Any]:
         except BaseException as exc:  # handed to the response as an error line
             put(exc)
         finally:
-            put(_SENTINEL)
+            put(None)
 
     pipe = getattr(chunks, "pipe", None)
-    if pipe is not None:  # the engine's stream: its decode thread hands each chunk to the loop
-        pipe(lambda item: put(_SENTINEL if item is None else item))
+    if pipe is not None:  # the engine's stream: its decode thread hands each chunk (then None) to the loop
+        pipe(put)
     else:
         threading.Thread(target=worker, daemon=True, name="slm-generate").start()
 
@@ -424,7 +423,7 @@ def bridge(prepared: Run) -> AsyncIterator[Any]:
         try:
             while True:
                 item = await queue.get()
-                if item is _SENTINEL:
+                if item is None:  # the end
                     return
                 yield item
         finally:
