@@ -178,31 +178,24 @@ async def ndjson(run: Run, shape: Callable[[str], dict], model: str, tools: bool
 def refuse_unsupported(eng: Engine, model: str, *, think: Any = None, suffix: Any = None, images: Any = None) -> None:
     """Ollama answers 400 when a request needs a capability the model lacks: so does this
     (after a 404 for a model it does not have). No model here thinks, fills in the middle or sees."""
-    if think in (None, False, "", "false", "none") and not suffix and not images:
+    thinks = think not in (None, False, "", "false", "none")
+    if not (images or thinks or suffix):
         return
     eng.resolve(model)
-    if images:
-        raise ApiError(
-            400,
-            f'"{model}" does not support images (the models of this server read '
-            "text only; send no images, or use a vision model on Ollama)",
-        )
-    if think not in (None, False, "", "false", "none"):
-        raise ApiError(
-            400,
-            f'"{model}" does not support thinking (send think=false or no '
-            "think; the models of this server have no thinking mode)",
-        )
-    if suffix:
-        raise ApiError(
-            400, f'"{model}" does not support insert (fill-in-the-middle `suffix`; send the prompt without a suffix)'
-        )
+    for wanted, what, why in (
+        (images, "images", "the models of this server read text only; send no images, or use a vision model on Ollama"),
+        (thinks, "thinking", "send think=false or no think; the models of this server have no thinking mode"),
+        (suffix, "insert", "fill-in-the-middle `suffix`; send the prompt without a suffix"),
+    ):
+        if wanted:
+            raise ApiError(400, f'"{model}" does not support {what} ({why})')
 
 
 async def embeddings(
     request: Request, model: str, inputs: Union[str, list[str]], keep_alive_s: float | None = None
 ) -> Embeddings:
-    """Embed `inputs` (at most MAX_EMBED_INPUTS); stops when the client hangs up."""
+    """Embed `inputs` (at most MAX_EMBED_INPUTS; the engine refuses one too long for the context before
+    tokenising it); stops when the client hangs up."""
     texts = [inputs] if isinstance(inputs, str) else inputs
     if len(texts) > MAX_EMBED_INPUTS:
         raise ApiError(
@@ -211,8 +204,6 @@ async def embeddings(
             f"{MAX_EMBED_INPUTS} per request (send them in batches of "
             f"{MAX_EMBED_INPUTS})",
         )
-    # an input too long for the model's context is refused by the engine (Engine.check_text)
-    # before any tokenising: a 400 like every BadInput
     st = state_of(request)
     cancel = st.inflight.new()
     work = run_in(st.model_pool, st.engine.embed, model, inputs, keep_alive_s=keep_alive_s, cancel=cancel)
