@@ -186,17 +186,13 @@ def authorized(header: str, api_key: str | None) -> bool:
 async def guard(request: Request, call_next):
     """The HTTP middleware: the API key, the declared body size, and every error in the API's shape."""
     st = state_of(request)
-    if request.url.path not in ("/", "/api/version") and not authorized(
-        request.headers.get("authorization", ""), st.api_key
-    ):
-        return error_for(
-            request, 401, "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)"
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > st.max_body_bytes:  # refused before reading it
-        exc = too_large(int(declared), st.max_body_bytes)
-        return error_for(request, exc.status, exc.message, close=exc.close)
     try:
+        key = request.headers.get("authorization", "")
+        if request.url.path not in ("/", "/api/version") and not authorized(key, st.api_key):
+            raise ApiError(401, "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > st.max_body_bytes:  # refused before reading it
+            raise too_large(int(declared), st.max_body_bytes)
         return await call_next(request)
     except ApiError as exc:
         return error_for(request, exc.status, exc.message, close=exc.close)
