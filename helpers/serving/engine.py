@@ -357,11 +357,8 @@ class Engine:
     def load(
         self, name: str, num_ctx: int = DEFAULT_NUM_CTX, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     ) -> tuple[LoadedModel, int]:
-        """The loaded model and the nanoseconds spent loading it now (0 when it was warm).
-
-        The model is not held afterwards: another request may reload it with a longer context.
-        To use the model safely from other threads, use `using()` instead.
-        """
+        """The loaded model and the nanoseconds spent loading it now (0 when it was warm). It is not
+        held afterwards (another request may reload it): to use it from other threads, use `using()`."""
         with self.using(name, num_ctx, keep_alive_s) as (model, load_ns):
             return model, load_ns
 
@@ -398,41 +395,30 @@ class Engine:
         """Unload a model now (False if it was not loaded); freed when its last request lets go."""
         base = base_name(name)
         with self._load_lock(base):
-            with self._registry_lock:
-                model = self._models.get(base)
-                if model is None or not self._retire(model):
-                    return False
-            self._close_when_free(model)
-            return True
+            return bool(self._unload_where(lambda m: m.name == base))
 
     def close_all(self) -> None:
         """Unload every model (those in use are freed when their last request lets go)."""
-        with self._registry_lock:
-            models = [m for m in list(self._models.values()) if self._retire(m)]
-        for model in models:
-            self._close_when_free(model)
+        self._unload_where(lambda m: True)
 
     def unload_expired(self, now: float | None = None) -> list[str]:
         """Unload the models whose keep_alive has run out and that no request is using."""
         now = time.time() if now is None else now
+        return self._unload_where(lambda m: m.users == 0 and m.expires_at <= now)
+
+    def _unload_where(self, which: Callable[[LoadedModel], bool]) -> list[str]:
+        """Unload the loaded models `which` picks (under the registry lock); their names."""
         with self._registry_lock:
-            gone = [
-                m
-                for m in list(self._models.values())
-                if m.users == 0 and m.expires_at <= now and self._retire(m) and self._claim_free(m)
-            ]
-        for model in gone:
-            self._close(model)
-        return [m.name for m in gone]
+            models = [m for m in list(self._models.values()) if which(m) and self._retire(m)]
+        for model in models:
+            self._close_when_free(model)
+        return [m.name for m in models]
 
     # ----- requests -----------------------------------------------------------
     @staticmethod
     def check_text(texts: Sequence[str], num_ctx: int) -> None:
-        """Refuse text that cannot be tokenised or cannot fit, before any tokenising work.
-
-        A prompt longer than num_ctx * MAX_CHARS_PER_TOKEN characters has more tokens than the
-        context holds; tokenising megabytes only to find that out took seconds and memory.
-        """
+        """Refuse text that cannot be tokenised or cannot fit (MAX_CHARS_PER_TOKEN) before any tokenising:
+        tokenising megabytes only to find that out took seconds and memory."""
         total = 0
         for text in texts:
             total += len(text)
@@ -557,7 +543,7 @@ class Engine:
             request["tools"] = tools
         if response_format:
             request["response_format"] = response_format
-        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, messages is not None, t_start, cancel)
+        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, t_start, cancel)
 
     # ----- embeddings ---------------------------------------------------------
     def embed(
@@ -568,12 +554,8 @@ class Engine:
         keep_alive_s: float | None = None,
         cancel: threading.Event | None = None,
     ) -> Embeddings:
-        """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them.
-
-        Uses the model at whatever context it is loaded with (an embedding never forces a
-        reload), in the same llama.cpp context that generates (its slots take turns). Setting
-        `cancel` before the work starts stops it (it raises `Cancelled`).
-        """
+        """Mean-pooled, L2-normalised embeddings, as Ollama's /api/embed returns them, from the model at
+        whatever context it is loaded with (never a reload); `cancel` set before the work stops it (Cancelled)."""
         t_start = time.perf_counter_ns()
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -621,7 +603,6 @@ class _Stream:
         num_ctx: int,
         keep_alive_s: float | None,
         request: dict[str, Any],
-        chat: bool,
         t_start: int,
         cancel: threading.Event | None,
     ) -> None:
@@ -632,7 +613,7 @@ class _Stream:
         self._done = self._finished = False
         self._t_start = t_start
         self._load_ns = 0
-        self._chat = chat
+        self._chat = chat = "messages" in request
         gone, me = self._gone, weakref.ref(self)
 
         def stopped() -> bool:
