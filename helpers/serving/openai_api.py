@@ -145,19 +145,16 @@ async def sse(
             if not item.done:
                 continue
             text, calls = parse_tool_calls("".join(held))
+        finish = oa_finish(item.done_reason, bool(calls)) if item.done else None
         if kind == "chat":
             delta: dict[str, Any] = {"content": text}
             if first:
                 delta["role"] = "assistant"
             if calls:
                 delta["tool_calls"] = oa_tool_calls(calls, stream=True)
-            choice = {
-                "index": 0,
-                "delta": delta,
-                "finish_reason": oa_finish(item.done_reason, bool(calls)) if item.done else None,
-            }
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text, "finish_reason": oa_finish(item.done_reason) if item.done else None}
+            choice = {"index": 0, "text": text, "finish_reason": finish}
         first = False
         yield sse_event(envelope(ident, obj, model, created, [choice]))
         if item.done and include_usage:
@@ -234,12 +231,10 @@ async def oa_chat(request: Request):
             sse(run, ident, body.model, "chat", include, bool(tools)), media_type="text/event-stream"
         )
     text, final = await complete(request, run)
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    calls: list[dict[str, Any]] = []
-    if tools:
-        message["content"], calls = parse_tool_calls(text)
-        if calls:
-            message["tool_calls"] = oa_tool_calls(calls)
+    content, calls = parse_tool_calls(text) if tools else (text, [])
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = oa_tool_calls(calls)
     choice = {"index": 0, "message": message, "finish_reason": oa_finish(final.done_reason, bool(calls))}
     return envelope(ident, "chat.completion", body.model, int(time.time()), [choice], usage=usage_of(final))
 
