@@ -143,9 +143,7 @@ def ollama_error(status: int, message: str, headers: dict | None = None) -> JSON
 
 
 def openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    kind = (
-        "not_found_error" if status == 404 else ("authentication_error" if status == 401 else "invalid_request_error")
-    )
+    kind = {404: "not_found_error", 401: "authentication_error"}.get(status, "invalid_request_error")
     return JSONResponse(
         {"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status, headers=headers
     )
