@@ -846,6 +846,7 @@ def _peak_shmem_mb(run):
 PIN_MARGIN_MB = 40  # the box's tmpfs (16 MB) + /dev/shm (1 MB) + the host's own noise
 PIN_BLOCKS = 24  # the attacks try 24 x 16 MB = 384 MB: well beyond the runs' 256 MB of address space
 PIN_CONTROL_MB = 320  # what the control (no sandbox) must pin: more than that limit, so the attack works
+PIN_TIMEOUT_S = 30  # writing 384 MB took the control over 5 s on a busy 2-core machine: time is not tested here
 
 
 @linux_only
@@ -864,7 +865,7 @@ def test_memfd_cannot_pin_memory_beyond_the_limit(mode):
         "print('pinned', len(fds), flush=True)\n"
         "time.sleep(0.5)\n"
     )
-    result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256))
+    result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256, timeout_s=PIN_TIMEOUT_S))
     if mode == "unprotected":  # 24 x 16 MB outside a 256 MB address space
         assert f"pinned {PIN_BLOCKS}" in result.stdout and grown > PIN_CONTROL_MB, (grown, result.stdout)
     else:
@@ -899,7 +900,7 @@ def test_files_cannot_pin_memory_beyond_the_limit(mode, where):
         "        pass\n"
     )
     try:
-        result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256))
+        result, grown = _peak_shmem_mb(lambda: run_in(mode, code, memory_mb=256, timeout_s=PIN_TIMEOUT_S))
     finally:
         for left in Path("/dev/shm").glob(f"{tag}-*"):  # only the control can leave any
             left.unlink()
