@@ -298,7 +298,7 @@ class FaultyEngine(Engine):
     """The real engine with a fault injected at one point; every answer is still the model's."""
 
     def __init__(self) -> None:
-        super().__init__(n_threads=1)
+        super().__init__(n_threads=1, num_parallel=1)  # one request at a time here
         self.fail_after_chunks = 3
 
     def stream(self, model, **kwargs):  # preparing breaks (a bug, not bad input) ...
