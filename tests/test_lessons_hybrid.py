@@ -119,7 +119,8 @@ def test_page_smart_routing_routes_like_the_kit(pair, tiers, page_routing):
 def test_page_smart_routing_falls_back_like_the_kit_when_the_large_endpoint_is_down(pair, tiers, page_routing):
     _, small, large = pair
     ask_small, _ = tiers
-    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
+    # nothing listens there; no retry (retries are test_connection's): the refusal is immediate
+    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3, max_retries=0)
     page, kit, log, fallbacks = _both(
         page_routing,
         COMPLEX,
@@ -171,7 +172,7 @@ def test_app_measures_always_large_on_the_large_model(pair, tiers, page_routing)
     assert easy.always_large_s > 0
     assert hard.baseline_measured and hard.always_large_usd == pytest.approx(hard.decision.cost_usd)
     assert easy.decision.cost_usd > 0 and easy.decision.model == small  # its measured seconds at the stated rate
-    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
+    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3, max_retries=0)
     app.large = lambda p: down.generate(large.model, p, options=OPTIONS)
     fell = app.ask(COMPLEX, quiet=True)
     assert fell.label == "fell back" and fell.baseline_measured and baseline_calls[-1] == COMPLEX
