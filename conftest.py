@@ -55,7 +55,11 @@ def pytest_configure(config) -> None:
     os.environ.setdefault("SLM_THREADS", "1")
     config.addinivalue_line("markers", "no_server: the test needs no model server (unit test)")
     config.addinivalue_line("markers", "browser: drives JupyterLab in chromium (slow)")
-    config.addinivalue_line("markers", "slow: takes over ~6 s; `make check` leaves it out")
+    config.addinivalue_line(
+        "markers",
+        "slow: takes over ~6 s, or is a control experiment or a second check of what the fast loop covers; "
+        "`make check` leaves it out, `make test` runs it",
+    )
     config.addinivalue_line("markers", "site: checks the built course site (collected only with --site)")
 
 

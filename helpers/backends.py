@@ -231,7 +231,7 @@ class OllamaBackend(Backend):
             )
         if isinstance(exc, httpx.TimeoutException):
             return BackendUnavailable(
-                f"no answer from {self.shown_host} within {self.timeout:.0f} s",
+                f"no answer from {self.shown_host} within {self.timeout:g} s",
                 "the model may still be loading: try again, use a smaller model, or raise SLM_TIMEOUT",
             )
         if isinstance(exc, (ConnectionError, httpx.TransportError)):
@@ -466,7 +466,7 @@ class OpenAIBackend(Backend):
             )
         if isinstance(exc, openai.APITimeoutError):
             return BackendUnavailable(
-                f"no answer from {self.shown_url} within {self.timeout:.0f} s", "try again, or raise SLM_TIMEOUT"
+                f"no answer from {self.shown_url} within {self.timeout:g} s", "try again, or raise SLM_TIMEOUT"
             )
         if isinstance(exc, openai.APIConnectionError):
             return BackendUnavailable(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -139,35 +140,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=_pull)
 
-    from . import bench
-    from .authoring import book, grade, labs, nbstore
-    from .serving import launcher
-
-    p = sub.add_parser(
-        "lab", help="JupyterLab on the lessons, with a model server that answers (starts the offline one if needed)"
-    )
-    launcher.add_arguments(p)
-    p.set_defaults(func=launcher.run)
-
-    p = sub.add_parser("labs", help="regenerate labs/ from solutions/ (--check: fail if stale)")
-    labs.add_arguments(p)
-    p.set_defaults(func=labs.run)
-
-    p = sub.add_parser("grade", help="autograde a class's labs with nbgrader: init, collect, run")
-    grade.add_arguments(p)
-    p.set_defaults(func=grade.run)
-
-    p = sub.add_parser("bench", help="measure speed (TTFT, tokens/s) of models on this machine")
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run)
-
-    p = sub.add_parser("store-outputs", help="execute notebooks and keep only # NBVAL_CHECK_OUTPUT outputs")
-    nbstore.add_arguments(p)
-    p.set_defaults(func=nbstore.run)
-
-    p = sub.add_parser("book", help="build the course site (static HTML) from executed lessons")
-    book.add_arguments(p)
-    p.set_defaults(func=book.run)
+    # The other commands live in modules of their own, each with add_arguments() and run(); only the
+    # one asked for is imported: bench, book and grade bring pandas and nbformat (~1 s), which
+    # `serve` (every test server) and `doctor` never need.
+    lazy = {
+        "lab": (
+            "serving.launcher",
+            "JupyterLab on the lessons, with a model server that answers (starts the offline one if needed)",
+        ),
+        "labs": ("authoring.labs", "regenerate labs/ from solutions/ (--check: fail if stale)"),
+        "grade": ("authoring.grade", "autograde a class's labs with nbgrader: init, collect, run"),
+        "bench": ("bench", "measure speed (TTFT, tokens/s) of models on this machine"),
+        "store-outputs": ("authoring.nbstore", "execute notebooks and keep only # NBVAL_CHECK_OUTPUT outputs"),
+        "book": ("authoring.book", "build the course site (static HTML) from executed lessons"),
+    }
+    words = sys.argv[1:] if argv is None else argv
+    asked = next((w for w in words if not w.startswith("-")), None)
+    for name, (module, help_text) in lazy.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == asked:
+            command = importlib.import_module(f".{module}", __package__)
+            command.add_arguments(p)
+            p.set_defaults(func=command.run)
 
     args = parser.parse_args(argv)
     try:

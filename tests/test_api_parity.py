@@ -61,6 +61,27 @@ def tools_model(client):
     return TOOLS_MODEL
 
 
+# The first turn of the weather question, asked once per API and read by the tests of both the call
+# and the agent loop's second turn (a reproducible request reads its whole tools prompt every time)
+@pytest.fixture(scope="module")
+def ollama_weather_call(client, tools_model):
+    return client.chat(
+        model=tools_model, tools=[WEATHER_TOOL], options=DET, messages=[{"role": "user", "content": ASK_WEATHER}]
+    )
+
+
+@pytest.fixture(scope="module")
+def openai_weather_call(oa, tools_model):
+    return oa.chat.completions.create(
+        model=tools_model,
+        temperature=0,
+        seed=42,
+        max_tokens=120,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": ASK_WEATHER}],
+    )
+
+
 # ----------------------------------------------------------------- 1. JSON schema is enforced
 def test_schema_with_required_keys_is_valid_10_of_10_on_smollm2(client):
     valid = 0
@@ -135,11 +156,8 @@ def test_show_capabilities_say_tools_only_where_the_template_has_them(client, to
     assert "completion" in client.show(BUNDLED).capabilities
 
 
-def test_ollama_chat_returns_tool_calls(client, tools_model):
-    r = client.chat(
-        model=tools_model, tools=[WEATHER_TOOL], options=DET, messages=[{"role": "user", "content": ASK_WEATHER}]
-    )
-    calls = r.message.tool_calls
+def test_ollama_chat_returns_tool_calls(ollama_weather_call):
+    calls = ollama_weather_call.message.tool_calls
     assert calls and calls[0].function.name == "get_weather"
     assert calls[0].function.arguments.get("city", "").lower() == "paris"
 
@@ -178,16 +196,8 @@ def test_ollama_python_function_as_a_tool(client, tools_model):
     assert add_two_numbers(**call.function.arguments) == 42
 
 
-def test_openai_tool_calls_and_finish_reason(oa, tools_model):
-    r = oa.chat.completions.create(
-        model=tools_model,
-        temperature=0,
-        seed=42,
-        max_tokens=120,
-        tools=[WEATHER_TOOL],
-        messages=[{"role": "user", "content": ASK_WEATHER}],
-    )
-    choice = r.choices[0]
+def test_openai_tool_calls_and_finish_reason(openai_weather_call):
+    choice = openai_weather_call.choices[0]
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
     assert call.id and call.type == "function" and call.function.name == "get_weather"
@@ -228,12 +238,9 @@ def test_parse_tool_calls_reads_qwen_blocks():
 
 
 # ----------------------------------------------------------------- 3. the agent loop's second turn
-def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model):
+def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model, openai_weather_call):
     messages = [{"role": "user", "content": ASK_WEATHER}]
-    first = oa.chat.completions.create(
-        model=tools_model, temperature=0, seed=42, max_tokens=120, tools=[WEATHER_TOOL], messages=messages
-    )
-    msg = first.choices[0].message
+    msg = openai_weather_call.choices[0].message
     assert msg.tool_calls
     messages.append({"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in msg.tool_calls]})
     messages.append(
@@ -261,9 +268,9 @@ def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model):
     assert longer.usage.prompt_tokens >= second.usage.prompt_tokens + 30
 
 
-def test_ollama_second_turn_with_tool_result(client, tools_model):
+def test_ollama_second_turn_with_tool_result(client, tools_model, ollama_weather_call):
     messages = [{"role": "user", "content": ASK_WEATHER}]
-    first = client.chat(model=tools_model, tools=[WEATHER_TOOL], options=DET, messages=messages)
+    first = ollama_weather_call
     assert first.message.tool_calls
     messages.append(first.message)
     messages.append(

@@ -296,10 +296,12 @@ def _doctor(env_extra: dict[str, str], *flags: str, timeout: float = 120) -> sub
 
 
 def test_doctor_without_ollama_or_key_warns_with_fixes():
-    proc = _doctor({"OLLAMA_HOST": f"http://127.0.0.1:{free_port()}"}, "--skip-model")
+    # an address with a password in it, as a class server's may be: the doctor names the host, never the password
+    proc = _doctor({"OLLAMA_HOST": f"http://ada:s3cr3t-pw@127.0.0.1:{free_port()}"}, "--skip-model")
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "Traceback" not in out + proc.stderr
+    assert "127.0.0.1" in out and "s3cr3t-pw" not in out + proc.stderr
     assert "[WARN] Ollama: not answering" in out and "ollama.com" in out
     assert "[WARN] OpenAI key" in out and "OPENAI_API_KEY" in out
     assert "[OK  ] packages" in out

@@ -1,10 +1,10 @@
 """Lessons 05-07 on the two real offline models, through the session's server.
 
-- The default pair (no key, no parameters: the learner's path) is two different models:
-  the bundled SmolLM2 small, the biggest installed Qwen large.
+- The default pair (no key, no parameters: the learner's path) is two different models: the
+  measured offline pair (`choose_pair`, docs/offline-pair.md).
 - Lesson 07 writes a robust `smart_routing` on the page; executed from the notebook, it decides,
-  falls back and logs exactly as `helpers.routing.smart_routing` does - on the real models, a real
-  refused connection and a real hung endpoint.
+  falls back and logs exactly as `helpers.routing.smart_routing` does - on real models (the bundled
+  SmolLM2 and qwen2.5-coder:0.5b), a real refused connection and a real hung endpoint.
 - `HybridApp`'s always-large baseline is measured on the large model itself.
 """
 
@@ -22,21 +22,37 @@ from helpers.cost import api_price, query_cost_api
 from helpers.dashboard import HybridApp, silent_endpoint
 from helpers.net import free_loopback_port
 from helpers.quality import choose_pair
+from helpers.registry import BUNDLED_MODEL
 from helpers.routing import FallbackWarning, smart_routing
 
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 6}  # short: the tests compare decisions, not prose
 PRICE = api_price("gpt-4o-mini")
 SIMPLE = "Say hello to Maria in Spanish."
 COMPLEX = "Explain why ice floats on water."
+LARGE = "qwen2.5-coder:0.5b"  # the routing tests' large tier (see `pair`)
 
 
 @pytest.fixture(scope="module")
-def pair(ollama_host):
+def default_pair(ollama_host):
     """(backend, small model, LargeChoice) exactly as the lessons choose them with default parameters."""
     backend = OllamaBackend(ollama_host)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no OPENAI_API_KEY: the large tier is local"
         small, large = choose_pair(backend, "", "", verbose=False)
+    return backend, small, large
+
+
+@pytest.fixture(scope="module")
+def pair(ollama_host):
+    """The pair the routing tests run on, chosen the same way but by name: the bundled SmolLM2 small and
+    qwen2.5-coder:0.5b large (the second offline pair). They compare the page's decisions with the kit's,
+    which no model size changes; the default large model (the 1.5B where it is installed) would only make
+    each answer slower (lessons 05-07 run on it in `make test`)."""
+    backend = OllamaBackend(ollama_host)
+    if not backend.has_model(LARGE):
+        pytest.skip(f"{LARGE} is not installed: `slm-course pull {LARGE}`")
+    small, large = choose_pair(backend, BUNDLED_MODEL, LARGE, verbose=False)
+    assert (small, large.model, large.same_as_small) == (BUNDLED_MODEL, LARGE, False)
     return backend, small, large
 
 
@@ -49,8 +65,8 @@ def tiers(pair):
     )
 
 
-def test_default_pair_is_two_different_models(pair):
-    backend, small, large = pair
+def test_default_pair_is_two_different_models(default_pair):
+    backend, small, large = default_pair
     assert not large.same_as_small and large.model != small, (
         f"with default parameters both tiers are {small}: lessons 03 and 05-07 would compare a model with "
         "itself. Install the offline large model: `slm-course pull qwen2.5-coder:0.5b` (make install does)"
@@ -103,7 +119,8 @@ def test_page_smart_routing_routes_like_the_kit(pair, tiers, page_routing):
 def test_page_smart_routing_falls_back_like_the_kit_when_the_large_endpoint_is_down(pair, tiers, page_routing):
     _, small, large = pair
     ask_small, _ = tiers
-    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
+    # nothing listens there; no retry (retries are test_connection's): the refusal is immediate
+    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3, max_retries=0)
     page, kit, log, fallbacks = _both(
         page_routing,
         COMPLEX,
@@ -123,14 +140,14 @@ def test_page_smart_routing_times_out_like_the_kit_on_a_hung_endpoint(pair, tier
         hung = OpenAIBackend(base_url=url, api_key="x", timeout=30)
         t0 = time.perf_counter()
         page, kit, _, fallbacks = _both(
-            page_routing, COMPLEX, small=ask_small, large=lambda p: hung.generate(large.model, p), timeout_s=1
+            page_routing, COMPLEX, small=ask_small, large=lambda p: hung.generate(large.model, p), timeout_s=0.5
         )
         waited = time.perf_counter() - t0
     _same(page, kit)
-    # the page's own 1 s timeout ended each wait, not the backend's 30 s one (that would have
+    # the page's own 0.5 s timeout ended each wait, not the backend's 30 s one (that would have
     # raised BackendUnavailable); a busy machine only makes the waits longer
     assert page.fell_back and page.error == "TimeoutError: no answer within the timeout"
-    assert page.latency_s >= 1 and waited >= 2 and len(fallbacks) == 2
+    assert page.latency_s >= 0.5 and waited >= 1 and len(fallbacks) == 2
 
 
 def test_app_measures_always_large_on_the_large_model(pair, tiers, page_routing):
@@ -155,7 +172,7 @@ def test_app_measures_always_large_on_the_large_model(pair, tiers, page_routing)
     assert easy.always_large_s > 0
     assert hard.baseline_measured and hard.always_large_usd == pytest.approx(hard.decision.cost_usd)
     assert easy.decision.cost_usd > 0 and easy.decision.model == small  # its measured seconds at the stated rate
-    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
+    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3, max_retries=0)
     app.large = lambda p: down.generate(large.model, p, options=OPTIONS)
     fell = app.ask(COMPLEX, quiet=True)
     assert fell.label == "fell back" and fell.baseline_measured and baseline_calls[-1] == COMPLEX

@@ -213,7 +213,8 @@ def test_app_prices_each_route_and_the_always_large_baseline():
 
 
 def test_app_falls_back_when_the_large_endpoint_is_down():
-    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3)
+    # nothing listens there; no retry (retries are test_connection's): the refusal is immediate
+    down = OpenAIBackend(base_url=f"http://127.0.0.1:{free_loopback_port()}/v1", api_key="x", timeout=3, max_retries=0)
     app = HybridApp(small=_tier("small", 30), large=lambda p: down.generate("gpt-4o-mini", p), price=PRICE)
     with pytest.warns(FallbackWarning, match="cannot reach"):
         routed = app.ask("Explain why the sky is blue.")

@@ -298,7 +298,7 @@ class FaultyEngine(Engine):
     """The real engine with a fault injected at one point; every answer is still the model's."""
 
     def __init__(self) -> None:
-        super().__init__(n_threads=1)
+        super().__init__(n_threads=1, num_parallel=1)  # one request at a time here
         self.fail_after_chunks = 3
 
     def stream(self, model, **kwargs):  # preparing breaks (a bug, not bad input) ...
@@ -431,6 +431,18 @@ def test_light_routes_answer_while_requests_queue_on_a_busy_model(ollama_host):
         ]
     )
     threads = [threading.Thread(target=post, args=pb) for pb in bodies]
+
+    def worst_light_route() -> float:
+        worst = 0.0
+        for _ in range(3):
+            for path in ("/api/tags", "/api/version", "/api/ps"):
+                t0 = time.perf_counter()
+                r = httpx.get(ollama_host + path, timeout=30)
+                worst = max(worst, time.perf_counter() - t0)
+                assert r.status_code == 200
+        return worst
+
+    idle = worst_light_route()  # the same routes on this machine now, with nothing queued
     with httpx.stream(
         "POST",
         f"{ollama_host}/api/generate",
@@ -443,18 +455,14 @@ def test_light_routes_answer_while_requests_queue_on_a_busy_model(ollama_host):
         for t in threads:
             t.start()
         time.sleep(1.5)  # let them queue
-        worst = 0.0
-        for _ in range(3):
-            for path in ("/api/tags", "/api/version", "/api/ps"):
-                t0 = time.perf_counter()
-                r = httpx.get(ollama_host + path, timeout=30)
-                worst = max(worst, time.perf_counter() - t0)
-                assert r.status_code == 200
+        worst = worst_light_route()
         assert not json.loads(next(lines))["done"], "the long generation should still be running"
     # hanging up stops the long generation; then every queued request is served
     for t in threads:
         t.join(300)
-    assert worst < 1.0, f"a light route took {worst:.2f} s"
+    # at once: within a second of what they take idle (x 20 for a busy machine), where waiting behind
+    # the queue would take the long generation's seconds
+    assert worst < 1.0 + 20 * idle, f"a light route took {worst:.2f} s ({idle:.3f} s idle)"
     assert len(queued) == len(bodies) and all(r.status_code == 200 for r in queued), [
         r.text for r in queued if r.status_code != 200
     ]

@@ -160,6 +160,7 @@ def test_messages_never_show_a_url_password(ollama_host, capsys, monkeypatch):
     assert f"http://bob:***@{down}/v1" in str(openai_error.value) and "bob:***@" in out
 
 
+@pytest.mark.slow  # the same doctor run as test_foundation's test_doctor_without_ollama_or_key_warns_with_fixes
 def test_the_doctor_never_prints_a_password_from_ollama_host():
     import subprocess
     import sys

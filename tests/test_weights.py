@@ -326,7 +326,7 @@ def test_the_real_model_is_the_pinned_qwen2_gguf(qwen):
 def test_the_engine_answers_through_chatml_and_adds_correctly(qwen):
     from helpers.serving.engine import Engine
 
-    engine = Engine(n_threads=1)
+    engine = Engine(n_threads=1, num_parallel=1)  # one request at a time: one slot
     try:
         # llama.cpp renders the GGUF's own ChatML template: "Hi" plus Qwen's default system prompt
         # is more prompt than "Hi" alone
