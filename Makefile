@@ -78,7 +78,7 @@ check: prereqs install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -q \
+	$(BIN)/python -m pytest tests -m "not notebooks and not browser and not slow" -p no:cacheprovider -p no:nbval -q \
 		--durations=10 $(XDIST) $(PYTEST_ARGS)
 
 labs: install

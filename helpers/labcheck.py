@@ -85,9 +85,11 @@ def spy(obj: Any, method: str) -> Iterator[list[Call]]:
 
 
 @contextmanager
-def stream_clock(obj: Any, method: str) -> Iterator[list[Call]]:
+def stream_clock(obj: Any, method: str, *, spacing_s: float = 0.0) -> Iterator[list[Call]]:
     """Like `spy`, for a method that returns an iterator: each `Call.pieces` holds
     `(time.perf_counter(), piece)` for every piece, taken when the piece was handed to the caller.
+    `spacing_s` holds back every piece after the first that long: pieces that arrive in one burst
+    (a busy machine) still reach the caller at times a check can tell apart.
 
     >>> class Source:
     ...     def stream(self): return iter("ab")
@@ -104,6 +106,8 @@ def stream_clock(obj: Any, method: str) -> Iterator[list[Call]]:
         call = Call(_snapshot(args), _snapshot(kwargs), started=time.perf_counter())
         calls.append(call)
         for piece in real(*args, **kwargs):
+            if call.pieces and spacing_s > 0:
+                time.sleep(spacing_s)
             call.pieces.append((time.perf_counter(), piece))
             yield piece
 

@@ -1111,3 +1111,19 @@ def test_each_lab_states_its_time(lab):
     found = re.search(r"\*Time:\* about (\d+) minutes", first)
     assert found, f"the first cell of solutions/{lab}.ipynb says how long the lab takes ('*Time:* about N minutes')"
     assert 20 <= int(found.group(1)) <= 90
+
+
+def test_stream_clock_spaces_pieces_that_arrive_in_one_burst():
+    """A lab check tells "kept the first piece's time" from "kept the last" by the pieces' times; on a
+    busy machine they can arrive in one burst, so the clock holds each later piece back."""
+    from helpers import labcheck
+
+    class Source:
+        def stream(self):
+            return iter("abc")
+
+    s = Source()
+    with labcheck.stream_clock(s, "stream", spacing_s=0.02) as calls:
+        assert list(s.stream()) == ["a", "b", "c"]
+    times = [t for t, _ in calls[0].pieces]
+    assert all(later - earlier >= 0.02 for earlier, later in zip(times, times[1:]))
