@@ -271,9 +271,9 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine):
 
 @pytest.mark.slow  # `make check` leaves it out; `make test` runs it
 def test_greedy_answers_of_long_conversations_do_not_depend_on_the_cache(engine):
-    """Past one n_batch chunk (512 tokens) the engine reuses whole cached chunks: the answer must
-    still be the one a cold model gives, with the cache holding this conversation, a longer
-    one sharing its start, or another prompt."""
+    """A conversation longer than one n_batch chunk (512 tokens): the answer must be the one a
+    cold model gives, with llama.cpp's cache holding this conversation, one sharing its start,
+    or another prompt (a greedy request reads its whole prompt every time)."""
     from helpers.registry import BUNDLED_MODEL as M
 
     history = [
