@@ -124,6 +124,7 @@ def raw_side(model: str, slots: int, threads: int, port: int):
     p.n_ctx = 2048 * slots
     p.n_batch = p.n_ubatch = 512
     p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
+    p.cpuparams.poll = p.cpuparams_batch.poll = 0  # as the kit's engine sets it
     p.use_jinja = True
     p.verbosity = -1
     p.hostnames = ["127.0.0.1"]
