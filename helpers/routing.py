@@ -180,8 +180,8 @@ class LearnedRouter:
     of them, so character n-grams generalise from so little data where words overfit to the topic
     ("Australia", "muffins"). `C=10` regularises less than scikit-learn's default of 1: with
     thousands of small unit-length TF-IDF features and ~50 training prompts, C=1 shrinks every
-    weight until the scores barely leave the base rate. Out of fold on five answer sets of the course's
-    pair it beat random by 0.127-0.150 APGR at lesson 06's split, where words with C=1 gave 0.060-0.155;
+    weight until the scores barely leave the base rate. Out of fold on six answer sets of the course's
+    pair it beat random by 0.127-0.164 APGR at lesson 06's split, where words with C=1 gave 0.060-0.160;
     C from 3 to 30 or n-grams of 1-4 or 3-5 letters gave the same within noise (docs/offline-pair.md).
     """
 
