@@ -1,13 +1,14 @@
 """A class at once: `slm-course serve` against llama.cpp's own server code called in-process.
 
 For each model and each number of concurrent clients (1, 2, 4, 8), every client sends its own
-prompt and streams a greedy answer of --tokens tokens, --rounds times. Measured by the clients'
-clocks on both sides:
-- aggregate tokens/s: all output tokens / the wall time of the whole level;
-- TTFT: from sending a request to its first streamed token (p50 and p90 over all requests).
-- decode tok/s of one stream: (tokens - 1) / (last token - first token), median over the requests
-  of the 1-client level (what a student alone sees once the answer has started).
-Three sides, the same slots, threads and context per slot:
+prompt and streams a greedy answer of --tokens tokens. Each level runs --rounds times on every side,
+the three sides taking turns (their order rotating), so a machine whose speed drifts during the run
+costs every side alike; a side's figure is the median over its rounds. Measured by the clients' clocks:
+- aggregate tokens/s: all output tokens / the wall time of the level;
+- TTFT: from sending a request to its first streamed token (p50 and p90 over the level's requests).
+- decode tok/s of one stream: (tokens - 1) / (last token - first token), at the 1-client level
+  (what a student alone sees once the answer has started).
+Three sides, all loaded at once, the same slots, threads and context per slot:
 - "raw llama.cpp": xllamacpp's `Server` called in-process, one thread per client (its handlers
   release the GIL): no HTTP, no client process - the ceiling;
 - "llama.cpp HTTP": the same `Server`'s own HTTP listener (/v1/chat/completions, streamed),
@@ -16,7 +17,7 @@ Three sides, the same slots, threads and context per slot:
 Each side also answers one request with default options (sampled, so the prompt cache is used, as
 Ollama's default temperature 0.8 does): "TTFT default" - greedy requests re-read their prompt.
 
-    SLM_THREADS=2 python benchmarks/serving_concurrency.py --slots 4
+    SLM_THREADS=2 python benchmarks/serving_concurrency.py --slots 8
 
 Writes benchmarks/results/serving_concurrency.json. Numbers, not pass/fail (README: Performance).
 """
@@ -183,67 +184,63 @@ def over_http(http: httpx.Client, url: str, model: str, n_tokens: int, greedy: b
     return one
 
 
-def sweep(rows: list, model: str, side: str, one, one_default, clients: list[int], rounds: int) -> None:
-    one(0, 99)  # load and warm up
+def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds: int) -> None:
+    """Each level on every side in turn, `rounds` times, the sides' order rotating: a machine whose
+    speed drifts during the run (a shared VM does, by 15-20% over minutes) then costs every side alike.
+    A side's figure is the median over its rounds (each round: every client sends one request)."""
+    for one, _ in sides.values():
+        one(0, 99)  # load and warm up
+    names = list(sides)
     for n in clients:
-        rows.append({"model": model, "side": side, **run_level(one, n, rounds)})
-        print(rows[-1], flush=True)
-    one_default(1, 98)  # its prompt's template prefix into the cache
-    ttft = statistics.median(one_default(1, 90 + r)[0] for r in range(5))
-    rows[-len(clients)]["ttft_default_ms"] = round(ttft * 1000, 1)
-    print(f"{model} {side}: 1 client, default options: TTFT {ttft * 1000:.1f} ms", flush=True)
+        got: dict[str, list[dict]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                got[name].append(run_level(lambda c, _r, one=sides[name][0], r=r: one(c, r), n, 1))
+        for name in names:
+            row = {"model": model, "side": name, "clients": n, "requests": sum(x["requests"] for x in got[name])}
+            for key in ("agg_tok_s", "ttft_p50_ms", "ttft_p90_ms", "decode_tok_s"):
+                row[key] = round(statistics.median(x[key] for x in got[name]), 1)
+            rows.append(row)
+            print(row, flush=True)
+    for name, (_, one_default) in sides.items():
+        one_default(1, 98)  # its prompt's template prefix into the cache
+        ttft = statistics.median(one_default(1, 90 + r)[0] for r in range(5))
+        next(r for r in rows if r["model"] == model and r["side"] == name)["ttft_default_ms"] = round(ttft * 1000, 1)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2:135m", "qwen2.5-coder:0.5b"])
     ap.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4, 8])
-    ap.add_argument("--slots", type=int, default=int(os.environ.get("OLLAMA_NUM_PARALLEL", "4")))
+    ap.add_argument("--slots", type=int, default=int(os.environ.get("OLLAMA_NUM_PARALLEL", "8")))
     ap.add_argument("--tokens", type=int, default=96)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     threads = default_threads()
-    rows = []
+    rows: list[dict] = []
     for model in args.models:
-        port = free_port()
-        server = raw_side(model, args.slots, threads, port)
-        sweep(
-            rows,
-            model,
-            "raw llama.cpp",
-            in_process(server, args.tokens),
-            in_process(server, args.tokens, False),
-            args.clients,
-            args.rounds,
-        )
         # a new connection per request on every side: llama.cpp's listener closes idle keep-alive ones
         http = httpx.Client(timeout=300, limits=httpx.Limits(max_keepalive_connections=0))
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        sweep(
-            rows,
-            model,
-            "llama.cpp HTTP",
-            over_http(http, url, model, args.tokens, ollama=False),
-            over_http(http, url, model, args.tokens, False, ollama=False),
-            args.clients,
-            args.rounds,
-        )
-        del server
-        port = free_port()
-        proc = start_server(port, env={"OLLAMA_NUM_PARALLEL": str(args.slots)})
+        kit_port, raw_port = free_port(), free_port()
+        proc = start_server(kit_port, env={"OLLAMA_NUM_PARALLEL": str(args.slots)})
+        server = raw_side(model, args.slots, threads, raw_port)
         try:
-            url = f"http://127.0.0.1:{port}/api/chat"
-            sweep(
-                rows,
-                model,
-                "slm-course serve",
-                over_http(http, url, model, args.tokens),
-                over_http(http, url, model, args.tokens, False),
-                args.clients,
-                args.rounds,
-            )
+            kit, raw = f"http://127.0.0.1:{kit_port}/api/chat", f"http://127.0.0.1:{raw_port}/v1/chat/completions"
+            sides = {
+                "raw llama.cpp": (in_process(server, args.tokens), in_process(server, args.tokens, False)),
+                "llama.cpp HTTP": (
+                    over_http(http, raw, model, args.tokens, ollama=False),
+                    over_http(http, raw, model, args.tokens, False, ollama=False),
+                ),
+                "slm-course serve": (
+                    over_http(http, kit, model, args.tokens),
+                    over_http(http, kit, model, args.tokens, False),
+                ),
+            }
+            interleaved(rows, model, sides, args.clients, args.rounds)
         finally:
             stop_server(proc)
+            del server
         http.close()
     print(
         f"\n{'model':20} {'side':18} {'clients':>7} {'agg tok/s':>9} {'p50 TTFT ms':>11} {'p90 TTFT ms':>11} "
