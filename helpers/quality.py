@@ -764,12 +764,19 @@ def out_of_fold_scores(
     return out
 
 
-def per_query_costs(frame: pd.DataFrame, price: ApiPrice | None, local: LocalAssumptions) -> tuple[float, float]:
+def per_query_costs(
+    frame: pd.DataFrame, price: ApiPrice | None, local: LocalAssumptions, *, tokens_per_s: float | None = None
+) -> tuple[float, float]:
     """(small, large) USD per query, averaged over the run: the small tier's local energy and
-    hardware for the measured seconds, the large tier's API price of its measured tokens."""
+    hardware for its measured output tokens, the large tier's API price of its measured tokens.
+
+    The small tier's speed is `tokens_per_s` when given - measure it with the model alone: requests
+    that ran at the same time shared the same watts, so their summed seconds count that energy
+    several times. Without it, the run's tokens over its summed seconds (right for one at a time)."""
     seconds = frame["small_latency_s"].sum()
     tokens = max(int(frame["small_output_tokens"].sum()), 1)
-    run = LocalRun("small", tokens / seconds if seconds > 0 else 1.0, local)
+    speed = tokens_per_s if tokens_per_s else (tokens / seconds if seconds > 0 else 1.0)
+    run = LocalRun("small", speed, local)
     small = float(np.mean([sum(run.cost_per_query(0, int(t))) for t in frame["small_output_tokens"]]))
     if price is None:
         return small, math.nan
