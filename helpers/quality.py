@@ -739,9 +739,15 @@ def out_of_fold_scores(
     *,
     folds: int = 5,
     seed: int = 0,
+    repeats: int = 1,
 ) -> np.ndarray:
     """Large-model scores of a `LearnedRouter`, each prompt scored by a router that never saw it
     (stratified k-fold), so the curve is not the training data read back.
+
+    With `repeats` > 1 the k-fold runs that many times, each with its own split (seeds `seed`,
+    `seed + 1`, ...), and the result has one row of scores per split (shape repeats x prompts):
+    with a few dozen prompts, which prompts share a fold moves APGR by several hundredths, so
+    one split is partly luck; `quality_curves` averages the rows' curves.
 
     Raises BadInput when one label ("small enough") covers every prompt: nothing to learn."""
     from sklearn.model_selection import StratifiedKFold
@@ -756,12 +762,15 @@ def out_of_fold_scores(
             "a router needs both kinds of prompt to learn from: compare two different models "
             "on more, and harder, prompts",
         )
-    out = np.zeros(len(y))
-    splitter = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
-    for train, test in splitter.split(np.zeros(len(y)), y):
-        router = LearnedRouter().fit([RoutingExample(prompts[i], qs[i], ql[i]) for i in train])
-        out[test] = router.large_scores([prompts[i] for i in test])
-    return out
+    if repeats < 1:
+        raise BadInput(f"repeats must be at least 1, got {repeats}", "e.g. repeats=10 for ten different splits")
+    out = np.zeros((repeats, len(y)))
+    for row, split_seed in zip(out, range(seed, seed + repeats)):
+        splitter = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=split_seed)
+        for train, test in splitter.split(np.zeros(len(y)), y):
+            router = LearnedRouter().fit([RoutingExample(prompts[i], qs[i], ql[i]) for i in train])
+            row[test] = router.large_scores([prompts[i] for i in test])
+    return out[0] if repeats == 1 else out
 
 
 def per_query_costs(

@@ -287,6 +287,14 @@ def _arrays(q_small, q_large, scores=None):
     return arrays
 
 
+def _score_rows(scores: Any) -> list:
+    """A router's scores as a list of rows: one row per prompt, or several rows (one per split)."""
+    if isinstance(scores, np.ndarray):
+        return list(scores) if scores.ndim == 2 else [scores]
+    scores = list(scores)
+    return scores if scores and np.ndim(scores[0]) == 1 else [scores]
+
+
 def quality_at_share(q_small: Floats, q_large: Floats, scores: Floats, share: float) -> float:
     """Mean quality when the `share` of prompts with the highest scores go to the large model.
 
@@ -353,7 +361,11 @@ def quality_curves(
     """Quality and PGR against the share of large-model calls for each router in `scores`
     (higher score -> large), plus "random" (its expectation: all scores tied) and "oracle"
     unless baselines=False. Long format: router, share, quality, pgr. PGR is NaN when the
-    tiers are equally good (no gap to recover). The one curve every routing metric reads."""
+    tiers are equally good (no gap to recover). The one curve every routing metric reads.
+
+    A router's scores may be one row per prompt or several rows (shape repeats x prompts, e.g.
+    `out_of_fold_scores(..., repeats=10)`): its curve is then the mean of the rows' curves, as
+    random's is the mean over every order."""
     import pandas as pd
 
     qs, ql = _arrays(q_small, q_large)
@@ -363,9 +375,9 @@ def quality_curves(
         all_scores.update(random=np.zeros_like(qs), oracle=oracle_router(qs, ql))
     rows = []
     for name, sc in all_scores.items():
-        sc = _arrays(qs, ql, sc)[2]
+        rows_of_scores = [_arrays(qs, ql, row)[2] for row in _score_rows(sc)]
         for s in shares:
-            q = quality_at_share(qs, ql, sc, float(s))
+            q = float(np.mean([quality_at_share(qs, ql, row, float(s)) for row in rows_of_scores]))
             rows.append(
                 {
                     "router": name,

@@ -181,6 +181,11 @@ def test_out_of_fold_scores_need_both_classes_and_score_every_prompt():
     scores = out_of_fold_scores(prompts, small, large, folds=4)
     assert scores.shape == (16,) and np.all((scores >= 0) & (scores <= 1))
     assert scores[8:].mean() > scores[:8].mean()  # held-out proofs look like they need the large model
+    several = out_of_fold_scores(prompts, small, large, folds=4, repeats=3)
+    assert several.shape == (3, 16) and np.array_equal(several[0], scores)  # the first split is seed 0's
+    assert np.array_equal(several[2], out_of_fold_scores(prompts, small, large, folds=4, seed=2))
+    with pytest.raises(BadInput, match="repeats"):
+        out_of_fold_scores(prompts, small, large, repeats=0)
     with pytest.raises(BadInput, match="rarer class"):
         out_of_fold_scores(prompts, large, large)
 

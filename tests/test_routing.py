@@ -142,6 +142,17 @@ def test_apgr_and_cpt_read_the_curve_through_area_under_and_first_crossing():
     assert np.isnan(first_crossing([0, 1], [float("nan"), 1.0], 0.5))  # no quality gap: no PGR
 
 
+def test_several_rows_of_scores_give_the_mean_curve():
+    # the hand fixture's router (APGR 0.65) and the oracle (PGR 0, .25, .5, .75, then 1: APGR
+    # 0.1 * (8.5 - 0.5) = 0.8) as two rows of one router: the mean curve, APGR 0.725
+    oracle = oracle_router(Q_SMALL, Q_LARGE)
+    d = quality_curves(Q_SMALL, Q_LARGE, {"two splits": [SCORES, oracle]}, baselines=False)
+    assert d["pgr"].tolist() == pytest.approx([0, 0.25, 0.375, 0.625, 0.75, 0.875, 0.875, 1, 1, 1, 1])
+    assert apgr(Q_SMALL, Q_LARGE, [SCORES, oracle]) == pytest.approx(0.725)
+    with pytest.raises(BadInput):
+        quality_curves(Q_SMALL, Q_LARGE, {"short row": [SCORES, SCORES[:9]]})
+
+
 def test_metrics_refuse_bad_input():
     with pytest.raises(BadInput):
         pgr(0.5, 0.7, 0.7)
