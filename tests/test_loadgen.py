@@ -52,6 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
             srv.auth.append(self.headers.get("Authorization"))
             srv.active += 1
             srv.max_active = max(srv.max_active, srv.active)
+        counted = True  # still in `active`
         try:
             if body.get("model") == "missing":
                 self._json(404, {"error": "model 'missing' not found"})
@@ -71,14 +72,20 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("model") == "broken":
                 self._line({"error": "the engine crashed"})
                 return
+            # no longer active before the last line goes out: once the client has read it, it may send its
+            # next request, which another thread counts - possibly before this one's `finally` runs
+            with srv.lock:
+                srv.active -= 1
+            counted = False
             self._line(
                 {"model": body.get("model"), "response": "", "done": True, "done_reason": "stop", "eval_count": n}
             )
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a cancelled request): expected in the time-bound test
         finally:
-            with srv.lock:
-                srv.active -= 1
+            if counted:
+                with srv.lock:
+                    srv.active -= 1
 
     def _line(self, obj: dict) -> None:
         self.wfile.write((json.dumps(obj) + "\n").encode())
