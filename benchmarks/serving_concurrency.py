@@ -15,7 +15,9 @@ Three sides, all loaded at once, the same slots, threads and context per slot:
   reached by the same httpx client as the kit: what llama.cpp's server gives over the wire;
 - "slm-course serve": the real server in a child process (OLLAMA_NUM_PARALLEL=--slots), /api/chat.
 Each side also answers one request with default options (sampled, so the prompt cache is used, as
-Ollama's default temperature 0.8 does): "TTFT default" - greedy requests re-read their prompt.
+Ollama's default temperature 0.8 does): "TTFT default"; and one greedy prompt asked again after it was
+read once: "TTFT again" (llama.cpp's sides with its prompt cache on, whose answer can then differ from
+the first one; the kit's from the slot holding that prompt, the same answer - engine.py).
 
     SLM_THREADS=2 python benchmarks/serving_concurrency.py --slots 8
 
@@ -107,9 +109,11 @@ def _timed(stamps: list[float], t0: float, n: int) -> tuple[float, int, float]:
     return stamps[0] - t0, n, (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def _body(c: int, r: int, n_tokens: int, greedy: bool) -> dict:
+def _body(c: int, r: int, n_tokens: int, greedy: bool, cache: bool = False) -> dict:
+    """A raw llama.cpp request; greedy ones read their whole prompt (as the kit's cold ones do)
+    unless `cache`: then llama.cpp's own prompt cache, whose answer can differ from a cold one."""
     return {"messages": [{"role": "user", "content": prompt(c, r)}], "max_tokens": n_tokens, "stream": True} | (
-        {"temperature": 0, "cache_prompt": False} if greedy else {}
+        {"temperature": 0, "cache_prompt": cache} if greedy else {}
     )
 
 
@@ -134,7 +138,7 @@ def raw_side(model: str, slots: int, threads: int, port: int):
     return xl.Server(p)
 
 
-def in_process(server, n_tokens: int, greedy: bool = True):
+def in_process(server, n_tokens: int, greedy: bool = True, cache: bool = False):
     def one(c: int, r: int) -> tuple[float, int, float]:
         t0, stamps, final = time.perf_counter(), [], [0]
 
@@ -146,13 +150,21 @@ def in_process(server, n_tokens: int, greedy: bool = True):
                 final[0] = chunk["timings"]["predicted_n"]
             return False
 
-        server.handle_chat_completions(_body(c, r, n_tokens, greedy), on_chunk)
+        server.handle_chat_completions(_body(c, r, n_tokens, greedy, cache), on_chunk)
         return _timed(stamps, t0, final[0])
 
     return one
 
 
-def over_http(http: httpx.Client, url: str, model: str, n_tokens: int, greedy: bool = True, ollama: bool = True):
+def over_http(
+    http: httpx.Client,
+    url: str,
+    model: str,
+    n_tokens: int,
+    greedy: bool = True,
+    ollama: bool = True,
+    cache: bool = False,
+):
     """One streamed request: Ollama's /api/chat (NDJSON) or OpenAI's /v1/chat/completions (SSE)."""
 
     def one(c: int, r: int) -> tuple[float, int, float]:
@@ -161,7 +173,7 @@ def over_http(http: httpx.Client, url: str, model: str, n_tokens: int, greedy: b
             body = {"model": model, "messages": [{"role": "user", "content": prompt(c, r)}]}
             body["options"] = {"num_predict": n_tokens} | ({"temperature": 0} if greedy else {})
         else:
-            body = _body(c, r, n_tokens, greedy)
+            body = _body(c, r, n_tokens, greedy, cache)
         with http.stream("POST", url, json=body) as resp:
             for line in resp.iter_lines():
                 if not ollama:
@@ -188,7 +200,7 @@ def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds:
     """Each level on every side in turn, `rounds` times, the sides' order rotating: a machine whose
     speed drifts during the run (a shared VM does, by 15-20% over minutes) then costs every side alike.
     A side's figure is the median over its rounds (each round: every client sends one request)."""
-    for one, _ in sides.values():
+    for one, *_ in sides.values():
         one(0, 99)  # load and warm up
     names = list(sides)
     for n in clients:
@@ -202,10 +214,13 @@ def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds:
                 row[key] = round(statistics.median(x[key] for x in got[name]), 1)
             rows.append(row)
             print(row, flush=True)
-    for name, (_, one_default) in sides.items():
+    for name, (_, one_default, one_again) in sides.items():
         one_default(1, 98)  # its prompt's template prefix into the cache
         ttft = statistics.median(one_default(1, 90 + r)[0] for r in range(5))
-        next(r for r in rows if r["model"] == model and r["side"] == name)["ttft_default_ms"] = round(ttft * 1000, 1)
+        row = next(r for r in rows if r["model"] == model and r["side"] == name)
+        row["ttft_default_ms"] = round(ttft * 1000, 1)
+        one_again(1, 97)  # one greedy prompt read once, then asked again
+        row["ttft_again_ms"] = round(statistics.median(one_again(1, 97)[0] for _ in range(5)) * 1000, 1)
 
 
 def main() -> int:
@@ -227,14 +242,20 @@ def main() -> int:
         try:
             kit, raw = f"http://127.0.0.1:{kit_port}/api/chat", f"http://127.0.0.1:{raw_port}/v1/chat/completions"
             sides = {
-                "raw llama.cpp": (in_process(server, args.tokens), in_process(server, args.tokens, False)),
+                "raw llama.cpp": (
+                    in_process(server, args.tokens),
+                    in_process(server, args.tokens, False),
+                    in_process(server, args.tokens, cache=True),
+                ),
                 "llama.cpp HTTP": (
                     over_http(http, raw, model, args.tokens, ollama=False),
                     over_http(http, raw, model, args.tokens, False, ollama=False),
+                    over_http(http, raw, model, args.tokens, ollama=False, cache=True),
                 ),
-                "slm-course serve": (
+                "slm-course serve": (  # the kit decides the cache itself (engine.py: same answer)
                     over_http(http, kit, model, args.tokens),
                     over_http(http, kit, model, args.tokens, False),
+                    over_http(http, kit, model, args.tokens),
                 ),
             }
             interleaved(rows, model, sides, args.clients, args.rounds)
@@ -244,12 +265,13 @@ def main() -> int:
         http.close()
     print(
         f"\n{'model':20} {'side':18} {'clients':>7} {'agg tok/s':>9} {'p50 TTFT ms':>11} {'p90 TTFT ms':>11} "
-        f"{'decode tok/s':>12} {'TTFT default ms':>15}"
+        f"{'decode tok/s':>12} {'TTFT default ms':>15} {'TTFT again ms':>13}"
     )
     for r in rows:
         print(
             f"{r['model']:20} {r['side']:18} {r['clients']:>7} {r['agg_tok_s']:>9} {r['ttft_p50_ms']:>11} "
-            f"{r['ttft_p90_ms']:>11} {r['decode_tok_s']:>12} {r.get('ttft_default_ms', ''):>15}"
+            f"{r['ttft_p90_ms']:>11} {r['decode_tok_s']:>12} {r.get('ttft_default_ms', ''):>15} "
+            f"{r.get('ttft_again_ms', ''):>13}"
         )
     out = ROOT / "benchmarks" / "results" / "serving_concurrency.json"
     out.parent.mkdir(parents=True, exist_ok=True)

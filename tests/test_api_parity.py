@@ -62,7 +62,7 @@ def tools_model(client):
 
 
 # The first turn of the weather question, asked once per API and read by the tests of both the call
-# and the agent loop's second turn (a reproducible request reads its whole tools prompt every time)
+# and the agent loop's second turn (asked once: each test asks its own follow-up)
 @pytest.fixture(scope="module")
 def ollama_weather_call(client, tools_model):
     return client.chat(
@@ -251,7 +251,7 @@ def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model, o
         }
     )
     # the later turns are sampled, not seeded, so the server reuses the cached prefix (a reproducible
-    # request reads its whole prompt every time); a few tokens: only acceptance and prompt size count
+    # request reads a new prompt from scratch); a few tokens: only acceptance and prompt size count
     second = oa.chat.completions.create(
         model=tools_model, temperature=0.8, max_tokens=8, tools=[WEATHER_TOOL], messages=messages
     )
@@ -281,7 +281,7 @@ def test_ollama_second_turn_with_tool_result(client, tools_model, ollama_weather
         }
     )
     # the later turns are sampled, not seeded, so the server reuses the cached prefix (a reproducible
-    # request reads its whole prompt every time); a few tokens: only acceptance and prompt size count
+    # request reads a new prompt from scratch); a few tokens: only acceptance and prompt size count
     sampled = {"temperature": 0.8, "num_predict": 8}
     second = client.chat(model=tools_model, tools=[WEATHER_TOOL], options=sampled, messages=messages)
     assert second.done

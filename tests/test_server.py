@@ -225,6 +225,10 @@ def test_openai_streaming_with_usage(oa):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole
     assert chunks[-1].usage.completion_tokens > 0
+    # the same greedy request again: its prompt came from the slot that read it (all but the last
+    # token), which OpenAI's usage reports as cached_tokens
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
 
 
 def test_openai_completions_and_embeddings(oa):

@@ -399,7 +399,14 @@ def events(stream) -> list:
 def test_openai_stream_chat_chunks_finish_and_usage():
     got = events(
         sse(
-            run_of([Chunk("Hi"), Chunk("!", done=True, done_reason="length", prompt_eval_count=5, eval_count=2)]),
+            run_of(
+                [
+                    Chunk("Hi"),
+                    Chunk(
+                        "!", done=True, done_reason="length", prompt_eval_count=5, prompt_cached_count=4, eval_count=2
+                    ),
+                ]
+            ),
             "chatcmpl-1",
             "m",
             "chat",
@@ -413,6 +420,7 @@ def test_openai_stream_chat_chunks_finish_and_usage():
         "prompt_tokens": 5,
         "completion_tokens": 2,
         "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 4},
     }
     assert {e["id"] for e in got} == {"chatcmpl-1"} and {e["object"] for e in got} == {"chat.completion.chunk"}
 

@@ -19,10 +19,14 @@ model, as Ollama runs one runner per model); a longer one reloads.
 
 Same answer: on a CPU llama.cpp's floating-point sums depend on the shape of the batch a token
 is read in, so a prompt read partly from the cache can give another greedy answer than the same
-prompt read cold. A reproducible request (temperature 0, or a fixed seed) therefore reads its
-whole prompt every time, in the same chunks (no prompt cache): the same answer cold, warm and
-after other prompts. Other requests reuse the cached prefix (fastest). With more than one slot,
-requests that run at the same time share a batch: then even a greedy answer can change slightly.
+prompt read cold (llama.cpp re-reads the last prompt token alone on a full cache hit:
+ggml-org/llama.cpp#28527). A reproducible request (temperature 0, or a fixed seed) therefore always
+takes one path: its whole prompt is read from scratch into a slot, in the same chunks, then its
+last token is read again alone and the answer generated. The kit hands out the slots itself
+(`SlotPool`), so it knows which slot still holds a prompt read that way: the same request again
+goes there and reads only the last token (a warm first token, the same answer); any other
+request reads from scratch. Other requests reuse the longest cached prefix (fastest). With more than
+one slot, requests that run at the same time share a batch: then even a greedy answer can change.
 
 Timings follow Ollama's definitions, from llama.cpp's own counters: prompt_eval = reading the
 prompt tokens not already cached, eval = generating the output tokens, eval_count = number of
@@ -116,6 +120,7 @@ class Chunk:
     done: bool = False
     done_reason: str | None = None
     prompt_eval_count: int = 0
+    prompt_cached_count: int = 0  # of prompt_eval_count, tokens taken from the cache (not read)
     eval_count: int = 0
     load_duration: int = 0
     prompt_eval_duration: int = 0
@@ -147,11 +152,57 @@ class LoadedModel:
     retired: bool = False  # out of the registry: freed when the last user lets go
     closing: bool = False  # claimed for freeing (exactly one caller frees it)
     expires_at: float = field(init=False)
-    slots: threading.Semaphore = field(init=False)  # a free slot per generation
+    slots: "SlotPool" = field(init=False)  # llama.cpp's slots, one per generation
 
     def __post_init__(self) -> None:
         self.expires_at = time.time() + self.keep_alive_s
-        self.slots = threading.Semaphore(self.num_parallel)
+        self.slots = SlotPool(self.num_parallel)
+
+
+class SlotPool:
+    """A model's llama.cpp slots, handed out by the kit so that it knows what each one holds.
+
+    Each slot remembers the prompt it last read, as a tuple of parts (the tools and format, then
+    each message), and whether it read it from scratch (`clean`): only such a slot may answer the
+    same reproducible request again from its cache. `take` waits for a free slot and picks, for a
+    reproducible request, the clean one holding exactly `parts`, else the one used longest ago; for
+    another request the one sharing the most leading parts with it (the longest cached prefix)."""
+
+    def __init__(self, n: int) -> None:
+        self._cond = threading.Condition()
+        self._free = list(range(n))  # least recently used first
+        self._holds: list[tuple[tuple[str, ...], bool]] = [((), False)] * n
+
+    def take(self, parts: tuple[str, ...], reproducible: bool, timeout: float) -> tuple[int, bool] | None:
+        """(slot, True when it holds `parts` read from scratch), or None after `timeout` seconds."""
+        with self._cond:
+            if not self._free and not self._cond.wait_for(lambda: self._free, timeout):
+                return None
+
+            def shared(slot: int) -> int:
+                held = self._holds[slot][0]
+                return next((i for i, (a, b) in enumerate(zip(held, parts)) if a != b), min(len(held), len(parts)))
+
+            warm = [s for s in self._free if self._holds[s] == (parts, True)]
+            if reproducible:
+                slot = warm[0] if warm else self._free[0]
+            else:  # ties: the one used last, whose cache most likely starts as this prompt does (the template)
+                slot = max(reversed(self._free), key=shared)
+            self._free.remove(slot)
+            return slot, bool(warm) and slot == warm[0]
+
+    def give(self, slot: int, parts: tuple[str, ...], clean: bool) -> None:
+        """Slot `slot` is free again and holds `parts` (`clean`: read from scratch, whole)."""
+        with self._cond:
+            self._holds[slot] = (parts, clean)
+            self._free.append(slot)
+            self._cond.notify()
+
+    def forget(self) -> None:
+        """Nothing the free slots hold is known any more (llama.cpp placed other work in one)."""
+        with self._cond:
+            for slot in self._free:
+                self._holds[slot] = ((), False)
 
 
 @dataclass
@@ -617,7 +668,12 @@ class _Stream:
         self._done = self._finished = False
         self._t_start = t_start
         self._load_ns = 0
+        self._read_ns: int | None = None  # a reproducible request's prompt read from scratch, before the answer
         self._chat = chat = "messages" in request
+        # what the prompt is made of, part by part: a slot holding the same leading parts has them cached
+        head = json.dumps({k: request.get(k) for k in ("tools", "response_format")}, sort_keys=True)
+        body = request["messages"] if chat else [request.get("prompt")]
+        parts = (head, *(json.dumps(m, sort_keys=True) for m in body))
         gone, me = self._gone, weakref.ref(self)
 
         def stopped() -> bool:
@@ -627,6 +683,24 @@ class _Stream:
             stream = me()
             if stream is not None:
                 stream._hand_over(item)
+
+        def read_from_scratch(handler: Callable[..., Any], body: dict[str, Any]) -> bool:
+            """Read the prompt into the slot with nothing cached (one token is generated and
+            dropped); True when it was read whole. Its reading time is reported with the answer's."""
+            end: dict[str, Any] = {}
+
+            def on_piece(piece: Any) -> bool:
+                last = isinstance(piece, dict) and (piece.get("choices") or [{}])[0].get("finish_reason")
+                if last or (isinstance(piece, dict) and "error" in piece):
+                    end.update(piece)
+                return stopped()
+
+            handler({**body, "cache_prompt": False, "max_tokens": 1}, on_piece)
+            if "error" in end:
+                emit(end)  # the answer would fail the same way
+                return False
+            emit(("read", int(float((end.get("timings") or {}).get("prompt_ms", 0)) * 1e6)))
+            return bool(end) and not stopped()
 
         def produce() -> None:
             try:
@@ -640,14 +714,21 @@ class _Stream:
 
                     # wait for a free slot here, not in llama.cpp's queue: a request whose
                     # client went away meanwhile is dropped before its prompt is read
-                    while not loaded.slots.acquire(timeout=0.05):
+                    reproducible = not request["cache_prompt"]
+                    while (got := loaded.slots.take(parts, reproducible, timeout=0.05)) is None:
                         if stopped():
                             return
+                    slot, warm = got
+                    # progress chunks while the prompt is read: a stop there, too
+                    body = {**request, "id_slot": slot, "stream": True, "return_progress": True, "cache_prompt": True}
+                    clean = warm
                     try:
-                        if not stopped():  # progress chunks while the prompt is read: a stop there, too
-                            handler({**request, "stream": True, "return_progress": True}, on_chunk)
+                        if reproducible and not warm and not stopped():
+                            clean = read_from_scratch(handler, body)
+                        if not stopped():
+                            handler(body, on_chunk)
                     finally:
-                        loaded.slots.release()
+                        loaded.slots.give(slot, parts, reproducible and clean)
             except BaseException as exc:  # handed to the caller, raised where it reads
                 emit(exc)
             finally:
@@ -687,8 +768,11 @@ class _Stream:
             return [None] if self._finished else [self._final(None), None]
         if isinstance(item, BaseException):
             raise _llama_error(item) if isinstance(item, ValueError) else item
-        if isinstance(item, tuple):  # ("load", ns)
-            self._load_ns = item[1]
+        if isinstance(item, tuple):  # ("load", ns) or ("read", ns): the prompt read from scratch first
+            if item[0] == "load":
+                self._load_ns = item[1]
+            else:
+                self._read_ns = item[1]
             return []
         if not isinstance(item, dict) or "error" in item or not item.get("choices"):
             if isinstance(item, dict) and "error" not in item:
@@ -714,15 +798,17 @@ class _Stream:
         t = (item or {}).get("timings") or {}
         reason = (item or {}).get("choices", [{}])[0].get("finish_reason")
         done_reason = "length" if reason == "length" else ("stop" if reason else "cancelled")
+        read_first = self._read_ns is not None  # then the cached part was read just before, for this answer
         return Chunk(
             "",
             done=True,
             done_reason=done_reason,
             # the whole prompt, as billed; llama.cpp reads only what is not cached
             prompt_eval_count=int(t.get("prompt_n", 0)) + int(t.get("cache_n", 0)),
+            prompt_cached_count=0 if read_first else int(t.get("cache_n", 0)),
             eval_count=int(t.get("predicted_n", 0)),
             load_duration=self._load_ns,
-            prompt_eval_duration=int(float(t.get("prompt_ms", 0)) * 1e6),
+            prompt_eval_duration=int(float(t.get("prompt_ms", 0)) * 1e6) + (self._read_ns or 0),
             eval_duration=int(float(t.get("predicted_ms", 0)) * 1e6),
             total_duration=time.perf_counter_ns() - self._t_start,
         )

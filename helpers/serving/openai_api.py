@@ -116,11 +116,12 @@ def envelope(ident: str, obj: str, model: str, created: int, choices: list, **re
     }
 
 
-def usage_of(final: Chunk) -> dict[str, int]:
+def usage_of(final: Chunk) -> dict[str, Any]:
     return {
         "prompt_tokens": final.prompt_eval_count,
         "completion_tokens": final.eval_count,
         "total_tokens": final.prompt_eval_count + final.eval_count,
+        "prompt_tokens_details": {"cached_tokens": final.prompt_cached_count},  # as OpenAI reports it
     }
 
 
