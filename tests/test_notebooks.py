@@ -8,6 +8,7 @@ The lessons themselves (notebooks/) run through nbval in `make test`, with no pa
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def text_of(nb: nbformat.NotebookNode) -> str:
 
 
 SOLUTIONS = notebooks("solutions")
+NAN = re.compile(r".*\b(?:nan|NaN)\b.*")  # a number that could not be computed, shown as such: say why instead
 
 
 @pytest.mark.notebooks
@@ -108,6 +110,7 @@ def test_solution_runs_with_ci_parameters(path: Path, tmp_path: Path):
     out = text_of(nb)
     assert "❌" not in out and "⏳" not in out, "every self-check passes in the solution"
     assert "✅" in out, "a solution shows its self-checks passing"
+    assert not NAN.search(out), f"an output shows NaN: {NAN.search(out)}"
 
 
 LABS = notebooks("labs")
@@ -126,6 +129,7 @@ def test_lab_runs_with_its_todos(path: Path, tmp_path: Path):
                 )
                 assert "raise NotImplementedError()" in cell.source
     assert "⏳" in text_of(nb), "the lab's self-checks report the TODOs as not done yet"
+    assert not NAN.search(text_of(nb)), f"an output shows NaN: {NAN.search(text_of(nb))}"
 
 
 def test_every_lesson_has_a_lab_and_a_solution():
