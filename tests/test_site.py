@@ -76,3 +76,22 @@ def test_a_lesson_page_shows_executed_output_a_plot_and_its_ledger(site, page, t
     assert "Claims ledger, lesson 04" in page.inner_text("main")
     assert page.locator("table").count() >= 2, "the ledger and the lesson's tables rendered as tables"
     page.screenshot(path=str(tmp_path / "lesson.png"), full_page=False)
+
+
+def test_no_executed_lesson_shows_nan():
+    """What the site shows is what the run printed: a number that could not be computed says why, never NaN."""
+    import re
+
+    import nbformat
+
+    nan = re.compile(r".*\b(?:nan|NaN)\b.*")
+    found = []
+    for source in book.lessons():
+        record = book.RECORDS / source.name
+        if not record.exists():
+            continue  # the site build names a missing record itself
+        for i, cell in enumerate(nbformat.read(record, as_version=4).cells):
+            for o in cell.get("outputs", []):
+                text = o.get("text", "") + (o.get("data", {}).get("text/plain", "") if "data" in o else "")
+                found += [f"{source.name} cell {i}: {m.group(0).strip()}" for m in nan.finditer(text)]
+    assert not found, "\n".join(found)
