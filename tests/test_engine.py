@@ -265,8 +265,9 @@ def test_the_slot_pool_sends_a_greedy_repeat_to_the_slot_that_read_it_from_scrat
 
 
 # qwen2.5-coder:0.5b (Q4_K_M) is a model whose greedy answer to this prompt changes when llama.cpp reads a
-# cached prompt's last token alone instead of in the prompt's batch (2026-12-05); SmolLM2's did not
-@pytest.mark.parametrize("model", ["smollm2:135m", "qwen2.5-coder:0.5b"])
+# cached prompt's last token alone instead of in the prompt's batch (2026-12-05); SmolLM2's did not.
+# The Qwen run loads a second model and decodes at ~25 tokens/s on one thread: make test runs it, not make check
+@pytest.mark.parametrize("model", ["smollm2:135m", pytest.param("qwen2.5-coder:0.5b", marks=pytest.mark.slow)])
 def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine, model):
     if model not in engine.available():
         pytest.fail(f"{model} is not installed: `slm-course pull {model}` (make install does)")
