@@ -90,10 +90,9 @@ def test_metrics_agree_with_the_wall_clock_around_the_call(embedded):
     assert 0 < m.decode_s <= wall
     assert 0 < m.prompt_eval_s and m.prompt_eval_s + m.decode_s <= wall
     assert 0 < m.ttft_s <= m.total_s <= wall
-    # the engine's decode time fits in the time the client saw after the first token (a busy
-    # machine only widens the client's side); 10% for the first token's own decode step. How
-    # close the two clocks agree is a measurement, not a test: benchmarks/server_overhead.py
-    assert m.decode_s <= (wall - m.ttft_s) / 0.9, (m.decode_s, wall - m.ttft_s)
+    # (Not "decode fits after the client's first token": on a busy machine the client's thread can
+    # see that token late while the engine's clock already runs - make check once: decode 0.57 s,
+    # wall - ttft 0.50 s. How close the two clocks agree is a measurement: benchmarks/server_overhead.py)
     # and not too short: reading and decoding took at least the CPU time the engine's threads spent,
     # halved for the kit's own work (~1.0 here on a quiet machine; a timer that missed most
     # tokens would be far below). A busy machine only lengthens the timers, never the CPU time.
