@@ -198,12 +198,6 @@ class SlotPool:
             self._free.append(slot)
             self._cond.notify()
 
-    def forget(self) -> None:
-        """Nothing the free slots hold is known any more (llama.cpp placed other work in one)."""
-        with self._cond:
-            for slot in self._free:
-                self._holds[slot] = ((), False)
-
 
 @dataclass
 class Embeddings:
