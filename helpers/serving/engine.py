@@ -104,7 +104,7 @@ class GenOptions:
     def for_llama(self, max_tokens: int) -> dict[str, Any]:
         """These options in the request fields of llama.cpp's server (the sampling ones share Ollama's names)."""
         out = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")}
-        out.update(max_tokens=max_tokens, cache_prompt=not self.reproducible)
+        out["max_tokens"] = max_tokens  # the prompt cache is the engine's to set (`_Stream`)
         if self.seed is not None:
             out["seed"] = self.seed
         if self.stop:
@@ -183,13 +183,14 @@ class SlotPool:
                 held = self._holds[slot][0]
                 return next((i for i, (a, b) in enumerate(zip(held, parts)) if a != b), min(len(held), len(parts)))
 
-            warm = [s for s in self._free if self._holds[s] == (parts, True)]
+            warm = None
             if reproducible:
-                slot = warm[0] if warm else self._free[0]
+                warm = next((s for s in self._free if self._holds[s] == (parts, True)), None)
+                slot = self._free[0] if warm is None else warm
             else:  # ties: the one used last, whose cache most likely starts as this prompt does (the template)
                 slot = max(reversed(self._free), key=shared)
             self._free.remove(slot)
-            return slot, bool(warm) and slot == warm[0]
+            return slot, warm is not None
 
     def give(self, slot: int, parts: tuple[str, ...], clean: bool) -> None:
         """Slot `slot` is free again and holds `parts` (`clean`: read from scratch, whole)."""
@@ -592,7 +593,7 @@ class Engine:
             request["tools"] = tools
         if response_format:
             request["response_format"] = response_format
-        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, t_start, cancel)
+        return _Stream(self, base, opts.num_ctx, keep_alive_s, request, opts.reproducible, t_start, cancel)
 
     # ----- embeddings ---------------------------------------------------------
     def embed(
@@ -652,6 +653,7 @@ class _Stream:
         num_ctx: int,
         keep_alive_s: float | None,
         request: dict[str, Any],
+        reproducible: bool,
         t_start: int,
         cancel: threading.Event | None,
     ) -> None:
@@ -666,8 +668,8 @@ class _Stream:
         self._chat = chat = "messages" in request
         # what the prompt is made of, part by part: a slot holding the same leading parts has them cached
         head = json.dumps({k: request.get(k) for k in ("tools", "response_format")}, sort_keys=True)
-        body = request["messages"] if chat else [request.get("prompt")]
-        parts = (head, *(json.dumps(m, sort_keys=True) for m in body))
+        said = request["messages"] if chat else [request.get("prompt")]
+        parts = (head, *(json.dumps(m, sort_keys=True) for m in said))
         gone, me = self._gone, weakref.ref(self)
 
         def stopped() -> bool:
@@ -708,7 +710,6 @@ class _Stream:
 
                     # wait for a free slot here, not in llama.cpp's queue: a request whose
                     # client went away meanwhile is dropped before its prompt is read
-                    reproducible = not request["cache_prompt"]
                     while (got := loaded.slots.take(parts, reproducible, timeout=0.05)) is None:
                         if stopped():
                             return
