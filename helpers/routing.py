@@ -204,16 +204,8 @@ class LearnedRouter:
     def _vectorizer(self) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        if self.analyzer == "char":
-            return TfidfVectorizer(
-                preprocessor=_normalise_text, analyzer="char_wb", ngram_range=self.ngram_range, sublinear_tf=True
-            )
-        return TfidfVectorizer(
-            preprocessor=_normalise_text,
-            ngram_range=self.ngram_range,
-            token_pattern=r"(?u)\b\w+\b|[^\w\s]",
-            sublinear_tf=True,
-        )
+        pieces = {"analyzer": "char_wb"} if self.analyzer == "char" else {"token_pattern": r"(?u)\b\w+\b|[^\w\s]"}
+        return TfidfVectorizer(preprocessor=_normalise_text, ngram_range=self.ngram_range, sublinear_tf=True, **pieces)
 
     def fit(self, examples: Iterable[RoutingExample | tuple | dict]) -> "LearnedRouter":
         """Train on (prompt, small_correct, large_correct) records; returns self."""
