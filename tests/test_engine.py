@@ -245,22 +245,30 @@ def test_lone_surrogates_are_bad_input(engine):
 
 
 # --------------------------------------------------------------------------- same answer
-def test_the_slot_pool_sends_a_greedy_repeat_to_the_slot_that_read_it_from_scratch():
-    from helpers.serving.engine import SlotPool
+def test_the_slot_pool_sends_a_greedy_request_to_the_slot_holding_it_or_its_head():
+    from helpers.serving.engine import Held, SlotPool
 
-    pool = SlotPool(3)  # free: 0, 1, 2 (used longest ago first)
-    a, b = ("head", "user: a"), ("head", "user: b")
-    assert pool.take(a, True, 0.1) == (0, False)  # nothing held: the slot used longest ago
-    pool.give(0, a, True)  # read whole, from scratch
-    assert pool.take(b, True, 0.1) == (1, False)  # another prompt: 1, keeping what 0 holds
-    pool.give(1, b, False)  # not read whole (stopped)
-    assert pool.take(a, True, 0.1) == (0, True)  # the same again: the slot holding it clean
-    pool.give(0, a, True)
-    assert pool.take(b, True, 0.1) == (2, False)  # 1 holds b, but not clean: read it again elsewhere
-    # a sampled request: the slot sharing the most leading parts (0: "head" and "user: a")
-    assert pool.take(("head", "user: a", "user: more"), False, 0.1) == (0, False)
-    assert pool.take(a, False, 0.1) == (1, False)  # the last free one
-    assert pool.take(a, True, 0.05) is None  # none free: None after the timeout
+    pool = SlotPool(4)  # free: 0, 1, 2, 3 (used longest ago first)
+    h = ("tools", "user")
+    a, b, c = ("tools", "user: a"), ("tools", "user: b"), ("tools", "user: c")
+    assert pool.take(a, h, True, 0.1) == (0, Held())  # nothing held: the slot used longest ago
+    pool.give(0, Held(a, True, h, 20))  # read the reproducible way: its first 20 tokens are the head's
+    assert pool.take(b, h, True, 0.1) == (0, Held(a, True, h, 20))  # another prompt, the same head: 0
+    pool.give(0, Held(b, True, h, 20))
+    assert pool.take(a, h, True, 0.1) == (0, Held(b, True, h, 20))  # a's slot now holds b: its head still
+    pool.give(0, Held(a, True, h, 20))
+    assert pool.take(c, ("other",), True, 0.1) == (1, Held())  # another head: the slot used longest ago
+    pool.give(1, Held(c, False))  # stopped while it was read
+    assert pool.take(c, ("other",), True, 0.1) == (2, Held())  # 1 holds c, not clean: read it elsewhere
+    pool.give(2, Held(c, True, ("other",), 5))
+    assert pool.take(a, h, True, 0.1)[0] == 0  # the exact prompt, clean, wins over any head
+    pool.give(0, Held(a, True, h, 20))
+    # a sampled request: the slot sharing the most leading parts (0: "tools" and "user: a")
+    assert pool.take(("tools", "user: a", "user: more"), None, False, 0.1)[0] == 0
+    assert pool.take(a, h, False, 0.1)[0] == 2  # 1 and 2 share one part ("tools"): the one used last
+    pool.take(a, h, False, 0.1)
+    pool.take(a, h, False, 0.1)
+    assert pool.take(a, h, True, 0.05) is None  # none free: None after the timeout
 
 
 # qwen2.5-coder:0.5b (Q4_K_M) is a model whose greedy answer to this prompt changes when llama.cpp reads a
@@ -293,6 +301,14 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine, 
     # the repeat came from the cache (all but the last prompt token); the cold one read everything
     assert first.prompt_cached_count == 0 and repeat.prompt_eval_count == first.prompt_eval_count
     assert repeat.prompt_cached_count == repeat.prompt_eval_count - 1
+    # another question: the conversation before its text (the template's system prompt) comes from the
+    # cache, read the one way a cold model reads it too, so the answer is the cold one
+    grass = [{"role": "user", "content": "Explain in two sentences why grass is green."}]
+    grass_warm, warm_end = answer(messages=grass)
+    engine.unload(model)
+    grass_cold, cold_end = answer(messages=grass)
+    assert grass_warm and grass_warm == grass_cold, (grass_warm, grass_cold)
+    assert cold_end.prompt_cached_count == 0 < warm_end.prompt_cached_count < warm_end.prompt_eval_count
 
 
 @pytest.mark.slow  # `make check` leaves it out; `make test` runs it

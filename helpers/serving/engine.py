@@ -21,12 +21,19 @@ Same answer: on a CPU llama.cpp's floating-point sums depend on the shape of the
 is read in, so a prompt read partly from the cache can give another greedy answer than the same
 prompt read cold (llama.cpp re-reads the last prompt token alone on a full cache hit:
 ggml-org/llama.cpp#28527). A reproducible request (temperature 0, or a fixed seed) therefore always
-takes one path: its whole prompt is read from scratch into a slot, in the same chunks, then its
-last token is read again alone and the answer generated. The kit hands out the slots itself
-(`SlotPool`), so it knows which slot still holds a prompt read that way: the same request again
-goes there and reads only the last token (a warm first token, the same answer); any other
-request reads from scratch. Other requests reuse the longest cached prefix (fastest). With more than
-one slot, requests that run at the same time share a batch: then even a greedy answer can change.
+takes one path, in which every token is read in the same batch whatever the cache held:
+1. its head - the conversation before the last message's text (the system prompt, the tools, the
+   earlier turns) - is read from scratch, as the same conversation with that text left empty;
+2. the rest of the prompt is read after the part it shares with that head;
+3. its last token is read again alone and the answer generated.
+The kit hands out the slots itself (`SlotPool`), so it knows what each slot holds and how it was
+read: the same request again goes to the slot holding it and reads only the last token; a request
+with the same head (the next question to the same model, the next task with the same tools) goes
+to a slot holding that head, read that way, and reads only its own part (llama.cpp's progress tells
+how many tokens it took from the cache: if more than the head's own, it reads again from scratch).
+Other requests reuse the longest cached prefix (fastest). llama.cpp's host-memory prompt cache is
+off: a state restored from it was read in other batches (and it would hold up to 8 GB). With more
+than one slot, requests that run at the same time share a batch: then even a greedy answer can change.
 
 Timings follow Ollama's definitions, from llama.cpp's own counters: prompt_eval = reading the
 prompt tokens not already cached, eval = generating the output tokens, eval_count = number of
@@ -159,43 +166,58 @@ class LoadedModel:
         self.slots = SlotPool(self.num_parallel)
 
 
-class SlotPool:
-    """A model's llama.cpp slots, handed out by the kit so that it knows what each one holds.
+@dataclass(frozen=True)
+class Held:
+    """What a slot holds after a request: the prompt's `parts` (the tools and format, then each
+    message), whether the whole prompt was read the reproducible way (`clean`), and the `head` (the
+    conversation before the last message's text) whose first `canon` tokens it holds as read from
+    scratch - the part a reproducible request with the same head may take from the cache."""
 
-    Each slot remembers the prompt it last read, as a tuple of parts (the tools and format, then
-    each message), and whether it read it from scratch (`clean`): only such a slot may answer the
-    same reproducible request again from its cache. `take` waits for a free slot and picks, for a
-    reproducible request, the clean one holding exactly `parts`, else the one used longest ago; for
-    another request the one sharing the most leading parts with it (the longest cached prefix)."""
+    parts: tuple[str, ...] = ()
+    clean: bool = False
+    head: tuple[str, ...] | None = None
+    canon: int = 0
+
+
+class SlotPool:
+    """A model's llama.cpp slots, handed out by the kit so that it knows what each one holds (`Held`).
+
+    `take` waits for a free slot and picks, for a reproducible request, the clean one holding exactly
+    its parts, else one holding its head, else the one used longest ago; for another request the one
+    sharing the most leading parts with it (the longest cached prefix)."""
 
     def __init__(self, n: int) -> None:
         self._cond = threading.Condition()
         self._free = list(range(n))  # least recently used first
-        self._holds: list[tuple[tuple[str, ...], bool]] = [((), False)] * n
+        self._holds: list[Held] = [Held()] * n
 
-    def take(self, parts: tuple[str, ...], reproducible: bool, timeout: float) -> tuple[int, bool] | None:
-        """(slot, True when it holds `parts` read from scratch), or None after `timeout` seconds."""
+    def take(
+        self, parts: tuple[str, ...], head: tuple[str, ...] | None, reproducible: bool, timeout: float
+    ) -> tuple[int, Held] | None:
+        """(slot, what it holds), or None after `timeout` seconds."""
         with self._cond:
             if not self._free and not self._cond.wait_for(lambda: self._free, timeout):
                 return None
 
             def shared(slot: int) -> int:
-                held = self._holds[slot][0]
+                held = self._holds[slot].parts
                 return next((i for i, (a, b) in enumerate(zip(held, parts)) if a != b), min(len(held), len(parts)))
 
-            warm = None
             if reproducible:
-                warm = next((s for s in self._free if self._holds[s] == (parts, True)), None)
-                slot = self._free[0] if warm is None else warm
+                holds = self._holds
+                slot = next((s for s in self._free if holds[s].clean and holds[s].parts == parts), None)
+                if slot is None and head is not None:
+                    slot = next((s for s in self._free if holds[s].canon and holds[s].head == head), None)
+                slot = self._free[0] if slot is None else slot
             else:  # ties: the one used last, whose cache most likely starts as this prompt does (the template)
                 slot = max(reversed(self._free), key=shared)
             self._free.remove(slot)
-            return slot, warm is not None
+            return slot, self._holds[slot]
 
-    def give(self, slot: int, parts: tuple[str, ...], clean: bool) -> None:
-        """Slot `slot` is free again and holds `parts` (`clean`: read from scratch, whole)."""
+    def give(self, slot: int, held: Held) -> None:
+        """Slot `slot` is free again and holds `held`."""
         with self._cond:
-            self._holds[slot] = (parts, clean)
+            self._holds[slot] = held
             self._free.append(slot)
             self._cond.notify()
 
@@ -334,6 +356,7 @@ class Engine:
         # 91-95% of the in-process rate instead of 87% (the README's benchmark, run after: 89%)
         p.cpuparams.poll = p.cpuparams_batch.poll = 0
         p.use_jinja = True  # the GGUF's own chat template, with tools
+        p.cache_ram_mib = 0  # no host-memory prompt cache (module docstring: same answer)
         p.ctx_shift = False  # a full context ends the answer ("length"), as in Ollama
         p.embedding = True  # the same context answers /api/embed
         p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
@@ -664,12 +687,17 @@ class _Stream:
         self._done = self._finished = False
         self._t_start = t_start
         self._load_ns = 0
-        self._read_ns: int | None = None  # a reproducible request's prompt read from scratch, before the answer
+        self._read_ns: int | None = None  # a reproducible request's prompt read before the answer
+        self._cached = 0  # then: its tokens that came from the slot's cache (a head read before)
         self._chat = chat = "messages" in request
         # what the prompt is made of, part by part: a slot holding the same leading parts has them cached
-        head = json.dumps({k: request.get(k) for k in ("tools", "response_format")}, sort_keys=True)
-        said = request["messages"] if chat else [request.get("prompt")]
-        parts = (head, *(json.dumps(m, sort_keys=True) for m in said))
+        head_part = json.dumps({k: request.get(k) for k in ("tools", "response_format")}, sort_keys=True)
+        said: list[Any] = request["messages"] if chat else [request.get("prompt")]
+        parts = (head_part, *(json.dumps(m, sort_keys=True) for m in said))
+        # a chat's head: everything before the last message's text, read alone from scratch as the
+        # same conversation with that text left out (`head_body`), so any slot holding it read that
+        # way can serve every reproducible request with this head (module docstring: same answer)
+        head = (*parts[:-1], said[-1].get("role", "")) if chat and said else None
         gone, me = self._gone, weakref.ref(self)
 
         def stopped() -> bool:
@@ -680,9 +708,10 @@ class _Stream:
             if stream is not None:
                 stream._hand_over(item)
 
-        def read_from_scratch(handler: Callable[..., Any], body: dict[str, Any]) -> bool:
-            """Read the prompt into the slot with nothing cached (one token is generated and
-            dropped); True when it was read whole. Its reading time is reported with the answer's."""
+        def read(handler: Callable[..., Any], body: dict[str, Any], cached: bool) -> dict[str, Any] | None:
+            """Read the prompt of `body` into the slot (one token is generated and dropped), from scratch
+            unless `cached`: llama.cpp's timings (its reading time is reported with the answer's), or
+            None when it failed (the error piece) or was stopped."""
             end: dict[str, Any] = {}
 
             def on_piece(piece: Any) -> bool:
@@ -691,12 +720,47 @@ class _Stream:
                     end.update(piece)
                 return stopped()
 
-            handler({**body, "cache_prompt": False, "max_tokens": 1}, on_piece)
-            if "error" in end:
-                emit(end)  # the answer would fail the same way
-                return False
-            emit(("read", int(float((end.get("timings") or {}).get("prompt_ms", 0)) * 1e6)))
-            return bool(end) and not stopped()
+            handler({**body, "cache_prompt": cached, "max_tokens": 1}, on_piece)
+            if not end or "error" in end or stopped():
+                return None if not end or stopped() else end
+            timings = end.get("timings") or {}
+            emit(("read", int(float(timings.get("prompt_ms", 0)) * 1e6)))
+            return timings
+
+        def read_reproducibly(handler: Callable[..., Any], body: dict[str, Any], held: Held) -> Held | None:
+            """Put the prompt in the slot the one reproducible way; what the slot then holds, or None
+            when the answer should not follow (an error, handed on, or a stop)."""
+            if head is not None:
+                last = {k: v for k, v in said[-1].items() if k not in ("content", "tool_calls")}
+                head_body = {**body, "messages": [*said[:-1], {**last, "content": ""}]}
+                warm = held.canon > 0 and held.head == head
+                for cached in (True, False) if warm else (False,):
+                    try:
+                        got = read(handler, head_body, cached)
+                    except ValueError:  # llama.cpp refused the head alone (the template wants more)
+                        got = None
+                    if got is None or "error" in got:
+                        break  # then the whole prompt, from scratch
+                    if cached:
+                        emit(("cached", int(got.get("cache_n", 0))))
+                    whole = read(handler, body, True)  # the rest, after what it shares with the head
+                    if whole is None or "error" in whole:
+                        if whole:
+                            emit(whole)  # the answer would fail the same way
+                        return None
+                    canon = int(whole.get("cache_n", 0))
+                    if cached and canon > held.canon:  # more reused than was read from scratch: again, cold
+                        emit(("cached", 0))
+                        continue
+                    return Held(parts, True, head, canon)
+            if stopped():
+                return None
+            whole = read(handler, body, False)  # no head: the whole prompt from scratch
+            if whole is None or "error" in whole:
+                if whole:
+                    emit(whole)
+                return None
+            return Held(parts, True)
 
         def produce() -> None:
             try:
@@ -710,20 +774,22 @@ class _Stream:
 
                     # wait for a free slot here, not in llama.cpp's queue: a request whose
                     # client went away meanwhile is dropped before its prompt is read
-                    while (got := loaded.slots.take(parts, reproducible, timeout=0.05)) is None:
+                    while (got := loaded.slots.take(parts, head, reproducible, timeout=0.05)) is None:
                         if stopped():
                             return
-                    slot, warm = got
+                    slot, held = got
                     # progress chunks while the prompt is read: a stop there, too
                     body = {**request, "id_slot": slot, "stream": True, "return_progress": True, "cache_prompt": True}
-                    clean = warm
+                    now: Held | None = Held(parts)
                     try:
-                        if reproducible and not warm and not stopped():
-                            clean = read_from_scratch(handler, body)
-                        if not stopped():
+                        if reproducible and not (held.clean and held.parts == parts):
+                            now = read_reproducibly(handler, body, held) if not stopped() else None
+                        elif reproducible:
+                            now = held  # the same request again: it reads only the last token
+                        if now is not None and not stopped():
                             handler(body, on_chunk)
                     finally:
-                        loaded.slots.give(slot, parts, reproducible and clean)
+                        loaded.slots.give(slot, now or Held())
             except BaseException as exc:  # handed to the caller, raised where it reads
                 emit(exc)
             finally:
@@ -766,8 +832,10 @@ class _Stream:
         if isinstance(item, tuple):  # ("load", ns) or ("read", ns): the prompt read from scratch first
             if item[0] == "load":
                 self._load_ns = item[1]
+            elif item[0] == "cached":
+                self._cached = item[1]
             else:
-                self._read_ns = item[1]
+                self._read_ns = (self._read_ns or 0) + item[1]
             return []
         if not isinstance(item, dict) or "error" in item or not item.get("choices"):
             if isinstance(item, dict) and "error" not in item:
@@ -800,7 +868,7 @@ class _Stream:
             done_reason=done_reason,
             # the whole prompt, as billed; llama.cpp reads only what is not cached
             prompt_eval_count=int(t.get("prompt_n", 0)) + int(t.get("cache_n", 0)),
-            prompt_cached_count=0 if read_first else int(t.get("cache_n", 0)),
+            prompt_cached_count=self._cached if read_first else int(t.get("cache_n", 0)),
             eval_count=int(t.get("predicted_n", 0)),
             load_duration=self._load_ns,
             prompt_eval_duration=int(float(t.get("prompt_ms", 0)) * 1e6) + (self._read_ns or 0),
