@@ -17,23 +17,16 @@ instance) and the old one is freed when its last request lets go; the keep_alive
 model in use. A request whose num_ctx fits the loaded context runs there (one instance per
 model, as Ollama runs one runner per model); a longer one reloads.
 
-Same answer: on a CPU llama.cpp's floating-point sums depend on the shape of the batch a token
-is read in, so a prompt read partly from the cache can give another greedy answer than the same
-prompt read cold (llama.cpp re-reads the last prompt token alone on a full cache hit:
-ggml-org/llama.cpp#28527). A reproducible request (temperature 0, or a fixed seed) therefore always
-takes one path, in which every token is read in the same batch whatever the cache held:
-1. its head - the conversation before the last message's text (the system prompt, the tools, the
-   earlier turns) - is read from scratch, as the same conversation with that text left empty;
-2. the rest of the prompt is read after the part it shares with that head;
-3. its last token is read again alone and the answer generated.
-The kit hands out the slots itself (`SlotPool`), so it knows what each slot holds and how it was
-read: the same request again goes to the slot holding it and reads only the last token; a request
-with the same head (the next question to the same model, the next task with the same tools) goes
-to a slot holding that head, read that way, and reads only its own part (llama.cpp's progress tells
-how many tokens it took from the cache: if more than the head's own, it reads again from scratch).
-Other requests reuse the longest cached prefix (fastest). llama.cpp's host-memory prompt cache is
-off: a state restored from it was read in other batches (and it would hold up to 8 GB). With more
-than one slot, requests that run at the same time share a batch: then even a greedy answer can change.
+Same answer: on a CPU llama.cpp's sums depend on the shape of the batch a token is read in, so a
+prompt read partly from the cache can give another greedy answer than the same prompt read cold
+(ggml-org/llama.cpp#28527). A reproducible request (temperature 0, or a seed) always takes one
+path: its head (the conversation before the last message's text: system prompt, tools, earlier
+turns) is read from scratch alone, then the rest of the prompt, then its last token alone. The kit
+hands out the slots (`SlotPool`), so it knows what each holds: the same request again reads only its
+last token; one with the same head takes the head from a slot that read it so (if llama.cpp took
+more than that from the cache, it is read again cold). Other requests reuse the longest cached
+prefix. No host-memory prompt cache: its states were read in other batches. With more than one
+slot, requests running at the same time share a batch: then even a greedy answer can change.
 
 Timings follow Ollama's definitions, from llama.cpp's own counters: prompt_eval = reading the
 prompt tokens not already cached, eval = generating the output tokens, eval_count = number of
@@ -168,10 +161,8 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class Held:
-    """What a slot holds after a request: the prompt's `parts` (the tools and format, then each
-    message), whether the whole prompt was read the reproducible way (`clean`), and the `head` (the
-    conversation before the last message's text) whose first `canon` tokens it holds as read from
-    scratch - the part a reproducible request with the same head may take from the cache."""
+    """What a slot holds: a prompt's `parts` (tools and format, then each message), `clean` when it was
+    all read the reproducible way, and the `head` whose first `canon` tokens it holds read from scratch."""
 
     parts: tuple[str, ...] = ()
     clean: bool = False
@@ -356,7 +347,7 @@ class Engine:
         # 91-95% of the in-process rate instead of 87% (the README's benchmark, run after: 89%)
         p.cpuparams.poll = p.cpuparams_batch.poll = 0
         p.use_jinja = True  # the GGUF's own chat template, with tools
-        p.cache_ram_mib = 0  # no host-memory prompt cache (module docstring: same answer)
+        p.cache_ram_mib = 0  # no host-memory prompt cache (same answer: module docstring)
         p.ctx_shift = False  # a full context ends the answer ("length"), as in Ollama
         p.embedding = True  # the same context answers /api/embed
         p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
@@ -694,9 +685,7 @@ class _Stream:
         head_part = json.dumps({k: request.get(k) for k in ("tools", "response_format")}, sort_keys=True)
         said: list[Any] = request["messages"] if chat else [request.get("prompt")]
         parts = (head_part, *(json.dumps(m, sort_keys=True) for m in said))
-        # a chat's head: everything before the last message's text, read alone from scratch as the
-        # same conversation with that text left out (`head_body`), so any slot holding it read that
-        # way can serve every reproducible request with this head (module docstring: same answer)
+        # a chat's head: all before the last message's text (module docstring: same answer)
         head = (*parts[:-1], said[-1].get("role", "")) if chat and said else None
         gone, me = self._gone, weakref.ref(self)
 
@@ -708,57 +697,48 @@ class _Stream:
             if stream is not None:
                 stream._hand_over(item)
 
-        def read(handler: Callable[..., Any], body: dict[str, Any], cached: bool) -> dict[str, Any] | None:
-            """Read the prompt of `body` into the slot (one token is generated and dropped), from scratch
-            unless `cached`: llama.cpp's timings (its reading time is reported with the answer's), or
-            None when it failed (the error piece) or was stopped."""
+        def read(handler: Callable[..., Any], body: dict[str, Any], cached: bool, fatal: bool = True) -> Any:
+            """Read `body`'s prompt into the slot (one token is generated and dropped), from scratch unless
+            `cached`: llama.cpp's timings (the reading time is reported with the answer's), else None
+            (stopped, or failed: the error is handed on if `fatal`, as the answer would fail the same way)."""
             end: dict[str, Any] = {}
 
             def on_piece(piece: Any) -> bool:
-                last = isinstance(piece, dict) and (piece.get("choices") or [{}])[0].get("finish_reason")
-                if last or (isinstance(piece, dict) and "error" in piece):
+                if isinstance(piece, dict) and (
+                    "error" in piece or (piece.get("choices") or [{}])[0].get("finish_reason")
+                ):
                     end.update(piece)
                 return stopped()
 
-            handler({**body, "cache_prompt": cached, "max_tokens": 1}, on_piece)
+            try:
+                handler({**body, "cache_prompt": cached, "max_tokens": 1}, on_piece)
+            except ValueError:  # llama.cpp refused the request
+                if fatal:
+                    raise
+                return None
+            if "error" in end and fatal:
+                emit(end)
             if not end or "error" in end or stopped():
-                return None if not end or stopped() else end
-            timings = end.get("timings") or {}
-            emit(("read", int(float(timings.get("prompt_ms", 0)) * 1e6)))
-            return timings
+                return None
+            emit(("read", int(float((end.get("timings") or {}).get("prompt_ms", 0)) * 1e6)))
+            return end.get("timings") or {}
 
         def read_reproducibly(handler: Callable[..., Any], body: dict[str, Any], held: Held) -> Held | None:
-            """Put the prompt in the slot the one reproducible way; what the slot then holds, or None
-            when the answer should not follow (an error, handed on, or a stop)."""
-            if head is not None:
+            """Put the prompt in the slot the one reproducible way (module docstring: same answer): what the
+            slot then holds, or None when no answer follows (stopped, or failed: handed on)."""
+            if head is not None:  # the head alone first (if the template cannot render it: the whole prompt)
                 last = {k: v for k, v in said[-1].items() if k not in ("content", "tool_calls")}
                 head_body = {**body, "messages": [*said[:-1], {**last, "content": ""}]}
-                warm = held.canon > 0 and held.head == head
-                for cached in (True, False) if warm else (False,):
-                    try:
-                        got = read(handler, head_body, cached)
-                    except ValueError:  # llama.cpp refused the head alone (the template wants more)
-                        got = None
-                    if got is None or "error" in got:
-                        break  # then the whole prompt, from scratch
-                    if cached:
-                        emit(("cached", int(got.get("cache_n", 0))))
-                    whole = read(handler, body, True)  # the rest, after what it shares with the head
-                    if whole is None or "error" in whole:
-                        if whole:
-                            emit(whole)  # the answer would fail the same way
+                for cached in (True, False) if held.canon and held.head == head else (False,):
+                    if (got := read(handler, head_body, cached, fatal=False)) is None:
+                        break
+                    if (whole := read(handler, body, True)) is None:  # the rest, after what it shares with the head
                         return None
                     canon = int(whole.get("cache_n", 0))
-                    if cached and canon > held.canon:  # more reused than was read from scratch: again, cold
-                        emit(("cached", 0))
-                        continue
-                    return Held(parts, True, head, canon)
-            if stopped():
-                return None
-            whole = read(handler, body, False)  # no head: the whole prompt from scratch
-            if whole is None or "error" in whole:
-                if whole:
-                    emit(whole)
+                    if not cached or canon <= held.canon:  # else it took more from the cache than was read cold
+                        emit(("cached", int(got.get("cache_n", 0)) if cached else 0))
+                        return Held(parts, True, head, canon)
+            if stopped() or read(handler, body, False) is None:  # no head: the whole prompt from scratch
                 return None
             return Held(parts, True)
 
@@ -782,10 +762,9 @@ class _Stream:
                     body = {**request, "id_slot": slot, "stream": True, "return_progress": True, "cache_prompt": True}
                     now: Held | None = Held(parts)
                     try:
-                        if reproducible and not (held.clean and held.parts == parts):
-                            now = read_reproducibly(handler, body, held) if not stopped() else None
-                        elif reproducible:
-                            now = held  # the same request again: it reads only the last token
+                        if reproducible:  # the same request again reads only its last token
+                            same = held.clean and held.parts == parts
+                            now = held if same else None if stopped() else read_reproducibly(handler, body, held)
                         if now is not None and not stopped():
                             handler(body, on_chunk)
                     finally:
