@@ -342,9 +342,8 @@ class Engine:
         p.n_ctx = num_ctx * self.num_parallel  # llama.cpp splits it into equal slots
         p.n_batch = p.n_ubatch = min(N_BATCH, num_ctx)
         p.cpuparams.n_threads = p.cpuparams_batch.n_threads = self.n_threads
-        # between tokens llama.cpp's idle threads sleep instead of spinning (its default polls), so the
-        # HTTP reply to each token can have a core: on 2 cores a short A/B on 2026-12-05 gave one stream
-        # 91-95% of the in-process rate instead of 87% (the README's benchmark, run after: 89%)
+        # idle threads sleep between tokens instead of polling (the default), so each token's HTTP reply gets
+        # a core: on 2 cores (2026-12-05) one stream ran at 91-95% of the in-process rate, not 87% (README)
         p.cpuparams.poll = p.cpuparams_batch.poll = 0
         p.use_jinja = True  # the GGUF's own chat template, with tools
         p.cache_ram_mib = 0  # no host-memory prompt cache (same answer: module docstring)

