@@ -244,15 +244,22 @@ def decode(raw: bytes | bytearray, model_cls):
     # millions of tiny arrays parse for seconds in C, holding the GIL: count them first
     brackets = raw.count(b"[") + raw.count(b"{")
     if brackets > MAX_JSON_VALUES:
-        too_many = f"{brackets:,} '[' and '{{': more arrays and objects than the server takes ({MAX_JSON_VALUES:,})"
-        raise ApiError(400, f"the request body holds {too_many} (send fewer items per request)")
+        raise ApiError(
+            400,
+            f"the request body holds {brackets:,} '[' and '{{': more arrays and "
+            f"objects than the server takes ({MAX_JSON_VALUES:,}) (send fewer items "
+            "per request)",
+        )
     try:
         data = json.loads(raw or b"{}", parse_float=_finite_float, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise ApiError(400, f"invalid JSON in the request body: {exc}") from None
     except RecursionError:
-        deep = f"more than {MAX_JSON_DEPTH} levels is refused: send a flatter request"
-        raise ApiError(400, f"the request body nests JSON too deeply ({deep})") from None
+        raise ApiError(
+            400,
+            f"the request body nests JSON too deeply (more than "
+            f"{MAX_JSON_DEPTH} levels is refused: send a flatter request)",
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     check_json(data, raw)
@@ -296,14 +303,18 @@ def check_json(data: Any, raw: bytes | bytearray | None = None, max_depth: int =
     while stack:
         value, depth, field = stack.pop()
         if depth > max_depth:
-            flatter = "send a flatter request: Ollama's own nest 5 levels"
             raise ApiError(
-                400, f"the request body nests JSON more than {max_depth} levels deep (in {field!r}; {flatter})"
+                400,
+                f"the request body nests JSON more than {max_depth} levels deep "
+                f"(in {field!r}; send a flatter request: Ollama's own nest 5 levels)",
             )
         count += len(value)
         if count > MAX_JSON_VALUES:
-            fewer = f"(in {field!r}; send fewer items per request)"
-            raise ApiError(400, f"the request body holds more than {MAX_JSON_VALUES:,} JSON values {fewer}")
+            raise ApiError(
+                400,
+                f"the request body holds more than {MAX_JSON_VALUES:,} JSON values "
+                f"(in {field!r}; send fewer items per request)",
+            )
         if isinstance(value, dict):
             for key, item in value.items():
                 top = field or key
