@@ -251,7 +251,7 @@ def test_openai_second_turn_with_null_content_and_tool_result(oa, tools_model, o
         }
     )
     # the later turns are sampled, not seeded, so the server reuses the cached prefix (a reproducible
-    # request reads a new prompt from scratch); a few tokens: only acceptance and prompt size count
+    # request takes only its head from the cache); a few tokens: only acceptance and prompt size count
     second = oa.chat.completions.create(
         model=tools_model, temperature=0.8, max_tokens=8, tools=[WEATHER_TOOL], messages=messages
     )
@@ -281,7 +281,7 @@ def test_ollama_second_turn_with_tool_result(client, tools_model, ollama_weather
         }
     )
     # the later turns are sampled, not seeded, so the server reuses the cached prefix (a reproducible
-    # request reads a new prompt from scratch); a few tokens: only acceptance and prompt size count
+    # request takes only its head from the cache); a few tokens: only acceptance and prompt size count
     sampled = {"temperature": 0.8, "num_predict": 8}
     second = client.chat(model=tools_model, tools=[WEATHER_TOOL], options=sampled, messages=messages)
     assert second.done

@@ -207,7 +207,7 @@ def test_a_huge_prompt_is_refused_before_tokenising(engine):
     assert time.perf_counter() - t0 < 1.0
 
 
-@pytest.mark.slow  # reads a 2,600-token prompt in full: the yardstick
+@pytest.mark.slow  # reads a 500-token prompt (the yardstick), then part of a 2,600-token one
 def test_a_cancelled_request_stops_while_its_prompt_is_read(engine):
     """A client that leaves while its long prompt is read frees the model after the batch being
     read (llama.cpp's progress chunks), not after the whole prompt: timed against one batch of the
@@ -315,7 +315,7 @@ def test_greedy_answers_are_the_same_cold_warm_and_after_another_prompt(engine, 
 def test_greedy_answers_of_long_conversations_do_not_depend_on_the_cache(engine):
     """A conversation longer than one n_batch chunk (512 tokens): the answer must be the one a
     cold model gives, with llama.cpp's cache holding this conversation, one sharing its start,
-    or another prompt (a greedy request reads its prompt from scratch unless the slot holds exactly it)."""
+    or another prompt (a greedy request takes from the cache only what it holds read the same way)."""
     from helpers.registry import BUNDLED_MODEL as M
 
     history = [

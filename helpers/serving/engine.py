@@ -807,7 +807,7 @@ class _Stream:
             return [None] if self._finished else [self._final(None), None]
         if isinstance(item, BaseException):
             raise _llama_error(item) if isinstance(item, ValueError) else item
-        if isinstance(item, tuple):  # ("load", ns) or ("read", ns): the prompt read from scratch first
+        if isinstance(item, tuple):  # ("load", ns), ("read", ns) per read before the answer, ("cached", tokens)
             if item[0] == "load":
                 self._load_ns = item[1]
             elif item[0] == "cached":
