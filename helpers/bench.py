@@ -165,8 +165,9 @@ def load_prompts(path: str | Path) -> list[BenchPrompt]:
 
 
 # --------------------------------------------------------------------------- one call
-def _fresh_messages(prompt: str, cache_bust: bool) -> list[dict[str, str]]:
-    """The chat messages of one call; a random first line defeats the server's prompt cache."""
+def fresh_messages(prompt: str, cache_bust: bool = True) -> list[dict[str, str]]:
+    """The chat messages of one call; a random first line defeats the server's prompt cache, so its
+    whole prompt is read (a cached start would flatter prompt reading and the first token)."""
     messages = [{"role": "user", "content": prompt}]
     if cache_bust:
         tag = uuid.uuid4().hex[:8]
@@ -215,7 +216,7 @@ def measure_call(
     [p] = _check_prompts([prompt])
     max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT, "e.g. max_tokens=64")
     opts = Options.merge({"temperature": 0, "seed": 42, "num_predict": max_tokens}, options)
-    ttft, e2e, final = _call_once(backend, model, _fresh_messages(p.text, cache_bust), opts, stream)
+    ttft, e2e, final = _call_once(backend, model, fresh_messages(p.text, cache_bust), opts, stream)
     m = final.metrics
     n = m.output_tokens
     tpot = (e2e - ttft) / (n - 1) if stream and ttft is not None and n > 1 else None
