@@ -203,7 +203,7 @@ def tiny_app(api_key: str | None = None, max_body_bytes: int = 1000) -> FastAPI:
     """An app with the kit's guard and error handler around routes that fail on purpose."""
     app = FastAPI()
     app.state.server = ServerState(engine=None, api_key=api_key, max_body_bytes=max_body_bytes)
-    app.middleware("http")(guard)
+    app.add_middleware(guard)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
     @app.get("/")

@@ -138,22 +138,14 @@ def error_text(exc: BaseException) -> str:
     return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
-def ollama_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    kind = {404: "not_found_error", 401: "authentication_error"}.get(status, "invalid_request_error")
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status, headers=headers
-    )
-
-
 def error_for(request: Request, status: int, message: str, *, close: bool = False) -> JSONResponse:
     """An error in the shape of the API the request called: OpenAI's under /v1, else Ollama's."""
-    is_openai = request.url.path.startswith("/v1")
     headers = {"connection": "close"} if close else None
-    return (openai_error if is_openai else ollama_error)(status, message, headers)
+    if not request.url.path.startswith("/v1"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    kind = {404: "not_found_error", 401: "authentication_error"}.get(status, "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def too_large(size: int | None, limit: int) -> ApiError:
@@ -181,23 +173,43 @@ def authorized(header: str, api_key: str | None) -> bool:
     return secrets.compare_digest(header.encode("latin-1"), f"Bearer {api_key}".encode("utf-8"))
 
 
-async def guard(request: Request, call_next):
-    """The HTTP middleware: the API key, the declared body size, and every error in the API's shape."""
-    st = state_of(request)
-    try:
-        key = request.headers.get("authorization", "")
-        if request.url.path not in ("/", "/api/version") and not authorized(key, st.api_key):
-            raise ApiError(401, "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > st.max_body_bytes:  # refused before reading it
-            raise too_large(int(declared), st.max_body_bytes)
-        return await call_next(request)
-    except ApiError as exc:
-        return error_for(request, exc.status, exc.message, close=exc.close)
-    except CourseError as exc:  # the one mapping: each error class carries its HTTP status
-        return error_for(request, exc.status, error_text(exc))
-    except Exception as exc:  # a bug or a failing library: still an answer in the API's shape
-        return error_for(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+def guard(app: Any) -> Callable[..., Any]:
+    """The ASGI middleware: the API key, the declared body size, and every error raised before an answer
+    starts in the API's shape. Plain ASGI, so a streamed answer's chunks go straight to the connection."""
+
+    async def guarded(scope: dict, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        request, started = Request(scope, receive), False
+
+        async def send_on(message: dict) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        st = state_of(request)
+        try:
+            key = request.headers.get("authorization", "")
+            if request.url.path not in ("/", "/api/version") and not authorized(key, st.api_key):
+                raise ApiError(
+                    401, "unauthorized: send the server's key as 'Authorization: Bearer <key>' (OLLAMA_API_KEY)"
+                )
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > st.max_body_bytes:  # refused before reading it
+                raise too_large(int(declared), st.max_body_bytes)
+            return await app(scope, receive, send_on)
+        except Exception as exc:
+            if started:  # too late for an answer of its own
+                raise
+            if isinstance(exc, ApiError):
+                response = error_for(request, exc.status, exc.message, close=exc.close)
+            elif isinstance(exc, CourseError):  # the one mapping: each error class carries its HTTP status
+                response = error_for(request, exc.status, error_text(exc))
+            else:  # a bug or a failing library: still an answer in the API's shape
+                response = error_for(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+        await response(scope, receive, send)
+
+    return guarded
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

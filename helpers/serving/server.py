@@ -63,7 +63,7 @@ def create_app(
         read_timeout_s=read_timeout_s,
         max_body_bytes=max_body_bytes,
     )
-    app.middleware("http")(plumbing.guard)
+    app.add_middleware(plumbing.guard)
     app.add_exception_handler(StarletteHTTPException, plumbing.http_error)  # type: ignore[arg-type]  # Starlette's stub wants Exception
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
