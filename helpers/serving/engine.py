@@ -128,14 +128,8 @@ class Chunk:
     total_duration: int = 0
 
     def timings(self) -> dict[str, int]:
-        return {
-            "total_duration": self.total_duration,
-            "load_duration": self.load_duration,
-            "prompt_eval_count": self.prompt_eval_count,
-            "prompt_eval_duration": self.prompt_eval_duration,
-            "eval_count": self.eval_count,
-            "eval_duration": self.eval_duration,
-        }
+        names = "total_duration load_duration prompt_eval_count prompt_eval_duration eval_count eval_duration"
+        return {k: getattr(self, k) for k in names.split()}  # Ollama's counters, in its order
 
 
 @dataclass
@@ -433,26 +427,14 @@ class Engine:
             return True
         return False
 
-    @staticmethod
-    def _claim_free(model: LoadedModel) -> bool:
-        """Whether the caller (registry lock held) is the one to free this retired model now."""
-        if model.retired and model.users == 0 and not model.closing:
-            model.closing = True
-            return True
-        return False
-
     def _close_when_free(self, model: LoadedModel) -> None:
-        """Free a retired model now if no request holds it, else when the last one lets go."""
+        """Free a retired model's llama.cpp memory now if no request holds it, else when the last one
+        lets go; exactly one caller frees it."""
         with self._registry_lock:
-            free_now = self._claim_free(model)
+            free_now = model.retired and model.users == 0 and not model.closing
+            model.closing = model.closing or free_now
         if free_now:
-            self._close(model)
-
-    @staticmethod
-    def _close(model: LoadedModel) -> None:
-        """Free llama.cpp's memory: only for a retired model that no request holds (once)."""
-        server, model.server = model.server, None
-        del server  # xllamacpp stops the context's loop and frees it
+            model.server = None  # xllamacpp stops the context's loop and frees it
 
     def unload(self, name: str) -> bool:
         """Unload a model now (False if it was not loaded); freed when its last request lets go."""
@@ -511,13 +493,9 @@ class Engine:
             return None
         if fmt == "json":
             return {"type": "json_object"}
-        schema = bounded_schema(check_schema(fmt))
+        schema, xl = bounded_schema(check_schema(fmt)), _xllamacpp()
         try:
-            import xllamacpp
-
-            xllamacpp.json_schema_to_grammar(schema)
-        except ImportError:  # pragma: no cover - a dependency of the kit
-            pass
+            xl.json_schema_to_grammar(schema)
         except Exception as exc:
             raise BadInput(
                 f"the JSON schema in format cannot be compiled into a grammar: {exc}",
@@ -909,14 +887,9 @@ def template_has_tools(path: Path) -> bool:
 
 
 #: bounds on a JSON schema in `format`, beyond which the grammar llama.cpp builds grows too large
-SCHEMA_LIMITS = {
-    "maxLength": 2048,
-    "minLength": 2048,
-    "maxItems": 256,
-    "minItems": 256,
-    "maxProperties": 256,
-    "minProperties": 256,
-}
+SCHEMA_LIMITS = dict.fromkeys(("maxLength", "minLength"), 2048) | dict.fromkeys(
+    ("maxItems", "minItems", "maxProperties", "minProperties"), 256
+)
 MAX_SCHEMA_ENUM = 1024
 MAX_SCHEMA_NODES = 2048
 

@@ -50,17 +50,22 @@ router = APIRouter()
 
 
 # --------------------------------------------------------------------------- requests
-class GenerateBody(Body):
+class AskBody(Body):
+    """What /api/generate and /api/chat both take."""
+
     model: StrictStr
-    prompt: Optional[StrictStr] = None
-    system: Optional[StrictStr] = None
     stream: StrictBool = True
     format: Optional[Union[StrictStr, dict]] = None
     options: Optional[dict] = None
     keep_alive: Optional[Union[StrictStr, int, float]] = None
+    think: Optional[Union[StrictBool, StrictStr]] = None
+
+
+class GenerateBody(AskBody):
+    prompt: Optional[StrictStr] = None
+    system: Optional[StrictStr] = None
     raw: StrictBool = False
     suffix: Optional[StrictStr] = None
-    think: Optional[Union[StrictBool, StrictStr]] = None
     images: Optional[list] = None
 
 
@@ -72,15 +77,9 @@ class ChatMessage(Body):
     tool_name: Optional[StrictStr] = None
 
 
-class ChatBody(Body):
-    model: StrictStr
+class ChatBody(AskBody):
     messages: Optional[list[ChatMessage]] = None
-    stream: StrictBool = True
-    format: Optional[Union[StrictStr, dict]] = None
-    options: Optional[dict] = None
-    keep_alive: Optional[Union[StrictStr, int, float]] = None
     tools: Optional[list[dict]] = None
-    think: Optional[Union[StrictBool, StrictStr]] = None
 
 
 class ModelBody(Body):
