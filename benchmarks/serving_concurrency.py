@@ -7,7 +7,9 @@ costs every side alike; a side's figure is the median over its rounds. Measured 
 - aggregate tokens/s: all output tokens / the wall time of the level;
 - TTFT: from sending a request to its first streamed token (p50 and p90 over the level's requests).
 - decode tok/s of one stream: (tokens - 1) / (last token - first token), at the 1-client level
-  (what a student alone sees once the answer has started).
+  (what a student alone sees once the answer has started), which runs 4x --rounds; and each HTTP side's
+  decode as a share of the in-process one, paired: the median over rounds of this side's rate / the
+  in-process rate of the same round (the machine's drift between rounds cancels out).
 Three sides, all loaded at once, the same slots, threads and context per slot:
 - "raw llama.cpp": xllamacpp's `Server` called in-process, one thread per client (its handlers
   release the GIL): no HTTP, no client process - the ceiling;
@@ -205,13 +207,18 @@ def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds:
     names = list(sides)
     for n in clients:
         got: dict[str, list[dict]] = {name: [] for name in names}
-        for r in range(rounds):
+        for r in range(rounds * 4 if n == 1 else rounds):  # one student: cheap, and the noisiest figure
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 got[name].append(run_level(lambda c, _r, one=sides[name][0], r=r: one(c, r), n, 1))
         for name in names:
             row = {"model": model, "side": name, "clients": n, "requests": sum(x["requests"] for x in got[name])}
             for key in ("agg_tok_s", "ttft_p50_ms", "ttft_p90_ms", "decode_tok_s"):
                 row[key] = round(statistics.median(x[key] for x in got[name]), 1)
+            if n == 1 and name != names[0]:  # decode as a share of the in-process side's, round by round
+                pairs = zip(got[name], got[names[0]])
+                row["decode_vs_raw_pct"] = round(
+                    statistics.median(a["decode_tok_s"] / b["decode_tok_s"] * 100 for a, b in pairs), 1
+                )
             rows.append(row)
             print(row, flush=True)
     for name, (_, one_default, one_again) in sides.items():
@@ -265,13 +272,13 @@ def main() -> int:
         http.close()
     print(
         f"\n{'model':20} {'side':18} {'clients':>7} {'agg tok/s':>9} {'p50 TTFT ms':>11} {'p90 TTFT ms':>11} "
-        f"{'decode tok/s':>12} {'TTFT default ms':>15} {'TTFT again ms':>13}"
+        f"{'decode tok/s':>12} {'TTFT default ms':>15} {'TTFT again ms':>13} {'decode % raw':>12}"
     )
     for r in rows:
         print(
             f"{r['model']:20} {r['side']:18} {r['clients']:>7} {r['agg_tok_s']:>9} {r['ttft_p50_ms']:>11} "
             f"{r['ttft_p90_ms']:>11} {r['decode_tok_s']:>12} {r.get('ttft_default_ms', ''):>15} "
-            f"{r.get('ttft_again_ms', ''):>13}"
+            f"{r.get('ttft_again_ms', ''):>13} {r.get('decode_vs_raw_pct', ''):>12}"
         )
     out = ROOT / "benchmarks" / "results" / "serving_concurrency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
