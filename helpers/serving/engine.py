@@ -432,7 +432,8 @@ class Engine:
         lets go; exactly one caller frees it."""
         with self._registry_lock:
             free_now = model.retired and model.users == 0 and not model.closing
-            model.closing = model.closing or free_now
+            if free_now:
+                model.closing = True
         if free_now:
             model.server = None  # xllamacpp stops the context's loop and frees it
 
@@ -493,7 +494,8 @@ class Engine:
             return None
         if fmt == "json":
             return {"type": "json_object"}
-        schema, xl = bounded_schema(check_schema(fmt)), _xllamacpp()
+        schema = bounded_schema(check_schema(fmt))
+        xl = _xllamacpp()
         try:
             xl.json_schema_to_grammar(schema)
         except Exception as exc:

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadInput, CourseError
 from .engine import DEFAULT_KEEP_ALIVE_S, Chunk, Engine
@@ -173,16 +174,16 @@ def authorized(header: str, api_key: str | None) -> bool:
     return secrets.compare_digest(header.encode("latin-1"), f"Bearer {api_key}".encode("utf-8"))
 
 
-def guard(app: Any) -> Callable[..., Any]:
+def guard(app: ASGIApp) -> ASGIApp:
     """The ASGI middleware: the API key, the declared body size, and every error raised before an answer
     starts in the API's shape. Plain ASGI, so a streamed answer's chunks go straight to the connection."""
 
-    async def guarded(scope: dict, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
         request, started = Request(scope, receive), False
 
-        async def send_on(message: dict) -> None:
+        async def send_on(message: Message) -> None:
             nonlocal started
             started = True
             await send(message)
