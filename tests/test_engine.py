@@ -271,6 +271,22 @@ def test_the_slot_pool_sends_a_greedy_request_to_the_slot_holding_it_or_its_head
     assert pool.take(a, h, True, 0.05) is None  # none free: None after the timeout
 
 
+def test_a_sampled_request_goes_to_the_slot_whose_prompt_starts_most_like_it():
+    from helpers.serving.engine import Held, SlotPool
+
+    pool = SlotPool(3)
+    taken = [pool.take(("tools",), None, False, 0.1)[0] for _ in range(3)]
+    for slot, text in zip(taken, ("user: the sea (1)", "user: bees (2)", "user: the moon (3)")):
+        pool.give(slot, Held(("tools", text)))
+    # all three share the first part; the message starting most like this one's holds the longest prefix
+    # (the moon's slot, used last, would win a tie)
+    assert pool.take(("tools", "user: the sea (9)"), None, False, 0.1) == (
+        taken[0],
+        Held(("tools", "user: the sea (1)")),
+    )
+    assert pool.take(("tools", "user: bees (9)"), None, False, 0.1)[0] == taken[1]
+
+
 # qwen2.5-coder:0.5b (Q4_K_M) is a model whose greedy answer to this prompt changes when llama.cpp reads a
 # cached prompt's last token alone instead of in the prompt's batch (2026-12-05); SmolLM2's did not.
 # The Qwen run loads a second model and decodes at ~25 tokens/s on one thread: make test runs it, not make check

@@ -169,7 +169,8 @@ class SlotPool:
 
     `take` waits for a free slot and picks, for a reproducible request, the clean one holding exactly
     its parts, else one holding its head, else the one used longest ago; for another request the one
-    sharing the most leading parts with it (the longest cached prefix)."""
+    sharing the most leading parts with it, then the longest start of the next part (the longest cached
+    prefix, as llama.cpp's own choice would find it)."""
 
     def __init__(self, n: int) -> None:
         self._cond = threading.Condition()
@@ -184,9 +185,10 @@ class SlotPool:
             if not self._free and not self._cond.wait_for(lambda: self._free, timeout):
                 return None
 
-            def shared(slot: int) -> int:
+            def shared(slot: int) -> tuple[int, int]:  # leading parts in common, then characters of the next one
                 held = self._holds[slot].parts
-                return next((i for i, (a, b) in enumerate(zip(held, parts)) if a != b), min(len(held), len(parts)))
+                i = next((i for i, (a, b) in enumerate(zip(held, parts)) if a != b), min(len(held), len(parts)))
+                return i, len(os.path.commonprefix([held[i], parts[i]])) if i < min(len(held), len(parts)) else 0
 
             if reproducible:
                 holds = self._holds
