@@ -7,15 +7,19 @@ costs every side alike; a side's figure is the median over its rounds. Measured 
 - aggregate tokens/s: all output tokens / the wall time of the level;
 - TTFT: from sending a request to its first streamed token (p50 and p90 over the level's requests).
 - decode tok/s of one stream: (tokens - 1) / (last token - first token), at the 1-client level
-  (what a student alone sees once the answer has started), which runs 4x --rounds; and each HTTP side's
+  (what a student alone sees once the answer has started), which runs 8x --rounds; and each HTTP side's
   decode as a share of the in-process one, paired: the median over rounds of this side's rate / the
   in-process rate of the same round (the machine's drift between rounds cancels out).
 Three sides, all loaded at once, the same slots, threads and context per slot:
 - "raw llama.cpp": xllamacpp's `Server` called in-process, one thread per client (its handlers
   release the GIL): no HTTP, no client process - the ceiling;
 - "llama.cpp HTTP": the same `Server`'s own HTTP listener (/v1/chat/completions, streamed),
-  reached by the same httpx client as the kit: what llama.cpp's server gives over the wire;
+  reached by the same client as the kit: what llama.cpp's server gives over the wire;
 - "slm-course serve": the real server in a child process (OLLAMA_NUM_PARALLEL=--slots), /api/chat.
+The HTTP sides are read with the standard library's http.client (--client stdlib), the lightest
+reader: the client runs on the same cores as the server, and what it spends per token is taken from
+the decode too (httpx, which the `ollama` and `openai` clients use, spends ~0.2 ms per token: with it
+even llama.cpp's own C++ server measured 94-98% of in-process). --client httpx measures that way.
 Each side also answers one request with default options (sampled, so the prompt cache is used, as
 Ollama's default temperature 0.8 does): "TTFT default"; and one greedy prompt asked again after it was
 read once: "TTFT again" (llama.cpp's sides with its prompt cache on, whose answer can then differ from
@@ -29,6 +33,7 @@ Writes benchmarks/results/serving_concurrency.json. Numbers, not pass/fail (READ
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -36,8 +41,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -69,7 +76,10 @@ TOPICS = [
 
 
 def prompt(client: int, rnd: int) -> str:
-    return f"Write a short paragraph about {TOPICS[(client * 3 + rnd) % len(TOPICS)]}. (client {client}, round {rnd})"
+    topic = TOPICS[(client * 3 + rnd) % len(TOPICS)]
+    if rnd >= 200:  # the first-token checks below: questions of their own shape, sharing only the template
+        return f"In one paragraph, describe {topic}. (round {rnd})"  # and their first words with each other
+    return f"Write a short paragraph about {topic}. (client {client}, round {rnd})"
 
 
 def run_level(one_request, clients: int, rounds: int) -> dict:
@@ -158,8 +168,35 @@ def in_process(server, n_tokens: int, greedy: bool = True, cache: bool = False):
     return one
 
 
+def stdlib_lines(url: str, body: dict) -> Iterator[str]:
+    """The streamed answer's lines read with the standard library: the lightest client, so that the
+    figures are the server's (a client on the same two cores takes its CPU from the decode too)."""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=300)
+    try:
+        conn.request("POST", u.path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}: {resp.read(300)!r}")
+        while line := resp.readline():
+            yield line.decode().rstrip("\r\n")
+    finally:
+        conn.close()
+
+
+def httpx_lines(http: httpx.Client) -> Callable[[str, dict], Iterator[str]]:
+    """The same with httpx (what the `ollama` and `openai` clients use): 0.2 ms of a core per token."""
+
+    def lines(url: str, body: dict) -> Iterator[str]:
+        with http.stream("POST", url, json=body) as resp:
+            resp.raise_for_status()
+            yield from resp.iter_lines()
+
+    return lines
+
+
 def over_http(
-    http: httpx.Client,
+    lines: Callable[[str, dict], Iterator[str]],
     url: str,
     model: str,
     n_tokens: int,
@@ -176,23 +213,22 @@ def over_http(
             body["options"] = {"num_predict": n_tokens} | ({"temperature": 0} if greedy else {})
         else:
             body = _body(c, r, n_tokens, greedy, cache)
-        with http.stream("POST", url, json=body) as resp:
-            for line in resp.iter_lines():
-                if not ollama:
-                    if not line.startswith("data: {"):
-                        continue
-                    line = line[6:]
-                elif not line:
+        for line in lines(url, body):
+            if not ollama:
+                if not line.startswith("data: {"):
                     continue
-                chunk = json.loads(line)
-                if ollama:
-                    text = chunk.get("message", {}).get("content")
-                    n = chunk.get("eval_count", n) if chunk.get("done") else n
-                else:
-                    text = ((chunk.get("choices") or [{}])[0].get("delta") or {}).get("content")
-                    n = (chunk.get("timings") or {}).get("predicted_n", n)
-                if text:
-                    stamps.append(time.perf_counter())
+                line = line[6:]
+            elif not line:
+                continue
+            chunk = json.loads(line)
+            if ollama:
+                text = chunk.get("message", {}).get("content")
+                n = chunk.get("eval_count", n) if chunk.get("done") else n
+            else:
+                text = ((chunk.get("choices") or [{}])[0].get("delta") or {}).get("content")
+                n = (chunk.get("timings") or {}).get("predicted_n", n)
+            if text:
+                stamps.append(time.perf_counter())
         return _timed(stamps, t0, n)
 
     return one
@@ -207,7 +243,7 @@ def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds:
     names = list(sides)
     for n in clients:
         got: dict[str, list[dict]] = {name: [] for name in names}
-        for r in range(rounds * 4 if n == 1 else rounds):  # one student: cheap, and the noisiest figure
+        for r in range(rounds * 8 if n == 1 else rounds):  # one student: cheap, and the noisiest figure
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 got[name].append(run_level(lambda c, _r, one=sides[name][0], r=r: one(c, r), n, 1))
         for name in names:
@@ -221,13 +257,16 @@ def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds:
                 )
             rows.append(row)
             print(row, flush=True)
-    for name, (_, one_default, one_again) in sides.items():
-        one_default(1, 98)  # its prompt's template prefix into the cache
-        ttft = statistics.median(one_default(1, 90 + r)[0] for r in range(5))
+    # prompts of their own per side: llama.cpp's two sides share one server, whose cache would
+    # otherwise hold the very prompt the other side has just asked
+    for i, (name, (_, one_default, one_again)) in enumerate(sides.items()):
+        own = 200 + 10 * i
+        one_default(1, own + 9)  # its prompt's template prefix into the cache
+        ttft = statistics.median(one_default(1, own + r)[0] for r in range(5))
         row = next(r for r in rows if r["model"] == model and r["side"] == name)
         row["ttft_default_ms"] = round(ttft * 1000, 1)
-        one_again(1, 97)  # one greedy prompt read once, then asked again
-        row["ttft_again_ms"] = round(statistics.median(one_again(1, 97)[0] for _ in range(5)) * 1000, 1)
+        one_again(1, own + 8)  # one greedy prompt read once, then asked again
+        row["ttft_again_ms"] = round(statistics.median(one_again(1, own + 8)[0] for _ in range(5)) * 1000, 1)
 
 
 def main() -> int:
@@ -237,12 +276,19 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=int(os.environ.get("OLLAMA_NUM_PARALLEL", "8")))
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument(
+        "--client",
+        choices=["stdlib", "httpx"],
+        default="stdlib",
+        help="how the HTTP sides are read: the standard library (light, the default) or httpx",
+    )
     args = ap.parse_args()
     threads = default_threads()
     rows: list[dict] = []
     for model in args.models:
         # a new connection per request on every side: llama.cpp's listener closes idle keep-alive ones
         http = httpx.Client(timeout=300, limits=httpx.Limits(max_keepalive_connections=0))
+        lines = stdlib_lines if args.client == "stdlib" else httpx_lines(http)
         kit_port, raw_port = free_port(), free_port()
         proc = start_server(kit_port, env={"OLLAMA_NUM_PARALLEL": str(args.slots)})
         server = raw_side(model, args.slots, threads, raw_port)
@@ -255,14 +301,14 @@ def main() -> int:
                     in_process(server, args.tokens, cache=True),
                 ),
                 "llama.cpp HTTP": (
-                    over_http(http, raw, model, args.tokens, ollama=False),
-                    over_http(http, raw, model, args.tokens, False, ollama=False),
-                    over_http(http, raw, model, args.tokens, ollama=False, cache=True),
+                    over_http(lines, raw, model, args.tokens, ollama=False),
+                    over_http(lines, raw, model, args.tokens, False, ollama=False),
+                    over_http(lines, raw, model, args.tokens, ollama=False, cache=True),
                 ),
                 "slm-course serve": (  # the kit decides the cache itself (engine.py: same answer)
-                    over_http(http, kit, model, args.tokens),
-                    over_http(http, kit, model, args.tokens, False),
-                    over_http(http, kit, model, args.tokens),
+                    over_http(lines, kit, model, args.tokens),
+                    over_http(lines, kit, model, args.tokens, False),
+                    over_http(lines, kit, model, args.tokens),
                 ),
             }
             interleaved(rows, model, sides, args.clients, args.rounds)
@@ -289,6 +335,7 @@ def main() -> int:
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "engine": engine_build(),
                 "threads": threads,
+                "client": args.client,
                 "slots": args.slots,
                 "tokens": args.tokens,
                 "rounds": args.rounds,
