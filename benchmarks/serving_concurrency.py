@@ -75,10 +75,15 @@ TOPICS = [
 ]
 
 
+#: rounds from here on are the first-token checks' (`interleaved`): questions of their own shape, sharing
+#: only the template and their first words with each other
+CHECK_ROUNDS = 200
+
+
 def prompt(client: int, rnd: int) -> str:
     topic = TOPICS[(client * 3 + rnd) % len(TOPICS)]
-    if rnd >= 200:  # the first-token checks below: questions of their own shape, sharing only the template
-        return f"In one paragraph, describe {topic}. (round {rnd})"  # and their first words with each other
+    if rnd >= CHECK_ROUNDS:
+        return f"In one paragraph, describe {topic}. (round {rnd})"
     return f"Write a short paragraph about {topic}. (client {client}, round {rnd})"
 
 
@@ -260,7 +265,7 @@ def interleaved(rows: list, model: str, sides: dict, clients: list[int], rounds:
     # prompts of their own per side: llama.cpp's two sides share one server, whose cache would
     # otherwise hold the very prompt the other side has just asked
     for i, (name, (_, one_default, one_again)) in enumerate(sides.items()):
-        own = 200 + 10 * i
+        own = CHECK_ROUNDS + 10 * i
         one_default(1, own + 9)  # its prompt's template prefix into the cache
         ttft = statistics.median(one_default(1, own + r)[0] for r in range(5))
         row = next(r for r in rows if r["model"] == model and r["side"] == name)

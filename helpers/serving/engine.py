@@ -187,8 +187,9 @@ class SlotPool:
 
             def shared(slot: int) -> tuple[int, int]:  # leading parts in common, then characters of the next one
                 held = self._holds[slot].parts
-                i = next((i for i, (a, b) in enumerate(zip(held, parts)) if a != b), min(len(held), len(parts)))
-                return i, len(os.path.commonprefix([held[i], parts[i]])) if i < min(len(held), len(parts)) else 0
+                n = min(len(held), len(parts))
+                i = next((i for i in range(n) if held[i] != parts[i]), n)
+                return i, len(os.path.commonprefix([held[i], parts[i]])) if i < n else 0
 
             if reproducible:
                 holds = self._holds
